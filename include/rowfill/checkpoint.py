@@ -1,0 +1,228 @@
+"""The checkpoint store: one row per chunk in the target database's own ``rowfill`` schema.
+
+It lives next to the data on purpose: a batch's write and its checkpoint advance commit in the
+same transaction (see ``runner``), which is what makes a crash at any instant lose nothing and
+apply nothing twice. It is also the only state chunks share, so any worker can pick up any chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from rowfill.errors import PlanChanged
+from rowfill.spec import Spec
+
+SCHEMA = "rowfill"
+_LOCK_KEY = 0x726F7766  # "rowf": serialises schema creation and planning across workers
+
+DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.backfills (
+    name         text PRIMARY KEY,
+    fingerprint  text NOT NULL,
+    spec         jsonb NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    planned_at   timestamptz
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.chunks (
+    backfill     text NOT NULL REFERENCES {SCHEMA}.backfills (name) ON DELETE CASCADE,
+    chunk_no     integer NOT NULL,
+    lo           jsonb NOT NULL,          -- exclusive lower key bound
+    hi           jsonb NOT NULL,          -- inclusive upper key bound
+    est_rows     bigint NOT NULL,         -- rows in (lo, hi] when planned
+    cursor       jsonb,                   -- last key done; NULL = not started
+    rows_seen    bigint NOT NULL DEFAULT 0,  -- keys walked
+    rows_written bigint NOT NULL DEFAULT 0,  -- rows the write changed
+    batches      integer NOT NULL DEFAULT 0,
+    status       text NOT NULL DEFAULT 'pending'
+                 CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempts     integer NOT NULL DEFAULT 0,
+    last_error   text,
+    worker       text,
+    run_id       text,
+    started_at   timestamptz,
+    updated_at   timestamptz,
+    finished_at  timestamptz,
+    PRIMARY KEY (backfill, chunk_no)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    backfill: str
+    chunk_no: int
+    lo: int
+    hi: int
+    est_rows: int
+    cursor: int | None
+    rows_seen: int
+    rows_written: int
+    batches: int
+    status: str
+    attempts: int
+    last_error: str | None
+    worker: str | None
+    run_id: str | None
+    started_at: datetime | None
+    updated_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def position(self) -> int:
+        """Where the next batch starts: the cursor, or the chunk's lower bound if nothing is done."""
+        return self.lo if self.cursor is None else self.cursor
+
+
+_COLUMNS = ", ".join(ChunkRow.__dataclass_fields__)
+
+
+def _row(r) -> ChunkRow:
+    return ChunkRow(*r)
+
+
+class CheckpointStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # -- set-up -----------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create the schema on first use; the advisory lock keeps parallel first runs from racing."""
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            conn.exec_driver_sql(DDL)
+
+    def lock_planning(self, conn: Connection, name: str) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(:n))"), {"k": _LOCK_KEY, "n": name})
+
+    def register(self, conn: Connection, spec: Spec) -> None:
+        """Record the backfill's meaning; refuse to continue a plan made for a different meaning."""
+        meaning = {"table": str(spec.table), "key": spec.key, "where": spec.where, "set": spec.set, "sql": spec.sql}
+        existing = conn.execute(
+            text(f"SELECT fingerprint FROM {SCHEMA}.backfills WHERE name = :n FOR UPDATE"), {"n": spec.name}
+        ).scalar()
+        if existing is None:
+            conn.execute(
+                text(f"INSERT INTO {SCHEMA}.backfills (name, fingerprint, spec) VALUES (:n, :f, CAST(:s AS jsonb))"),
+                {"n": spec.name, "f": spec.fingerprint, "s": json.dumps(meaning)},
+            )
+        elif existing != spec.fingerprint:
+            raise PlanChanged(
+                f"{spec.source}: the backfill {spec.name!r} was planned for a different table/key/where/set/sql "
+                "than the spec says now. Finishing the old plan with the new meaning would mix two backfills. "
+                f"If the change is intended, start over with `rowfill reset {spec.name}` (progress is forgotten, "
+                "rows already written stay written)."
+            )
+
+    # -- reading ----------------------------------------------------------------------------
+    def chunks(self, name: str, conn: Connection | None = None) -> list[ChunkRow]:
+        sql = text(f"SELECT {_COLUMNS} FROM {SCHEMA}.chunks WHERE backfill = :n ORDER BY chunk_no")
+        if conn is not None:
+            return [_row(r) for r in conn.execute(sql, {"n": name})]
+        with self.engine.connect() as c:
+            return [_row(r) for r in c.execute(sql, {"n": name})]
+
+    def chunk(self, name: str, chunk_no: int) -> ChunkRow:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                text(f"SELECT {_COLUMNS} FROM {SCHEMA}.chunks WHERE backfill = :n AND chunk_no = :c"),
+                {"n": name, "c": chunk_no},
+            ).first()
+        if r is None:
+            raise LookupError(f"backfill {name!r} has no chunk {chunk_no}; was it reset after planning? Rerun the DAG to plan again.")
+        return _row(r)
+
+    def backfill_names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.backfills"}).scalar() is None:
+                return []
+            return list(conn.execute(text(f"SELECT name FROM {SCHEMA}.backfills ORDER BY name")).scalars())
+
+    # -- writing ----------------------------------------------------------------------------
+    def add_chunks(self, conn: Connection, name: str, first_no: int, bounds: list[tuple[int, int, int]]) -> None:
+        if not bounds:
+            return
+        conn.execute(
+            text(
+                f"INSERT INTO {SCHEMA}.chunks (backfill, chunk_no, lo, hi, est_rows) "
+                "VALUES (:n, :c, to_jsonb(CAST(:lo AS bigint)), to_jsonb(CAST(:hi AS bigint)), :e)"
+            ),
+            [{"n": name, "c": first_no + i, "lo": lo, "hi": hi, "e": rows} for i, (lo, hi, rows) in enumerate(bounds)],
+        )
+        conn.execute(text(f"UPDATE {SCHEMA}.backfills SET planned_at = now() WHERE name = :n"), {"n": name})
+
+    def start(self, name: str, chunk_no: int, worker: str, run_id: str | None) -> ChunkRow:
+        """Claim a chunk for an attempt. A chunk already done stays done (rerunning it is a no-op)."""
+        with self.engine.begin() as conn:
+            r = conn.execute(
+                text(
+                    f"UPDATE {SCHEMA}.chunks SET status = CASE WHEN status = 'done' THEN status ELSE 'running' END, "
+                    "attempts = attempts + CASE WHEN status = 'done' THEN 0 ELSE 1 END, "
+                    "worker = :w, run_id = coalesce(:r, run_id), last_error = NULL, "
+                    "started_at = coalesce(started_at, now()), updated_at = now() "
+                    f"WHERE backfill = :n AND chunk_no = :c RETURNING {_COLUMNS}"
+                ),
+                {"n": name, "c": chunk_no, "w": worker, "r": run_id},
+            ).first()
+        if r is None:
+            raise LookupError(f"backfill {name!r} has no chunk {chunk_no}; was it reset after planning? Rerun the DAG to plan again.")
+        return _row(r)
+
+    def lock_position(self, conn: Connection, name: str, chunk_no: int) -> tuple[int, int, str]:
+        """Inside a batch transaction: lock the chunk row and read where to continue.
+
+        The row lock makes two runners of the same chunk (a zombie and its retry) take turns, and
+        each one reads the cursor the other committed, so no batch is applied twice.
+        """
+        cursor, lo, hi, status = conn.execute(
+            text(
+                f"SELECT (cursor #>> '{{}}')::bigint, (lo #>> '{{}}')::bigint, (hi #>> '{{}}')::bigint, status "
+                f"FROM {SCHEMA}.chunks WHERE backfill = :n AND chunk_no = :c FOR UPDATE"
+            ),
+            {"n": name, "c": chunk_no},
+        ).one()
+        return (lo if cursor is None else cursor), hi, status
+
+    def advance(self, conn: Connection, name: str, chunk_no: int, cursor: int, seen: int, written: int) -> None:
+        """Inside the batch transaction: move the cursor past the batch just written."""
+        conn.execute(
+            text(
+                f"UPDATE {SCHEMA}.chunks SET cursor = to_jsonb(CAST(:cur AS bigint)), rows_seen = rows_seen + :s, "
+                "rows_written = rows_written + :w, batches = batches + 1, updated_at = now() "
+                "WHERE backfill = :n AND chunk_no = :c"
+            ),
+            {"n": name, "c": chunk_no, "cur": cursor, "s": seen, "w": written},
+        )
+
+    def finish(self, name: str, chunk_no: int) -> ChunkRow:
+        with self.engine.begin() as conn:
+            r = conn.execute(
+                text(
+                    f"UPDATE {SCHEMA}.chunks SET status = 'done', finished_at = coalesce(finished_at, now()), "
+                    f"updated_at = now() WHERE backfill = :n AND chunk_no = :c RETURNING {_COLUMNS}"
+                ),
+                {"n": name, "c": chunk_no},
+            ).one()
+        return _row(r)
+
+    def fail(self, name: str, chunk_no: int, error: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    f"UPDATE {SCHEMA}.chunks SET status = 'failed', last_error = :e, updated_at = now() "
+                    "WHERE backfill = :n AND chunk_no = :c AND status <> 'done'"
+                ),
+                {"n": name, "c": chunk_no, "e": error[:2000]},
+            )
+
+    def reset(self, name: str) -> int:
+        """Forget a backfill's plan and progress (rows already written stay written)."""
+        with self.engine.begin() as conn:
+            if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.backfills"}).scalar() is None:
+                return 0
+            return conn.execute(text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n"), {"n": name}).rowcount

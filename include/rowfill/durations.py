@@ -1,0 +1,37 @@
+"""Durations as people write them in YAML: ``100ms``, ``2s``, ``1.5m``, ``1h`` or a bare number of seconds."""
+
+from __future__ import annotations
+
+import math
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*")
+
+
+def parse_duration(value) -> float:
+    """Seconds as a float; raises ValueError with the accepted forms."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 100ms, 2s, 5m or 1h")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a duration; write it like 100ms, 2s, 5m or 1h")
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str) and (m := _PATTERN.fullmatch(value)):
+        return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    raise ValueError(f"{value!r} is not a duration; write it like 100ms, 2s, 5m or 1h")
+
+
+def format_duration(seconds: float) -> str:
+    """Short human form for logs: 850 ms, 12 s, 4 min 10 s, 2 h 5 min."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s" if sec else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"

@@ -1,0 +1,103 @@
+"""Spec -> DAG. Loading and validating YAML is ``spec``'s job; this module only assembles tasks.
+
+Shape of every backfill DAG::
+
+    plan  ->  chunk[1..N] (mapped, pool + max_active_tis_per_dagrun)  ->  verify  ->  summary
+
+Bad specs do not stop good ones: each bad spec becomes an import error Airflow shows in its UI
+banner (and ``airflow dags list-import-errors``), while the good specs' DAGs load normally.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG
+from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+
+from rowfill import alerts
+from rowfill.errors import SpecError, SpecErrors
+from rowfill.operators import (
+    BackfillChunkOperator,
+    BackfillSummaryOperator,
+    PlanChunksOperator,
+    VerifyBackfillOperator,
+)
+from rowfill.spec import Spec, load_specs
+
+def _doc(spec: Spec) -> str:
+    what = ("\n".join(f"- `{c}` = `{e}`" for c, e in spec.set.items()) if spec.set else f"```sql\n{spec.sql}\n```")
+    return (
+        f"### rowfill backfill `{spec.name}`\n\n{spec.description}\n\n"
+        f"**Table** `{spec.table}` walked by `{spec.key}`"
+        f"{f', rows where `{spec.where}`' if spec.where else ''}.\n\n{what}\n\n"
+        f"Chunks of {spec.chunk_rows:,} rows, batches of {spec.batch_rows:,} rows, pause {spec.pause}s, "
+        f"at most {spec.max_parallel_chunks} chunks at once in pool `{spec.pool_name}`.\n\n"
+        f"Spec: `{spec.source}`. A failed chunk resumes from its checkpoint when you clear it."
+    )
+
+
+def _schedule(spec: Spec):
+    """Cron schedules wait for their next off-peak time; enabling a DAG at noon must not start a backfill at noon."""
+    if spec.schedule and not spec.schedule.startswith("@"):
+        return CronTriggerTimetable(spec.schedule, timezone="UTC", run_immediately=False)
+    return spec.schedule
+
+
+def build_dag(spec: Spec) -> DAG:
+    with DAG(
+        dag_id=spec.dag_id,
+        description=(spec.description or f"rowfill backfill of {spec.table}")[:200],
+        schedule=_schedule(spec),
+        catchup=False,
+        max_active_runs=1,
+        tags=["rowfill", *spec.tags],
+        doc_md=_doc(spec),
+        on_success_callback=alerts.on_run_outcome(spec, "success"),
+        on_failure_callback=alerts.on_run_outcome(spec, "failure"),
+        default_args={"owner": "rowfill"},
+    ) as dag:
+        plan = PlanChunksOperator(task_id="plan", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
+        chunks = BackfillChunkOperator.partial(
+            task_id="chunk",
+            spec=spec,
+            pool=spec.pool_name,
+            max_active_tis_per_dagrun=spec.max_parallel_chunks,
+            retries=spec.retries,
+            retry_delay=timedelta(seconds=spec.retry_delay),
+            retry_exponential_backoff=2.0,
+            max_retry_delay=timedelta(seconds=spec.max_retry_delay),
+            map_index_template="{{ task.chunk.label }}",
+            on_failure_callback=alerts.on_chunk_failure(spec),
+        ).expand(chunk=plan.output)
+        # none_failed: when every chunk is already done the mapped task is skipped, and the
+        # run should still verify and report instead of skipping to the end.
+        verify = VerifyBackfillOperator(task_id="verify", spec=spec, trigger_rule="none_failed")
+        summary = BackfillSummaryOperator(task_id="summary", spec=spec, trigger_rule="none_failed")
+        chunks >> verify >> summary
+    return dag
+
+
+class InvalidSpecsDag(DAG):
+    """A DAG that never loads: Airflow turns its validation error into a visible import error."""
+
+    spec_errors: list[SpecError] = []
+
+    def validate(self):
+        raise SpecErrors(self.spec_errors)
+
+
+def invalid_specs_dag(errors: list[SpecError]) -> DAG:
+    dag = InvalidSpecsDag(dag_id="rowfill_invalid_specs", schedule=None)
+    dag.spec_errors = errors
+    return dag
+
+
+def build_dags(directory=None) -> dict[str, DAG]:
+    """Every spec's DAG, plus one that surfaces the bad specs' errors in Airflow."""
+    specs, errors = load_specs(directory)
+    dags = {spec.dag_id: build_dag(spec) for spec in specs}
+    if errors:
+        bad = invalid_specs_dag(errors)
+        dags[bad.dag_id] = bad
+    return dags

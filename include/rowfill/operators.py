@@ -1,0 +1,103 @@
+"""Airflow task semantics for rowfill; the SQL lives in the library modules these call.
+
+Each operator holds the validated spec it was built from (workers re-parse the DAG file, so the
+spec is read from the same YAML the DAG was made of) and opens its own engine for the duration
+of one task: no state is shared between tasks except through the checkpoint store and XCom.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from airflow.sdk import BaseOperator
+
+from rowfill.db import check_reachable, engine_for
+from rowfill.plan import max_map_length, plan_backfill
+from rowfill.pools import check_pool
+from rowfill.report import backfill_summary
+from rowfill.runner import ChunkRunner
+from rowfill.spec import Spec
+from rowfill.verify import verify_backfill
+
+
+@contextmanager
+def target_engine(spec: Spec):
+    engine = engine_for(spec.connection)
+    try:
+        check_reachable(engine, spec.connection)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+class PlanChunksOperator(BaseOperator):
+    """Plan (or resume) the chunks; the returned list is what the chunk task is mapped over."""
+
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, spec: Spec, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+
+    def execute(self, context):
+        spec = self.spec
+        check_pool(spec, self.log)
+        with target_engine(spec) as engine:
+            chunks = plan_backfill(engine, spec, limit=max_map_length(), log=self.log)
+        est = sum(c.est_rows for c in chunks)
+        self.log.info("%s: %d chunks to run (~%s rows in their ranges), at most %d at once in pool %r",
+                      spec.name, len(chunks), f"{est:,}", spec.max_parallel_chunks, spec.pool_name)
+        return [c.to_xcom() for c in chunks]
+
+
+class BackfillChunkOperator(BaseOperator):
+    """One mapped instance per chunk: batches from the chunk's checkpoint cursor to its upper bound."""
+
+    ui_color = "#dff5e1"
+
+    def __init__(self, *, spec: Spec, chunk: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.chunk = chunk
+
+    def execute(self, context):
+        with target_engine(self.spec) as engine:
+            runner = ChunkRunner(engine, self.spec, logger=self.log, label=self.chunk["label"], run_id=context["run_id"])
+            result = runner.run(self.chunk["chunk_no"])
+        return {"chunk_no": result.chunk_no, "status": result.status, "rows_seen": result.rows_seen,
+                "rows_written": result.rows_written, "batches": result.batches, "seconds": round(result.seconds, 3)}
+
+
+class VerifyBackfillOperator(BaseOperator):
+    """Fail loudly if a chunk is unfinished or rows in the planned range still match ``where``."""
+
+    ui_color = "#fff4d6"
+
+    def __init__(self, *, spec: Spec, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+
+    def execute(self, context):
+        with target_engine(self.spec) as engine:
+            result = verify_backfill(engine, self.spec)
+        if result.remaining is None:
+            self.log.info("%s: all %d chunks done (no `where` to re-check)", self.spec.name, result.chunks)
+        else:
+            self.log.info("%s: all %d chunks done; no row in the planned range matches `where` any more", self.spec.name, result.chunks)
+        return {"chunks": result.chunks, "remaining": result.remaining}
+
+
+class BackfillSummaryOperator(BaseOperator):
+    """Rows, duration and rate of the backfill, pushed to XCom for people and downstream tools."""
+
+    ui_color = "#efe6fb"
+
+    def __init__(self, *, spec: Spec, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+
+    def execute(self, context):
+        with target_engine(self.spec) as engine:
+            summary = backfill_summary(engine, self.spec.name, run_id=context["run_id"])
+        self.log.info("%s", summary.line())
+        return summary.to_dict()

@@ -1,0 +1,62 @@
+"""Backfill-level numbers from the checkpoint store: how far, how fast, how long to go."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sqlalchemy.engine import Engine
+
+from rowfill.checkpoint import CheckpointStore, ChunkRow
+from rowfill.progress import eta_seconds
+
+
+@dataclass(frozen=True)
+class Summary:
+    backfill: str
+    chunks: int
+    chunks_done: int
+    chunks_failed: int
+    rows_estimated: int
+    rows_seen: int
+    rows_written: int
+    seconds: float
+    rows_per_second: float
+    eta_seconds: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (f"{self.backfill}: {self.rows_seen:,} of ~{self.rows_estimated:,} rows walked, "
+                f"{self.rows_written:,} written, {self.chunks_done}/{self.chunks} chunks done, "
+                f"{self.seconds:,.1f} s, {self.rows_per_second:,.0f} rows/s")
+
+
+def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None) -> Summary:
+    """Totals over all chunks; duration and rate over the chunks of ``run_id`` when given."""
+    timed = [c for c in chunks if c.started_at and (run_id is None or c.run_id == run_id)]
+    seconds = 0.0
+    if timed:
+        start = min(c.started_at for c in timed)
+        end = max((c.finished_at or c.updated_at or c.started_at) for c in timed)
+        seconds = max((end - start).total_seconds(), 0.0)
+    seen_timed = sum(c.rows_seen for c in timed)
+    rate = seen_timed / seconds if seconds > 0 else 0.0
+    total = sum(c.est_rows for c in chunks)
+    seen = sum(c.rows_seen for c in chunks)
+    return Summary(
+        backfill=name,
+        chunks=len(chunks),
+        chunks_done=sum(c.status == "done" for c in chunks),
+        chunks_failed=sum(c.status == "failed" for c in chunks),
+        rows_estimated=total,
+        rows_seen=seen,
+        rows_written=sum(c.rows_written for c in chunks),
+        seconds=round(seconds, 3),
+        rows_per_second=round(rate, 1),
+        eta_seconds=eta_seconds(seen, total, rate),
+    )
+
+
+def backfill_summary(engine: Engine, name: str, run_id: str | None = None) -> Summary:
+    return summarize(name, CheckpointStore(engine).chunks(name), run_id)

@@ -1,0 +1,187 @@
+"""The chunk runner: walk one key range in small committed batches, each advancing the checkpoint.
+
+Per batch, one short transaction:
+  1. ``SET LOCAL lock_timeout / statement_timeout`` so a batch never waits long behind live locks;
+  2. lock this chunk's checkpoint row and read its cursor (a second runner of the same chunk waits
+     here and then continues *after* what the first one committed);
+  3. find the batch's upper key with an index-only range scan of ``batch_rows`` keys;
+  4. write the batch (``UPDATE ... WHERE key > lo AND key <= batch_hi AND (where)`` or the spec's sql);
+  5. advance the cursor; COMMIT.
+Write and cursor commit together, so a crash at any instant either keeps both or neither:
+nothing is lost and nothing is applied twice, even for ``points = points + 10``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from rowfill.checkpoint import CheckpointStore
+from rowfill.errors import ChunkFailed
+from rowfill.progress import progress_line
+from rowfill.spec import Spec
+from rowfill.sqlnames import quote
+from rowfill.throttle import Throttle
+
+log = logging.getLogger("rowfill.runner")
+
+# lock_not_available, query_canceled (statement_timeout), serialization_failure, deadlock_detected
+RETRYABLE_SQLSTATES = {"55P03": "lock_timeout", "57014": "statement_timeout", "40001": "serialization failure", "40P01": "deadlock"}
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    backfill: str
+    chunk_no: int
+    status: str  # done | stopped
+    rows_seen: int
+    rows_written: int
+    batches: int
+    seconds: float
+    cursor: int | None
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class BatchWriter:
+    """The SQL of one batch for a spec, built once per chunk (identifiers quoted, values bound)."""
+
+    def __init__(self, spec: Spec):
+        key, table = quote(spec.key), spec.table.sql
+        self.boundary = text(
+            f"SELECT max(k), count(*) FROM (SELECT {key} AS k FROM {table} "
+            f"WHERE {key} > :lo AND {key} <= :hi ORDER BY {key} LIMIT :n) s"
+        )
+        if spec.sql:
+            self.write = text(spec.sql)
+        else:
+            assignments = ", ".join(f"{quote(col)} = {expr}" for col, expr in spec.set.items())
+            where = f" AND ({spec.where})" if spec.where else ""
+            self.write = text(f"UPDATE {table} SET {assignments} WHERE {key} > :lo AND {key} <= :hi{where}")
+        self.timeouts = text(
+            "SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true)"
+        )
+        self.timeout_params = {"lt": f"{int(spec.lock_timeout * 1000)}ms", "st": f"{int(spec.statement_timeout * 1000)}ms"}
+
+    def batch_end(self, conn: Connection, lo: int, hi: int, rows: int) -> tuple[int | None, int]:
+        end, seen = conn.execute(self.boundary, {"lo": lo, "hi": hi, "n": rows}).one()
+        return end, seen
+
+    def apply(self, conn: Connection, lo: int, hi: int) -> int:
+        return conn.execute(self.write, {"lo": lo, "hi": hi}).rowcount
+
+
+class ChunkRunner:
+    def __init__(
+        self,
+        engine: Engine,
+        spec: Spec,
+        *,
+        throttle: Throttle | None = None,
+        logger: logging.Logger | None = None,
+        label: str | None = None,
+        run_id: str | None = None,
+        should_stop: Callable[[], str | None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.engine = engine
+        self.spec = spec
+        self.store = CheckpointStore(engine)
+        self.throttle = throttle or Throttle(spec.pause)
+        self.log = logger or log
+        self.label = label
+        self.run_id = run_id
+        self.should_stop = should_stop
+        self.clock = clock
+        self.writer = BatchWriter(spec)
+
+    def run(self, chunk_no: int) -> ChunkResult:
+        spec = self.spec
+        row = self.store.start(spec.name, chunk_no, worker_name(), self.run_id)
+        label = self.label or f"chunk {chunk_no} ({spec.key} {row.lo + 1}..{row.hi})"
+        started = self.clock()
+        seen = written = batches = 0
+        if row.status == "done":
+            self.log.info("%s: already done (%s rows written earlier); nothing to do", label, f"{row.rows_written:,}")
+            return ChunkResult(spec.name, chunk_no, "done", 0, 0, 0, 0.0, row.cursor)
+        if row.cursor is not None:
+            self.log.info("%s: resuming at %s %s (attempt %d, %s of ~%s rows already done)", label, spec.key,
+                          row.cursor, row.attempts, f"{row.rows_seen:,}", f"{row.est_rows:,}")
+        done_before = row.rows_seen
+        next_report = started + spec.progress_every
+        cursor = row.cursor
+        try:
+            while True:
+                if reason := self.should_stop():
+                    self.log.info("%s: stopping at a batch boundary (%s); cursor %s kept", label, reason, cursor)
+                    return ChunkResult(spec.name, chunk_no, "stopped", seen, written, batches, self.clock() - started, cursor)
+                t0 = self.clock()
+                outcome = self._batch_with_retries(chunk_no, label)
+                if outcome is None:
+                    break
+                cursor, b_seen, b_written = outcome
+                seen, written, batches = seen + b_seen, written + b_written, batches + 1
+                now = self.clock()
+                if now >= next_report:
+                    rate = seen / max(now - started, 1e-9)
+                    self.log.info("%s", progress_line(label, done_before + seen, row.est_rows, rate))
+                    next_report = now + spec.progress_every
+                self.throttle.after_batch(now - t0)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".strip()
+            self.store.fail(spec.name, chunk_no, message)
+            raise ChunkFailed(
+                f"{label} of backfill {spec.name!r} failed at {spec.key} {cursor if cursor is not None else row.position} "
+                f"after {batches} batches in this attempt: {message}. Everything committed before is kept; "
+                "a retry or a cleared task resumes from the checkpoint."
+            ) from exc
+        final = self.store.finish(spec.name, chunk_no)
+        elapsed = self.clock() - started
+        rate = seen / max(elapsed, 1e-9)
+        self.log.info("%s: done, %s rows walked, %s written in %d batches, %.1f s, %s rows/s", label,
+                      f"{final.rows_seen:,}", f"{final.rows_written:,}", final.batches, elapsed, f"{rate:,.0f}")
+        return ChunkResult(spec.name, chunk_no, "done", seen, written, batches, elapsed, final.cursor)
+
+    def _batch_with_retries(self, chunk_no: int, label: str):
+        attempt = 0
+        while True:
+            try:
+                return self._batch(chunk_no)
+            except DBAPIError as exc:
+                what = RETRYABLE_SQLSTATES.get(sqlstate(exc) or "")
+                if what is None or attempt >= self.spec.batch_retries:
+                    raise
+                delay = self.throttle.backoff(attempt)
+                attempt += 1
+                self.log.warning("%s: batch hit %s (%s); rolled back, retry %d/%d after %.1f s", label, what,
+                                 str(exc.orig).strip().splitlines()[0], attempt, self.spec.batch_retries, delay)
+
+    def _batch(self, chunk_no: int):
+        """One batch in one transaction; returns None when the chunk has no keys left."""
+        w, name = self.writer, self.spec.name
+        with self.engine.begin() as conn:
+            conn.execute(w.timeouts, w.timeout_params)
+            position, hi, _status = self.store.lock_position(conn, name, chunk_no)
+            if position >= hi:
+                return None
+            end, seen = w.batch_end(conn, position, hi, self.spec.batch_rows)
+            if end is None:  # no keys left in range (rows deleted since planning)
+                end, seen = hi, 0
+            written = w.apply(conn, position, end)
+            self.store.advance(conn, name, chunk_no, end, seen, written)
+        return end, seen, written

@@ -1,0 +1,284 @@
+"""Backfill specs: YAML files validated into a ``Spec`` with errors that name the file and the field.
+
+Loading and validation live here and nowhere else; building DAGs is ``factory``'s job. Checks
+that need the database (does the table exist, is the key numeric) happen in ``schema_check``
+when a run starts, because DAG parsing must not depend on the target database being up.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rowfill.durations import parse_duration
+from rowfill.errors import SpecError, SpecErrors
+from rowfill.sqlnames import BadIdentifier, TableName, parse_identifier
+
+DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,199}")
+_CONN_ID = re.compile(r"[A-Za-z0-9_.\-]+")
+_BIND = re.compile(r"(?<!:):(lo|hi)\b")
+_CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually", "@continuous"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One validated backfill. Field names match the YAML keys users write."""
+
+    name: str
+    source: str
+    connection: str
+    table: TableName
+    key: str
+    where: str | None = None
+    set: dict[str, str] = field(default_factory=dict)
+    sql: str | None = None
+    description: str = ""
+    chunk_rows: int = 100_000
+    batch_rows: int = 1_000
+    pause: float = 0.1
+    max_parallel_chunks: int = 2
+    schedule: str | None = None
+    pool: str | None = None
+    lock_timeout: float = 2.0
+    statement_timeout: float = 30.0
+    retries: int = 3
+    retry_delay: float = 30.0
+    max_retry_delay: float = 600.0
+    batch_retries: int = 5
+    progress_every: float = 10.0
+    tags: tuple[str, ...] = ()
+
+    @property
+    def dag_id(self) -> str:
+        return f"rowfill_{self.name}"
+
+    @property
+    def pool_name(self) -> str:
+        return self.pool or f"rowfill_{self.connection}"
+
+    @property
+    def mode(self) -> str:
+        return "sql" if self.sql else "set"
+
+    @property
+    def fingerprint(self) -> str:
+        """What the backfill *means*; tuning fields may change between runs, these may not."""
+        meaning = {
+            "table": str(self.table),
+            "key": self.key,
+            "where": self.where,
+            "set": self.set,
+            "sql": self.sql,
+        }
+        return hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# field -> (kind, required). The kind selects a checker below.
+FIELDS: dict[str, tuple[str, bool]] = {
+    "name": ("name", False),
+    "description": ("text", False),
+    "connection": ("conn_id", True),
+    "table": ("table", True),
+    "key": ("column", True),
+    "where": ("sql_text", False),
+    "set": ("set", False),
+    "sql": ("sql_text", False),
+    "chunk_rows": ("positive_int", False),
+    "batch_rows": ("positive_int", False),
+    "pause": ("duration", False),
+    "max_parallel_chunks": ("positive_int", False),
+    "schedule": ("schedule", False),
+    "pool": ("pool", False),
+    "lock_timeout": ("timeout", False),
+    "statement_timeout": ("timeout", False),
+    "retries": ("count", False),
+    "retry_delay": ("duration", False),
+    "max_retry_delay": ("duration", False),
+    "batch_retries": ("count", False),
+    "progress_every": ("duration", False),
+    "tags": ("tags", False),
+}
+
+
+def _check(kind: str, value: Any) -> Any:
+    """Convert one field's YAML value, or raise ValueError with advice."""
+    if kind == "name":
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
+            raise ValueError("expected lower-case letters, digits and _, starting with a letter (it becomes the DAG id rowfill_<name>)")
+        return value
+    if kind == "text":
+        if not isinstance(value, str):
+            raise ValueError("expected text")
+        return value
+    if kind in ("conn_id", "pool"):
+        if not isinstance(value, str) or not _CONN_ID.fullmatch(value):
+            raise ValueError("expected an Airflow id: letters, digits, _, . and -")
+        return value
+    if kind == "table":
+        return TableName.parse(value)
+    if kind == "column":
+        return parse_identifier(value)
+    if kind == "sql_text":
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("expected a non-empty SQL text")
+        if ";" in value.strip().rstrip(";"):
+            raise ValueError("expected a single SQL statement or expression, without ';' inside")
+        return value.strip().rstrip(";").strip()
+    if kind == "set":
+        if not isinstance(value, dict) or not value:
+            raise ValueError("expected a mapping of column: SQL expression, e.g. full_name: \"first_name || ' ' || last_name\"")
+        out = {}
+        for col, expr in value.items():
+            name = parse_identifier(col) if isinstance(col, str) else parse_identifier("")
+            if not isinstance(expr, str) or not expr.strip():
+                raise ValueError(f"column {col!r}: expected an SQL expression as text")
+            out[name] = expr.strip()
+        return out
+    if kind in ("positive_int", "count"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if kind == "positive_int" and value < 1:
+            raise ValueError("expected a number of at least 1")
+        if value < 0:
+            raise ValueError("expected a number of at least 0")
+        return value
+    if kind == "duration":
+        return parse_duration(value)
+    if kind == "timeout":
+        seconds = parse_duration(value)
+        if seconds < 0.001:
+            # PostgreSQL reads 0 (and the runner's whole milliseconds round sub-ms values to 0) as "no timeout"
+            raise ValueError(f"{value!r} is below 1ms; PostgreSQL would read it as 0, which means wait forever")
+        return seconds
+    if kind == "schedule":
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError("expected a cron expression such as \"0 2 * * *\", a preset such as @daily, or null")
+        if value in _CRON_PRESETS:
+            return value
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid cron expression; e.g. \"0 2 * * *\" starts at 02:00 every day")
+        return value
+    if kind == "tags":
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise ValueError("expected a list of strings")
+        return tuple(value)
+    raise AssertionError(kind)
+
+
+def parse_spec(data: Any, source: str) -> Spec:
+    """Validate one spec's YAML data, reporting every problem at once."""
+    if not isinstance(data, dict):
+        raise SpecErrors([SpecError(source, None, "expected a mapping of fields (name:, table:, key:, ...) at the top level")])
+    errors: list[SpecError] = []
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in FIELDS:
+            hint = difflib.get_close_matches(str(key), FIELDS, n=1)
+            advice = f"did you mean '{hint[0]}'?" if hint else "known fields are: " + ", ".join(FIELDS)
+            errors.append(SpecError(source, str(key), f"unknown field; {advice}"))
+            continue
+        try:
+            values[key] = _check(FIELDS[key][0], value)
+        except (ValueError, BadIdentifier) as exc:
+            errors.append(SpecError(source, key, str(exc)))
+    for key, (_, required) in FIELDS.items():
+        if required and key not in data:
+            errors.append(SpecError(source, key, "is required"))
+    has_set, has_sql = "set" in data, "sql" in data
+    if has_set and has_sql:
+        errors.append(SpecError(source, "sql", "give either 'set' (column: expression, applied with UPDATE) or 'sql' (a statement using :lo and :hi), not both"))
+    elif not has_set and not has_sql:
+        errors.append(SpecError(source, "set", "is required unless 'sql' is given: say what to write"))
+    if isinstance(values.get("sql"), str):
+        found = set(_BIND.findall(values["sql"]))
+        if found != {"lo", "hi"}:
+            missing = ", ".join(f":{b}" for b in ("lo", "hi") if b not in found)
+            errors.append(SpecError(source, "sql", f"must use the key bounds {missing} (rows with lo < key <= hi), e.g. WHERE id > :lo AND id <= :hi"))
+    if "key" in values and values["key"] in values.get("set", {}):
+        errors.append(SpecError(source, "set", f"cannot change the key column {values['key']!r}: chunks and checkpoints walk it"))
+    if ("chunk_rows" in values or "chunk_rows" not in data) and ("batch_rows" in values or "batch_rows" not in data):
+        # compare what the run will use: a field left out takes its default
+        chunk_rows = values.get("chunk_rows", Spec.chunk_rows)
+        batch_rows = values.get("batch_rows", Spec.batch_rows)
+        if batch_rows > chunk_rows:
+            blame = "batch_rows" if "batch_rows" in data else "chunk_rows"
+            batch_text = f"{batch_rows}" if "batch_rows" in data else f"{batch_rows} (the default)"
+            chunk_text = f"{chunk_rows}" if "chunk_rows" in data else f"{chunk_rows}, the default"
+            errors.append(SpecError(source, blame, f"batch_rows {batch_text} is larger than chunk_rows ({chunk_text}); a batch lives inside a chunk"))
+    if "name" not in values and "name" not in data:
+        stem = Path(source).stem
+        try:
+            values["name"] = _check("name", stem)
+        except ValueError as exc:
+            errors.append(SpecError(source, "name", f"not given, and the file name {stem!r} cannot stand in: {exc}"))
+    if errors:
+        raise SpecErrors(errors)
+    return Spec(source=source, **values)
+
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecErrors([SpecError(source, None, f"cannot be read: {exc.strerror}")]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecErrors([SpecError(source, None, f"is not valid YAML{at}: {problem}")]) from exc
+    return parse_spec(data, source)
+
+
+def specs_dir() -> Path:
+    return Path(os.environ.get("ROWFILL_SPECS_DIR") or DEFAULT_SPECS_DIR)
+
+
+def load_specs(directory: str | os.PathLike | None = None) -> tuple[list[Spec], list[SpecError]]:
+    """All specs in a directory: the good ones, and the errors of the bad ones (never one hiding the other)."""
+    directory = Path(directory) if directory else specs_dir()
+    specs: list[Spec] = []
+    errors: list[SpecError] = []
+    if not directory.is_dir():
+        return [], [SpecError(str(directory), None, "specs directory does not exist; set ROWFILL_SPECS_DIR to the folder holding your *.yaml specs")]
+    seen: dict[str, str] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            spec = load_spec(path)
+        except SpecErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        if spec.name in seen:
+            errors.append(SpecError(str(path), "name", f"{spec.name!r} is already used by {seen[spec.name]}; names must be unique"))
+            continue
+        seen[spec.name] = str(path)
+        specs.append(spec)
+    return specs, errors
+
+
+def find_spec(name: str, directory: str | os.PathLike | None = None) -> Spec:
+    specs, errors = load_specs(directory)
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    broken = [e for e in errors if Path(e.source).stem == name]
+    if broken:
+        raise SpecErrors(broken)
+    known = ", ".join(s.name for s in specs) or "none"
+    raise SpecErrors([SpecError(str(directory or specs_dir()), None, f"no spec named {name!r} (known: {known})")])

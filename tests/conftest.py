@@ -1,0 +1,68 @@
+"""Shared fixtures: one throwaway PostgreSQL cluster per test session, one fresh database per test.
+
+Tests never use a database the machine already runs; they start their own cluster (see
+``rowfill.localpg``) so they behave the same on a laptop, in CI and on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Airflow reads its configuration at import time: point it at a throwaway home before any test
+# imports it, so tests never touch ~/airflow or a developer's real metadata database.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="rowfill-test-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+os.environ.pop("ROWFILL_DATABASE_URL", None)
+
+import pytest
+from sqlalchemy import text
+
+from rowfill.db import engine_from_url
+from rowfill.localpg import LocalPostgres
+
+ROOT = Path(__file__).resolve().parents[1]
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    tmp = tempfile.mkdtemp(prefix="rowfill-test-pg-")
+    pg = LocalPostgres(Path(tmp) / "data").start()
+    yield pg
+    pg.stop("immediate")
+
+
+@pytest.fixture
+def db_url(pg_cluster, request):
+    """A fresh, empty database for one test."""
+    name = f"t{next(_db_counter)}_{request.node.name.lower()}"[:60]
+    name = "".join(c if c.isalnum() else "_" for c in name)
+    admin = engine_from_url(pg_cluster.url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return pg_cluster.url_for(name)
+
+
+@pytest.fixture
+def engine(db_url):
+    eng = engine_from_url(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated Airflow metadata DB (SQLite), needed by dag.test()."""
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                   capture_output=True, env=os.environ.copy())
+    return _AIRFLOW_HOME

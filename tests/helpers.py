@@ -1,0 +1,48 @@
+"""Small builders the tests share: demo-like tables and specs written as YAML files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from sqlalchemy import text
+
+from rowfill.spec import load_spec
+
+
+def make_users(engine, n: int, *, step: int = 1, start: int = 1, table: str = "users") -> None:
+    """``n`` users with keys start, start+step, ...; full_name NULL and points 0."""
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        conn.execute(text(
+            f"CREATE TABLE {table} (id bigint PRIMARY KEY, first_name text NOT NULL, last_name text NOT NULL, "
+            "full_name text, points integer NOT NULL DEFAULT 0)"
+        ))
+        conn.execute(text(
+            f"INSERT INTO {table} (id, first_name, last_name) "
+            "SELECT :start + (g - 1) * :step, 'first' || g, 'last' || g FROM generate_series(1, :n) g"
+        ), {"n": n, "step": step, "start": start})
+        conn.execute(text(f"ANALYZE {table}"))
+
+
+def write_spec(tmp_path: Path, name: str = "users_full_name", **fields) -> Path:
+    data = {
+        "name": name,
+        "connection": "app_db",
+        "table": "public.users",
+        "key": "id",
+        "where": "full_name IS NULL",
+        "set": {"full_name": "first_name || ' ' || last_name"},
+        "chunk_rows": 1000,
+        "batch_rows": 100,
+        "pause": 0,
+        **fields,
+    }
+    data = {k: v for k, v in data.items() if v is not None}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def spec_for(tmp_path: Path, **fields):
+    return load_spec(write_spec(tmp_path, **fields))
