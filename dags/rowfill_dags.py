@@ -1,7 +1,7 @@
-"""rowfill: one Airflow DAG per backfill spec in ROWFILL_SPECS_DIR (default include/specs).
+"""rowfill: one Airflow DAG per valid backfill spec in ROWFILL_SPECS_DIR (default include/specs).
 
-(The words "airflow" and "dag" in this docstring are what Airflow's safe-mode file discovery
-looks for; keep them.)
+Invalid specs are reported by rowfill_spec_errors.py. (The words "airflow" and "dag" in this
+docstring are what Airflow's safe-mode file discovery looks for; keep them.)
 """
 
 from rowfill.factory import build_dags

@@ -145,7 +145,7 @@ class AirflowStack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                return self.api("GET", f"/dags/{dag_id}")
+                return self.api("GET", f"/dags/{dag_id}/details")  # details need the serialized DAG, as triggering does
             except RuntimeError:
                 time.sleep(2)
         errors = self.api("GET", "/importErrors")
