@@ -97,6 +97,7 @@ def test_failed_chunk_is_cleared_and_resumes_from_its_cursor(stack, target):
         assert conn.execute(text("SELECT count(*) FROM users WHERE points <> 10")).scalar() == 0
     summary = stack.xcom(DAG_ID, run_id, "summary")
     assert summary["rows_written"] == ROWS and summary["chunks_done"] == 3
+    assert summary["seconds"] > 0 and summary["rows_per_second"] > 0
 
 
 def test_a_finished_backfill_run_again_changes_nothing(stack, target):
@@ -122,3 +123,25 @@ def test_a_missing_pool_fails_the_plan_with_the_command_to_fix_it(stack):
     log = stack.api("GET", f"/dags/rowfill_needs_missing_pool/dagRuns/{rid}/taskInstances/plan/logs/1?full_content=true")
     text_ = str(log)
     assert "airflow pools set rowfill_no_such_pool" in text_
+
+
+def test_the_progress_page_shows_backfills_to_signed_in_users_only(stack):
+    import json
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{stack.base}/rowfill/api/progress", timeout=30)
+    assert refused.value.code in (401, 403)
+
+    req = urllib.request.Request(f"{stack.base}/rowfill/api/progress", headers={"Authorization": f"Bearer {stack.token()}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        progress = {b["backfill"]: b for b in json.loads(resp.read())}
+    assert progress["points_bonus"]["state"] == "done"
+    assert progress["points_bonus"]["rows_seen"] == ROWS
+    assert [c["status"] for c in progress["points_bonus"]["chunks"]] == ["done"] * 3
+
+    req = urllib.request.Request(f"{stack.base}/rowfill/", headers={"Authorization": f"Bearer {stack.token()}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        page = resp.read().decode()
+    assert "points_bonus" in page and "30,000 of ~30,000 rows" in page

@@ -180,18 +180,28 @@ def test_merging_to_the_limit_keeps_bounds_contiguous(n, limit):
     assert sum(r for _, _, r in merged) == n * 10
 
 
+def test_a_smaller_limit_still_caps_the_chunks_handed_to_airflow(engine, tmp_path):
+    make_users(engine, 10_000)
+    spec = spec_for(tmp_path, chunk_rows=1000)
+    assert len(plan_backfill(engine, spec, limit=10)) == 10
+    assert len(plan_backfill(engine, spec, limit=5)) <= 5  # e.g. max_map_length lowered between runs
+
+
 # -- the plan belongs to one meaning ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "change",
-    [{"where": "full_name IS NULL OR full_name = ''"}, {"set": {"full_name": "upper(first_name)"}}, {"key": "points"}],
+    [{"where": "full_name IS NULL OR full_name = ''"}, {"set": {"full_name": "upper(first_name)"}}, {"key": "alt_id"}],
     ids=["where", "set", "key"],
 )
 def test_changing_what_a_planned_backfill_means_is_refused(engine, tmp_path, change):
     make_users(engine, 1_500)
     with engine.begin() as conn:
-        conn.execute(text("CREATE INDEX ON users (points)"))
+        conn.execute(text("ALTER TABLE users ADD COLUMN alt_id bigint"))
+        conn.execute(text("UPDATE users SET alt_id = id * 2"))
+        conn.execute(text("ALTER TABLE users ALTER COLUMN alt_id SET NOT NULL"))
+        conn.execute(text("CREATE UNIQUE INDEX ON users (alt_id)"))
     spec = spec_for(tmp_path)
     planned = plan_backfill(engine, spec)
 
@@ -273,6 +283,29 @@ def test_a_spec_that_does_not_fit_the_database_is_refused_before_anything_is_pla
     assert CheckpointStore(engine).backfill_names() == []  # nothing registered, nothing planned
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM users WHERE full_name IS NOT NULL OR points <> 0")).scalar() == 0
+
+
+def _key_table(engine, key_sql: str, ids_sql: str):
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE loose (id bigint {key_sql}, first_name text, last_name text, full_name text)"))
+        conn.execute(text("CREATE INDEX ON loose (id)"))
+        conn.execute(text(f"INSERT INTO loose (id, first_name, last_name) SELECT {ids_sql}, 'a', 'b' FROM generate_series(1, 3000) g"))
+
+
+def test_a_nullable_key_is_refused(engine, tmp_path):
+    _key_table(engine, "", "CASE WHEN g % 100 = 0 THEN NULL ELSE g END")
+    spec = spec_for(tmp_path, table="loose")
+    with pytest.raises(SpecError) as caught:
+        plan_backfill(engine, spec)
+    assert caught.value.field == "key"
+
+
+def test_a_non_unique_key_is_refused(engine, tmp_path):
+    _key_table(engine, "NOT NULL", "g / 100")
+    spec = spec_for(tmp_path, table="loose")
+    with pytest.raises(SpecError) as caught:
+        plan_backfill(engine, spec)
+    assert caught.value.field == "key"
 
 
 def test_quoted_mixed_case_names_are_planned(engine, tmp_path):

@@ -72,6 +72,7 @@ MALFORMED = [
     ("table with empty part", {"table": "public."}, "table", "expected an identifier"),
     ("identifier over 63 bytes", {"key": "k" * 64}, "key", "63-byte identifier limit"),
     ("key changed by set", {"set": {"ID": "id + 1"}}, "set", "cannot change the key column 'id'"),
+    ("same set column twice after case folding", {"set": {"Full_Name": "1", "full_name": "2"}}, "set", "give each column once"),
     ("statement inside where", {"where": "true; DELETE FROM users"}, "where", "without ';' inside"),
     ("empty where", {"where": "  "}, "where", "non-empty SQL text"),
     ("sql missing :hi", {"set": DROP, "sql": "UPDATE users SET x = 1 WHERE id > :lo"}, "sql", "must use the key bounds :hi"),

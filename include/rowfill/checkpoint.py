@@ -8,6 +8,7 @@ apply nothing twice. It is also the only state chunks share, so any worker can p
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -144,6 +145,13 @@ class CheckpointStore:
             return list(conn.execute(text(f"SELECT name FROM {SCHEMA}.backfills ORDER BY name")).scalars())
 
     # -- writing ----------------------------------------------------------------------------
+    @contextmanager
+    def _short_txn(self):
+        """Bookkeeping transactions: never wait long for a chunk row a dead session may still lock."""
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT set_config('lock_timeout', '30s', true)"))
+            yield conn
+
     def add_chunks(self, conn: Connection, name: str, first_no: int, bounds: list[tuple[int, int, int]]) -> None:
         if not bounds:
             return
@@ -158,12 +166,14 @@ class CheckpointStore:
 
     def start(self, name: str, chunk_no: int, worker: str, run_id: str | None) -> ChunkRow:
         """Claim a chunk for an attempt. A chunk already done stays done (rerunning it is a no-op)."""
-        with self.engine.begin() as conn:
+        with self._short_txn() as conn:
             r = conn.execute(
                 text(
                     f"UPDATE {SCHEMA}.chunks SET status = CASE WHEN status = 'done' THEN status ELSE 'running' END, "
                     "attempts = attempts + CASE WHEN status = 'done' THEN 0 ELSE 1 END, "
-                    "worker = :w, run_id = coalesce(:r, run_id), last_error = NULL, "
+                    "worker = CASE WHEN status = 'done' THEN worker ELSE :w END, "
+                    "run_id = CASE WHEN status = 'done' THEN run_id ELSE coalesce(:r, run_id) END, "
+                    "last_error = CASE WHEN status = 'done' THEN last_error END, "
                     "started_at = coalesce(started_at, now()), updated_at = now() "
                     f"WHERE backfill = :n AND chunk_no = :c RETURNING {_COLUMNS}"
                 ),
@@ -200,7 +210,7 @@ class CheckpointStore:
         )
 
     def finish(self, name: str, chunk_no: int) -> ChunkRow:
-        with self.engine.begin() as conn:
+        with self._short_txn() as conn:
             r = conn.execute(
                 text(
                     f"UPDATE {SCHEMA}.chunks SET status = 'done', finished_at = coalesce(finished_at, now()), "
@@ -210,8 +220,17 @@ class CheckpointStore:
             ).one()
         return _row(r)
 
+    def pause(self, name: str, chunk_no: int) -> None:
+        """A chunk stopped on purpose at a batch boundary: not running, not failed, cursor kept."""
+        with self._short_txn() as conn:
+            conn.execute(
+                text(f"UPDATE {SCHEMA}.chunks SET status = 'pending', updated_at = now() "
+                     "WHERE backfill = :n AND chunk_no = :c AND status = 'running'"),
+                {"n": name, "c": chunk_no},
+            )
+
     def fail(self, name: str, chunk_no: int, error: str) -> None:
-        with self.engine.begin() as conn:
+        with self._short_txn() as conn:
             conn.execute(
                 text(
                     f"UPDATE {SCHEMA}.chunks SET status = 'failed', last_error = :e, updated_at = now() "

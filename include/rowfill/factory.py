@@ -41,7 +41,9 @@ def _doc(spec: Spec) -> str:
 def _schedule(spec: Spec):
     """Cron schedules wait for their next off-peak time; enabling a DAG at noon must not start a backfill at noon."""
     if spec.schedule and not spec.schedule.startswith("@"):
-        return CronTriggerTimetable(spec.schedule, timezone="UTC", run_immediately=False)
+        # run_immediately=False still runs the last slot if it was within 10% of the period;
+        # a zero buffer means "wait for the next slot", always.
+        return CronTriggerTimetable(spec.schedule, timezone="UTC", run_immediately=timedelta(0))
     return spec.schedule
 
 

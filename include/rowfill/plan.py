@@ -97,7 +97,7 @@ def plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
 
     Done chunks are never planned again; a partly done chunk keeps its cursor (the runner reads it).
     """
-    limit = limit or max_map_length()
+    limit = max_map_length() if limit is None else limit
     store = CheckpointStore(engine)
     store.ensure_schema()
     with engine.begin() as conn:
@@ -119,11 +119,11 @@ def plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
         store.add_chunks(conn, spec.name, len(existing) + 1, new)
         chunks = store.chunks(spec.name, conn)
     total = len(chunks)
-    return [
-        PlannedChunk(spec.name, c.chunk_no, total, c.lo, c.hi, c.est_rows, spec.key)
-        for c in chunks
-        if c.status != "done"
-    ]
+    todo = [PlannedChunk(spec.name, c.chunk_no, total, c.lo, c.hi, c.est_rows, spec.key) for c in chunks if c.status != "done"]
+    if len(todo) > limit and log:
+        log.warning("plan: %d unfinished chunks exceed max_map_length=%d; running the first %d, the rest next run",
+                    len(todo), limit, limit)
+    return todo[:limit]
 
 
 def describe(chunks: list[ChunkRow]) -> str:

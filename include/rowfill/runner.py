@@ -73,10 +73,14 @@ class BatchWriter:
             assignments = ", ".join(f"{quote(col)} = {expr}" for col, expr in spec.set.items())
             where = f" AND ({spec.where})" if spec.where else ""
             self.write = text(f"UPDATE {table} SET {assignments} WHERE {key} > :lo AND {key} <= :hi{where}")
+        # idle_in_transaction_session_timeout: a runner that hangs mid-batch (paused VM, lost
+        # network) must not keep its chunk row locked for the retry that replaces it.
         self.timeouts = text(
-            "SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true)"
+            "SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true), "
+            "set_config('idle_in_transaction_session_timeout', :it, true)"
         )
-        self.timeout_params = {"lt": f"{int(spec.lock_timeout * 1000)}ms", "st": f"{int(spec.statement_timeout * 1000)}ms"}
+        self.timeout_params = {"lt": f"{int(spec.lock_timeout * 1000)}ms", "st": f"{int(spec.statement_timeout * 1000)}ms",
+                               "it": f"{int(max(spec.statement_timeout * 2, 60) * 1000)}ms"}
 
     def batch_end(self, conn: Connection, lo: int, hi: int, rows: int) -> tuple[int | None, int]:
         end, seen = conn.execute(self.boundary, {"lo": lo, "hi": hi, "n": rows}).one()
@@ -129,6 +133,7 @@ class ChunkRunner:
             while True:
                 if reason := self.should_stop():
                     self.log.info("%s: stopping at a batch boundary (%s); cursor %s kept", label, reason, cursor)
+                    self.store.pause(spec.name, chunk_no)
                     return ChunkResult(spec.name, chunk_no, "stopped", seen, written, batches, self.clock() - started, cursor)
                 t0 = self.clock()
                 outcome = self._batch_with_retries(chunk_no, label)

@@ -32,12 +32,13 @@ def check_target(conn: Connection, spec: Spec) -> Target:
         raise SpecError(spec.source, "table", f"table {spec.table} does not exist in the target database (connection {spec.connection!r})")
     rows = conn.execute(
         text(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a "
             "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"
         ),
         {"t": spec.table.sql},
     ).all()
-    types = {name: typ for name, typ in rows}
+    types = {name: typ for name, typ, _ in rows}
+    not_null = {name for name, _, nn in rows if nn}
     if spec.key not in types:
         raise SpecError(spec.source, "key", f"column {spec.key!r} does not exist in {spec.table}; columns are: {', '.join(sorted(types))}")
     if types[spec.key] not in INTEGER_TYPES:
@@ -46,14 +47,21 @@ def check_target(conn: Connection, spec: Spec) -> Target:
             f"column {spec.key!r} is {types[spec.key]}, but chunks walk an integer key (smallint, integer, bigint); "
             "pick the table's integer primary key",
         )
+    if spec.key not in not_null:
+        raise SpecError(
+            spec.source, "key",
+            f"column {spec.key!r} allows NULL; rows with a NULL key would never be visited. Use a NOT NULL "
+            f"key such as the primary key, or ALTER TABLE {spec.table.sql} ALTER COLUMN {spec.key} SET NOT NULL",
+        )
     for col in spec.set:
         if col not in types:
             raise SpecError(spec.source, "set", f"column {col!r} does not exist in {spec.table}; add it first (ALTER TABLE ... ADD COLUMN) or fix the name")
     indexed = conn.execute(
         text(
-            "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "SELECT i.indisunique AND i.indnkeyatts = 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
             "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam AND am.amname = 'btree' "
-            "WHERE i.indrelid = to_regclass(:t) AND a.attname = :k AND i.indisvalid AND i.indpred IS NULL LIMIT 1"
+            "WHERE i.indrelid = to_regclass(:t) AND a.attname = :k AND i.indisvalid AND i.indpred IS NULL "
+            "ORDER BY 1 DESC LIMIT 1"
         ),
         {"t": spec.table.sql, "k": spec.key},
     ).first()
@@ -62,6 +70,12 @@ def check_target(conn: Connection, spec: Spec) -> Target:
             spec.source, "key",
             f"column {spec.key!r} has no usable btree index on {spec.table}; every batch would scan the whole table. "
             f"Create one first: CREATE INDEX CONCURRENTLY ON {spec.table.sql} ({spec.key})",
+        )
+    if not indexed[0]:
+        raise SpecError(
+            spec.source, "key",
+            f"column {spec.key!r} is not unique in {spec.table} (no unique index on it alone); batches end at a key "
+            "value, so duplicates would make batches unbounded and counts wrong. Pick a unique key such as the primary key",
         )
     _check_sql_compiles(conn, spec)
     return Target(key_type=types[spec.key], columns=frozenset(types))

@@ -141,6 +141,8 @@ def _check(kind: str, value: Any) -> Any:
             name = parse_identifier(col) if isinstance(col, str) else parse_identifier("")
             if not isinstance(expr, str) or not expr.strip():
                 raise ValueError(f"column {col!r}: expected an SQL expression as text")
+            if name in out:
+                raise ValueError(f"column {col!r} is the column {name!r} again (plain names are case-folded); give each column once")
             out[name] = expr.strip()
         return out
     if kind in ("positive_int", "count"):
