@@ -196,7 +196,7 @@ def test_a_lock_released_during_the_retries_lets_the_chunk_finish(engine, tmp_pa
     lock = RowLock(engine, 550)
     releaser = threading.Timer(0.5, lock.release)
     releaser.start()
-    throttle = Throttle(spec.pause)
+    throttle = Throttle.for_spec(spec)
     try:
         result = ChunkRunner(engine, spec, throttle=throttle).run(chunk.chunk_no)
     finally:

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from rowfill.checkpoint import CheckpointStore
 from rowfill.errors import ChunkFailed
 from rowfill.progress import progress_line
 from rowfill.spec import Spec
-from rowfill.sqlnames import quote
 from rowfill.throttle import Throttle
+from rowfill.writers import writer_for
 
 log = logging.getLogger("rowfill.runner")
 
@@ -55,39 +55,27 @@ def sqlstate(exc: BaseException) -> str | None:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Recorded on the chunk row; ROWFILL_WORKER_NAME tells apart workers that share a host."""
+    return os.environ.get("ROWFILL_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 
 
-class BatchWriter:
-    """The SQL of one batch for a spec, built once per chunk (identifiers quoted, values bound)."""
+class BatchObserver:
+    """Something that wants to know about every committed batch (metrics, live progress, tests)."""
 
-    def __init__(self, spec: Spec):
-        key, table = quote(spec.key), spec.table.sql
-        self.boundary = text(
-            f"SELECT max(k), count(*) FROM (SELECT {key} AS k FROM {table} "
-            f"WHERE {key} > :lo AND {key} <= :hi ORDER BY {key} LIMIT :n) s"
-        )
-        if spec.sql:
-            self.write = text(spec.sql)
-        else:
-            assignments = ", ".join(f"{quote(col)} = {expr}" for col, expr in spec.set.items())
-            where = f" AND ({spec.where})" if spec.where else ""
-            self.write = text(f"UPDATE {table} SET {assignments} WHERE {key} > :lo AND {key} <= :hi{where}")
-        # idle_in_transaction_session_timeout: a runner that hangs mid-batch (paused VM, lost
-        # network) must not keep its chunk row locked for the retry that replaces it.
-        self.timeouts = text(
-            "SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true), "
-            "set_config('idle_in_transaction_session_timeout', :it, true)"
-        )
-        self.timeout_params = {"lt": f"{int(spec.lock_timeout * 1000)}ms", "st": f"{int(spec.statement_timeout * 1000)}ms",
-                               "it": f"{int(max(spec.statement_timeout * 2, 60) * 1000)}ms"}
+    def batch_done(self, *, spec: Spec, chunk_no: int, seconds: float, seen: int, written: int, cursor) -> None:
+        pass
 
-    def batch_end(self, conn: Connection, lo: int, hi: int, rows: int) -> tuple[int | None, int]:
-        end, seen = conn.execute(self.boundary, {"lo": lo, "hi": hi, "n": rows}).one()
-        return end, seen
 
-    def apply(self, conn: Connection, lo: int, hi: int) -> int:
-        return conn.execute(self.write, {"lo": lo, "hi": hi}).rowcount
+def _timeouts(spec: Spec) -> tuple:
+    # idle_in_transaction_session_timeout: a runner that hangs mid-batch (paused VM, lost
+    # network) must not keep its chunk row locked for the retry that replaces it.
+    sql = text(
+        "SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true), "
+        "set_config('idle_in_transaction_session_timeout', :it, true)"
+    )
+    params = {"lt": f"{int(spec.lock_timeout * 1000)}ms", "st": f"{int(spec.statement_timeout * 1000)}ms",
+              "it": f"{int(max(spec.statement_timeout * 2, 60) * 1000)}ms"}
+    return sql, params
 
 
 class ChunkRunner:
@@ -101,18 +89,21 @@ class ChunkRunner:
         label: str | None = None,
         run_id: str | None = None,
         should_stop: Callable[[], str | None] = lambda: None,
+        observers: list[BatchObserver] = (),
         clock: Callable[[], float] = time.monotonic,
     ):
         self.engine = engine
         self.spec = spec
         self.store = CheckpointStore(engine)
-        self.throttle = throttle or Throttle(spec.pause)
+        self.throttle = throttle or Throttle.for_spec(spec)
         self.log = logger or log
         self.label = label
         self.run_id = run_id
         self.should_stop = should_stop
         self.clock = clock
-        self.writer = BatchWriter(spec)
+        self.writer = writer_for(spec)
+        self.observers = list(observers)
+        self.timeouts, self.timeout_params = _timeouts(spec)
 
     def run(self, chunk_no: int) -> ChunkResult:
         spec = self.spec
@@ -142,11 +133,14 @@ class ChunkRunner:
                 cursor, b_seen, b_written = outcome
                 seen, written, batches = seen + b_seen, written + b_written, batches + 1
                 now = self.clock()
+                for observer in self.observers:
+                    observer.batch_done(spec=spec, chunk_no=chunk_no, seconds=now - t0, seen=b_seen,
+                                        written=b_written, cursor=cursor)
                 if now >= next_report:
                     rate = seen / max(now - started, 1e-9)
                     self.log.info("%s", progress_line(label, done_before + seen, row.est_rows, rate))
                     next_report = now + spec.progress_every
-                self.throttle.after_batch(now - t0)
+                self.throttle.after_batch(now - t0, b_seen)
         except Exception as exc:
             message = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".strip()
             self.store.fail(spec.name, chunk_no, message)
@@ -180,11 +174,11 @@ class ChunkRunner:
         """One batch in one transaction; returns None when the chunk has no keys left."""
         w, name = self.writer, self.spec.name
         with self.engine.begin() as conn:
-            conn.execute(w.timeouts, w.timeout_params)
+            conn.execute(self.timeouts, self.timeout_params)
             position, hi, _status = self.store.lock_position(conn, name, chunk_no)
             if position >= hi:
                 return None
-            end, seen = w.batch_end(conn, position, hi, self.spec.batch_rows)
+            end, seen = w.batch_end(conn, position, hi, self.throttle.batch_rows)
             if end is None:  # no keys left in range (rows deleted since planning)
                 end, seen = hi, 0
             written = w.apply(conn, position, end)

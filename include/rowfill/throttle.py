@@ -10,14 +10,23 @@ from typing import Callable
 
 
 class Throttle:
-    """A fixed pause after every batch; ``sleep`` is injectable so tests can use a fake clock."""
+    """Paces one chunk: the size of the next batch and the rest after it.
 
-    def __init__(self, pause: float, sleep: Callable[[float], None] = time.sleep):
+    The runner asks ``batch_rows`` before each batch and calls ``after_batch`` after each
+    commit; ``sleep`` is injectable so tests can use a fake clock.
+    """
+
+    def __init__(self, pause: float, batch_rows: int = 1000, sleep: Callable[[float], None] = time.sleep):
         self.pause = pause
+        self.batch_rows = batch_rows
         self._sleep = sleep
         self.slept = 0.0
 
-    def after_batch(self, batch_seconds: float) -> None:
+    @classmethod
+    def for_spec(cls, spec, sleep: Callable[[float], None] = time.sleep) -> "Throttle":
+        return cls(spec.pause, spec.batch_rows, sleep)
+
+    def after_batch(self, batch_seconds: float, rows: int = 0) -> None:
         if self.pause > 0:
             self._sleep(self.pause)
             self.slept += self.pause
