@@ -57,7 +57,7 @@ DEFAULT_PG_SETTINGS = {
     "full_page_writes": "on",
     "synchronous_commit": "on",
     "shared_buffers": "1GB",
-    "max_wal_size": "4GB",
+    "max_wal_size": "16GB",  # no WAL-triggered checkpoint inside a timed run (they made runs vary by +-50%)
     "checkpoint_timeout": "15min",
 }
 SHOWN_SETTINGS = ["fsync", "full_page_writes", "synchronous_commit", "wal_level", "shared_buffers",
@@ -142,7 +142,9 @@ def checkpoint(conn) -> None:
 def table_stats(engine: Engine, table: str) -> dict:
     with engine.connect() as conn:
         size = conn.execute(text("SELECT pg_total_relation_size(CAST(:t AS regclass))"), {"t": table}).scalar()
-        return {"total_bytes": size}
+        autovac = conn.execute(text("SELECT coalesce(autovacuum_count, 0) + coalesce(autoanalyze_count, 0) "
+                                    "FROM pg_stat_all_tables WHERE relid = CAST(:t AS regclass)"), {"t": table}).scalar()
+        return {"total_bytes": size, "autovacuum_runs": autovac or 0}
 
 
 def wal_position(engine: Engine) -> dict:
@@ -153,7 +155,50 @@ def wal_position(engine: Engine) -> dict:
             fpi, wal_bytes, syncs = conn.execute(text("SELECT wal_fpi, wal_bytes, wal_sync FROM pg_stat_wal")).one()
         except Exception:
             fpi = wal_bytes = syncs = None
-        return {"lsn": lsn, "fpi": fpi, "wal_bytes": wal_bytes, "wal_sync": syncs}
+        ckpts = conn.execute(text("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")).scalar()
+        return {"lsn": lsn, "fpi": fpi, "wal_bytes": wal_bytes, "wal_sync": syncs, "checkpoints": ckpts}
+
+
+def cpu_pressure_us() -> int | None:
+    """Linux PSI: total microseconds some runnable task waited for a CPU (None where PSI is missing)."""
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some"):
+                return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cpu_ticks() -> dict[int, tuple[str, int]]:
+    ticks = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                raw = (d / "stat").read_text()
+                comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+                fields = raw[raw.rindex(")") + 2 :].split()
+                ticks[int(d.name)] = (comm, int(fields[11]) + int(fields[12]))  # utime + stime
+            except (OSError, ValueError, IndexError):
+                pass
+    return ticks
+
+
+def busy_others(window: float = 1.0) -> list[str]:
+    """Other processes using CPU right now (sampled over ``window`` s); a busy machine makes numbers noisy."""
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    a = _cpu_ticks()
+    time.sleep(window)
+    b = _cpu_ticks()
+    me = os.getpid()
+    busy = []
+    for pid, (comm, t) in b.items():
+        if pid == me or pid not in a:
+            continue
+        pct = 100 * (t - a[pid][1]) / hz / window
+        if pct >= 10:
+            busy.append((pct, f"{comm}({pid}) {pct:.0f}%"))
+    return [s for _, s in sorted(busy, reverse=True)[:5]]
 
 
 def flush_backend_stats(engine: Engine) -> None:
@@ -166,7 +211,7 @@ def wal_delta(engine: Engine, before: dict, after: dict) -> dict:
     with engine.connect() as conn:
         lsn_bytes = conn.execute(text("SELECT pg_wal_lsn_diff(CAST(:a AS pg_lsn), CAST(:b AS pg_lsn))"),
                                  {"a": after["lsn"], "b": before["lsn"]}).scalar()
-    out = {"wal_mb": round(float(lsn_bytes) / 2**20, 1)}
+    out = {"wal_mb": round(float(lsn_bytes) / 2**20, 1), "checkpoints": int(after["checkpoints"] - before["checkpoints"])}
     if before["fpi"] is not None:
         out["full_page_images"] = int(after["fpi"] - before["fpi"])
         out["wal_syncs"] = int(after["wal_sync"] - before["wal_sync"])
@@ -326,7 +371,8 @@ def print_report(res: dict) -> None:
           f"untimed warm-up run: {'yes' if cfg['warmup'] else 'no'}; table autovacuum: {cfg['autovacuum']}")
     print(f"rowfill:    chunk_rows={cfg['chunk_rows']:,} batch_rows={cfg['batch_rows']:,} parallel={cfg['parallel']} pause=0")
     print()
-    header = f"{'run':<26} {'rows':>11} {'seconds':>9} {'rows/s':>11} {'WAL MB':>8} {'FPIs':>9} {'syncs':>7}"
+    header = (f"{'run':<26} {'rows':>11} {'seconds':>9} {'rows/s':>11} {'WAL MB':>8} {'FPIs':>9} {'syncs':>7} "
+              f"{'ckpts':>5} {'autovac':>7} {'cpu wait':>8}")
     print(header)
     print("-" * len(header))
     for key, label in (("single_update", "single UPDATE"), ("rowfill", "rowfill (unthrottled)")):
@@ -334,8 +380,15 @@ def print_report(res: dict) -> None:
             tag = label if len(res["runs"][key]) == 1 else f"{label} #{i + 1}"
             w = r.get("wal", {})
             print(f"{tag:<26} {r['rows']:>11,} {r['seconds']:>9.2f} {r['rows_per_s']:>11,.0f} "
-                  f"{w.get('wal_mb', 0):>8,.0f} {w.get('full_page_images', 0):>9,} {w.get('wal_syncs', 0):>7,}")
+                  f"{w.get('wal_mb', 0):>8,.0f} {w.get('full_page_images', 0):>9,} {w.get('wal_syncs', 0):>7,} "
+                  f"{w.get('checkpoints', 0):>5} {r.get('autovacuum_runs', 0):>7} "
+                  f"{(str(r['cpu_wait_pct']) + '%') if 'cpu_wait_pct' in r else '-':>8}")
     rf = res["runs"]["rowfill"][-1]
+    print("(WAL MB/FPIs/syncs/ckpts: WAL written, full-page images, WAL fsyncs, checkpoints during the run; autovac: "
+          "autovacuum/analyze runs on the table during it; cpu wait: share of the run some task waited for a CPU)")
+    if res.get("busy_at_start"):
+        print(f"WARNING: other processes were using CPU when the benchmark started: {', '.join(res['busy_at_start'])}; "
+              "numbers may be noisy.")
     print()
     print(f"rowfill: {rf['chunks']} chunks, {rf['batches']:,} batches, planning {rf['plan_seconds']:.2f} s")
     if res.get("phases"):
@@ -364,9 +417,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=5_000_000, help="rows in the users table (default 5,000,000)")
     p.add_argument("--chunk-rows", type=int, default=1_000_000, help="rowfill chunk_rows (default 1,000,000)")
-    p.add_argument("--batch-rows", type=int, default=10_000, help="rowfill batch_rows (default 10,000)")
+    p.add_argument("--batch-rows", type=int, default=50_000, help="rowfill batch_rows (default 50,000)")
     p.add_argument("--parallel", type=int, default=1, help="chunks run at once, in threads (default 1)")
-    p.add_argument("--repeat", type=int, default=1, help="run each side this many times (alternating), report medians")
+    p.add_argument("--repeat", type=int, default=3, help="run each side this many times, alternating the order; medians are compared (default 3)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="first build the table and update it once untimed, so WAL segment files exist and caches are "
                         "warm for every timed run; without it the first timed run pays for creating WAL files (default: on)")
@@ -412,6 +465,7 @@ def main(argv=None) -> int:
     phases = PhaseTimer(engine) if args.phases else None
     try:
         res = {"machine": machine(), "server": server(engine), "where": where, "target_pct": TARGET_PCT,
+               "busy_at_start": busy_others(), "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
                "config": {"rows": args.rows, "table": table, "chunk_rows": args.chunk_rows, "batch_rows": args.batch_rows,
                           "parallel": args.parallel, "repeat": args.repeat, "autovacuum": args.autovacuum,
                           "warmup": args.warmup},
@@ -430,12 +484,16 @@ def main(argv=None) -> int:
                 build_table(engine, table, args.rows, args.autovacuum)
                 say(f"    built in {time.perf_counter() - t0:.1f} s ({table_stats(engine, table)['total_bytes'] / 2**20:,.0f} MB); "
                     f"running {kind} ...")
-                before = wal_position(engine)
+                before, psi0 = wal_position(engine), cpu_pressure_us()
                 r = run_single_update(engine, table) if kind == "single_update" else run_rowfill(engine, table, args, phases)
+                psi1 = cpu_pressure_us()
                 flush_backend_stats(engine)
+                if psi0 is not None and psi1 is not None:
+                    r["cpu_wait_pct"] = round(100 * (psi1 - psi0) / 1e6 / r["seconds"], 1)
                 r["wal"] = wal_delta(engine, before, wal_position(engine))
                 r["rows_per_s"] = r["rows"] / r["seconds"]
-                r["table_bytes_after"] = table_stats(engine, table)["total_bytes"]
+                after = table_stats(engine, table)
+                r["table_bytes_after"], r["autovacuum_runs"] = after["total_bytes"], after["autovacuum_runs"]
                 say(f"    {kind}: {r['rows']:,} rows in {r['seconds']:.2f} s = {r['rows_per_s']:,.0f} rows/s")
                 res["runs"][kind].append(r)
                 checks[kind] = verify(engine, table)

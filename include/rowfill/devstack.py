@@ -37,7 +37,10 @@ def read_env_file(path: Path = SHARED_ENV) -> dict[str, str]:
 class AirflowStack:
     def __init__(self, home: str | os.PathLike, *, port: int = 8080, target_url: str | None = None,
                  specs_dir: str | os.PathLike | None = None, extra_env: dict[str, str] | None = None,
-                 user: str = "admin", password: str = "admin"):
+                 user: str = "admin", password: str = "admin",
+                 metadata_url: str | None = None, broker_url: str | None = None):
+        """LocalExecutor on SQLite by default; give ``metadata_url`` (PostgreSQL) and ``broker_url``
+        (Redis) for a CeleryExecutor deployment whose workers ``start_workers`` starts."""
         self.home = Path(home).resolve()
         self.port = port
         self.user, self.password = user, password
@@ -50,8 +53,8 @@ class AirflowStack:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if broker_url else "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url or f"sqlite:///{self.home / 'airflow.db'}",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": self.base,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base}/execution/",
@@ -60,6 +63,9 @@ class AirflowStack:
             "AIRFLOW_CONN_ROWFILL_AIRFLOW_API": json.dumps(
                 {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "login": user, "password": password}),
         })
+        if broker_url:
+            self.env["AIRFLOW__CELERY__BROKER_URL"] = broker_url
+            self.env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + metadata_url.replace("+psycopg", "")
         if target_url:
             self.env["AIRFLOW_CONN_APP_DB"] = target_url
         if specs_dir:
@@ -91,8 +97,43 @@ class AirflowStack:
                                                 start_new_session=True)
         self.wait_for_api()
 
+    def start_workers(self, names: list[str], concurrency: int = 2) -> None:
+        """Celery workers as separate processes; each records its name on the chunks it runs."""
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            out = open(logs / f"worker-{name}.out", "ab")
+            env = {**self.env, "ROWFILL_WORKER_NAME": name}
+            self.procs[f"worker-{name}"] = subprocess.Popen(
+                ["airflow", "celery", "worker", "--concurrency", str(concurrency), "--celery-hostname", f"{name}@%h",
+                 "--without-mingle", "--without-gossip"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, component: str) -> None:
+        """SIGKILL a component's whole process group: a machine dying, as far as Airflow can tell."""
+        import psutil
+
+        proc = self.procs.pop(component)
+        # Task processes may run in sessions of their own: kill every descendant, then the group.
+        victims = psutil.Process(proc.pid).children(recursive=True)
+        _kill_group(proc.pid, signal.SIGKILL)
+        for child in victims:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(timeout=10)
+
     def stop(self) -> None:
+        """Stop every component and everything it started (task processes may sit in sessions of their own)."""
+        import psutil
+
+        descendants = []
         for proc in self.procs.values():
+            try:
+                descendants += psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
             _kill_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for proc in self.procs.values():
@@ -101,6 +142,11 @@ class AirflowStack:
             except subprocess.TimeoutExpired:
                 pass
             _kill_group(proc.pid, signal.SIGKILL)
+        for child in descendants:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
         self.procs.clear()
 
     def __enter__(self):

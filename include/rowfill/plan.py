@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.checkpoint import CheckpointStore, ChunkRow
+from rowfill.estimate import EXACT_PLAN_MAX_ROWS, estimated_rows, sampled_boundaries
 from rowfill.schema_check import check_target
 from rowfill.spec import Spec
 from rowfill.sqlnames import quote
@@ -78,6 +79,17 @@ def walk_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_rows:
         after = hi
 
 
+def find_boundaries(conn: Connection, spec: Spec, after: int | None, room: int) -> list[tuple[int, int, int]]:
+    """Exact index walk for ordinary tables; estimated boundaries for huge ones (see ``estimate``)."""
+    mode = spec.planning
+    if mode == "auto":
+        rows = estimated_rows(conn, spec)
+        mode = "estimated" if rows is not None and rows > EXACT_PLAN_MAX_ROWS else "exact"
+    if mode == "estimated":
+        return sampled_boundaries(conn, spec, after, spec.chunk_rows, room)
+    return walk_boundaries(conn, spec, after, spec.chunk_rows)
+
+
 def merge_to_limit(bounds: list[tuple[int, int, int]], limit: int) -> list[tuple[int, int, int]]:
     """Grow chunks (merge neighbours) until there are at most ``limit``; Airflow refuses longer maps."""
     if limit <= 0:
@@ -108,7 +120,7 @@ def plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
         open_chunks = [c for c in existing if c.status != "done"]
         after = max((c.hi for c in existing), default=None)
         room = limit - len(open_chunks)
-        new = walk_boundaries(conn, spec, after, spec.chunk_rows)
+        new = find_boundaries(conn, spec, after, max(room, 0))
         if len(new) > room and log and room > 0:
             log.info("plan: %d new chunks of %d rows exceed the room of %d under max_map_length=%d; growing chunks",
                      len(new), spec.chunk_rows, room, limit)

@@ -56,6 +56,7 @@ class Spec:
     batch_retries: int = 5
     progress_every: float = 10.0
     tags: tuple[str, ...] = ()
+    planning: str = "auto"
 
     @property
     def dag_id(self) -> str:
@@ -106,6 +107,7 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "batch_retries": ("count", False),
     "progress_every": ("duration", False),
     "tags": ("tags", False),
+    "planning": ("planning", False),
 }
 
 
@@ -172,6 +174,10 @@ def _check(kind: str, value: Any) -> Any:
 
         if not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a valid cron expression; e.g. \"0 2 * * *\" starts at 02:00 every day")
+        return value
+    if kind == "planning":
+        if value not in ("auto", "exact", "estimated"):
+            raise ValueError("expected auto (exact below 20M rows, estimated above), exact (walk the key index) or estimated (sample)")
         return value
     if kind == "tags":
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):

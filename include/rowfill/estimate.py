@@ -1,0 +1,95 @@
+"""Planning for tables too big to walk: chunk boundaries estimated from statistics and a sample.
+
+Walking the key index row by row is exact but reads every index entry: fine for tens of millions
+of rows, minutes for a billion. Above ``EXACT_PLAN_MAX_ROWS`` (or with ``planning: estimated``)
+boundaries come from a block sample of the keys (``TABLESAMPLE SYSTEM``) cut at its quantiles, so
+each chunk holds about ``chunk_rows`` rows while planning reads a few thousand pages. When the
+sample is too thin to cut (statistics out of date, synthetic key spaces) the key range is split
+into equal widths, which is exact for dense keys such as ids from a sequence.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from rowfill.spec import Spec
+from rowfill.sqlnames import quote
+
+EXACT_PLAN_MAX_ROWS = 20_000_000
+PAGES_PER_CHUNK = 10  # sampled pages per planned chunk: chunk sizes within about ±30 %
+
+
+def estimated_rows(conn: Connection, spec: Spec) -> int | None:
+    """PostgreSQL's own row estimate (no scan); None if the table was never analyzed."""
+    reltuples = _stats(conn, spec)[0]
+    return None if reltuples is None or reltuples < 0 else int(reltuples)
+
+
+def _stats(conn: Connection, spec: Spec) -> tuple[float | None, int]:
+    row = conn.execute(
+        text("SELECT reltuples, relpages FROM pg_class WHERE oid = to_regclass(:t)"), {"t": spec.table.sql}
+    ).first()
+    return (row[0], max(row[1], 1)) if row else (None, 1)
+
+
+def key_span(conn: Connection, spec: Spec, after: int | None) -> tuple[int, int] | None:
+    """(first, last) key after ``after``; two index probes."""
+    key, table = quote(spec.key), spec.table.sql
+    cond, params = (f"WHERE {key} > :after", {"after": after}) if after is not None else ("", {})
+    first = conn.execute(text(f"SELECT min({key}) FROM {table} {cond}"), params).scalar()
+    if first is None:
+        return None
+    last = conn.execute(text(f"SELECT max({key}) FROM {table}")).scalar()
+    return first, last
+
+
+def split_key_range(after: int, last: int, rows: int, chunk_rows: int, limit: int) -> list[tuple[int, int, int]]:
+    """Equal key-width chunks over (after, last], each estimated at rows/n rows."""
+    if last <= after or limit <= 0:
+        return []
+    n = max(1, min(limit, math.ceil(max(rows, 1) / chunk_rows), last - after))
+    width = (last - after) / n
+    bounds, lo = [], after
+    for i in range(1, n + 1):
+        hi = last if i == n else after + round(i * width)
+        if hi > lo:
+            bounds.append((lo, hi, 0))
+            lo = hi
+    per_chunk = max(rows, 0) // len(bounds) if bounds else 0
+    return [(lo, hi, per_chunk) for lo, hi, _ in bounds]
+
+
+def sampled_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_rows: int, limit: int,
+                       rows: int | None = None) -> list[tuple[int, int, int]]:
+    """Chunks of about ``chunk_rows`` rows from a block sample's quantiles; at most ``limit`` chunks."""
+    span = key_span(conn, spec, after)
+    if span is None or limit <= 0:
+        return []
+    first, last = span
+    after = first - 1 if after is None else after
+    total = rows if rows is not None else estimated_rows(conn, spec)
+    if total is None:
+        total = conn.execute(text(f"SELECT count(*) FROM {spec.table.sql}")).scalar()
+    n = max(1, min(limit, math.ceil(max(total, 1) / chunk_rows)))
+    if n == 1:
+        return [(after, last, total)]
+    # Rows on one page have neighbouring keys, so what matters is the number of sampled pages.
+    percent = min(100.0, 100.0 * n * PAGES_PER_CHUNK / _stats(conn, spec)[1])
+    key = quote(spec.key)
+    sampled, cuts = conn.execute(
+        text(f"SELECT count(*), percentile_disc(CAST(:fractions AS float8[])) WITHIN GROUP (ORDER BY {key}) "
+             f"FROM {spec.table.sql} TABLESAMPLE SYSTEM (:p) REPEATABLE (42) WHERE {key} > :after"),
+        {"p": percent, "after": after, "fractions": [i / n for i in range(1, n)]},
+    ).one()
+    if sampled < 5 * n:  # too thin to cut (stale statistics, synthetic key spaces)
+        return split_key_range(after, last, total, chunk_rows, limit)
+    highs = [c for c in sorted(set(cuts)) if after < c < last] + [last]
+    per_chunk = total // len(highs)
+    bounds, lo = [], after
+    for hi in highs:
+        bounds.append((lo, hi, per_chunk))
+        lo = hi
+    return bounds
