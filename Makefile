@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo demo-stop test test-fast bench clean
+.PHONY: install system-deps demo demo-stop test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,16 +15,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-demo: install
+system-deps:
+	bash scripts/system-deps.sh
+
+demo: install system-deps
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 demo-stop: install
 	$(PY) scripts/demo.py --stop
 
-test: install
+test: install system-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install system-deps
 	$(VENV)/bin/pytest -m "not airflow" $(PYTEST_ARGS)
 
 bench: install
