@@ -299,3 +299,16 @@ def test_two_runners_on_the_same_chunk_apply_each_row_once(engine, db_url, tmp_p
     assert sum(r.batches for r in results) == n // 100
     assert sum(r.rows_written for r in results) == n
     assert_points_applied_exactly_once(engine, spec.name, n)
+
+
+def test_a_dead_database_is_reported_with_the_spec_file_and_connection(tmp_path):
+    from rowfill.db import DatabaseUnavailable, check_reachable, engine_from_url
+    from rowfill.localpg import free_port
+
+    spec = spec_for(tmp_path)
+    engine = engine_from_url(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        check_reachable(engine, spec.connection, spec.source)
+    message = str(caught.value)
+    assert f"{spec.source}: field 'connection'" in message
+    assert "AIRFLOW_CONN_APP_DB" in message and "nothing was changed" in message

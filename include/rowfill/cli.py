@@ -30,7 +30,7 @@ def progress_bar(done: int, total: int, width: int = 30) -> str:
 
 def _engine(spec, args):
     engine = engine_for(spec.connection, args.db)
-    check_reachable(engine, spec.connection)
+    check_reachable(engine, spec.connection, spec.source)
     return engine
 
 

@@ -48,15 +48,16 @@ def engine_for(connection: str, url: str | None = None) -> Engine:
     return engine_from_url(url) if url else engine_from_airflow(connection)
 
 
-def check_reachable(engine: Engine, connection: str) -> None:
+def check_reachable(engine: Engine, connection: str, source: str | None = None) -> None:
     """Fail early with advice instead of a driver traceback deep inside a batch."""
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except OperationalError as exc:
         where = engine.url.render_as_string(hide_password=True)
+        prefix = f"{source}: field 'connection': " if source else ""
         raise DatabaseUnavailable(
-            f"cannot reach the target database of connection {connection!r} ({where}): "
+            f"{prefix}cannot reach the target database of connection {connection!r} ({where}): "
             f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}. Check that the server is up and "
             f"that the Airflow connection {connection!r} (env AIRFLOW_CONN_{connection.upper()}) points at it; "
             "nothing was changed."

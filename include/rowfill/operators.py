@@ -24,7 +24,7 @@ from rowfill.verify import verify_backfill
 def target_engine(spec: Spec):
     engine = engine_for(spec.connection)
     try:
-        check_reachable(engine, spec.connection)
+        check_reachable(engine, spec.connection, spec.source)
         yield engine
     finally:
         engine.dispose()
