@@ -445,6 +445,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Importing Airflow pieces may install its own handlers; keep rowfill's progress lines off stdout
+    # (and out of --json) unless -v.
+    logging.getLogger("rowfill").setLevel(logging.INFO if args.verbose else logging.WARNING)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True))
     pg = tmp = None
     if args.db:
