@@ -23,8 +23,8 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[
 os.environ.pop("ROWFILL_DATABASE_URL", None)
 
 import pytest
-from sqlalchemy import text
 
+from helpers import create_database
 from rowfill.db import engine_from_url
 from rowfill.localpg import LocalPostgres
 
@@ -44,13 +44,7 @@ def pg_cluster():
 def db_url(pg_cluster, request):
     """A fresh, empty database for one test."""
     name = f"t{next(_db_counter)}_{request.node.name.lower()}"[:60]
-    name = "".join(c if c.isalnum() else "_" for c in name)
-    admin = engine_from_url(pg_cluster.url).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return pg_cluster.url_for(name)
+    return create_database(pg_cluster, "".join(c if c.isalnum() else "_" for c in name))
 
 
 @pytest.fixture

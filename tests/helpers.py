@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from sqlalchemy import text
 
+from rowfill.db import engine_from_url
 from rowfill.spec import load_spec
 
 
@@ -46,3 +47,13 @@ def write_spec(tmp_path: Path, name: str = "users_full_name", **fields) -> Path:
 
 def spec_for(tmp_path: Path, **fields):
     return load_spec(write_spec(tmp_path, **fields))
+
+
+def create_database(pg_cluster, name: str) -> str:
+    """(Re)create an empty database in the test cluster and return its URL."""
+    admin = engine_from_url(pg_cluster.url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return pg_cluster.url_for(name)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from helpers import make_users, write_spec
+from helpers import create_database, make_users, write_spec
 from rowfill.checkpoint import CheckpointStore
 from rowfill.db import engine_from_url
 from rowfill.devstack import AirflowStack
@@ -25,12 +25,7 @@ FAIL_AT = 15_500  # inside chunk 2 of 3, after several of its batches
 
 @pytest.fixture(scope="module")
 def target(pg_cluster):
-    admin = engine_from_url(pg_cluster.url).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS e2e_app"))
-        conn.execute(text("CREATE DATABASE e2e_app"))
-    admin.dispose()
-    url = pg_cluster.url_for("e2e_app")
+    url = create_database(pg_cluster, "e2e_app")
     engine = engine_from_url(url)
     make_users(engine, ROWS)
     with engine.begin() as conn:

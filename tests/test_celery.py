@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from helpers import make_users, write_spec
+from helpers import create_database, make_users, write_spec
 from rowfill.checkpoint import CheckpointStore
 from rowfill.db import engine_from_url
 from rowfill.devstack import AirflowStack
@@ -42,18 +42,9 @@ def redis_url():
     proc.wait()
 
 
-def _create_database(pg_cluster, name: str) -> str:
-    admin = engine_from_url(pg_cluster.url).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return pg_cluster.url_for(name)
-
-
 @pytest.fixture(scope="module")
 def target(pg_cluster):
-    url = _create_database(pg_cluster, "celery_app")
+    url = create_database(pg_cluster, "celery_app")
     engine = engine_from_url(url)
     yield url, engine
     engine.dispose()
@@ -62,7 +53,7 @@ def target(pg_cluster):
 @pytest.fixture(scope="module")
 def stack(pg_cluster, redis_url, target):
     url, _ = target
-    meta = _create_database(pg_cluster, "celery_airflow_meta").replace("postgresql://", "postgresql+psycopg://")
+    meta = create_database(pg_cluster, "celery_airflow_meta").replace("postgresql://", "postgresql+psycopg://")
     home = Path(tempfile.mkdtemp(prefix="rowfill-celery-"))
     specs = home / "specs"
     specs.mkdir()
