@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -99,6 +100,8 @@ def main() -> int:
     if STATE.exists():
         say("an earlier demo is still running; stopping it first")
         stop_previous()
+    for leftover in (DEMO / "pg", DEMO / "airflow"):  # every demo starts from nothing
+        shutil.rmtree(leftover, ignore_errors=True)
     DEMO.mkdir(exist_ok=True)
 
     pg = None

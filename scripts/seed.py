@@ -2,7 +2,7 @@
 
     python scripts/seed.py postgresql://postgres@127.0.0.1:5432/app --users 1000000
 
-Idempotent: drops and recreates both tables. Keys have gaps (every 10th id is missing) so the
+Idempotent: drops and recreates both tables, and forgets the example backfills' checkpoints. Keys have gaps (every 10th id is missing) so the
 planner's keyset walk is exercised the way real, deleted-from tables do.
 """
 
@@ -13,7 +13,10 @@ import time
 
 from sqlalchemy import text
 
+from rowfill.checkpoint import CheckpointStore
 from rowfill.db import engine_from_url
+
+DEMO_BACKFILLS = ("users_full_name", "users_copy_v2")
 
 DDL = """
 DROP TABLE IF EXISTS public.users_v2;
@@ -52,6 +55,9 @@ def seed(url: str, users: int) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql(DDL)
         conn.execute(text(FILL), {"n": users})
+    store = CheckpointStore(engine)
+    for backfill in DEMO_BACKFILLS:  # new tables: the demo backfills' old progress means nothing now
+        store.reset(backfill)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.exec_driver_sql("VACUUM ANALYZE public.users")
     engine.dispose()
