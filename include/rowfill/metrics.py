@@ -9,8 +9,9 @@ tagged ``backfill``/``chunk`` for backends that do (OpenTelemetry, Datadog, Infl
 - ``rows_processed`` (counter): keys walked by committed batches; ``rows_written`` (counter);
 - ``batch_duration`` (timer): one batch transaction, retries included;
 - ``throttle_wait`` (timer): time between two batches of a chunk (pause, throttle gates, backoff);
-- ``replica_lag`` (gauge, seconds): the largest replay lag of the target's streaming replicas, read
-  from ``pg_stat_replication`` at the chunk's progress cadence (only when replicas are visible).
+- ``replica_lag`` (gauge, seconds) and ``replica_lag_bytes`` (gauge, WAL not yet replayed): the
+  furthest-behind streaming replica of the target, read from ``pg_stat_replication`` at the chunk's
+  progress cadence (only when replicas are visible to the connection's user).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from sqlalchemy import text
 
 log = logging.getLogger("rowfill.metrics")
 
-_LAG = text("SELECT extract(epoch FROM max(coalesce(replay_lag, write_lag, flush_lag))) FROM pg_stat_replication")
+_LAG = text("SELECT extract(epoch FROM max(replay_lag)), max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) "
+            "FROM pg_stat_replication")
 
 
 def stats():
@@ -33,11 +35,16 @@ def stats():
     return Stats
 
 
-def replica_lag_seconds(engine) -> float | None:
-    """Largest replay lag of the target's replicas, None without visible replicas (needs pg_monitor)."""
+def replica_lag(engine) -> tuple[float | None, float | None]:
+    """(seconds, bytes) the target's furthest-behind replica lags, or None where not visible.
+
+    Seconds is PostgreSQL's ``replay_lag``; it is only re-measured while the replica replays, so a
+    replica that stopped replaying keeps its last value. Bytes (WAL not yet replayed) keep growing
+    then, which is why both are sent. Seeing them needs the ``pg_monitor`` role (or superuser).
+    """
     with engine.connect() as conn:
-        value = conn.execute(_LAG).scalar()
-    return None if value is None else float(value)
+        seconds, behind = conn.execute(_LAG).one()
+    return (None if seconds is None else float(seconds)), (None if behind is None else float(behind))
 
 
 class BatchMetrics:
@@ -48,7 +55,7 @@ class BatchMetrics:
         self.engine = engine
         self.clock = clock
         self.lag_every = lag_every
-        self.lag_probe = lag_probe or (replica_lag_seconds if engine is not None else None)
+        self.lag_probe = lag_probe or (replica_lag if engine is not None else None)
         self._last_done: float | None = None
         self._next_lag = 0.0
         self._warned = False
@@ -74,6 +81,8 @@ class BatchMetrics:
             s.timing(f"{name}.throttle_wait", timedelta(seconds=wait), tags=tags)
         if self.lag_probe is not None and now >= self._next_lag:
             self._next_lag = now + self.lag_every
-            lag = self.lag_probe(self.engine)
-            if lag is not None:
-                s.gauge(f"{name}.replica_lag", lag, tags=tags)
+            seconds, behind = self.lag_probe(self.engine)
+            if seconds is not None:
+                s.gauge(f"{name}.replica_lag", seconds, tags=tags)
+            if behind is not None:
+                s.gauge(f"{name}.replica_lag_bytes", behind, tags=tags)
