@@ -14,6 +14,7 @@ from sqlalchemy import text
 from helpers import make_users, spec_for, write_spec
 from receivers import SmtpReceiver, WebhookReceiver
 from rowfill import alerts
+from rowfill.checkpoint import CheckpointStore
 from rowfill.errors import SpecErrors
 from rowfill.notifiers import Alert, deliver, parse_alerts
 from rowfill.spec import load_spec
@@ -174,3 +175,28 @@ def test_stall_after_adds_a_watchdog_beside_the_chunks(tmp_path, monkeypatch):
     assert watchdog.upstream_task_ids == {"plan"} and not watchdog.downstream_task_ids
     assert watchdog.pool == "default_pool" != dag.get_task("chunk").pool
     assert spec_for(tmp_path, stall_after="15m").stall_again_after == 3600
+
+
+def test_a_chunk_lost_with_its_worker_is_found_by_run_and_map_index(tmp_path, db_url, engine, monkeypatch, hook):
+    """When Airflow loses the worker, the DAG processor runs the failure callback with the bare mapped
+    task (no chunk attached): the checkpoint's run id and map index still name the chunk."""
+    from types import SimpleNamespace
+
+    from rowfill.observers import remember_task_instance
+    from rowfill.plan import plan_backfill
+
+    make_users(engine, 2_000)
+    spec = spec_for(tmp_path, chunk_rows=1_000, alerts=[{"webhook": {"url": hook.url}}])
+    monkeypatch.setenv("ROWFILL_DATABASE_URL", db_url)
+    plan_backfill(engine, spec)
+    remember_task_instance(engine, spec.name, 2, 1)
+    CheckpointStore(engine).start(spec.name, 2, "worker-that-vanished", "scheduled__1")
+
+    context = {"ti": SimpleNamespace(map_index=1, try_number=4, run_id="scheduled__1"), "run_id": "scheduled__1",
+               "task": SimpleNamespace(), "exception": "Task was lost (heartbeat timeout)"}
+    alerts.on_chunk_failure(spec)(context)
+
+    [sent] = hook.of("chunk_failed")
+    assert sent["chunk"]["chunk_no"] == 2 and sent["chunk"]["label"] == "chunk 2/2 (id 1001..2000)"
+    assert "nothing committed yet: 0 of ~1,000 rows walked" in sent["text"]
+    assert "Task was lost (heartbeat timeout)" in sent["text"] and '"task_ids": [["chunk", 1]]' in sent["text"]

@@ -116,6 +116,8 @@ def test_status_shows_bars_chunks_throttle_state_and_the_last_error(engine, db_u
         ChunkRunner(engine, spec).run(2)
     except ChunkFailed:
         pass
+    failed = status_of(engine)
+    assert failed.state == "failed" and failed.eta_seconds is None  # it goes nowhere until cleared
     # The throttle issue records its state in columns named throttle*; status shows whatever is there.
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE rowfill.chunks ADD COLUMN throttle_state text"))

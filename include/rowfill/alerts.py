@@ -96,8 +96,15 @@ def chunk_failed_alert(spec, context) -> Alert:
     chunk_no = chunk_info.get("chunk_no")
     run_id = context.get("run_id") or getattr(ti, "run_id", None)
     error = context.get("exception")
-    status = current_status(spec) if chunk_no is not None else None
-    chunk = next((c for c in status.chunks if c.chunk_no == chunk_no), None) if status else None
+    status = current_status(spec)
+    chunk = None
+    if status is not None:
+        # The worker's own callback knows its chunk; when Airflow lost the worker, the DAG processor
+        # runs this with the bare mapped task, and the checkpoint's (run, map index) finds the chunk.
+        chunk = next((c for c in status.chunks if c.chunk_no == chunk_no), None) if chunk_no is not None else next(
+            (c for c in status.chunks if c.run_id == run_id and c.map_index == ti.map_index), None)
+        if chunk is not None and "label" not in chunk_info:
+            label = f"chunk {chunk.chunk_no}/{len(status.chunks)} ({chunk.range_text(spec.key)})"
     if chunk is not None:
         chunk.map_index = ti.map_index  # the failing attempt is this task instance, whatever the row says
         how_far = f"It had {_how_far(chunk, spec.key)}."

@@ -169,10 +169,13 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
         if c.status == "running":
             for k, v in c.throttle.items():
                 throttle.setdefault(k, v)
+    state = _state(chunks)
     return BackfillStatus(
-        backfill=name, state=_state(chunks), chunks=chunks,
+        backfill=name, state=state, chunks=chunks,
         rows_estimated=sum(c.est_rows for c in chunks), rows_seen=sum(c.rows_seen for c in chunks),
-        rows_written=sum(c.rows_written for c in chunks), rows_per_second=rate, eta_seconds=_eta(remaining, rate),
+        rows_written=sum(c.rows_written for c in chunks), rows_per_second=rate,
+        # a failed backfill goes nowhere until someone clears it: no ETA from its last minute
+        eta_seconds=None if state == "failed" else _eta(remaining, rate),
         chunks_done=sum(c.status == "done" for c in chunks), chunks_running=sum(c.status == "running" for c in chunks),
         chunks_failed=sum(c.status == "failed" for c in chunks), chunks_pending=sum(c.status == "pending" for c in chunks),
         last_progress_at=last, last_error=latest_error.last_error if latest_error else None,

@@ -115,7 +115,7 @@ def _ti_href(ui_base: str, dag_id: str, c: dict) -> str | None:
 def _range(b: dict, c: dict) -> str:
     lo, hi = c["lo"], c["hi"]
     if isinstance(lo, int) and isinstance(hi, int):
-        return f"{b.get('key', 'key')} {lo + 1:,}..{hi:,}"
+        return f"{b.get('key', 'key')} {lo + 1}..{hi}"
     return f"{b.get('key', 'key')} ({lo}, {hi}]"
 
 
