@@ -124,6 +124,7 @@ def test_status_shows_bars_chunks_throttle_state_and_the_last_error(engine, db_u
         conn.execute(text("UPDATE rowfill.chunks SET status = 'running', throttle_state = 'waiting: replica lag 12.4 s > 10 s' "
                           "WHERE chunk_no = 3"))
 
+    capsys.readouterr()  # only what the command prints
     assert cli(["--specs-dir", str(tmp_path), "--db", db_url, "status", "--chunks"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
