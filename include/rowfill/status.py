@@ -38,6 +38,13 @@ WHERE c.backfill = :n
 ORDER BY c.chunk_no
 """)
 
+# A checkpoint store created before rate samples existed: same shape, no rates (plan adds the table).
+_QUERY_NO_SAMPLES = text(f"""
+SELECT to_jsonb(c) - 'backfill' AS chunk, NULL::bigint AS rows, NULL::numeric AS span,
+       NULL::timestamptz AS since, NULL::timestamptz AS last, clock_timestamp() AS now
+FROM {SCHEMA}.chunks c WHERE c.backfill = :n ORDER BY c.chunk_no
+""")
+
 _ERROR_CHARS = 500  # of last_error carried per chunk; enough to act on, small for a page of 1,000 chunks
 
 
@@ -133,9 +140,10 @@ def _eta(remaining: int, rate: float) -> float | None:
     return remaining / rate if rate > 0 else None
 
 
-def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SECONDS) -> BackfillStatus:
+def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SECONDS,
+                    with_samples: bool = True) -> BackfillStatus:
     """Everything about one backfill in one query; a backfill never planned is 'not started'."""
-    rows = conn.execute(_QUERY, {"n": name, "w": window}).all()
+    rows = conn.execute(_QUERY if with_samples else _QUERY_NO_SAMPLES, {"n": name, "w": window}).all()
     chunks: list[ChunkStatus] = []
     win_rows, since, last = 0, None, None
     now = None
@@ -183,13 +191,11 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
     )
 
 
-def _has_schema(conn: Connection) -> bool:
-    return conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": f"{SCHEMA}.samples"}).scalar()
-
-
 def statuses(engine: Engine, names: list[str], window: float = rates.WINDOW_SECONDS) -> dict[str, BackfillStatus]:
     """Status of several backfills on one database, over one connection."""
     with engine.connect() as conn:
-        if not _has_schema(conn):
+        chunks, samples = conn.execute(text("SELECT to_regclass(:c) IS NOT NULL, to_regclass(:s) IS NOT NULL"),
+                                       {"c": f"{SCHEMA}.chunks", "s": f"{SCHEMA}.samples"}).one()
+        if not chunks:
             return {n: BackfillStatus(n, "not started", []) for n in names}
-        return {n: backfill_status(conn, n, window) for n in names}
+        return {n: backfill_status(conn, n, window, with_samples=samples) for n in names}
