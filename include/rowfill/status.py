@@ -168,7 +168,10 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
     if not chunks:
         exists = conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.backfills WHERE name = :n)"), {"n": name}).scalar()
         return BackfillStatus(name, "planned" if exists else "not started", [])
-    rate = round(rates.window_rate(win_rows, (now - since).total_seconds()), 1) if since else 0.0
+    # While chunks run, quiet time counts (a stall shows as a falling rate); once none runs, the rate
+    # is that of the last active stretch instead of decaying for a minute after the end.
+    end = now if any(c.status == "running" for c in chunks) else last
+    rate = round(rates.window_rate(win_rows, (end - since).total_seconds()), 1) if since else 0.0
     failed = [c for c in chunks if c.status == "failed" and c.last_error]
     latest_error = max(failed, key=lambda c: c.updated_at or datetime.min.replace(tzinfo=now.tzinfo), default=None)
     remaining = sum(c.remaining for c in chunks)
