@@ -87,8 +87,12 @@ class StallTrigger(BaseTrigger):
         from rowfill.notifiers import adeliver
         from rowfill.spec import load_spec
 
-        spec = await sync_to_async(load_spec)(self.spec_source)
-        engine = await sync_to_async(engine_for)(spec.connection)
+        try:
+            spec = await sync_to_async(load_spec)(self.spec_source)
+            engine = await sync_to_async(engine_for)(spec.connection)
+        except Exception as exc:  # noqa: BLE001 - a watchdog that cannot start must not fail the backfill
+            yield TriggerEvent({"status": "error", "error": f"{type(exc).__name__}: {exc}", "alerts": []})
+            return
         poll = self.poll or poll_interval(spec.stall_after)
         tracker = StallTracker(spec.stall_after, spec.stall_again_after, time.monotonic())
         sent = []
@@ -155,6 +159,9 @@ class StallWatchdogOperator(BaseOperator):
                    method_name="finished")
 
     def finished(self, context, event=None):
+        if (event or {}).get("status") == "error":
+            self.log.error("%s: the stall watchdog could not watch this run: %s (the backfill itself is not affected)",
+                           self.spec.name, event.get("error"))
         alerts_sent = (event or {}).get("alerts") or []
         self.log.info("%s: chunks finished; stall alerts sent in this run: %s", self.spec.name, alerts_sent or "none")
         return {"stall_alerts": alerts_sent}
