@@ -60,7 +60,7 @@ def target(pg_cluster):
     url = pg_cluster.url_for("observe_app")
     engine = engine_from_url(url)
     make_users(engine, 2_000, table="fail_users")
-    make_users(engine, 24_000, table="slow_users")
+    make_users(engine, 36_000, table="slow_users")
     make_users(engine, 3_000, table="stall_users")
     make_users(engine, 20_000, table="wide_users")
     with engine.begin() as conn:
@@ -211,8 +211,8 @@ def test_the_page_shows_a_running_backfill_and_updates_it_in_a_real_browser(stac
         page.goto(f"{stack.base}/rowfill/")
         section = page.locator("section[data-backfill=slow_fill]")
         first = section.locator(".rows").inner_text()
-        assert re.fullmatch(r"[\d,]+ of ~24,000 rows", first), first
-        assert section.locator(".map .c").count() == 4
+        assert re.fullmatch(r"[\d,]+ of ~36,000 rows", first), first
+        assert section.locator(".map .c").count() == 6
         assert "rows/s" in section.locator(".rate").inner_text()
         page.screenshot(path=str(tmp_path / "page.png"))
         # the page refreshes its own numbers (no reload): the row count moves while we watch
@@ -235,7 +235,7 @@ def test_the_page_shows_a_running_backfill_and_updates_it_in_a_real_browser(stac
         page.goto(f"{stack.base}/plugin/rowfill")
         frame = page.frame_locator("iframe")
         frame.locator("section[data-backfill=slow_fill] .rows").wait_for()
-        assert "of ~24,000 rows" in frame.locator("section[data-backfill=slow_fill] .rows").inner_text()
+        assert "of ~36,000 rows" in frame.locator("section[data-backfill=slow_fill] .rows").inner_text()
         frame.locator("section[data-backfill=fail_fill] a.ti").click()
         page.wait_for_url(re.compile(r".*/dags/rowfill_fail_fill/runs/.+/tasks/chunk/mapped/1$"))
         page.get_by_text("chunk 2/2 (id 1001..2000)").first.wait_for()
@@ -249,12 +249,12 @@ def test_the_page_shows_a_running_backfill_and_updates_it_in_a_real_browser(stac
                       what="overdue alert")[0]
     assert late["run_id"] == run_id and "expected duration of 5.0 s" in late["text"]
     # metrics from the real task processes
-    rows = wait_until(lambda: sum(statsd.values("airflow.rowfill.slow_fill.rows_processed", "c")) == 24_000,
+    rows = wait_until(lambda: sum(statsd.values("airflow.rowfill.slow_fill.rows_processed", "c")) == 36_000,
                       timeout=60, what="all rows counted in StatsD")
     assert rows
-    assert len(statsd.values("airflow.rowfill.slow_fill.batch_duration", "ms")) == 120
+    assert len(statsd.values("airflow.rowfill.slow_fill.batch_duration", "ms")) == 180
     waits = statsd.values("airflow.rowfill.slow_fill.throttle_wait", "ms")
-    assert len(waits) == 116 and min(waits) >= 290  # the 300 ms pause between batches of each chunk
+    assert len(waits) == 174 and min(waits) >= 290  # the 300 ms pause between batches of each chunk
 
 
 def test_the_page_stays_small_and_fast_with_a_thousand_chunks(stack, target):
@@ -323,6 +323,8 @@ def test_a_stalled_backfill_alerts_once_again_later_and_when_it_moves(stack, tar
             txn.rollback()
         conn.close()
         blocker.dispose()
+    wait_until(lambda: [a for a in hook.of("run_succeeded") if a["backfill"] == "stall_fill"], timeout=120,
+               what="run_succeeded (DAG processor callback)")
     states = {t["task_id"]: t["state"] for t in stack.task_instances("rowfill_stall_fill", run_id)}
     assert states["watchdog"] == "success"
     assert [r["json"]["event"] for r in hook.received if r["json"]["backfill"] == "stall_fill"] == [
