@@ -24,12 +24,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from seed import seed  # noqa: E402
 
-from rowfill.checkpoint import CheckpointStore  # noqa: E402
+from rowfill.durations import format_duration  # noqa: E402
 from rowfill.cli import progress_bar  # noqa: E402
 from rowfill.db import engine_from_url  # noqa: E402
 from rowfill.devstack import AirflowStack  # noqa: E402
 from rowfill.localpg import LocalPostgres, free_port  # noqa: E402
-from rowfill.report import summarize  # noqa: E402
+from rowfill.status import statuses  # noqa: E402
 
 DEMO = ROOT / ".demo"
 STATE = DEMO / "state.json"
@@ -67,19 +67,17 @@ def stop_previous() -> None:
 
 
 def watch(stack: AirflowStack, engine, run_id: str) -> str:
-    store, last_state, last_line = CheckpointStore(engine), None, ""
+    last_state, last_line = None, ""
     while True:
         state = stack.run_state(DAG_ID, run_id)
         if state != last_state:
             say(f"run {run_id}: {state}")
             last_state = state
-        if "users_full_name" in store.backfill_names():
-            chunks = store.chunks("users_full_name")
-            s = summarize("users_full_name", chunks)
-            running = sum(c.status == "running" for c in chunks)
-            eta = f", ETA {s.eta_seconds:.0f} s" if s.eta_seconds else ""
+        s = statuses(engine, ["users_full_name"])["users_full_name"]
+        if s.chunks:
+            eta = f", ETA {format_duration(s.eta_seconds)}" if s.eta_seconds else ""
             line = (f"{progress_bar(s.rows_seen, s.rows_estimated)} {s.rows_seen:,} of ~{s.rows_estimated:,} rows, "
-                    f"{s.rows_per_second:,.0f} rows/s{eta} | chunks {s.chunks_done}/{s.chunks} done, {running} running")
+                    f"{s.rows_per_second:,.0f} rows/s{eta} | chunks {s.chunks_done}/{len(s.chunks)} done, {s.chunks_running} running")
             if line != last_line:
                 say(line)
                 last_line = line

@@ -51,6 +51,21 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.chunks (
     finished_at  timestamptz,
     PRIMARY KEY (backfill, chunk_no)
 );
+-- Observability (see rowfill.rates and rowfill.status): the Airflow map index of a chunk's latest
+-- attempt (with run_id it names the task instance to link to and clear), and per-chunk batch
+-- samples in time buckets, from which any process computes the rate over a moving window.
+ALTER TABLE {SCHEMA}.chunks ADD COLUMN IF NOT EXISTS map_index integer;
+CREATE TABLE IF NOT EXISTS {SCHEMA}.samples (
+    backfill     text NOT NULL,
+    chunk_no     integer NOT NULL,
+    bucket       timestamptz NOT NULL,    -- start of a fixed time bucket
+    rows_seen    bigint NOT NULL,
+    batches      integer NOT NULL,
+    work_started timestamptz NOT NULL,    -- when the bucket's first batch began
+    last_commit  timestamptz NOT NULL,    -- when the bucket's latest batch committed
+    PRIMARY KEY (backfill, chunk_no, bucket),
+    FOREIGN KEY (backfill, chunk_no) REFERENCES {SCHEMA}.chunks (backfill, chunk_no) ON DELETE CASCADE
+);
 """
 
 

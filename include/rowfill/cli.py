@@ -16,16 +16,18 @@ from rowfill.checkpoint import CheckpointStore
 from rowfill.db import check_reachable, engine_for
 from rowfill.errors import RowfillError
 from rowfill.plan import plan_backfill
+from rowfill.observers import standard_observers
 from rowfill.pools import POOLS_FILE, pools_for
 from rowfill.report import backfill_summary
 from rowfill.runner import ChunkRunner
 from rowfill.spec import find_spec, load_specs
+from rowfill.status import statuses
+from rowfill.statusview import progress_bar as share_bar
+from rowfill.statusview import render_backfill, render_json
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:
-    share = 1.0 if total <= 0 else min(done / total, 1.0)
-    filled = int(round(share * width))
-    return f"[{'#' * filled}{'.' * (width - filled)}] {share:6.1%}"
+    return share_bar(1.0 if total <= 0 else done / total, width)
 
 
 def _engine(spec, args):
@@ -44,39 +46,26 @@ def cmd_validate(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """Progress of every backfill (or one): bars, rate over the last minute, ETA, state, last error."""
     specs, _ = load_specs(args.specs_dir)
     specs = [s for s in specs if not args.name or s.name == args.name]
     if args.name and not specs:
         find_spec(args.name, args.specs_dir)  # raises the helpful error
     while True:
-        lines, payload = [], []
+        pairs = []
         for spec in specs:
             engine = _engine(spec, args)
             try:
-                store = CheckpointStore(engine)
-                if spec.name not in store.backfill_names():
-                    lines.append(f"{spec.name:24} not started")
-                    payload.append({"backfill": spec.name, "state": "not started"})
-                    continue
-                s = backfill_summary(engine, spec.name)
-                chunks = store.chunks(spec.name)
+                pairs.append((spec, statuses(engine, [spec.name])[spec.name]))
             finally:
                 engine.dispose()
-            running = sum(c.status == "running" for c in chunks)
-            state = "done" if s.chunks and s.chunks_done == s.chunks else ("failed" if s.chunks_failed else ("running" if running else "waiting"))
-            eta = "" if s.eta_seconds in (None, 0) else f", ETA {s.eta_seconds / 60:.1f} min"
-            lines.append(f"{spec.name:24} {progress_bar(s.rows_seen, s.rows_estimated)} {s.rows_seen:,} of ~{s.rows_estimated:,} rows, "
-                         f"{s.rows_per_second:,.0f} rows/s{eta}, chunks {s.chunks_done}/{s.chunks} done, {running} running, {s.chunks_failed} failed ({state})")
-            for c in chunks if args.chunks else []:
-                lines.append(f"    chunk {c.chunk_no:>4} {c.status:8} {progress_bar(c.rows_seen, c.est_rows, 20)} {spec.key} {c.lo + 1}..{c.hi}"
-                             f"{'  error: ' + c.last_error if c.last_error else ''}")
-            payload.append({**s.to_dict(), "state": state, "chunks_running": running})
         if args.json:
-            print(json.dumps(payload, indent=2, default=str))
+            print(render_json(pairs, args.chunks), flush=True)
         else:
+            lines = [line for spec, s in pairs for line in render_backfill(spec, s, args.chunks)]
             if args.watch:
-                print("\033[2J\033[H", end="")
-            print("\n".join(lines) or "no specs")
+                print("\033[2J\033[H" + time.strftime("%H:%M:%S") + f"  rowfill status (every {args.watch:g} s, Ctrl-C to stop)")
+            print("\n".join(lines) or "no specs", flush=True)
         if not args.watch:
             return 0
         time.sleep(args.watch)
@@ -90,7 +79,7 @@ def cmd_run(args) -> int:
         chunks = plan_backfill(engine, spec, log=logging.getLogger("rowfill.plan"))
         print(f"{spec.name}: {len(chunks)} chunks to run")
         for chunk in chunks:
-            ChunkRunner(engine, spec, label=chunk.label).run(chunk.chunk_no)
+            ChunkRunner(engine, spec, label=chunk.label, observers=standard_observers(engine, spec)).run(chunk.chunk_no)
         print(backfill_summary(engine, spec.name).line())
     finally:
         engine.dispose()

@@ -25,6 +25,7 @@ from rowfill.operators import (
     VerifyBackfillOperator,
 )
 from rowfill.spec import Spec, load_specs
+from rowfill.stall import StallWatchdogOperator
 
 def _doc(spec: Spec) -> str:
     what = ("\n".join(f"- `{c}` = `{e}`" for c, e in spec.set.items()) if spec.set else f"```sql\n{spec.sql}\n```")
@@ -59,6 +60,7 @@ def build_dag(spec: Spec) -> DAG:
         on_success_callback=alerts.on_run_outcome(spec, "success"),
         on_failure_callback=alerts.on_run_outcome(spec, "failure"),
         default_args={"owner": "rowfill"},
+        deadline=_deadline(spec),
     ) as dag:
         plan = PlanChunksOperator(task_id="plan", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
         chunks = BackfillChunkOperator.partial(
@@ -78,7 +80,23 @@ def build_dag(spec: Spec) -> DAG:
         verify = VerifyBackfillOperator(task_id="verify", spec=spec, trigger_rule="none_failed")
         summary = BackfillSummaryOperator(task_id="summary", spec=spec, trigger_rule="none_failed")
         chunks >> verify >> summary
+        if spec.stall_after:
+            # Next to the chunks, not after them; deferred at once, so it holds no worker or chunk pool slot.
+            plan >> StallWatchdogOperator(task_id="watchdog", spec=spec, retries=2, retry_delay=timedelta(seconds=10))
     return dag
+
+
+def _deadline(spec: Spec):
+    """The expected-duration alert as an Airflow 3 Deadline Alert: the scheduler notices the miss, the
+    triggerer runs the callback, even if the run is stuck where no task of ours could report it."""
+    if not spec.expected_duration:
+        return None
+    from pathlib import Path
+
+    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(seconds=spec.expected_duration),
+                         callback=AsyncCallback(alerts.run_overdue, kwargs={"spec_source": str(Path(spec.source).resolve())}))
 
 
 def build_dags(directory=None) -> dict[str, DAG]:

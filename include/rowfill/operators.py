@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from airflow.sdk import BaseOperator
 
 from rowfill.db import check_reachable, engine_for
+from rowfill.observers import remember_task_instance, standard_observers
 from rowfill.plan import max_map_length, plan_backfill
 from rowfill.pools import check_pool
 from rowfill.report import backfill_summary
@@ -62,7 +63,9 @@ class BackfillChunkOperator(BaseOperator):
 
     def execute(self, context):
         with target_engine(self.spec) as engine:
-            runner = ChunkRunner(engine, self.spec, logger=self.log, label=self.chunk["label"], run_id=context["run_id"])
+            remember_task_instance(engine, self.spec.name, self.chunk["chunk_no"], getattr(context.get("ti"), "map_index", None))
+            runner = ChunkRunner(engine, self.spec, logger=self.log, label=self.chunk["label"], run_id=context["run_id"],
+                                 observers=standard_observers(engine, self.spec))
             result = runner.run(self.chunk["chunk_no"])
         return {"chunk_no": result.chunk_no, "status": result.status, "rows_seen": result.rows_seen,
                 "rows_written": result.rows_written, "batches": result.batches, "seconds": round(result.seconds, 3)}

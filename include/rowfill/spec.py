@@ -57,6 +57,11 @@ class Spec:
     progress_every: float = 10.0
     tags: tuple[str, ...] = ()
     planning: str = "auto"
+    # observability (see rowfill.notifiers, rowfill.stall, rowfill.alerts)
+    alerts: tuple = ()  # rowfill.notifiers.AlertTarget, one per notifier
+    stall_after: float | None = None
+    stall_repeat_after: float | None = None
+    expected_duration: float | None = None
 
     @property
     def dag_id(self) -> str:
@@ -65,6 +70,13 @@ class Spec:
     @property
     def pool_name(self) -> str:
         return self.pool or f"rowfill_{self.connection}"
+
+    @property
+    def stall_again_after(self) -> float | None:
+        """When a stall that is still going on is reported a second time (default 4 x stall_after)."""
+        if self.stall_after is None:
+            return None
+        return self.stall_repeat_after or 4 * self.stall_after
 
     @property
     def mode(self) -> str:
@@ -108,6 +120,10 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "progress_every": ("duration", False),
     "tags": ("tags", False),
     "planning": ("planning", False),
+    "alerts": ("alerts", False),
+    "stall_after": ("duration", False),
+    "stall_repeat_after": ("duration", False),
+    "expected_duration": ("duration", False),
 }
 
 
@@ -179,6 +195,10 @@ def _check(kind: str, value: Any) -> Any:
         if value not in ("auto", "exact", "estimated"):
             raise ValueError("expected auto (exact below 20M rows, estimated above), exact (walk the key index) or estimated (sample)")
         return value
+    if kind == "alerts":
+        from rowfill.notifiers import parse_alerts
+
+        return parse_alerts(value)
     if kind == "tags":
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
             raise ValueError("expected a list of strings")
@@ -226,6 +246,15 @@ def parse_spec(data: Any, source: str) -> Spec:
             batch_text = f"{batch_rows}" if "batch_rows" in data else f"{batch_rows} (the default)"
             chunk_text = f"{chunk_rows}" if "chunk_rows" in data else f"{chunk_rows}, the default"
             errors.append(SpecError(source, blame, f"batch_rows {batch_text} is larger than chunk_rows ({chunk_text}); a batch lives inside a chunk"))
+    for key in ("stall_after", "expected_duration"):
+        if values.get(key) == 0:
+            errors.append(SpecError(source, key, "must be longer than 0; leave it out to turn this alert off"))
+    if "stall_repeat_after" in values:
+        if "stall_after" not in data:
+            errors.append(SpecError(source, "stall_repeat_after", "needs stall_after: the first stall alert comes first"))
+        elif values.get("stall_after") and values["stall_repeat_after"] <= values["stall_after"]:
+            errors.append(SpecError(source, "stall_repeat_after", "must be longer than stall_after: it is the second, later "
+                                    "alert for the same stall (default 4 x stall_after)"))
     if "name" not in values and "name" not in data:
         stem = Path(source).stem
         try:

@@ -1,100 +1,284 @@
-"""The progress page behind the Airflow UI plugin: every backfill's progress bar, rate, ETA and chunk map.
+"""The progress page behind the Airflow UI plugin: every backfill's progress bar, rate, ETA, state and
+chunk map, with each failed chunk's error and a link to its task instance (where "Clear" is).
 
-A FastAPI app mounted in Airflow's API server (``plugins/rowfill_plugin.py``). Airflow gives
-plugin apps no authentication of their own, so every route requires an authenticated Airflow
-user (the UI's session cookie or a bearer token). One aggregated query per backfill keeps the
-page fast with hundreds of chunks.
+A FastAPI app mounted in Airflow's API server (``plugins/rowfill_plugin.py``), shown inside the
+Airflow UI through the plugin's ``external_views`` entry. Airflow gives plugin apps no
+authentication of their own, so every route requires an Airflow user: the UI's ``_token`` cookie
+(which the browser sends to this same-origin page, so the embedded view just works when signed
+in) or a bearer token. Only backfills whose DAG the user may read are listed.
+
+It stays fast with hundreds of chunks: one aggregated query per backfill (``rowfill.status``), a
+compact chunk map, and the page refreshes only its table by fetching ``fragment`` every few
+seconds instead of reloading itself.
+
+Pause/resume buttons appear only when a live-control provider is installed: a module
+``rowfill.control`` with an object ``web_control`` offering ``state(engine, spec) -> str | None``,
+``pause(engine, spec, user)`` and ``resume(engine, spec, user)``. This page builds no control of
+its own.
 """
 
 from __future__ import annotations
 
 import html
+import importlib
+from urllib.parse import quote
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
-from rowfill.checkpoint import CheckpointStore
 from rowfill.db import engine_for
-from rowfill.report import summarize
+from rowfill.durations import format_duration
 from rowfill.spec import load_specs
+from rowfill.status import BackfillStatus, statuses
+
+REFRESH_SECONDS = 3
 
 
-def _auth():
-    from airflow.api_fastapi.core_api.security import requires_authenticated
+def _user_dep():
+    from airflow.api_fastapi.core_api.security import get_user
 
-    return [Depends(requires_authenticated())]
+    return Depends(get_user)
 
 
-def collect_progress() -> list[dict]:
-    specs, errors = load_specs()
-    out = []
-    engines = {}
+def _readable(user, dag_ids: set[str]) -> set[str]:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return get_auth_manager().filter_authorized_dag_ids(dag_ids=dag_ids, user=user, method="GET")
+
+
+def control_hook():
+    """The live-control provider, if one is installed (see the module docstring)."""
     try:
-        for spec in specs:
-            entry = {"backfill": spec.name, "dag_id": spec.dag_id, "table": str(spec.table), "state": "not started", "chunks": []}
-            try:
-                engine = engines.get(spec.connection) or engines.setdefault(spec.connection, engine_for(spec.connection))
-                store = CheckpointStore(engine)
-                if spec.name in store.backfill_names():
-                    chunks = store.chunks(spec.name)
-                    s = summarize(spec.name, chunks)
-                    running = sum(c.status == "running" for c in chunks)
-                    state = ("done" if chunks and s.chunks_done == s.chunks else
-                             "failed" if s.chunks_failed else "running" if running else "waiting")
-                    entry.update(s.to_dict(), state=state, chunks_running=running, chunks=[
-                        {"chunk_no": c.chunk_no, "status": c.status, "lo": c.lo, "hi": c.hi, "rows_seen": c.rows_seen,
-                         "est_rows": c.est_rows, "last_error": c.last_error, "run_id": c.run_id} for c in chunks])
-            except Exception as exc:  # noqa: BLE001 - one unreachable database must not blank the page
-                entry.update(state="unavailable", error=str(exc).splitlines()[0])
-            out.append(entry)
-    finally:
-        for engine in engines.values():
+        module = importlib.import_module("rowfill.control")
+    except ImportError:
+        return None
+    return getattr(module, "web_control", None)
+
+
+def collect(user=None) -> list[dict]:
+    """Every backfill the user may see, as plain data; one query per backfill, one engine per database."""
+    specs, errors = load_specs()
+    if user is not None:
+        allowed = _readable(user, {s.dag_id for s in specs})
+        specs = [s for s in specs if s.dag_id in allowed]
+    control = control_hook()
+    out: list[dict] = []
+    by_conn: dict[str, list] = {}
+    for spec in specs:
+        by_conn.setdefault(spec.connection, []).append(spec)
+    for connection, group in by_conn.items():
+        try:
+            engine = engine_for(connection)
+        except Exception as exc:  # noqa: BLE001 - one bad connection must not blank the page
+            out += [_unavailable(s, exc) for s in group]
+            continue
+        try:
+            found = statuses(engine, [s.name for s in group])
+            for spec in group:
+                entry = _entry(spec, found[spec.name])
+                if control is not None:
+                    entry["control"] = {"available": True, "state": control.state(engine, spec)}
+                out.append(entry)
+        except Exception as exc:  # noqa: BLE001
+            out += [_unavailable(s, exc) for s in group]
+        finally:
             engine.dispose()
-    for error in errors:
-        out.append({"backfill": error.source, "state": "invalid spec", "error": str(error), "chunks": []})
+    out.sort(key=lambda e: e["backfill"])
+    out += [{"backfill": e.source, "state": "invalid spec", "error": str(e), "chunks": []} for e in errors]
     return out
 
 
-_COLORS = {"done": "#2e7d32", "running": "#1565c0", "pending": "#bdbdbd", "failed": "#c62828"}
+def _unavailable(spec, exc) -> dict:
+    return {"backfill": spec.name, "dag_id": spec.dag_id, "table": str(spec.table), "state": "unavailable",
+            "error": str(exc).splitlines()[0], "chunks": []}
 
 
-def render(progress: list[dict]) -> str:
-    rows = []
+def _entry(spec, s: BackfillStatus) -> dict:
+    d = s.to_dict()
+    d.update(dag_id=spec.dag_id, table=str(spec.table), key=spec.key)
+    for c in d["chunks"]:
+        c.pop("worker", None)
+        c.pop("updated_at", None)
+    return d
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+_STATE_CLASS = {"done": "d", "running": "r", "pending": "p", "failed": "f"}
+
+
+def _ti_href(ui_base: str, dag_id: str, c: dict) -> str | None:
+    if c.get("run_id") is None or c.get("map_index") is None:
+        return None
+    return f"{ui_base}/dags/{quote(dag_id, safe='')}/runs/{quote(c['run_id'], safe='')}/tasks/chunk/mapped/{c['map_index']}"
+
+
+def _range(b: dict, c: dict) -> str:
+    lo, hi = c["lo"], c["hi"]
+    if isinstance(lo, int) and isinstance(hi, int):
+        return f"{b.get('key', 'key')} {lo + 1}..{hi}"
+    return f"{b.get('key', 'key')} ({lo}, {hi}]"
+
+
+def _eta(b: dict) -> str:
+    if b["state"] == "done":
+        return "finished"
+    eta = b.get("eta_seconds")
+    return "unknown" if eta is None else format_duration(eta)
+
+
+def render_fragment(progress: list[dict], ui_base: str = "") -> str:
+    e = html.escape
+    if not progress:
+        return "<p id='empty'>No backfills you may see. Specs live in include/specs/ (or $ROWFILL_SPECS_DIR).</p>"
+    parts = []
     for b in progress:
-        total, seen = b.get("rows_estimated") or 0, b.get("rows_seen") or 0
-        share = (seen / total) if total else (1.0 if b["state"] == "done" else 0.0)
-        eta = b.get("eta_seconds")
-        cells = "".join(
-            f'<a class="c" title="chunk {c["chunk_no"]}: {c["status"]} ({c["lo"] + 1}..{c["hi"]})'
-            f'{html.escape(" - " + c["last_error"]) if c["last_error"] else ""}" style="background:{_COLORS[c["status"]]}" '
-            f'href="../dags/{b["dag_id"]}/runs/{html.escape(c["run_id"] or "")}/tasks/chunk/mapped/{c["chunk_no"] - 1}" target="_top"></a>'
-            for c in b["chunks"])
-        rows.append(
-            f'<tr><td><b>{html.escape(b["backfill"])}</b><br><small>{html.escape(b.get("table", ""))}</small></td>'
-            f'<td>{html.escape(b["state"])}</td>'
-            f'<td><div class="bar"><div style="width:{share:.1%}"></div></div>{seen:,} of ~{total:,} rows ({share:.1%})</td>'
-            f'<td>{b.get("rows_per_second", 0):,.0f} rows/s</td><td>{"" if not eta else f"{eta / 60:.1f} min"}</td>'
-            f'<td>{cells}{html.escape(b.get("error", ""))}</td></tr>')
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>rowfill backfills</title>"
-        "<meta http-equiv='refresh' content='5'>"
-        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;width:100%}"
-        "td,th{border-bottom:1px solid #ddd;padding:.5em;text-align:left;vertical-align:top}"
-        ".bar{background:#eee;width:220px;height:12px;border-radius:6px;overflow:hidden}"
-        ".bar div{background:#1565c0;height:100%}.c{display:inline-block;width:10px;height:10px;margin:1px}</style>"
-        "</head><body><h2>rowfill backfills</h2><table><tr><th>backfill</th><th>state</th><th>progress</th>"
-        "<th>rate</th><th>ETA</th><th>chunks</th></tr>" + "".join(rows) + "</table></body></html>")
+        name, state = b["backfill"], b["state"]
+        if state in ("invalid spec", "unavailable", "not started"):
+            parts.append(f"<section class='bf' data-backfill='{e(name)}'><h3>{e(name)} <span class='st'>{e(state)}</span></h3>"
+                         f"<p class='err'>{e(b.get('error', '') or 'no plan in the checkpoint store yet')}</p></section>")
+            continue
+        total, seen, share = b.get("rows_estimated", 0), b.get("rows_seen", 0), b.get("share", 0.0)
+        cells, failed = [], []
+        for c in b["chunks"]:
+            href = _ti_href(ui_base, b["dag_id"], c)
+            title = f"chunk {c['chunk_no']} {_range(b, c)}: {c['status']}, {c['rows_seen']:,} of ~{c['est_rows']:,}"
+            attrs = f"class='c {_STATE_CLASS.get(c['status'], 'p')}' title='{e(title)}'"
+            cells.append(f"<a {attrs} href='{e(href)}' target='_top'></a>" if href else f"<i {attrs}></i>")
+            if c["status"] == "failed":
+                failed.append((c, href))
+        failed_html = "".join(
+            f"<li class='failed-chunk' data-chunk='{c['chunk_no']}'><b>chunk {c['chunk_no']} ({e(_range(b, c))})</b>: "
+            f"{c['rows_seen']:,} of ~{c['est_rows']:,} rows, {c['attempts']} attempt(s). "
+            f"<code>{e((c.get('last_error') or 'no error recorded').splitlines()[0])}</code> "
+            + (f"<a class='ti' href='{e(href)}' target='_top'>open task instance to clear it</a>" if href else "")
+            + "</li>" for c, href in failed[:50])
+        if len(failed) > 50:
+            failed_html += f"<li>… and {len(failed) - 50} more failed chunks</li>"
+        throttle = "".join(f"<span class='tag'>{e(k)}: {e(str(v))}</span>" for k, v in (b.get("throttle") or {}).items())
+        control = b.get("control") or {}
+        buttons = ""
+        if control.get("available"):
+            cstate = control.get("state") or ""
+            action = "resume" if cstate == "paused" else "pause"
+            buttons = (f"<span class='tag'>{e(cstate)}</span><button class='ctl' data-dag='{e(b['dag_id'])}' "
+                       f"data-action='{action}'>{action}</button>")
+        parts.append(
+            f"<section class='bf' data-backfill='{e(name)}' data-state='{e(state)}'>"
+            f"<h3>{e(name)} <span class='st st-{e(state)}'>{e(state)}</span> <small>{e(b.get('table', ''))}</small> {buttons}</h3>"
+            f"<div class='bar'><div style='width:{share:.1%}'></div></div>"
+            f"<p class='nums'><span class='rows'>{seen:,} of ~{total:,} rows</span> ({share:.1%}) · "
+            f"<span class='rate'>{b.get('rows_per_second', 0):,.0f} rows/s</span> · ETA <span class='eta'>{_eta(b)}</span> · "
+            f"chunks {b.get('chunks_done', 0)}/{b.get('chunks_total', 0)} done, {b.get('chunks_running', 0)} running, "
+            f"{b.get('chunks_pending', 0)} waiting, {b.get('chunks_failed', 0)} failed {throttle}</p>"
+            f"<div class='map'>{''.join(cells)}</div>"
+            + (f"<ul class='failures'>{failed_html}</ul>" if failed_html else "")
+            + "</section>")
+    return "".join(parts)
 
 
+_PAGE = """<!doctype html><html><head><meta charset='utf-8'><title>rowfill backfills</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.2em;color:#222}h2{margin:0 0 .6em}
+.bf{border-bottom:1px solid #ddd;padding:.6em 0}.bf h3{margin:.2em 0;font-size:1.05em}
+.st{font-size:.8em;padding:1px 6px;border-radius:8px;background:#eee}.st-running{background:#dbe9fb}
+.st-failed{background:#f9d6d5}.st-done{background:#d8f0da}
+.bar{background:#eee;width:100%;max-width:640px;height:14px;border-radius:7px;overflow:hidden}
+.bar div{background:#1565c0;height:100%}.nums{margin:.3em 0;font-size:.92em}
+.map{line-height:0;max-width:980px}.c{display:inline-block;width:9px;height:9px;margin:0 1px 1px 0}
+.d{background:#2e7d32}.r{background:#1565c0}.p{background:#c8c8c8}.f{background:#c62828}
+.tag{font-size:.8em;background:#f3f3f3;padding:1px 5px;margin-left:4px;border-radius:4px}
+.failures{font-size:.9em}.err{color:#b00}code{white-space:pre-wrap}
+.legend .c{vertical-align:middle}.legend{font-size:.85em;color:#555}
+</style></head><body>
+<h2>rowfill backfills</h2>
+<p class='legend'><i class='c d'></i> done <i class='c r'></i> running <i class='c p'></i> waiting
+<i class='c f'></i> failed · a chunk opens its task instance in Airflow · updated <span id='updated'>now</span></p>
+<div id='backfills'>__FRAGMENT__</div>
+<script>
+const every = __REFRESH__ * 1000;
+async function refresh() {
+  try {
+    const r = await fetch('fragment', {credentials: 'same-origin', cache: 'no-store'});
+    if (r.ok) { document.getElementById('backfills').innerHTML = await r.text();
+                document.getElementById('updated').textContent = new Date().toLocaleTimeString(); }
+    else if (r.status === 401 || r.status === 403) { document.getElementById('updated').textContent = 'signed out'; }
+  } catch (e) {}
+  setTimeout(refresh, every);
+}
+setTimeout(refresh, every);
+// Inside the Airflow UI this page is an iframe sandboxed without top navigation, so a plain
+// target=_top link would do nothing. The UI is a same-origin single-page app: push the task
+// instance's route onto its history and let its router follow, as its own links do.
+function openInAirflow(url) {
+  try {
+    if (window.top !== window && window.top.location.origin === location.origin) {
+      window.top.history.pushState({}, '', url);
+      window.top.dispatchEvent(new PopStateEvent('popstate', {state: {}}));
+      return true;
+    }
+  } catch (e) {}
+  return false;
+}
+document.addEventListener('click', async (ev) => {
+  const a = ev.target.closest('a[target=_top]');
+  if (a && !ev.ctrlKey && !ev.metaKey && !ev.shiftKey && openInAirflow(a.getAttribute('href'))) { ev.preventDefault(); return; }
+  const b = ev.target.closest('button.ctl'); if (!b) return;
+  b.disabled = true;
+  await fetch('api/dags/' + encodeURIComponent(b.dataset.dag) + '/' + b.dataset.action,
+              {method: 'POST', credentials: 'same-origin', headers: {'Content-Type': 'application/json'}, body: '{}'});
+  refresh();
+});
+</script></body></html>"""
+
+
+def render_page(progress: list[dict], ui_base: str = "") -> str:
+    return _PAGE.replace("__REFRESH__", str(REFRESH_SECONDS)).replace("__FRAGMENT__", render_fragment(progress, ui_base))
+
+
+def _ui_base(request: Request) -> str:
+    """Where the Airflow UI lives, seen from this app: its mount point minus our own prefix."""
+    root = request.scope.get("root_path", "") or ""
+    return root[: -len("/rowfill")] if root.endswith("/rowfill") else root.rsplit("/", 1)[0]
+
+
+# -- the app ------------------------------------------------------------------------------------
 def create_app() -> FastAPI:
     app = FastAPI(title="rowfill", description="Progress of rowfill backfills")
+    user_dep = _user_dep()
 
-    @app.get("/api/progress", dependencies=_auth())
-    def progress() -> list[dict]:
-        return collect_progress()
+    @app.get("/api/progress")
+    def progress(user=user_dep) -> list[dict]:
+        return collect(user)
 
-    @app.get("/", response_class=HTMLResponse, dependencies=_auth())
-    def page() -> str:
-        return render(collect_progress())
+    @app.get("/fragment", response_class=HTMLResponse)
+    def fragment(request: Request, user=user_dep) -> str:
+        return render_fragment(collect(user), _ui_base(request))
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(request: Request, user=user_dep) -> str:
+        return render_page(collect(user), _ui_base(request))
+
+    @app.post("/api/dags/{dag_id}/{action}")
+    def control(dag_id: str, action: str, request: Request, user=user_dep) -> dict:
+        hook = control_hook()
+        if hook is None or action not in ("pause", "resume"):
+            raise HTTPException(404, "live control is not installed" if hook is None else f"unknown action {action!r}")
+        if request.headers.get("content-type", "").split(";")[0] != "application/json":
+            raise HTTPException(415, "send application/json")  # no cross-site form posts
+        from airflow.api_fastapi.app import get_auth_manager
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+        if not get_auth_manager().is_authorized_dag(method="PUT", details=DagDetails(id=dag_id), user=user):
+            raise HTTPException(403, f"you may not change {dag_id}")
+        specs, _ = load_specs()
+        spec = next((s for s in specs if s.dag_id == dag_id), None)
+        if spec is None:
+            raise HTTPException(404, f"no backfill with DAG {dag_id}")
+        engine = engine_for(spec.connection)
+        try:
+            getattr(hook, action)(engine, spec, user.get_name())
+            return {"backfill": spec.name, "state": hook.state(engine, spec)}
+        finally:
+            engine.dispose()
 
     return app
