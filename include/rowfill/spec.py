@@ -56,6 +56,14 @@ class Spec:
     batch_retries: int = 5
     progress_every: float = 10.0
     tags: tuple[str, ...] = ()
+    # throttle, windows (see throttle.py, gates.py, windows.py)
+    pause_ratio: float = 0.0
+    target_batch_time: float | None = None
+    min_batch_rows: int | None = None
+    max_batch_rows: int | None = None
+    gates: dict = field(default_factory=dict)  # gate name -> gates.GateSpec
+    latency_probe: Any = None  # gates.LatencySpec
+    window: tuple = ()  # windows.Window, ...
 
     @property
     def dag_id(self) -> str:
@@ -106,6 +114,13 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "batch_retries": ("count", False),
     "progress_every": ("duration", False),
     "tags": ("tags", False),
+    "pause_ratio": ("ratio", False),
+    "target_batch_time": ("optional_duration", False),
+    "min_batch_rows": ("positive_int", False),
+    "max_batch_rows": ("positive_int", False),
+    "gates": ("gates", False),
+    "latency_probe": ("latency_probe", False),
+    "window": ("window", False),
 }
 
 
@@ -173,6 +188,29 @@ def _check(kind: str, value: Any) -> Any:
         if not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a valid cron expression; e.g. \"0 2 * * *\" starts at 02:00 every day")
         return value
+    if kind == "ratio":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise ValueError(f"expected a number from 0 up, e.g. 0.5 sleeps half as long as the last batch took; got {value!r}")
+        return float(value)
+    if kind == "optional_duration":
+        if value is None or value == "off":
+            return None
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("expected a duration above 0, e.g. 500ms, or null for fixed-size batches")
+        return seconds
+    if kind == "gates":
+        from rowfill.gates import parse_gates
+
+        return parse_gates(value)
+    if kind == "latency_probe":
+        from rowfill.gates import parse_latency
+
+        return parse_latency(value)
+    if kind == "window":
+        from rowfill.windows import parse_windows
+
+        return parse_windows(value)
     if kind == "tags":
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
             raise ValueError("expected a list of strings")
@@ -220,6 +258,7 @@ def parse_spec(data: Any, source: str) -> Spec:
             batch_text = f"{batch_rows}" if "batch_rows" in data else f"{batch_rows} (the default)"
             chunk_text = f"{chunk_rows}" if "chunk_rows" in data else f"{chunk_rows}, the default"
             errors.append(SpecError(source, blame, f"batch_rows {batch_text} is larger than chunk_rows ({chunk_text}); a batch lives inside a chunk"))
+    _check_batch_bounds(values, data, source, errors)
     if "name" not in values and "name" not in data:
         stem = Path(source).stem
         try:
@@ -229,6 +268,18 @@ def parse_spec(data: Any, source: str) -> Spec:
     if errors:
         raise SpecErrors(errors)
     return Spec(source=source, **values)
+
+
+def _check_batch_bounds(values: dict, data: dict, source: str, errors: list[SpecError]) -> None:
+    """min_batch_rows <= batch_rows <= max_batch_rows, comparing what the run will use."""
+    batch = values.get("batch_rows", Spec.batch_rows)
+    low, high = values.get("min_batch_rows"), values.get("max_batch_rows")
+    if low is not None and low > batch:
+        errors.append(SpecError(source, "min_batch_rows", f"{low} is above batch_rows ({batch}); batch_rows is where adaptive sizing starts"))
+    if high is not None and high < batch:
+        errors.append(SpecError(source, "max_batch_rows", f"{high} is below batch_rows ({batch}); batch_rows is where adaptive sizing starts"))
+    if low is not None and high is not None and low > high:
+        errors.append(SpecError(source, "max_batch_rows", f"{high} is below min_batch_rows ({low})"))
 
 
 def load_spec(path: str | os.PathLike) -> Spec:
