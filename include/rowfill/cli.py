@@ -13,13 +13,15 @@ import sys
 import time
 
 from rowfill.checkpoint import CheckpointStore
+from rowfill.control import ControlStore, parse_assignments, stop_reason
 from rowfill.db import check_reachable, engine_for
 from rowfill.errors import RowfillError
 from rowfill.plan import plan_backfill
 from rowfill.pools import POOLS_FILE, pools_for
 from rowfill.report import backfill_summary
-from rowfill.runner import ChunkRunner
+from rowfill.chunk_task import run_chunk_here
 from rowfill.spec import find_spec, load_specs
+from rowfill.throttle import format_knob
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:
@@ -60,17 +62,27 @@ def cmd_status(args) -> int:
                     continue
                 s = backfill_summary(engine, spec.name)
                 chunks = store.chunks(spec.name)
+                control = ControlStore(engine).get(spec.name)
             finally:
                 engine.dispose()
             running = sum(c.status == "running" for c in chunks)
             state = "done" if s.chunks and s.chunks_done == s.chunks else ("failed" if s.chunks_failed else ("running" if running else "waiting"))
+            if control.state != "running" and state != "done":
+                state = control.state
             eta = "" if s.eta_seconds in (None, 0) else f", ETA {s.eta_seconds / 60:.1f} min"
             lines.append(f"{spec.name:24} {progress_bar(s.rows_seen, s.rows_estimated)} {s.rows_seen:,} of ~{s.rows_estimated:,} rows, "
-                         f"{s.rows_per_second:,.0f} rows/s{eta}, chunks {s.chunks_done}/{s.chunks} done, {running} running, {s.chunks_failed} failed ({state})")
+                         f"{s.rows_per_second:,.0f} rows/s{eta}, chunks {s.chunks_done}/{s.chunks} done, {running} running, {s.chunks_failed} failed ({state})"
+                         + (f", throttled {s.throttled_seconds:,.0f} s" if s.throttled_seconds else ""))
+            if control.state != "running":
+                lines.append(f"    {stop_reason(control)}")
+            if control.knobs:
+                lines.append("    live knobs: " + ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted(control.knobs.items())))
             for c in chunks if args.chunks else []:
                 lines.append(f"    chunk {c.chunk_no:>4} {c.status:8} {progress_bar(c.rows_seen, c.est_rows, 20)} {spec.key} {c.lo + 1}..{c.hi}"
-                             f"{'  error: ' + c.last_error if c.last_error else ''}")
-            payload.append({**s.to_dict(), "state": state, "chunks_running": running})
+                             f"{'  error: ' + c.last_error if c.last_error else ''}"
+                             f"{'  ' + c.throttle_state if c.throttle_state and c.status != 'done' else ''}")
+            payload.append({**s.to_dict(), "state": state, "chunks_running": running,
+                            "control": {"state": control.state, "knobs": control.knobs, "note": control.note}})
         if args.json:
             print(json.dumps(payload, indent=2, default=str))
         else:
@@ -90,10 +102,65 @@ def cmd_run(args) -> int:
         chunks = plan_backfill(engine, spec, log=logging.getLogger("rowfill.plan"))
         print(f"{spec.name}: {len(chunks)} chunks to run")
         for chunk in chunks:
-            ChunkRunner(engine, spec, label=chunk.label).run(chunk.chunk_no)
+            # windows, pause and cancel apply here too; waiting happens in this process
+            outcome = run_chunk_here(engine, spec, chunk.chunk_no, label=chunk.label, logger=logging.getLogger("rowfill.run"))
+            if outcome.kind == "cancelled":
+                print(f"{spec.name}: {outcome.reason}; stopped, cursors kept")
+                break
         print(backfill_summary(engine, spec.name).line())
     finally:
         engine.dispose()
+    return 0
+
+
+def _control(args, action) -> int:
+    spec = find_spec(args.name, args.specs_dir)
+    engine = _engine(spec, args)
+    try:
+        store = ControlStore(engine)
+        control = action(store, spec.name, args.reason)
+    finally:
+        engine.dispose()
+    what = {"paused": "running chunks stop at their next batch boundary and wait, without holding a worker slot, "
+                      f"until `rowfill resume {spec.name}`",
+            "running": "waiting chunks continue from their cursors within a few seconds",
+            "cancelled": "running chunks stop at their next batch boundary, keep their cursors and end skipped; "
+                         f"later runs skip too until `rowfill resume {spec.name}`"}[control.state]
+    print(f"{spec.name}: {control.state}; {what}")
+    return 0
+
+
+def cmd_pause(args) -> int:
+    return _control(args, ControlStore.pause)
+
+
+def cmd_resume(args) -> int:
+    return _control(args, ControlStore.resume)
+
+
+def cmd_cancel(args) -> int:
+    return _control(args, ControlStore.cancel)
+
+
+def cmd_set(args) -> int:
+    """Live knobs: take effect at each running chunk's next batch, and stay until unset or reset."""
+    spec = find_spec(args.name, args.specs_dir)
+    knobs = parse_assignments(args.knobs)
+    engine = _engine(spec, args)
+    try:
+        store = ControlStore(engine)
+        if args.reset:
+            control = store.reset_knobs(spec.name)
+        elif args.unset:
+            control = store.unset_knobs(spec.name, args.unset)
+        else:
+            control = store.get(spec.name)
+        if knobs:
+            control = store.set_knobs(spec.name, knobs, note=f"set with `rowfill set`: {' '.join(args.knobs)}")
+    finally:
+        engine.dispose()
+    shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted((control.knobs or {}).items())) or "none (the spec's values apply)"
+    print(f"{spec.name}: {control.state}; live knobs: {shown}")
     return 0
 
 
@@ -142,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name")
     x.add_argument("--yes", action="store_true")
     x.set_defaults(func=cmd_reset)
+    for name, func, text_ in (("pause", cmd_pause, "pause a backfill: chunks stop at a batch boundary and wait"),
+                              ("resume", cmd_resume, "resume a paused (or cancelled) backfill"),
+                              ("cancel", cmd_cancel, "cancel a backfill's run: chunks stop, keep their cursors, end skipped")):
+        c = sub.add_parser(name, help=text_)
+        c.add_argument("name")
+        c.add_argument("--reason", help="recorded with the change and shown in the logs")
+        c.set_defaults(func=func)
+    k = sub.add_parser("set", help="change live knobs: batch_rows=2000 pause=50ms replica_lag.wait=5s ...")
+    k.add_argument("name")
+    k.add_argument("knobs", nargs="*", metavar="KNOB=VALUE")
+    k.add_argument("--unset", action="append", metavar="KNOB", help="drop a knob: back to the spec's value")
+    k.add_argument("--reset", action="store_true", help="drop every knob")
+    k.set_defaults(func=cmd_set)
     q = sub.add_parser("pools", help="print (or --write) include/pools.json for the specs")
     q.add_argument("--write", action="store_true")
     q.set_defaults(func=cmd_pools)

@@ -24,6 +24,7 @@ from rowfill.operators import (
     PlanChunksOperator,
     VerifyBackfillOperator,
 )
+from rowfill.runparams import trigger_params
 from rowfill.spec import Spec, load_specs
 
 def _doc(spec: Spec) -> str:
@@ -59,6 +60,7 @@ def build_dag(spec: Spec) -> DAG:
         on_success_callback=alerts.on_run_outcome(spec, "success"),
         on_failure_callback=alerts.on_run_outcome(spec, "failure"),
         default_args={"owner": "rowfill"},
+        params=trigger_params(spec),
     ) as dag:
         plan = PlanChunksOperator(task_id="plan", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
         chunks = BackfillChunkOperator.partial(
