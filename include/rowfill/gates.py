@@ -206,6 +206,7 @@ class GateKeeper:
     def set_threshold(self, name: str, which: str, value: float | None) -> None:
         gate = self.gates.get(name) or GateSpec(name)
         self.gates[name] = replace(gate, **{which: value})
+        self._last = None  # a changed threshold is checked before the next batch, not a second later
 
     def active(self) -> bool:
         return any(g.wait is not None or g.critical is not None for g in self.gates.values())

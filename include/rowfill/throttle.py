@@ -4,13 +4,14 @@ From coarse to fine, inside one chunk:
   - ``pause`` after every batch, plus ``pause_ratio`` x the batch's duration (gh-ost's nice-ratio);
   - adaptive batch size: with ``target_batch_time`` the next batch's rows follow the measured cost
     per row, within ``[min_batch_rows, max_batch_rows]``, so a batch stays short when rows get
-    expensive (a trigger, a wide index, a busy disk) and grows when they are cheap;
+    expensive (a trigger, a wide index, a busy disk) and grows when they are cheap; it shrinks
+    at once and grows at most x2 per batch;
   - health gates (``gates``) checked between batches: wait with backoff, or stop at ``critical``;
   - the live-latency gate: when the probe's worst latency since the last batch exceeds its limit,
-    back off one level (half the rows, twice the pause), and after three good checks in a row
+    back off one level (half the rows, twice the pause), and after ten good probes in a row
     speed up one level again.
 Every decision is logged with its reason, and the time spent throttled is handed to the runner
-to record in the chunk's checkpoint row. ``sleep`` and ``clock`` are injectable for tests.
+to record in the chunk's checkpoint row. ``sleep`` is injectable for tests.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from rowfill.durations import format_duration
 log = logging.getLogger("rowfill.throttle")
 
 MAX_LEVEL = 6  # latency back-off: at most 1/64 of the rows and 64x the pause
-RECOVER_AFTER = 3  # good latency checks in a row before speeding up one level
+RECOVER_AFTER = 10  # good probe samples in a row before speeding up one level
 DEFAULT_MIN_BATCH_ROWS = 100
 DEFAULT_MAX_BATCH_ROWS = 50_000
 
@@ -97,10 +98,15 @@ class Throttle:
         if not self.target_batch_time or rows <= 0 or seconds <= 0:
             return
         per_row = seconds / rows
-        self._cost = per_row if self._cost is None else 0.5 * self._cost + 0.5 * per_row
+        # Rising cost is believed at once (a slow batch holds live traffic back: shrink now);
+        # falling cost is smoothed and growth is at most x2 a batch (one fast batch proves little).
+        if self._cost is None or per_row > self._cost:
+            self._cost = per_row
+        else:
+            self._cost = 0.5 * self._cost + 0.5 * per_row
         ideal = self.target_batch_time / self._cost
         current = max(self.min_batch_rows, min(self._size, self.max_batch_rows))
-        new = int(max(current / 2, min(current * 2, ideal)))
+        new = int(min(current * 2, ideal))
         new = max(self.min_batch_rows, min(new, self.max_batch_rows))
         if new != current:
             self.log.debug("%s: batch of %d rows took %s (target %s): next batches %d rows", self.label, rows,
@@ -205,11 +211,11 @@ class Throttle:
                               _ms(worst), _ms(limit), self.batch_rows, _ms(self.pause_after(self._last_seconds())))
             return
         if self.level:
-            self._good += 1
+            self._good += len(samples)
             if self._good >= RECOVER_AFTER:
                 self._good = 0
                 self.level -= 1
-                self.log.info("%s: latency probe %s <= %s for %d checks: speeding up to batches of %d rows, pause %s",
+                self.log.info("%s: latency probe %s <= %s for %d probes: speeding up to batches of %d rows, pause %s",
                               self.label, _ms(worst), _ms(limit), RECOVER_AFTER, self.batch_rows,
                               _ms(self.pause_after(self._last_seconds())))
 
@@ -246,11 +252,18 @@ class Throttle:
         return changes
 
 
-def _show(name: str, value) -> str:
-    if value is None:
+def format_knob(name: str, value) -> str:
+    """A knob's value the way people write it: 50 ms, 10 s, 2000, off."""
+    from rowfill.gates import KINDS
+
+    if value is None or value == "off":
         return "off"
-    if name in ("pause", "target_batch_time", "latency_limit"):
-        return _ms(value)
-    if isinstance(value, float) and name.endswith((".wait", ".critical")):
+    gate, _, which = name.partition(".")
+    if name in ("pause", "target_batch_time", "latency_limit") or (which and KINDS.get(gate, ("",))[0] == "seconds"):
+        return _ms(float(value))
+    if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+_show = format_knob
