@@ -43,8 +43,8 @@ class Spec:
     sql: str | None = None
     description: str = ""
     chunk_rows: int = 100_000
-    batch_rows: int = 1_000
-    pause: float = 0.1
+    batch_rows: int = 1_000  # the fixed size, or where adaptive sizing starts
+    pause: float = 0.0
     max_parallel_chunks: int = 2
     schedule: str | None = None
     pool: str | None = None
@@ -57,8 +57,10 @@ class Spec:
     progress_every: float = 10.0
     tags: tuple[str, ...] = ()
     # throttle, windows (see throttle.py, gates.py, windows.py)
-    pause_ratio: float = 0.0
-    target_batch_time: float | None = None
+    # Defaults chosen with bench/live_traffic.py: batches short enough that a live transaction
+    # waiting on one of their row locks waits 50 ms at most, and a rest half as long after each.
+    pause_ratio: float = 0.5
+    target_batch_time: float | None = 0.05
     min_batch_rows: int | None = None
     max_batch_rows: int | None = None
     gates: dict = field(default_factory=dict)  # gate name -> gates.GateSpec
