@@ -326,6 +326,8 @@ def run_rowfill(engine: Engine, table: str, args, phases: PhaseTimer | None) -> 
         "where": "full_name IS NULL",
         "set": {"full_name": SET_EXPR},
         "pause": 0,
+        "pause_ratio": 0,
+        "target_batch_time": None,  # unthrottled: fixed-size batches, no rest
         "chunk_rows": args.chunk_rows,
         "batch_rows": args.batch_rows,
         "max_parallel_chunks": args.parallel,

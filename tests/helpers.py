@@ -37,6 +37,9 @@ def write_spec(tmp_path: Path, name: str = "users_full_name", **fields) -> Path:
         "chunk_rows": 1000,
         "batch_rows": 100,
         "pause": 0,
+        # fixed-size batches and no rest unless a test asks: batch counts stay predictable
+        "target_batch_time": "off",
+        "pause_ratio": 0,
         **fields,
     }
     data = {k: v for k, v in data.items() if v is not None}

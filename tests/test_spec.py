@@ -142,7 +142,9 @@ def test_a_good_spec_loads_with_its_defaults(tmp_path):
     assert spec.set == {"full_name": "first_name || ' ' || last_name"}
     assert spec.mode == "set"
     assert spec.source == str(tmp_path / "spec.yaml")
-    assert (spec.chunk_rows, spec.batch_rows, spec.pause, spec.lock_timeout) == (100_000, 1_000, 0.1, 2.0)
+    assert (spec.chunk_rows, spec.batch_rows, spec.pause, spec.lock_timeout) == (100_000, 1_000, 0.0, 2.0)
+    # the default throttle: ~50 ms batches (sized from there), a rest of half a batch after each
+    assert (spec.target_batch_time, spec.pause_ratio, spec.gates, spec.window) == (0.05, 0.5, {}, ())
     assert spec.pool_name == "rowfill_app_db"
 
 

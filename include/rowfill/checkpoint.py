@@ -68,6 +68,24 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.samples (
 );
 """
 
+# Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves existing installs'
+# tables as they were, so each later column is added here, only when missing (a plain
+# ADD COLUMN IF NOT EXISTS would still take an exclusive lock on every plan).
+UPGRADES = {
+    "throttled_seconds": "double precision NOT NULL DEFAULT 0",  # time spent pausing, waiting on gates, backing off
+    "throttle_state": "text",  # what a throttled or deferred chunk is waiting for right now
+}
+
+
+def _upgrade_sql() -> str:
+    steps = "".join(
+        f"IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{SCHEMA}.chunks'::regclass "
+        f"AND attname = '{column}' AND NOT attisdropped) THEN "
+        f"ALTER TABLE {SCHEMA}.chunks ADD COLUMN {column} {definition}; END IF; "
+        for column, definition in UPGRADES.items()
+    )
+    return f"DO $$ BEGIN {steps}END $$;"
+
 
 @dataclass(frozen=True)
 class ChunkRow:
@@ -88,6 +106,8 @@ class ChunkRow:
     started_at: datetime | None
     updated_at: datetime | None
     finished_at: datetime | None
+    throttled_seconds: float = 0.0
+    throttle_state: str | None = None
 
     @property
     def position(self) -> int:
@@ -112,6 +132,7 @@ class CheckpointStore:
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
             conn.exec_driver_sql(DDL)
+            conn.exec_driver_sql(_upgrade_sql())
 
     def lock_planning(self, conn: Connection, name: str) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(:n))"), {"k": _LOCK_KEY, "n": name})
@@ -213,16 +234,31 @@ class CheckpointStore:
         ).one()
         return (lo if cursor is None else cursor), hi, status
 
-    def advance(self, conn: Connection, name: str, chunk_no: int, cursor: int, seen: int, written: int) -> None:
-        """Inside the batch transaction: move the cursor past the batch just written."""
+    def advance(self, conn: Connection, name: str, chunk_no: int, cursor: int, seen: int, written: int,
+                throttled: float = 0.0) -> None:
+        """Inside the batch transaction: move the cursor past the batch just written.
+
+        ``throttled`` is the time the chunk was held back since the last batch; a batch that
+        commits is no longer waiting for anything, so the throttle state is cleared.
+        """
         conn.execute(
             text(
                 f"UPDATE {SCHEMA}.chunks SET cursor = to_jsonb(CAST(:cur AS bigint)), rows_seen = rows_seen + :s, "
-                "rows_written = rows_written + :w, batches = batches + 1, updated_at = now() "
+                "rows_written = rows_written + :w, batches = batches + 1, updated_at = now(), "
+                "throttled_seconds = throttled_seconds + :t, throttle_state = NULL "
                 "WHERE backfill = :n AND chunk_no = :c"
             ),
-            {"n": name, "c": chunk_no, "cur": cursor, "s": seen, "w": written},
+            {"n": name, "c": chunk_no, "cur": cursor, "s": seen, "w": written, "t": throttled},
         )
+
+    def note_throttle(self, name: str, chunk_no: int, state: str | None, seconds: float = 0.0) -> None:
+        """Outside a batch: record why the chunk is held back (shown by `rowfill status`) and time throttled."""
+        with self._short_txn() as conn:
+            conn.execute(
+                text(f"UPDATE {SCHEMA}.chunks SET throttle_state = :s, throttled_seconds = throttled_seconds + :t "
+                     "WHERE backfill = :n AND chunk_no = :c"),
+                {"n": name, "c": chunk_no, "s": state[:500] if state else None, "t": seconds},
+            )
 
     def finish(self, name: str, chunk_no: int) -> ChunkRow:
         with self._short_txn() as conn:

@@ -13,17 +13,19 @@ import sys
 import time
 
 from rowfill.checkpoint import CheckpointStore
+from rowfill.control import ControlStore, parse_assignments, stop_reason
 from rowfill.db import check_reachable, engine_for
 from rowfill.errors import RowfillError
 from rowfill.plan import plan_backfill
 from rowfill.observers import standard_observers
 from rowfill.pools import POOLS_FILE, pools_for
 from rowfill.report import backfill_summary
-from rowfill.runner import ChunkRunner
+from rowfill.chunk_task import run_chunk_here
 from rowfill.spec import find_spec, load_specs
 from rowfill.status import statuses
 from rowfill.statusview import progress_bar as share_bar
 from rowfill.statusview import render_backfill, render_json
+from rowfill.throttle import format_knob
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:
@@ -45,6 +47,14 @@ def cmd_validate(args) -> int:
     return 1 if errors else 0
 
 
+def _control_lines(control) -> list[str]:
+    """What `rowfill pause/cancel/set` did to a backfill, under its progress line."""
+    lines = [f"    {stop_reason(control)}"] if control.state != "running" else []
+    if control.knobs:
+        lines.append("    live knobs: " + ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted(control.knobs.items())))
+    return lines
+
+
 def cmd_status(args) -> int:
     """Progress of every backfill (or one): bars, rate over the last minute, ETA, state, last error."""
     specs, _ = load_specs(args.specs_dir)
@@ -52,17 +62,22 @@ def cmd_status(args) -> int:
     if args.name and not specs:
         find_spec(args.name, args.specs_dir)  # raises the helpful error
     while True:
-        pairs = []
+        pairs, controls = [], {}
         for spec in specs:
             engine = _engine(spec, args)
             try:
                 pairs.append((spec, statuses(engine, [spec.name])[spec.name]))
+                controls[spec.name] = ControlStore(engine).get(spec.name)
             finally:
                 engine.dispose()
         if args.json:
-            print(render_json(pairs, args.chunks), flush=True)
+            data = json.loads(render_json(pairs, args.chunks))
+            for entry, (spec, _) in zip(data, pairs):
+                c = controls[spec.name]
+                entry["control"] = {"state": c.state, "knobs": c.knobs, "note": c.note}
+            print(json.dumps(data, indent=2, default=str), flush=True)
         else:
-            lines = [line for spec, s in pairs for line in render_backfill(spec, s, args.chunks)]
+            lines = [line for spec, s in pairs for line in render_backfill(spec, s, args.chunks) + _control_lines(controls[spec.name])]
             if args.watch:
                 print("\033[2J\033[H" + time.strftime("%H:%M:%S") + f"  rowfill status (every {args.watch:g} s, Ctrl-C to stop)")
             print("\n".join(lines) or "no specs", flush=True)
@@ -79,10 +94,66 @@ def cmd_run(args) -> int:
         chunks = plan_backfill(engine, spec, log=logging.getLogger("rowfill.plan"))
         print(f"{spec.name}: {len(chunks)} chunks to run")
         for chunk in chunks:
-            ChunkRunner(engine, spec, label=chunk.label, observers=standard_observers(engine, spec)).run(chunk.chunk_no)
+            # windows, pause and cancel apply here too; waiting happens in this process
+            outcome = run_chunk_here(engine, spec, chunk.chunk_no, label=chunk.label, logger=logging.getLogger("rowfill.run"),
+                                     observers=standard_observers(engine, spec))
+            if outcome.kind == "cancelled":
+                print(f"{spec.name}: {outcome.reason}; stopped, cursors kept")
+                break
         print(backfill_summary(engine, spec.name).line())
     finally:
         engine.dispose()
+    return 0
+
+
+def _control(args, action) -> int:
+    spec = find_spec(args.name, args.specs_dir)
+    engine = _engine(spec, args)
+    try:
+        store = ControlStore(engine)
+        control = action(store, spec.name, args.reason)
+    finally:
+        engine.dispose()
+    what = {"paused": "running chunks stop at their next batch boundary and wait, without holding a worker slot, "
+                      f"until `rowfill resume {spec.name}`",
+            "running": "waiting chunks continue from their cursors within a few seconds",
+            "cancelled": "running chunks stop at their next batch boundary, keep their cursors and end skipped; "
+                         f"later runs skip too until `rowfill resume {spec.name}`"}[control.state]
+    print(f"{spec.name}: {control.state}; {what}")
+    return 0
+
+
+def cmd_pause(args) -> int:
+    return _control(args, ControlStore.pause)
+
+
+def cmd_resume(args) -> int:
+    return _control(args, ControlStore.resume)
+
+
+def cmd_cancel(args) -> int:
+    return _control(args, ControlStore.cancel)
+
+
+def cmd_set(args) -> int:
+    """Live knobs: take effect at each running chunk's next batch, and stay until unset or reset."""
+    spec = find_spec(args.name, args.specs_dir)
+    knobs = parse_assignments(args.knobs)
+    engine = _engine(spec, args)
+    try:
+        store = ControlStore(engine)
+        if args.reset:
+            control = store.reset_knobs(spec.name)
+        elif args.unset:
+            control = store.unset_knobs(spec.name, args.unset)
+        else:
+            control = store.get(spec.name)
+        if knobs:
+            control = store.set_knobs(spec.name, knobs, note=f"set with `rowfill set`: {' '.join(args.knobs)}")
+    finally:
+        engine.dispose()
+    shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted((control.knobs or {}).items())) or "none (the spec's values apply)"
+    print(f"{spec.name}: {control.state}; live knobs: {shown}")
     return 0
 
 
@@ -131,6 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name")
     x.add_argument("--yes", action="store_true")
     x.set_defaults(func=cmd_reset)
+    for name, func, text_ in (("pause", cmd_pause, "pause a backfill: chunks stop at a batch boundary and wait"),
+                              ("resume", cmd_resume, "resume a paused (or cancelled) backfill"),
+                              ("cancel", cmd_cancel, "cancel a backfill's run: chunks stop, keep their cursors, end skipped")):
+        c = sub.add_parser(name, help=text_)
+        c.add_argument("name")
+        c.add_argument("--reason", help="recorded with the change and shown in the logs")
+        c.set_defaults(func=func)
+    k = sub.add_parser("set", help="change live knobs: batch_rows=2000 pause=50ms replica_lag.wait=5s ...")
+    k.add_argument("name")
+    k.add_argument("knobs", nargs="*", metavar="KNOB=VALUE")
+    k.add_argument("--unset", action="append", metavar="KNOB", help="drop a knob: back to the spec's value")
+    k.add_argument("--reset", action="store_true", help="drop every knob")
+    k.set_defaults(func=cmd_set)
     q = sub.add_parser("pools", help="print (or --write) include/pools.json for the specs")
     q.add_argument("--write", action="store_true")
     q.set_defaults(func=cmd_pools)

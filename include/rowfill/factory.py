@@ -24,6 +24,7 @@ from rowfill.operators import (
     PlanChunksOperator,
     VerifyBackfillOperator,
 )
+from rowfill.runparams import trigger_params
 from rowfill.spec import Spec, load_specs
 from rowfill.stall import StallWatchdogOperator
 
@@ -61,6 +62,7 @@ def build_dag(spec: Spec) -> DAG:
         on_failure_callback=alerts.on_run_outcome(spec, "failure"),
         default_args={"owner": "rowfill"},
         deadline=_deadline(spec),
+        params=trigger_params(spec),
     ) as dag:
         plan = PlanChunksOperator(task_id="plan", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
         chunks = BackfillChunkOperator.partial(

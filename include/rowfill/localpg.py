@@ -77,6 +77,29 @@ class LocalPostgres:
             subprocess.run([*self._as, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"],
                            capture_output=True, text=True)
 
+    def start_replica(self, datadir: str | os.PathLike, settings: dict[str, str] | None = None,
+                      timeout: float = 60) -> "LocalPostgres":
+        """A streaming replica of this (running) cluster: ``pg_basebackup -R`` into ``datadir``, then start it.
+
+        Needs nothing beyond initdb's defaults on PostgreSQL 10+: ``wal_level=replica``,
+        ``max_wal_senders=10`` and ``trust`` replication entries for 127.0.0.1 in pg_hba.conf.
+        ``wal_receiver_status_interval=1s`` makes the primary's ``pg_stat_replication`` lag current
+        within a second, instead of ten.
+        """
+        replica_dir = Path(datadir).resolve()
+        replica_dir.mkdir(parents=True, exist_ok=True)
+        if self._as:
+            _let_postgres_through(replica_dir)
+            shutil.chown(replica_dir, "postgres", "postgres")
+        os.chmod(replica_dir, 0o700)
+        self._run(str(self.bindir / "pg_basebackup"), "-D", str(replica_dir), "-R", "-X", "stream", "-c", "fast",
+                  "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", timeout=timeout)
+        for leftover in ("postmaster.pid", "server.log"):  # copied from the primary's data directory
+            (replica_dir / leftover).unlink(missing_ok=True)
+        replica = LocalPostgres(replica_dir, settings={"wal_receiver_status_interval": "1s", "hot_standby": "on",
+                                                       **self.settings, **(settings or {})})
+        return replica.start(timeout)
+
     def running(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):

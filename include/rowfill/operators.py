@@ -11,12 +11,11 @@ from contextlib import contextmanager
 
 from airflow.sdk import BaseOperator
 
+from rowfill import task_control
 from rowfill.db import check_reachable, engine_for
-from rowfill.observers import remember_task_instance, standard_observers
 from rowfill.plan import max_map_length, plan_backfill
 from rowfill.pools import check_pool
 from rowfill.report import backfill_summary
-from rowfill.runner import ChunkRunner
 from rowfill.spec import Spec
 from rowfill.verify import verify_backfill
 
@@ -44,6 +43,8 @@ class PlanChunksOperator(BaseOperator):
         spec = self.spec
         check_pool(spec, self.log)
         with target_engine(spec) as engine:
+            if (early := task_control.before_plan(engine, spec, context, self.log)) is not None:
+                return early
             chunks = plan_backfill(engine, spec, limit=max_map_length(), log=self.log)
         est = sum(c.est_rows for c in chunks)
         self.log.info("%s: %d chunks to run (~%s rows in their ranges), at most %d at once in pool %r",
@@ -62,13 +63,11 @@ class BackfillChunkOperator(BaseOperator):
         self.chunk = chunk
 
     def execute(self, context):
-        with target_engine(self.spec) as engine:
-            remember_task_instance(engine, self.spec.name, self.chunk["chunk_no"], getattr(context.get("ti"), "map_index", None))
-            runner = ChunkRunner(engine, self.spec, logger=self.log, label=self.chunk["label"], run_id=context["run_id"],
-                                 observers=standard_observers(engine, self.spec))
-            result = runner.run(self.chunk["chunk_no"])
-        return {"chunk_no": result.chunk_no, "status": result.status, "rows_seen": result.rows_seen,
-                "rows_written": result.rows_written, "batches": result.batches, "seconds": round(result.seconds, 3)}
+        return task_control.attempt(self, context)
+
+    def execute_complete(self, context, event=None):
+        """Back from the triggerer (window opened, backfill resumed or cancelled): go again from the cursor."""
+        return task_control.attempt(self, context, event)
 
 
 class VerifyBackfillOperator(BaseOperator):
@@ -82,6 +81,7 @@ class VerifyBackfillOperator(BaseOperator):
 
     def execute(self, context):
         with target_engine(self.spec) as engine:
+            task_control.before_verify(engine, self.spec, context)
             result = verify_backfill(engine, self.spec)
         if result.remaining is None:
             self.log.info("%s: all %d chunks done (no `where` to re-check)", self.spec.name, result.chunks)
@@ -101,6 +101,8 @@ class BackfillSummaryOperator(BaseOperator):
 
     def execute(self, context):
         with target_engine(self.spec) as engine:
+            if (dry := task_control.dry_run_summary(context)) is not None:
+                return dry
             summary = backfill_summary(engine, self.spec.name, run_id=context["run_id"])
-        self.log.info("%s", summary.line())
-        return summary.to_dict()
+            self.log.info("%s", summary.line())
+            return task_control.annotate_summary(engine, self.spec, summary.to_dict(), self.log)

@@ -22,6 +22,7 @@ class Summary:
     seconds: float
     rows_per_second: float
     eta_seconds: float | None
+    throttled_seconds: float = 0.0  # summed over chunks: paused, waiting on gates, backing off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +56,7 @@ def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None) -> S
         seconds=round(seconds, 3),
         rows_per_second=round(rate, 1),
         eta_seconds=eta_seconds(seen, total, rate),
+        throttled_seconds=round(sum(c.throttled_seconds for c in timed), 1),
     )
 
 

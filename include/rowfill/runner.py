@@ -95,7 +95,7 @@ class ChunkRunner:
         self.engine = engine
         self.spec = spec
         self.store = CheckpointStore(engine)
-        self.throttle = throttle or Throttle.for_spec(spec)
+        self.throttle = throttle or Throttle.for_spec(spec, engine=engine)
         self.log = logger or log
         self.label = label
         self.run_id = run_id
@@ -120,10 +120,12 @@ class ChunkRunner:
         done_before = row.rows_seen
         next_report = started + spec.progress_every
         cursor = row.cursor
+        self.throttle.begin(label, self.log, lambda state, secs: self.store.note_throttle(spec.name, chunk_no, state, secs))
         try:
             while True:
-                if reason := self.should_stop():
+                if reason := (self.should_stop() or self.throttle.before_batch(self.should_stop)):
                     self.log.info("%s: stopping at a batch boundary (%s); cursor %s kept", label, reason, cursor)
+                    self.throttle.flush(reason)
                     self.store.pause(spec.name, chunk_no)
                     return ChunkResult(spec.name, chunk_no, "stopped", seen, written, batches, self.clock() - started, cursor)
                 t0 = self.clock()
@@ -142,6 +144,7 @@ class ChunkRunner:
                     next_report = now + spec.progress_every
                 self.throttle.after_batch(now - t0, b_seen)
         except Exception as exc:
+            self.throttle.flush()
             message = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".strip()
             self.store.fail(spec.name, chunk_no, message)
             raise ChunkFailed(
@@ -149,6 +152,9 @@ class ChunkRunner:
                 f"after {batches} batches in this attempt: {message}. Everything committed before is kept; "
                 "a retry or a cleared task resumes from the checkpoint."
             ) from exc
+        finally:
+            self.throttle.end()
+        self.throttle.flush(None)
         final = self.store.finish(spec.name, chunk_no)
         elapsed = self.clock() - started
         rate = seen / max(elapsed, 1e-9)
@@ -173,6 +179,7 @@ class ChunkRunner:
     def _batch(self, chunk_no: int):
         """One batch in one transaction; returns None when the chunk has no keys left."""
         w, name = self.writer, self.spec.name
+        throttled = self.throttle.unrecorded
         with self.engine.begin() as conn:
             conn.execute(self.timeouts, self.timeout_params)
             position, hi, _status = self.store.lock_position(conn, name, chunk_no)
@@ -182,5 +189,6 @@ class ChunkRunner:
             if end is None:  # no keys left in range (rows deleted since planning)
                 end, seen = hi, 0
             written = w.apply(conn, position, end)
-            self.store.advance(conn, name, chunk_no, end, seen, written)
+            self.store.advance(conn, name, chunk_no, end, seen, written, throttled)
+        self.throttle.recorded(throttled)
         return end, seen, written

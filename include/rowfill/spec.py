@@ -43,8 +43,8 @@ class Spec:
     sql: str | None = None
     description: str = ""
     chunk_rows: int = 100_000
-    batch_rows: int = 1_000
-    pause: float = 0.1
+    batch_rows: int = 1_000  # the fixed size, or where adaptive sizing starts
+    pause: float = 0.0
     max_parallel_chunks: int = 2
     schedule: str | None = None
     pool: str | None = None
@@ -62,6 +62,16 @@ class Spec:
     stall_after: float | None = None
     stall_repeat_after: float | None = None
     expected_duration: float | None = None
+    # throttle, windows (see throttle.py, gates.py, windows.py)
+    # Defaults chosen with bench/live_traffic.py: batches short enough that a live transaction
+    # waiting on one of their row locks waits 50 ms at most, and a rest half as long after each.
+    pause_ratio: float = 0.5
+    target_batch_time: float | None = 0.05
+    min_batch_rows: int | None = None
+    max_batch_rows: int | None = None
+    gates: dict = field(default_factory=dict)  # gate name -> gates.GateSpec
+    latency_probe: Any = None  # gates.LatencySpec
+    window: tuple = ()  # windows.Window, ...
 
     @property
     def dag_id(self) -> str:
@@ -124,6 +134,13 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "stall_after": ("duration", False),
     "stall_repeat_after": ("duration", False),
     "expected_duration": ("duration", False),
+    "pause_ratio": ("ratio", False),
+    "target_batch_time": ("optional_duration", False),
+    "min_batch_rows": ("positive_int", False),
+    "max_batch_rows": ("positive_int", False),
+    "gates": ("gates", False),
+    "latency_probe": ("latency_probe", False),
+    "window": ("window", False),
 }
 
 
@@ -199,6 +216,29 @@ def _check(kind: str, value: Any) -> Any:
         from rowfill.notifiers import parse_alerts
 
         return parse_alerts(value)
+    if kind == "ratio":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise ValueError(f"expected a number from 0 up, e.g. 0.5 sleeps half as long as the last batch took; got {value!r}")
+        return float(value)
+    if kind == "optional_duration":
+        if value is None or value == "off":
+            return None
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("expected a duration above 0, e.g. 500ms, or null for fixed-size batches")
+        return seconds
+    if kind == "gates":
+        from rowfill.gates import parse_gates
+
+        return parse_gates(value)
+    if kind == "latency_probe":
+        from rowfill.gates import parse_latency
+
+        return parse_latency(value)
+    if kind == "window":
+        from rowfill.windows import parse_windows
+
+        return parse_windows(value)
     if kind == "tags":
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
             raise ValueError("expected a list of strings")
@@ -255,6 +295,7 @@ def parse_spec(data: Any, source: str) -> Spec:
         elif values.get("stall_after") and values["stall_repeat_after"] <= values["stall_after"]:
             errors.append(SpecError(source, "stall_repeat_after", "must be longer than stall_after: it is the second, later "
                                     "alert for the same stall (default 4 x stall_after)"))
+    _check_batch_bounds(values, data, source, errors)
     if "name" not in values and "name" not in data:
         stem = Path(source).stem
         try:
@@ -264,6 +305,18 @@ def parse_spec(data: Any, source: str) -> Spec:
     if errors:
         raise SpecErrors(errors)
     return Spec(source=source, **values)
+
+
+def _check_batch_bounds(values: dict, data: dict, source: str, errors: list[SpecError]) -> None:
+    """min_batch_rows <= batch_rows <= max_batch_rows, comparing what the run will use."""
+    batch = values.get("batch_rows", Spec.batch_rows)
+    low, high = values.get("min_batch_rows"), values.get("max_batch_rows")
+    if low is not None and low > batch:
+        errors.append(SpecError(source, "min_batch_rows", f"{low} is above batch_rows ({batch}); batch_rows is where adaptive sizing starts"))
+    if high is not None and high < batch:
+        errors.append(SpecError(source, "max_batch_rows", f"{high} is below batch_rows ({batch}); batch_rows is where adaptive sizing starts"))
+    if low is not None and high is not None and low > high:
+        errors.append(SpecError(source, "max_batch_rows", f"{high} is below min_batch_rows ({low})"))
 
 
 def load_spec(path: str | os.PathLike) -> Spec:
