@@ -122,7 +122,7 @@ def test_pause_stops_at_a_batch_boundary_and_resume_continues_from_the_cursor(en
     assert CheckpointStore(engine).chunk(spec.name, chunk.chunk_no).rows_written == done_at_pause
 
     assert cli(db_url, spec, "status", "add_points") == 0
-    assert "(paused)" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[0].endswith("paused")
     assert cli(db_url, spec, "resume", "add_points") == 0
     assert asyncio.run(first_event(trigger, 10)) == {"event": "resumed"}
 
@@ -248,3 +248,17 @@ def test_control_commands_name_unknown_backfills(db_url, tmp_path, capsys):
     assert "no spec named 'nope'" in capsys.readouterr().err
     assert cli(db_url, spec, "set", "users_full_name", "speed=fast") == 1
     assert "unknown knob 'speed'" in capsys.readouterr().err
+
+
+def test_the_progress_page_buttons_pause_and_resume_through_the_same_control(engine, tmp_path):
+    from rowfill.control import ControlStore
+    from rowfill.web import control_hook
+
+    spec = spec_for(tmp_path)
+    hook = control_hook()
+    assert hook is not None  # the page shows its pause/resume buttons
+    hook.pause(engine, spec, "admin")
+    assert hook.state(engine, spec) == "paused"
+    assert "from the Airflow UI by admin" in ControlStore(engine).get(spec.name).note
+    hook.resume(engine, spec, "admin")
+    assert hook.state(engine, spec) == "running"

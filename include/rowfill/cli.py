@@ -7,6 +7,7 @@ Airflow connection (``AIRFLOW_CONN_<ID>`` or the Airflow metadata DB).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -66,8 +67,11 @@ def cmd_status(args) -> int:
         for spec in specs:
             engine = _engine(spec, args)
             try:
-                pairs.append((spec, statuses(engine, [spec.name])[spec.name]))
-                controls[spec.name] = ControlStore(engine).get(spec.name)
+                status = statuses(engine, [spec.name])[spec.name]
+                controls[spec.name] = control = ControlStore(engine).get(spec.name)
+                if control.state != "running" and status.state not in ("done", "not started"):
+                    status = dataclasses.replace(status, state=control.state)  # paused / cancelled says more than "waiting"
+                pairs.append((spec, status))
             finally:
                 engine.dispose()
         if args.json:

@@ -284,3 +284,19 @@ class LiveControl:
                 self.log.info("%s: %s: %s", self.label, when, ", ".join(changes))
         if not first and control.state != "running":
             self.log.info("%s: %s", self.label, stop_reason(control))
+
+
+class WebControl:
+    """Pause/resume for the progress page's buttons (``rowfill.web`` looks up ``web_control``)."""
+
+    def state(self, engine: Engine, spec) -> str:
+        return ControlStore(engine).get(spec.name).state
+
+    def pause(self, engine: Engine, spec, user: str) -> Control:
+        return ControlStore(engine).pause(spec.name, reason=f"from the Airflow UI by {user}")
+
+    def resume(self, engine: Engine, spec, user: str) -> Control:
+        return ControlStore(engine).resume(spec.name, reason=f"from the Airflow UI by {user}")
+
+
+web_control = WebControl()
