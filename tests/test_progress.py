@@ -120,7 +120,7 @@ def test_status_shows_bars_chunks_throttle_state_and_the_last_error(engine, db_u
     assert failed.state == "failed" and failed.eta_seconds is None  # it goes nowhere until cleared
     # The throttle issue records its state in columns named throttle*; status shows whatever is there.
     with engine.begin() as conn:
-        conn.execute(text("ALTER TABLE rowfill.chunks ADD COLUMN throttle_state text"))
+        conn.execute(text("ALTER TABLE rowfill.chunks ADD COLUMN IF NOT EXISTS throttle_state text"))
         conn.execute(text("UPDATE rowfill.chunks SET status = 'running', throttle_state = 'waiting: replica lag 12.4 s > 10 s' "
                           "WHERE chunk_no = 3"))
 
@@ -144,7 +144,7 @@ def test_status_shows_bars_chunks_throttle_state_and_the_last_error(engine, db_u
     assert data["backfill"] == "users_full_name" and data["dag_id"] == "rowfill_users_full_name"
     assert (data["rows_estimated"], data["rows_seen"], data["state"]) == (3_000, 1_500, "running")
     assert data["last_error_chunk"] == 2 and "id 1700" in data["last_error"]
-    assert data["throttle"] == {"throttle_state": "waiting: replica lag 12.4 s > 10 s"}
+    assert data["throttle"] == {"throttle_state": "waiting: replica lag 12.4 s > 10 s", "throttled_seconds": 0}
     assert [c["status"] for c in data["chunks"]] == ["done", "failed", "running"]
     assert data["chunks"][1]["cursor"] == 1_500
 

@@ -292,6 +292,16 @@ class WebControl:
     def state(self, engine: Engine, spec) -> str:
         return ControlStore(engine).get(spec.name).state
 
+    def states(self, engine: Engine, specs) -> dict[str, str]:
+        """All backfills of one database in one query, so the page stays one query per backfill."""
+        names = [s.name for s in specs]
+        with engine.connect() as conn:
+            found = dict(conn.execute(
+                text(f"SELECT backfill, state FROM {SCHEMA}.controls WHERE backfill = ANY(:n) "
+                     f"AND to_regclass('{SCHEMA}.controls') IS NOT NULL"), {"n": names}).all()) \
+                if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.controls"}).scalar() else {}
+        return {name: found.get(name, "running") for name in names}
+
     def pause(self, engine: Engine, spec, user: str) -> Control:
         return ControlStore(engine).pause(spec.name, reason=f"from the Airflow UI by {user}")
 

@@ -13,6 +13,7 @@ seconds instead of reloading itself.
 
 Pause/resume buttons appear only when a live-control provider is installed: a module
 ``rowfill.control`` with an object ``web_control`` offering ``state(engine, spec) -> str | None``,
+``states(engine, specs) -> {name: state}`` (one query for the page),
 ``pause(engine, spec, user)`` and ``resume(engine, spec, user)``. This page builds no control of
 its own.
 """
@@ -74,10 +75,11 @@ def collect(user=None) -> list[dict]:
             continue
         try:
             found = statuses(engine, [s.name for s in group])
+            states = control.states(engine, group) if control is not None else {}
             for spec in group:
                 entry = _entry(spec, found[spec.name])
                 if control is not None:
-                    entry["control"] = {"available": True, "state": control.state(engine, spec)}
+                    entry["control"] = {"available": True, "state": states[spec.name]}
                 out.append(entry)
         except Exception as exc:  # noqa: BLE001
             out += [_unavailable(s, exc) for s in group]
