@@ -117,6 +117,11 @@ class LiveTraffic:
             self.proc.kill()
             self.proc.wait()
 
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def transactions(self) -> list[tuple[float, float]]:
         """(scheduled start epoch seconds, latency ms) of every logged transaction."""
         out = []
@@ -169,8 +174,9 @@ def spec_for(table: str, variant: str, args) -> Spec:
     elif variant == "latency_gate":
         # a point select like the live one; txid_current() makes its commit wait for a WAL flush,
         # as the live UPDATE's commit does
+        # (random() inside a sub-select: evaluated once, so the probe is an index lookup, not a scan)
         data["latency_probe"] = {"sql": f"SELECT id, full_name, email, txid_current() FROM {table} "
-                                        f"WHERE id = 1 + (random() * {args.rows - 1})::int",
+                                        f"WHERE id = (SELECT 1 + (random() * {args.rows - 1})::int)",
                                  "limit": f"{args.latency_limit}ms"}
     return parse_spec(data, f"bench/live_traffic.py ({variant})")
 
@@ -254,6 +260,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # importing Airflow (for max_map_length) routes rowfill's INFO logs to stdout: keep the report readable
+    logging.getLogger("rowfill").setLevel(logging.INFO if args.verbose else logging.WARNING)
     wanted = [x.strip() for x in args.phases.split(",") if x.strip()]
 
     work = Path(tempfile.mkdtemp(prefix="rowfill-live-"))
@@ -305,6 +313,7 @@ def main(argv=None) -> int:
         print(json.dumps(res, indent=2, default=str) if args.json else report(res))
         return 0
     finally:
+        live.kill()
         engine.dispose()
         if pg:
             pg.stop()

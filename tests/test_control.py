@@ -262,3 +262,32 @@ def test_the_progress_page_buttons_pause_and_resume_through_the_same_control(eng
     assert "from the Airflow UI by admin" in ControlStore(engine).get(spec.name).note
     hook.resume(engine, spec, "admin")
     assert hook.state(engine, spec) == "running"
+
+
+def test_rowfill_run_honours_cancel_and_resume(engine, db_url, tmp_path, capsys):
+    make_users(engine, 1_000)
+    spec = points_spec(tmp_path, chunk_rows=500, batch_rows=100)
+    assert cli(db_url, spec, "cancel", "add_points") == 0
+    assert cli(db_url, spec, "run", "add_points") == 0
+    out = capsys.readouterr().out
+    assert "cancelled with `rowfill cancel`; stopped, cursors kept" in out
+    assert points(engine) == {0: 1_000}
+    assert cli(db_url, spec, "resume", "add_points") == 0
+    assert cli(db_url, spec, "run", "add_points") == 0
+    assert points(engine) == {10: 1_000}
+
+
+def test_existing_checkpoint_tables_get_the_new_columns(engine):
+    """Installs from before the throttle kept their rowfill.chunks; planning adds what is missing."""
+    from rowfill.checkpoint import DDL
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql(DDL)  # the tables as the first release created them
+        columns = conn.execute(text("SELECT array_agg(attname::text) FROM pg_attribute WHERE attrelid = 'rowfill.chunks'::regclass")).scalar()
+        assert "throttled_seconds" not in columns
+        conn.execute(text("INSERT INTO rowfill.backfills (name, fingerprint, spec) VALUES ('old', 'x', '{}')"))
+        conn.execute(text("INSERT INTO rowfill.chunks (backfill, chunk_no, lo, hi, est_rows) VALUES ('old', 1, '0', '10', 10)"))
+    CheckpointStore(engine).ensure_schema()
+    CheckpointStore(engine).ensure_schema()  # and again: nothing to do the second time
+    [row] = CheckpointStore(engine).chunks("old")
+    assert (row.throttled_seconds, row.throttle_state) == (0.0, None)

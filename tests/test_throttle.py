@@ -202,3 +202,10 @@ def test_the_latency_gate_backs_off_while_the_probe_is_slow_and_speeds_up_when_i
     row = CheckpointStore(engine).chunks(spec.name)[0]
     assert row.status == "done" and row.rows_written == 24_000
     assert row.throttled_seconds > throttle.slept * 0.9  # pauses, longer while backing off, are on record
+    # the probe's statement cap was transaction-local: the pooled connections went back unchanged
+    conns = [engine.connect() for _ in range(engine.pool.size())]
+    try:
+        assert {c.execute(text("SHOW statement_timeout")).scalar() for c in conns} == {"0"}
+    finally:
+        for c in conns:
+            c.close()

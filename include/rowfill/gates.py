@@ -317,20 +317,23 @@ class LatencyProbe:
 
     def measure_once(self, conn) -> float:
         """One probe in its own transaction, committed: with ``txid_current()`` in the probe, the
-        commit waits for its WAL flush, which is what live writers wait on while a batch writes WAL."""
+        commit waits for its WAL flush, which is what live writers wait on while a batch writes WAL.
+
+        A probe stuck behind something is a latency too: it is capped (``SET LOCAL``, so the pooled
+        connection goes back unchanged) and the cap counts as its latency.
+        """
+        conn.execute(self._timeout, {"t": f"{max(int(self.limit * 20 * 1000), 1000)}ms"})
         t0 = time.perf_counter()
         conn.execute(self.sql).fetchall()
         conn.commit()
         return time.perf_counter() - t0
 
+    _timeout = text("SELECT set_config('statement_timeout', :t, true)")
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 with self.engine.connect() as conn:
-                    # a probe stuck behind something is a latency too: cap it, count the cap
-                    conn.execute(text("SELECT set_config('statement_timeout', :t, false)"),
-                                 {"t": f"{max(int(self.limit * 20 * 1000), 1000)}ms"})
-                    conn.commit()
                     while not self._stop.is_set():
                         try:
                             latency = self.measure_once(conn)
