@@ -15,6 +15,7 @@ import time
 from rowfill.checkpoint import CheckpointStore
 from rowfill.db import check_reachable, engine_for
 from rowfill.errors import RowfillError
+from rowfill.keys import chunk_label
 from rowfill.plan import plan_backfill
 from rowfill.pools import POOLS_FILE, pools_for
 from rowfill.report import backfill_summary
@@ -68,7 +69,8 @@ def cmd_status(args) -> int:
             lines.append(f"{spec.name:24} {progress_bar(s.rows_seen, s.rows_estimated)} {s.rows_seen:,} of ~{s.rows_estimated:,} rows, "
                          f"{s.rows_per_second:,.0f} rows/s{eta}, chunks {s.chunks_done}/{s.chunks} done, {running} running, {s.chunks_failed} failed ({state})")
             for c in chunks if args.chunks else []:
-                lines.append(f"    chunk {c.chunk_no:>4} {c.status:8} {progress_bar(c.rows_seen, c.est_rows, 20)} {spec.key} {c.lo + 1}..{c.hi}"
+                span = chunk_label(spec.key, c.chunk_no, None, c.lo, c.hi, c.first_key).split(" (", 1)[1][:-1]
+                lines.append(f"    chunk {c.chunk_no:>4} {c.status:8} {progress_bar(c.rows_seen, c.est_rows, 20)} {span}"
                              f"{'  error: ' + c.last_error if c.last_error else ''}")
             payload.append({**s.to_dict(), "state": state, "chunks_running": running})
         if args.json:

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse
 
 from rowfill.checkpoint import CheckpointStore
 from rowfill.db import engine_for
+from rowfill.keys import chunk_label
 from rowfill.report import summarize
 from rowfill.spec import load_specs
 
@@ -43,6 +44,7 @@ def collect_progress() -> list[dict]:
                              "failed" if s.chunks_failed else "running" if running else "waiting")
                     entry.update(s.to_dict(), state=state, chunks_running=running, chunks=[
                         {"chunk_no": c.chunk_no, "status": c.status, "lo": c.lo, "hi": c.hi, "rows_seen": c.rows_seen,
+                         "label": chunk_label(spec.key, c.chunk_no, len(chunks), c.lo, c.hi, c.first_key),
                          "est_rows": c.est_rows, "last_error": c.last_error, "run_id": c.run_id} for c in chunks])
             except Exception as exc:  # noqa: BLE001 - one unreachable database must not blank the page
                 entry.update(state="unavailable", error=str(exc).splitlines()[0])
@@ -65,7 +67,7 @@ def render(progress: list[dict]) -> str:
         share = (seen / total) if total else (1.0 if b["state"] == "done" else 0.0)
         eta = b.get("eta_seconds")
         cells = "".join(
-            f'<a class="c" title="chunk {c["chunk_no"]}: {c["status"]} ({c["lo"] + 1}..{c["hi"]})'
+            f'<a class="c" title="{html.escape(c["label"])}: {c["status"]}'
             f'{html.escape(" - " + c["last_error"]) if c["last_error"] else ""}" style="background:{_COLORS[c["status"]]}" '
             f'href="../dags/{b["dag_id"]}/runs/{html.escape(c["run_id"] or "")}/tasks/chunk/mapped/{c["chunk_no"] - 1}" target="_top"></a>'
             for c in b["chunks"])
