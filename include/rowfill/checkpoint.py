@@ -208,7 +208,10 @@ class CheckpointStore:
                 f"FROM {SCHEMA}.chunks WHERE backfill = :n AND chunk_no = :c FOR UPDATE"
             ),
             {"n": name, "c": chunk_no},
-        ).one()
+        ).first() or (None, None, None, None)
+        if status is None:
+            raise LookupError(f"backfill {name!r} has no chunk {chunk_no} any more: it was reset or rolled back "
+                              "while this chunk ran, so the chunk stops here. Rerun the DAG to plan again.")
         cursor, lo, hi = decode(cursor), decode(lo), decode(hi)
         return (lo if cursor is None else cursor), hi, status
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Param
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
 from rowfill import alerts
@@ -59,6 +59,8 @@ def build_dag(spec: Spec) -> DAG:
         on_success_callback=alerts.on_run_outcome(spec, "success"),
         on_failure_callback=alerts.on_run_outcome(spec, "failure"),
         default_args={"owner": "rowfill"},
+        params={"dry_run": Param(False, type="boolean", title="Dry run",
+                                 description="Only show chunks, rows, a timed sample batch (rolled back) and its EXPLAIN; change nothing.")},
     ) as dag:
         plan = PlanChunksOperator(task_id="plan", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
         chunks = BackfillChunkOperator.partial(
@@ -83,8 +85,10 @@ def build_dag(spec: Spec) -> DAG:
 
 def build_dags(directory=None) -> dict[str, DAG]:
     """Every good spec's DAG; bad specs are reported by ``raise_spec_errors`` from a file of their own."""
+    from rowfill.rollback_dag import rollback_dags
+
     specs, _errors = load_specs(directory)
-    return {spec.dag_id: build_dag(spec) for spec in specs}
+    return {**{spec.dag_id: build_dag(spec) for spec in specs}, **rollback_dags(specs)}
 
 
 def raise_spec_errors(directory=None) -> None:
@@ -94,6 +98,9 @@ def raise_spec_errors(directory=None) -> None:
     it, so the errors must come from a different DAG file than the good DAGs: there they show in
     the UI's import-error banner and in ``airflow dags list-import-errors`` without hiding anything.
     """
-    _specs, errors = load_specs(directory)
+    from rowfill.rollback_dag import clashes
+
+    specs, errors = load_specs(directory)
+    errors = [*errors, *clashes(specs)]
     if errors:
         raise SpecErrors(errors)

@@ -136,6 +136,9 @@ def plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
         check_target(conn, spec)
         store.lock_planning(conn, spec.name)
         store.register(conn, spec)
+        from rowfill.undo import prepare_forward_plan  # undo log; no backfill while its rollback runs
+
+        prepare_forward_plan(conn, store, spec)
         existing = store.chunks(spec.name, conn)
         open_chunks = [c for c in existing if c.status != "done"]
         after = existing[-1].hi if existing else None  # chunks are numbered in key order
