@@ -22,6 +22,7 @@ the batch runs.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -84,12 +85,59 @@ def check_callable_spec(conn: Connection, spec: Spec) -> None:
             raise SpecError(spec.source, name, f"the database rejects this SQL: {first}") from exc
 
 
-class RowReader:
-    """Reads a batch's rows as dicts: the key columns plus ``select`` (every column if ``select`` is empty)."""
+_COLUMN_REF = re.compile(r'(?:(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)\.)?(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)')
 
-    def __init__(self, spec: Spec, key: Key):
+
+def driver_sql(conn: Connection, stmt, binary: tuple[str, ...] = ()) -> str:
+    """The statement as psycopg receives it (``%(name)s``, ``%`` escaped), with ``binary`` params sent in binary.
+
+    Large arrays go several times faster in binary than as text array literals, and rows fetched
+    straight from the driver cursor skip SQLAlchemy's row processing: together the difference
+    between a Python transform at a quarter and at half the speed of a single UPDATE.
+    """
+    sql = str(stmt.compile(dialect=conn.dialect))
+    for name in binary:
+        sql = sql.replace(f"%({name})s", f"%({name})b")
+    return sql
+
+
+def driver_fetch(conn: Connection, sql: str, params: dict) -> tuple[list[str], list[tuple]]:
+    """Run a query on the connection's own psycopg cursor (same transaction); errors as SQLAlchemy's."""
+    names, rows, _ = _driver_execute(conn, sql, params, fetch=True)
+    return names, rows
+
+
+def driver_execute(conn: Connection, sql: str, params: dict) -> int:
+    """Run a write on the connection's own psycopg cursor; the row count."""
+    return _driver_execute(conn, sql, params, fetch=False)[2]
+
+
+def _driver_execute(conn: Connection, sql: str, params: dict, fetch: bool):
+    import psycopg
+
+    try:
+        with conn.connection.driver_connection.cursor() as cur:
+            cur.execute(sql, params)
+            if fetch:
+                return [d.name for d in cur.description], cur.fetchall(), cur.rowcount
+            return None, None, cur.rowcount
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, psycopg.Error) from exc
+
+
+class RowReader:
+    """Reads a batch's rows as dicts: the key columns plus ``select`` (every column if ``select`` is empty).
+
+    With ``lock=True`` the read itself takes the row locks. That is only done when the rows read
+    come from the table alone (no ``joins``, ``select`` only names columns): then a row re-read
+    after waiting for a lock is read whole in its newest version. Anything computed from other
+    tables needs the separate lock statement first (see the module docstring).
+    """
+
+    def __init__(self, spec: Spec, key: Key, lock: bool = False):
         self.spec = spec
         self.key = key
+        self.lock = lock
         t = spec.table.sql
         self.qkey = key.qualified(t)
         if spec.select:
@@ -100,20 +148,27 @@ class RowReader:
             self.columns_sql = f"{t}.*"  # every column of the table, the key columns among them
         self._stmts: dict = {}
 
+    @staticmethod
+    def reads_only_the_table(spec: Spec) -> bool:
+        return not spec.joins and all(_COLUMN_REF.fullmatch(e) for e in spec.select.values())
+
     def _read(self, has_lo: bool):
         if has_lo not in self._stmts:
             spec = self.spec
             where = f" AND ({spec.where})" if spec.where else ""
+            lock = " FOR NO KEY UPDATE" if self.lock else ""
             self._stmts[has_lo] = text(
                 f"SELECT {self.columns_sql} FROM {spec.table.sql} {spec.joins or ''} "
-                f"WHERE {self.qkey.range_text(has_lo, True)}{where} ORDER BY {self.qkey.order_by()}"
+                f"WHERE {self.qkey.range_text(has_lo, True)}{where} ORDER BY {self.qkey.order_by()}{lock}"
             )
         return self._stmts[has_lo]
 
     def read(self, conn: Connection, lo, hi) -> list[dict]:
-        result = conn.execute(self._read(lo is not None), self.key.range_params(lo, hi))
-        names = list(result.keys())
-        rows = [dict(zip(names, r)) for r in result.fetchall()]
+        has_lo = lo is not None
+        if ("driver", has_lo) not in self._stmts:
+            self._stmts[("driver", has_lo)] = driver_sql(conn, self._read(has_lo))
+        names, data = driver_fetch(conn, self._stmts[("driver", has_lo)], self.key.range_params(lo, hi))
+        rows = [dict(zip(names, r)) for r in data]
         if self.spec.joins:
             self._check_unique(rows)
         return rows
@@ -199,7 +254,9 @@ class TransformWriter(BatchWriter):
     def build(self, conn):
         spec = self.spec
         self.fn = load_callable(spec.transform, spec, "transform")
-        self.reader = RowReader(spec, self.key)
+        # one statement locks and reads when the rows come from the table alone; else lock, then read
+        self.lock_first = not RowReader.reads_only_the_table(spec)
+        self.reader = RowReader(spec, self.key, lock=not self.lock_first)
         types = {name: typ for name, (typ, _) in column_types(conn, spec.table.sql).items()}
         self.out_columns = list(spec.returns)
         self.out_types = [types[c] for c in self.out_columns]
@@ -234,6 +291,11 @@ class TransformWriter(BatchWriter):
             return text(self.undo.recording_update(t, sets, source, match, rng_where, vrow, self.qkey))
         return self.statement(("write", has_lo), make)
 
+    def _driver_write(self, conn, has_lo: bool) -> str:
+        arrays = tuple(f"k{i}" for i in range(1, len(self.key.columns) + 1)) + \
+            tuple(f"v{i}" for i in range(1, len(self.out_columns) + 1))
+        return self.statement(("driver-write", has_lo), lambda: driver_sql(conn, self._write(has_lo), arrays))
+
     def results(self, rows: list[dict]) -> tuple[dict, int]:
         """Arrays for the write: key columns and returned columns of every row the function did not skip."""
         out = call_with_blame(self.fn, rows, self.key, f"transform {self.spec.transform}")
@@ -242,6 +304,12 @@ class TransformWriter(BatchWriter):
             raise TransformError(f"transform {self.spec.transform} returned {len(out)} results for {len(rows)} rows "
                                  f"({describe_key(rows[0], self.key)}..); return one result per row, None to leave a row alone")
         cols, single = self.out_columns, len(self.out_columns) == 1
+        if single and None not in out and not any(isinstance(r, Mapping) for r in out):
+            # the common case, one value per row for one column: no per-row checks needed
+            params = {f"k{i}": array_param([row[c] for row in rows], t, c)
+                      for i, (t, c) in enumerate(zip(self.key.types, self.key.columns), 1)}
+            params["v1"] = array_param(out, self.out_types[0], cols[0])
+            return params, len(rows)
         wanted = set(cols)
         keys: list[list] = [[] for _ in self.key.columns]
         values: list[list] = [[] for _ in cols]
@@ -274,20 +342,21 @@ class TransformWriter(BatchWriter):
         self.prepare(conn)
         has_lo = lo is not None
         bounds = self.key.range_params(lo, hi)
-        conn.execute(self._lock(has_lo), bounds)
+        if self.lock_first:
+            conn.execute(self._lock(has_lo), bounds)
         rows = self.reader.read(conn, lo, hi)
         if not rows:
             return 0
         params, kept = self.results(rows)
         if not kept:
             return 0
-        return conn.execute(self._write(has_lo), {**params, **bounds}).rowcount
+        return driver_execute(conn, self._driver_write(conn, has_lo), {**params, **bounds})
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
         bounds = self.key.range_params(lo, hi)
-        out = [("lock", explain_text(conn, self._lock(lo is not None), bounds)),
-               ("read", self.reader.explain(conn, lo, hi))]
+        out = [("lock", explain_text(conn, self._lock(lo is not None), bounds))] if self.lock_first else []
+        out.append(("read" if self.lock_first else "lock and read", self.reader.explain(conn, lo, hi)))
         rows = self.reader.read(conn, lo, hi)
         if rows:
             params, kept = self.results(rows)

@@ -6,34 +6,34 @@
     cap                                   10,000 points
 
 Used by include/specs/users_loyalty_points.yaml: the spec's ``select`` hands each user's number
-of paid orders and total spent (aggregated from ``orders`` in a LATERAL join) to
+of paid orders and total spent in cents (aggregated from ``orders`` in a LATERAL join) to
 ``loyalty_points``, which returns one value per user. ``REFERENCE_SQL`` is the same rule in one
 SQL query; the tests and bench/transform_speed.py compare the two.
 """
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
-
-TIERS = ((Decimal("2000"), Decimal("1.5")), (Decimal("500"), Decimal("1.25")), (Decimal("0"), Decimal("1")))
+# (threshold in cents, multiplier as numerator/denominator): money stays exact, in integers
+TIERS = ((200_000, 3, 2), (50_000, 5, 4), (0, 1, 1))
 POINTS_PER_ORDER = 10
 MAX_BONUS_ORDERS = 20
-STEP = Decimal(5)
+STEP = 5
 CAP = 10_000
 
 
-def points_for(paid_orders: int, spent: Decimal) -> int:
-    """The rule for one user."""
-    spent = Decimal(spent or 0)
-    multiplier = next(m for threshold, m in TIERS if spent >= threshold)
-    raw = spent * multiplier + POINTS_PER_ORDER * min(paid_orders or 0, MAX_BONUS_ORDERS)
-    rounded = (raw / STEP).quantize(Decimal(1), rounding=ROUND_HALF_UP) * STEP
-    return int(min(rounded, CAP))
+def points_for(paid_orders: int, spent_cents: int) -> int:
+    """The rule for one user, in exact integer arithmetic (no floats, no Decimal per row)."""
+    num, den = next((n, d) for threshold, n, d in TIERS if spent_cents >= threshold)
+    # raw points = spent_cents / 100 * num / den + 10 * min(orders, 20); in units of STEP that is p / q
+    p = spent_cents * num + 100 * POINTS_PER_ORDER * min(paid_orders, MAX_BONUS_ORDERS) * den
+    q = 100 * STEP * den
+    steps = (2 * p + q) // (2 * q)  # p / q rounded to the nearest whole number, halves up
+    return min(steps * STEP, CAP)
 
 
 def loyalty_points(rows: list[dict]) -> list[int]:
     """The transform: one value for ``loyalty_points`` per row, in order."""
-    return [points_for(r["paid_orders"], r["spent"]) for r in rows]
+    return [points_for(r["paid_orders"], r["spent_cents"]) for r in rows]
 
 
 # The same rule in SQL, for every user: id -> points. numeric round() rounds halves away from
