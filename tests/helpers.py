@@ -46,3 +46,14 @@ def write_spec(tmp_path: Path, name: str = "users_full_name", **fields) -> Path:
 
 def spec_for(tmp_path: Path, **fields):
     return load_spec(write_spec(tmp_path, **fields))
+
+
+def example_spec(tmp_path: Path, name: str, **changes):
+    """An example spec from include/specs/ with ``changes`` (None removes a field), written to ``tmp_path``."""
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "include" / "specs" / f"{name}.yaml").read_text())
+    data.update(changes)
+    data = {k: v for k, v in data.items() if v is not None}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_spec(path)
