@@ -155,6 +155,7 @@ def cmd_reset(args) -> int:
     engine = _engine(spec, args)
     try:
         removed = CheckpointStore(engine).reset(spec.name)
+        removed += CheckpointStore(engine).reset(f"{spec.name}.rollback")  # an abandoned rollback too
     finally:
         engine.dispose()
     print(f"{spec.name}: {'progress forgotten' if removed else 'nothing to reset'}")

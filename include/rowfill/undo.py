@@ -9,7 +9,8 @@ its change. A row written twice (a rerun after ``rowfill reset``) keeps its *fir
 
 ``rowfill rollback NAME`` (or the DAG ``rowfill_<name>_rollback``) is itself a backfill, walking
 the undo log by key in chunks and batches with the spec's throttle, checkpointed under the name
-``<name>.rollback``. Each batch deletes its undo records and restores the previous values of
+``<name>.rollback`` (registered from the moment the rollback starts until it finishes; the
+backfill refuses to plan meanwhile). Each batch deletes its undo records and restores the previous values of
 the rows that still hold what the backfill wrote; a row the application changed since is left
 alone (and counted), because its current value is newer than anything rowfill knows.
 """
@@ -254,15 +255,13 @@ def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -
     if spec.name.endswith(ROLLBACK_SUFFIX):  # a rollback's own plan
         return
     rb = rollback_name(spec.name)
-    if rb in _registered(conn):
+    if rb in _registered(conn):  # registered from the start of a rollback until it finishes
         chunks = store.chunks(rb, conn)
-        unfinished = [c for c in chunks if c.status != "done"]
-        if unfinished:
-            raise RowfillError(
-                f"a rollback of {spec.name!r} is in progress ({len(chunks) - len(unfinished)} of {len(chunks)} chunks "
-                f"done); running the backfill now would fight it. Finish it first: `rowfill rollback {spec.name} --yes` "
-                f"or trigger the DAG rowfill_{spec.name}_rollback.")
-        conn.execute(text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n"), {"n": rb})  # finished: history
+        done = sum(c.status == "done" for c in chunks)
+        raise RowfillError(
+            f"a rollback of {spec.name!r} is in progress ({done} of {len(chunks)} chunks done); running the backfill "
+            f"now would fight it. Finish it first (`rowfill rollback {spec.name} --yes` or the DAG "
+            f"rowfill_{spec.name}_rollback), or abandon it with `rowfill reset {spec.name} --yes`.")
     if spec.undo:
         UndoLog.load(conn, spec).ensure(conn, spec)
 
@@ -283,15 +282,18 @@ def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
         raise NoUndo(no_undo_message(spec))
     store = CheckpointStore(engine)
     store.ensure_schema()
-    with engine.connect() as conn:
+    rb = rollback_spec(spec)
+    with engine.begin() as conn:
         if not _undo_exists(conn, spec):
             raise NoUndo(f"backfill {spec.name!r} has `undo: true` but no undo log {undo_table(spec.name)} yet: it "
                          "never ran, so there is nothing to roll back.")
-    chunks = plan_backfill(engine, rollback_spec(spec), limit=limit, log=log)
-    with engine.begin() as conn:
+        # Under the backfill's planning lock: forget its progress (deleting its chunk rows waits for a batch
+        # that is running, and makes the next one stop) and mark the rollback as started, in one commit.
+        # After this no undo record can be added, so the plan below sees all of them.
         store.lock_planning(conn, spec.name)
         conn.execute(text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n"), {"n": spec.name})
-    return chunks
+        store.register(conn, rb)
+    return plan_backfill(engine, rb, limit=limit, log=log)
 
 
 @dataclass(frozen=True)
@@ -326,4 +328,5 @@ def finish_rollback(engine: Engine, spec: Spec) -> RollbackResult:
             f"backfill still running?). Their rows still hold the backfill's values; run the rollback again to restore them.")
     walked = sum(c.rows_seen for c in chunks)
     restored = sum(c.rows_written for c in chunks)
+    store.reset(rb.name)  # finished: the backfill may run again
     return RollbackResult(spec.name, len(chunks), walked, restored, walked - restored)
