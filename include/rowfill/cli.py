@@ -82,6 +82,16 @@ def cmd_status(args) -> int:
                 lines.append(f"    chunk {c.chunk_no:>4} {c.status:8} {progress_bar(c.rows_seen, c.est_rows, 20)} {span}"
                              f"{'  error: ' + c.last_error if c.last_error else ''}")
             payload.append({**s.to_dict(), "state": state, "chunks_running": running})
+        for spec in specs if not args.json else []:
+            rb = f"{spec.name}.rollback"  # a rollback in progress (see rowfill.undo)
+            engine = _engine(spec, args)
+            try:
+                if rb in CheckpointStore(engine).backfill_names():
+                    r = backfill_summary(engine, rb)
+                    lines.append(f"{rb:24} {progress_bar(r.rows_seen, r.rows_estimated)} {r.rows_written:,} rows restored, "
+                                 f"chunks {r.chunks_done}/{r.chunks} done, {r.chunks_failed} failed (rollback in progress)")
+            finally:
+                engine.dispose()
         if args.json:
             print(json.dumps(payload, indent=2, default=str))
         else:

@@ -27,7 +27,15 @@ from rowfill.operators import (
 from rowfill.spec import Spec, load_specs
 
 def _doc(spec: Spec) -> str:
-    what = ("\n".join(f"- `{c}` = `{e}`" for c, e in spec.set.items()) if spec.set else f"```sql\n{spec.sql}\n```")
+    if spec.transform or spec.sink:
+        fn = spec.transform or spec.sink
+        what = (f"Python {'transform' if spec.transform else 'sink'} `{fn}` receives "
+                f"{', '.join(f'`{n}`' for n in spec.select) or 'every column'} per row"
+                + (f" and returns `{', '.join(spec.returns)}`" if spec.returns else "") + ".")
+    else:
+        what = ("\n".join(f"- `{c}` = `{e}`" for c, e in spec.set.items()) if spec.set else f"```sql\n{spec.sql}\n```")
+    if spec.undo:
+        what += f"\n\nPrevious values are kept (`undo: true`): the DAG `rowfill_{spec.name}_rollback` restores them."
     return (
         f"### rowfill backfill `{spec.name}`\n\n{spec.description}\n\n"
         f"**Table** `{spec.table}` walked by `{spec.key}`"

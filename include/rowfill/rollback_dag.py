@@ -21,7 +21,8 @@ from rowfill.operators import target_engine
 from rowfill.plan import max_map_length
 from rowfill.runner import ChunkRunner
 from rowfill.spec import Spec
-from rowfill.undo import RestoreWriter, finish_rollback, plan_rollback, rollback_spec
+from rowfill.pools import check_pool
+from rowfill.undo import RestoreWriter, finish_rollback, plan_rollback, rollback_spec, undo_table
 
 log = logging.getLogger("rowfill.alerts")
 
@@ -38,6 +39,7 @@ class PlanRollbackOperator(BaseOperator):
         self.spec = spec
 
     def execute(self, context):
+        check_pool(self.spec, self.log)
         with target_engine(self.spec) as engine:
             chunks = plan_rollback(engine, self.spec, limit=max_map_length(), log=self.log)
         self.log.info("rollback of %s: %d chunks of the undo log to restore (~%s records); the backfill's own "
@@ -100,7 +102,7 @@ def build_rollback_dag(spec: Spec) -> DAG:
         tags=["rowfill", "rollback", *spec.tags],
         doc_md=(f"### Rollback of rowfill backfill `{spec.name}`\n\nRestores the previous values of "
                 f"{', '.join(f'`{c}`' for c in (spec.set or spec.returns))} in `{spec.table}` from the undo log "
-                f"`rowfill.undo_{spec.name}`; rows the application changed after the backfill are left alone. "
+                f"`{undo_table(spec.name)}`; rows the application changed after the backfill are left alone. "
                 f"Stops the backfill first (its progress is forgotten). Spec: `{spec.source}`."),
         default_args={"owner": "rowfill"},
     ) as dag:

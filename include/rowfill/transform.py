@@ -222,8 +222,6 @@ def call_with_blame(fn: Callable, rows: list[dict], key: Key, what: str):
 
 
 _SCALARS = (str, int, float, Decimal, bool, UUID, date, datetime, time)
-
-
 def array_param(values: list, sql_type: str, column: str):
     """A list psycopg can send as one typed array: homogeneous lists as they are, mixed ones normalised.
 
@@ -237,7 +235,12 @@ def array_param(values: list, sql_type: str, column: str):
 
         wrap = Jsonb if base == "jsonb" else Json
         return [None if v is None else (v if isinstance(v, (Json, Jsonb)) else wrap(v)) for v in values]
-    kinds = {type(v) for v in values if v is not None}
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        # an array literal built in C: psycopg dumps int lists one element at a time in Python,
+        # several times slower, and integer keys are in every batch
+        return "{" + ",".join(map(str, values)) + "}"
+    kinds.discard(type(None))
     if len(kinds) <= 1:
         return values
     if kinds <= {int, float, Decimal}:
@@ -296,20 +299,26 @@ class TransformWriter(BatchWriter):
             tuple(f"v{i}" for i in range(1, len(self.out_columns) + 1))
         return self.statement(("driver-write", has_lo), lambda: driver_sql(conn, self._write(has_lo), arrays))
 
-    def results(self, rows: list[dict]) -> tuple[dict, int]:
-        """Arrays for the write: key columns and returned columns of every row the function did not skip."""
+    def encode(self, columns: list[list]) -> dict:
+        """The write's parameters: one typed array per key column and per returned column."""
+        n = len(self.key.columns)
+        names = [*self.key.columns, *self.out_columns]
+        types = [*self.key.types, *self.out_types]
+        return {(f"k{i + 1}" if i < n else f"v{i - n + 1}"): array_param(col, typ, name)
+                for i, (col, typ, name) in enumerate(zip(columns, types, names))}
+
+    def results(self, rows: list[dict]) -> tuple[list[list], int]:
+        """Columns for the write: key columns, then returned columns, of every row the function did not skip."""
         out = call_with_blame(self.fn, rows, self.key, f"transform {self.spec.transform}")
         out = list(out) if not isinstance(out, list) else out
         if len(out) != len(rows):
             raise TransformError(f"transform {self.spec.transform} returned {len(out)} results for {len(rows)} rows "
                                  f"({describe_key(rows[0], self.key)}..); return one result per row, None to leave a row alone")
         cols, single = self.out_columns, len(self.out_columns) == 1
-        if single and None not in out and not any(isinstance(r, Mapping) for r in out):
+        kinds = set(map(type, out))
+        if single and type(None) not in kinds and not any(issubclass(k, Mapping) for k in kinds):
             # the common case, one value per row for one column: no per-row checks needed
-            params = {f"k{i}": array_param([row[c] for row in rows], t, c)
-                      for i, (t, c) in enumerate(zip(self.key.types, self.key.columns), 1)}
-            params["v1"] = array_param(out, self.out_types[0], cols[0])
-            return params, len(rows)
+            return [[row[c] for row in rows] for c in self.key.columns] + [out], len(rows)
         wanted = set(cols)
         keys: list[list] = [[] for _ in self.key.columns]
         values: list[list] = [[] for _ in cols]
@@ -334,9 +343,7 @@ class TransformWriter(BatchWriter):
             for i, c in enumerate(self.key.columns):
                 keys[i].append(row[c])
             kept += 1
-        params = {f"k{i}": array_param(k, t, c) for i, (k, t, c) in enumerate(zip(keys, self.key.types, self.key.columns), 1)}
-        params.update({f"v{i}": array_param(v, t, c) for i, (v, t, c) in enumerate(zip(values, self.out_types, cols), 1)})
-        return params, kept
+        return keys + values, kept
 
     def apply(self, conn: Connection, lo, hi) -> int:
         self.prepare(conn)
@@ -347,10 +354,10 @@ class TransformWriter(BatchWriter):
         rows = self.reader.read(conn, lo, hi)
         if not rows:
             return 0
-        params, kept = self.results(rows)
+        columns, kept = self.results(rows)
         if not kept:
             return 0
-        return driver_execute(conn, self._driver_write(conn, has_lo), {**params, **bounds})
+        return driver_execute(conn, self._driver_write(conn, has_lo), {**self.encode(columns), **bounds})
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
@@ -359,7 +366,7 @@ class TransformWriter(BatchWriter):
         out.append(("read" if self.lock_first else "lock and read", self.reader.explain(conn, lo, hi)))
         rows = self.reader.read(conn, lo, hi)
         if rows:
-            params, kept = self.results(rows)
+            columns, kept = self.results(rows)
             if kept:
-                out.append(("write", explain_text(conn, self._write(lo is not None), {**params, **bounds})))
+                out.append(("write", explain_text(conn, self._write(lo is not None), {**self.encode(columns), **bounds})))
         return out
