@@ -60,3 +60,14 @@ def create_database(pg_cluster, name: str) -> str:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return pg_cluster.url_for(name)
+
+
+def example_spec(tmp_path: Path, name: str, **changes):
+    """An example spec from include/specs/ with ``changes`` (None removes a field), written to ``tmp_path``."""
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "include" / "specs" / f"{name}.yaml").read_text())
+    data.update(changes)
+    data = {k: v for k, v in data.items() if v is not None}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_spec(path)

@@ -11,11 +11,13 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.errors import PlanChanged
+from rowfill.keys import decode, encode
 from rowfill.spec import Spec
 
 SCHEMA = "rowfill"
@@ -66,6 +68,8 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.samples (
     PRIMARY KEY (backfill, chunk_no, bucket),
     FOREIGN KEY (backfill, chunk_no) REFERENCES {SCHEMA}.chunks (backfill, chunk_no) ON DELETE CASCADE
 );
+-- added for non-integer keys: the chunk's first key, so labels read "id a1b2..f00d" (NULL on older plans)
+ALTER TABLE {SCHEMA}.chunks ADD COLUMN IF NOT EXISTS first_key jsonb;
 """
 
 # Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves existing installs'
@@ -91,10 +95,10 @@ def _upgrade_sql() -> str:
 class ChunkRow:
     backfill: str
     chunk_no: int
-    lo: int
-    hi: int
+    lo: Any  # key values as JSON values (see rowfill.keys); lo None = from the start
+    hi: Any
     est_rows: int
-    cursor: int | None
+    cursor: Any
     rows_seen: int
     rows_written: int
     batches: int
@@ -108,18 +112,25 @@ class ChunkRow:
     finished_at: datetime | None
     throttled_seconds: float = 0.0
     throttle_state: str | None = None
+    first_key: Any = None
 
     @property
-    def position(self) -> int:
+    def position(self) -> Any:
         """Where the next batch starts: the cursor, or the chunk's lower bound if nothing is done."""
         return self.lo if self.cursor is None else self.cursor
 
 
-_COLUMNS = ", ".join(ChunkRow.__dataclass_fields__)
+_KEY_FIELDS = ("lo", "hi", "cursor", "first_key")
+# key values are read as JSON text and decoded by rowfill.keys (exact digits for numeric keys)
+_COLUMNS = ", ".join(f"CAST({c} AS text)" if c in _KEY_FIELDS else c for c in ChunkRow.__dataclass_fields__)
+_KEY_POSITIONS = [i for i, c in enumerate(ChunkRow.__dataclass_fields__) if c in _KEY_FIELDS]
 
 
 def _row(r) -> ChunkRow:
-    return ChunkRow(*r)
+    values = list(r)
+    for i in _KEY_POSITIONS:
+        values[i] = decode(values[i])
+    return ChunkRow(*values)
 
 
 class CheckpointStore:
@@ -139,7 +150,7 @@ class CheckpointStore:
 
     def register(self, conn: Connection, spec: Spec) -> None:
         """Record the backfill's meaning; refuse to continue a plan made for a different meaning."""
-        meaning = {"table": str(spec.table), "key": spec.key, "where": spec.where, "set": spec.set, "sql": spec.sql}
+        meaning = spec.meaning
         existing = conn.execute(
             text(f"SELECT fingerprint FROM {SCHEMA}.backfills WHERE name = :n FOR UPDATE"), {"n": spec.name}
         ).scalar()
@@ -188,15 +199,17 @@ class CheckpointStore:
             conn.execute(text("SELECT set_config('lock_timeout', '30s', true)"))
             yield conn
 
-    def add_chunks(self, conn: Connection, name: str, first_no: int, bounds: list[tuple[int, int, int]]) -> None:
+    def add_chunks(self, conn: Connection, name: str, first_no: int, bounds: list[tuple]) -> None:
+        """``bounds``: (lo, hi, rows) or (lo, hi, rows, first_key) per chunk, key values as JSON values."""
         if not bounds:
             return
         conn.execute(
             text(
-                f"INSERT INTO {SCHEMA}.chunks (backfill, chunk_no, lo, hi, est_rows) "
-                "VALUES (:n, :c, to_jsonb(CAST(:lo AS bigint)), to_jsonb(CAST(:hi AS bigint)), :e)"
+                f"INSERT INTO {SCHEMA}.chunks (backfill, chunk_no, lo, hi, est_rows, first_key) "
+                "VALUES (:n, :c, CAST(:lo AS jsonb), CAST(:hi AS jsonb), :e, CAST(:f AS jsonb))"
             ),
-            [{"n": name, "c": first_no + i, "lo": lo, "hi": hi, "e": rows} for i, (lo, hi, rows) in enumerate(bounds)],
+            [{"n": name, "c": first_no + i, "lo": encode(b[0]), "hi": encode(b[1]), "e": b[2],
+              "f": encode(b[3]) if len(b) > 3 and b[3] is not None else None} for i, b in enumerate(bounds)],
         )
         conn.execute(text(f"UPDATE {SCHEMA}.backfills SET planned_at = now() WHERE name = :n"), {"n": name})
 
@@ -219,7 +232,7 @@ class CheckpointStore:
             raise LookupError(f"backfill {name!r} has no chunk {chunk_no}; was it reset after planning? Rerun the DAG to plan again.")
         return _row(r)
 
-    def lock_position(self, conn: Connection, name: str, chunk_no: int) -> tuple[int, int, str]:
+    def lock_position(self, conn: Connection, name: str, chunk_no: int) -> tuple[Any, Any, str]:
         """Inside a batch transaction: lock the chunk row and read where to continue.
 
         The row lock makes two runners of the same chunk (a zombie and its retry) take turns, and
@@ -227,14 +240,18 @@ class CheckpointStore:
         """
         cursor, lo, hi, status = conn.execute(
             text(
-                f"SELECT (cursor #>> '{{}}')::bigint, (lo #>> '{{}}')::bigint, (hi #>> '{{}}')::bigint, status "
+                f"SELECT CAST(cursor AS text), CAST(lo AS text), CAST(hi AS text), status "
                 f"FROM {SCHEMA}.chunks WHERE backfill = :n AND chunk_no = :c FOR UPDATE"
             ),
             {"n": name, "c": chunk_no},
-        ).one()
+        ).first() or (None, None, None, None)
+        if status is None:
+            raise LookupError(f"backfill {name!r} has no chunk {chunk_no} any more: it was reset or rolled back "
+                              "while this chunk ran, so the chunk stops here. Rerun the DAG to plan again.")
+        cursor, lo, hi = decode(cursor), decode(lo), decode(hi)
         return (lo if cursor is None else cursor), hi, status
 
-    def advance(self, conn: Connection, name: str, chunk_no: int, cursor: int, seen: int, written: int,
+    def advance(self, conn: Connection, name: str, chunk_no: int, cursor: Any, seen: int, written: int,
                 throttled: float = 0.0) -> None:
         """Inside the batch transaction: move the cursor past the batch just written.
 
@@ -243,12 +260,12 @@ class CheckpointStore:
         """
         conn.execute(
             text(
-                f"UPDATE {SCHEMA}.chunks SET cursor = to_jsonb(CAST(:cur AS bigint)), rows_seen = rows_seen + :s, "
+                f"UPDATE {SCHEMA}.chunks SET cursor = CAST(:cur AS jsonb), rows_seen = rows_seen + :s, "
                 "rows_written = rows_written + :w, batches = batches + 1, updated_at = now(), "
                 "throttled_seconds = throttled_seconds + :t, throttle_state = NULL "
                 "WHERE backfill = :n AND chunk_no = :c"
             ),
-            {"n": name, "c": chunk_no, "cur": cursor, "s": seen, "w": written, "t": throttled},
+            {"n": name, "c": chunk_no, "cur": encode(cursor), "s": seen, "w": written, "t": throttled},
         )
 
     def note_throttle(self, name: str, chunk_no: int, state: str | None, seconds: float = 0.0) -> None:

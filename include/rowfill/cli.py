@@ -21,6 +21,7 @@ from rowfill.plan import plan_backfill
 from rowfill.observers import standard_observers
 from rowfill.pools import POOLS_FILE, pools_for
 from rowfill.report import backfill_summary
+from rowfill.runner import ChunkRunner
 from rowfill.chunk_task import run_chunk_here
 from rowfill.spec import find_spec, load_specs
 from rowfill.status import statuses
@@ -40,8 +41,17 @@ def _engine(spec, args):
 
 
 def cmd_validate(args) -> int:
+    from rowfill.errors import SpecError
+    from rowfill.transform import load_callable
+
     specs, errors = load_specs(args.specs_dir)
     for spec in specs:
+        try:  # a transform or sink must import here as it will on the workers
+            if spec.transform or spec.sink:
+                load_callable(spec.transform or spec.sink, spec, "transform" if spec.transform else "sink")
+        except SpecError as exc:
+            errors.append(exc)
+            continue
         print(f"ok    {spec.name:30} {spec.source}")
     for error in errors:
         print(f"error {error}")
@@ -158,6 +168,44 @@ def cmd_set(args) -> int:
         engine.dispose()
     shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted((control.knobs or {}).items())) or "none (the spec's values apply)"
     print(f"{spec.name}: {control.state}; live knobs: {shown}")
+
+
+def cmd_plan(args) -> int:
+    """Dry run: chunks, rows, a timed sample batch (rolled back) and its EXPLAIN; nothing is changed."""
+    from rowfill.dryrun import dry_run
+
+    spec = find_spec(args.name, args.specs_dir)
+    engine = _engine(spec, args)
+    try:
+        report = dry_run(engine, spec)
+    finally:
+        engine.dispose()
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.render())
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    """Restore the previous values recorded by an ``undo: true`` backfill, in throttled, checkpointed batches."""
+    from rowfill.undo import NoUndo, RestoreWriter, finish_rollback, no_undo_message, plan_rollback, rollback_spec
+
+    spec = find_spec(args.name, args.specs_dir)
+    if not spec.undo:
+        raise NoUndo(no_undo_message(spec))
+    if not args.yes:
+        print(f"This stops backfill {spec.name!r} (its progress is forgotten) and restores the previous values of "
+              f"{', '.join(spec.set or spec.returns)} in {spec.table} for every row it changed that the application "
+              "has not changed since. Add --yes to do it.")
+        return 2
+    engine = _engine(spec, args)
+    try:
+        rb = rollback_spec(spec)
+        chunks = plan_rollback(engine, spec, log=logging.getLogger("rowfill.plan"))
+        print(f"{spec.name}: rolling back, {len(chunks)} chunks of the undo log")
+        for chunk in chunks:
+            ChunkRunner(engine, rb, label=chunk.label, writer=RestoreWriter(rb, spec)).run(chunk.chunk_no)
+        print(finish_rollback(engine, spec).line())
+    finally:
+        engine.dispose()
     return 0
 
 
@@ -169,6 +217,7 @@ def cmd_reset(args) -> int:
     engine = _engine(spec, args)
     try:
         removed = CheckpointStore(engine).reset(spec.name)
+        removed += CheckpointStore(engine).reset(f"{spec.name}.rollback")  # an abandoned rollback too
     finally:
         engine.dispose()
     print(f"{spec.name}: {'progress forgotten' if removed else 'nothing to reset'}")
@@ -202,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a backfill here, outside Airflow, chunk after chunk")
     r.add_argument("name")
     r.set_defaults(func=cmd_run)
+    d = sub.add_parser("plan", help="dry run: chunks, rows, estimated duration from a rolled-back sample batch, EXPLAIN")
+    d.add_argument("name")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_plan)
+    b = sub.add_parser("rollback", help="restore what an undo: true backfill changed (throttled, resumable)")
+    b.add_argument("name")
+    b.add_argument("--yes", action="store_true")
+    b.set_defaults(func=cmd_rollback)
     x = sub.add_parser("reset", help="forget a backfill's plan and progress")
     x.add_argument("name")
     x.add_argument("--yes", action="store_true")

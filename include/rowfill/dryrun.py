@@ -1,80 +1,189 @@
-"""A dry run: what a run would do, from a read-only transaction, so nothing at all is written.
+"""Dry run: what a backfill would do, without doing it.
 
-It walks the key index the way planning does (the stored plan is read, never extended), and
-estimates the rows that still match ``where`` from the planner's statistics instead of counting
-them: a dry run must stay cheap on a 100M-row table.
+``rowfill plan NAME`` and the DAG's ``dry_run`` trigger parameter show the chunks a run would
+get, how many rows it would walk and change, an estimated duration from one real batch that is
+timed and rolled back, and the EXPLAIN of that batch's statements.
+
+Everything happens in one transaction that is rolled back at the end: the checkpoint store is
+only read (never created, registered or planned), the sample batch's write and any undo log it
+would need vanish with the rollback, and a sink is never called (its batch is read and timed,
+not sent). The sample batch does take the same row locks a real batch takes, for the second or
+so it runs, with the spec's ``lock_timeout``.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import time
+from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
-from rowfill.checkpoint import SCHEMA
-from rowfill.control import ControlStore
+from rowfill.checkpoint import SCHEMA, CheckpointStore
+from rowfill.durations import format_duration
+from rowfill.keys import chunk_label, format_value, load_key
 from rowfill.plan import max_map_length, merge_to_limit, walk_boundaries
 from rowfill.schema_check import check_target
 from rowfill.spec import Spec
-from rowfill.sqlnames import quote
-from rowfill.windows import Windows
+from rowfill.writers import writer_for
 
 
-def dry_run(engine: Engine, spec: Spec, *, batch_rows: int | None = None, pause: float | None = None,
-            limit: int | None = None) -> dict:
-    batch_rows = batch_rows or spec.batch_rows
-    pause = spec.pause if pause is None else pause
+@dataclass
+class DryRun:
+    backfill: str
+    mode: str
+    table: str
+    chunks: list[dict] = field(default_factory=list)  # label, status, est_rows (rows left to walk)
+    rows_to_walk: int = 0
+    rows_to_change: int | None = None  # rows matching `where` in the ranges left (None: not counted in time)
+    rows_to_change_estimated: bool = False
+    sample_rows: int = 0
+    sample_written: int = 0
+    sample_seconds: float | None = None
+    estimated_seconds: float | None = None
+    explain: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def render(self) -> str:
+        lines = [f"rowfill plan {self.backfill} (dry run: nothing was changed, the checkpoint store was only read)",
+                 f"  table {self.table}, mode {self.mode}",
+                 f"  {len(self.chunks)} chunk(s) to run:"]
+        shown = self.chunks if len(self.chunks) <= 12 else self.chunks[:6] + [None] + self.chunks[-5:]
+        for c in shown:
+            lines.append("    ..." if c is None else f"    {c['label']:<48} {c['status']:<8} ~{c['est_rows']:,} rows to walk")
+        change = ("unknown (counting took too long)" if self.rows_to_change is None
+                  else f"{'~' if self.rows_to_change_estimated else ''}{self.rows_to_change:,}")
+        lines.append(f"  rows to walk: {self.rows_to_walk:,}; rows to change: {change}")
+        if self.sample_seconds is not None:
+            lines.append(f"  sample batch: {self.sample_rows:,} rows walked, {self.sample_written:,} would change, "
+                         f"{self.sample_seconds * 1000:,.0f} ms (rolled back)")
+        if self.estimated_seconds is not None:
+            lines.append(f"  estimated duration: {format_duration(self.estimated_seconds)} "
+                         "(sample batch time and pause per batch, chunks in parallel up to max_parallel_chunks)")
+        for what, plan in self.explain:
+            lines.append(f"  EXPLAIN of one batch, {what}:")
+            lines.extend("    " + line for line in plan.splitlines())
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        return "\n".join(lines)
+
+
+def _stored_chunks(conn, spec: Spec):
+    if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.chunks"}).scalar() is None:
+        return [], None
+    fingerprint = conn.execute(text(f"SELECT fingerprint FROM {SCHEMA}.backfills WHERE name = :n"), {"n": spec.name}).scalar()
+    return CheckpointStore(conn.engine).chunks(spec.name, conn), fingerprint
+
+
+def dry_run(engine: Engine, spec: Spec, *, limit: int | None = None, count_timeout: str = "30s") -> DryRun:
     limit = max_map_length() if limit is None else limit
+    report = DryRun(spec.name, spec.mode, str(spec.table))
     with engine.connect() as conn:
-        conn.execute(text("SET TRANSACTION READ ONLY"))
-        check_target(conn, spec)
-        existing = []
-        if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.chunks"}).scalar() is not None:
-            existing = conn.execute(text(
-                f"SELECT (lo #>> '{{}}')::bigint, (hi #>> '{{}}')::bigint, est_rows, rows_seen, status "
-                f"FROM {SCHEMA}.chunks WHERE backfill = :n ORDER BY chunk_no"), {"n": spec.name}).all()
-        open_chunks = [c for c in existing if c.status != "done"]
-        after = max((c.hi for c in existing), default=None)
-        new = merge_to_limit(walk_boundaries(conn, spec, after, spec.chunk_rows), max(limit - len(open_chunks), 0))
-        rows_to_walk = sum(max(c.est_rows - c.rows_seen, 0) for c in open_chunks) + sum(rows for _, _, rows in new)
-        ranges = [(c.lo, c.hi) for c in open_chunks] + [(lo, hi) for lo, hi, _ in new]
-        matching = _estimate_matching(conn, spec, ranges) if ranges else 0
-        conn.rollback()
-    batches = math.ceil(rows_to_walk / batch_rows) if rows_to_walk else 0
-    control = ControlStore(engine).get(spec.name)
-    return {
-        "dry_run": True,
-        "backfill": spec.name,
-        "chunks_done": len(existing) - len(open_chunks),
-        "chunks_unfinished": len(open_chunks),
-        "chunks_new": len(new),
-        "rows_to_walk": rows_to_walk,
-        "rows_matching_estimate": matching,
-        "batch_rows": batch_rows,
-        "batches": batches,
-        "pause_seconds_total": round(batches * pause, 1),
-        "window": str(Windows(spec.window)),
-        "control": control.state,
-        "wrote": 0,
-    }
+        tx = conn.begin()
+        try:
+            _plan(conn, spec, limit, report, count_timeout)
+        finally:
+            tx.rollback()
+    return report
 
 
-def _estimate_matching(conn, spec: Spec, ranges: list[tuple[int, int]]) -> int:
-    """The planner's estimate of rows in the ranges that still match ``where`` (no scan)."""
-    key, table = quote(spec.key), spec.table.sql
-    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
-    where = f" AND ({spec.where})" if spec.where else ""
-    plan = conn.execute(text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {table} WHERE {key} > :lo AND {key} <= :hi{where}"),
-                        {"lo": lo, "hi": hi}).scalar()
-    plan = json.loads(plan) if isinstance(plan, str) else plan
-    return int(plan[0]["Plan"]["Plan Rows"])
+def _plan(conn, spec: Spec, limit: int, report: DryRun, count_timeout: str) -> None:
+    check_target(conn, spec)
+    key = load_key(conn, spec)
+    stored, fingerprint = _stored_chunks(conn, spec)
+    if fingerprint and fingerprint != spec.fingerprint:
+        report.notes.append(f"the stored plan was made for a different table/key/where/set/sql: a run refuses to "
+                            f"start until `rowfill reset {spec.name}`; shown as if it had been reset")
+        stored = []
+    open_chunks = [c for c in stored if c.status != "done"]
+    after = stored[-1].hi if stored else None
+    new = merge_to_limit(walk_boundaries(conn, spec, after, spec.chunk_rows, key), max(limit - len(open_chunks), 0))
+    total = len(stored) + len(new)
+    todo = []  # (label, status, position, hi, rows left)
+    for c in open_chunks:
+        left = max(c.est_rows - c.rows_seen, 0)
+        todo.append((chunk_label(spec.key, c.chunk_no, total, c.lo, c.hi, c.first_key), c.status, c.position, c.hi, left))
+    for i, (lo, hi, rows, *first) in enumerate(new, len(stored) + 1):
+        todo.append((chunk_label(spec.key, i, total, lo, hi, first[0] if first else None), "new", lo, hi, rows))
+    todo = todo[:limit]
+    report.chunks = [{"label": label, "status": status, "est_rows": rows} for label, status, _, _, rows in todo]
+    report.rows_to_walk = sum(t[4] for t in todo)
+    if stored and not open_chunks and not new:
+        report.notes.append("every chunk is done: a run now changes nothing")
+    _count_changes(conn, spec, key, todo, report, count_timeout)
+    if todo:
+        _sample(conn, spec, todo[0][2], todo[0][3], report)
+        per_batch = report.sample_seconds / max(report.sample_rows, 1) * min(spec.batch_rows, max(report.rows_to_walk, 1))
+        batches = math.ceil(report.rows_to_walk / spec.batch_rows)
+        parallel = max(1, min(spec.max_parallel_chunks, len(todo)))
+        report.estimated_seconds = batches * (per_batch + spec.pause) / parallel
 
 
-def describe(report: dict) -> str:
-    return (f"dry run of {report['backfill']}: {report['chunks_unfinished']} unfinished and {report['chunks_new']} new chunks "
-            f"({report['chunks_done']} done), ~{report['rows_to_walk']:,} rows to walk, ~{report['rows_matching_estimate']:,} "
-            f"still matching `where` (planner estimate), {report['batches']:,} batches of {report['batch_rows']:,} rows, "
-            f"{report['pause_seconds_total']:,} s of pauses; window: {report['window']}; control: {report['control']}. "
-            "Nothing was written.")
+def _count_changes(conn, spec: Spec, key, todo, report: DryRun, timeout: str) -> None:
+    """Rows matching ``where`` in the ranges left: exact if it takes under ``timeout``, else the planner's estimate."""
+    if not spec.where:
+        report.rows_to_change = report.rows_to_walk
+        report.rows_to_change_estimated = True
+        return
+    if not todo:
+        report.rows_to_change = 0
+        return
+    ranges, params = [], {}
+    for i, (_, _, lo, hi, _) in enumerate(todo):
+        rng, p = key.range_sql(lo, hi, lo_name=f"lo{i}", hi_name=f"hi{i}")
+        ranges.append(f"({rng})")
+        params.update(p)
+    sql = f"SELECT count(*) FROM {spec.table.sql} WHERE ({' OR '.join(ranges)}) AND ({spec.where})"
+    try:
+        with conn.begin_nested():
+            conn.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": timeout})
+            report.rows_to_change = conn.execute(text(sql), params).scalar()
+            conn.execute(text("SELECT set_config('statement_timeout', '0', true)"))
+    except DBAPIError:
+        plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + sql), params).scalar()
+        report.rows_to_change = int(plan[0]["Plan"].get("Plan Rows", 0))
+        report.rows_to_change_estimated = True
+        report.notes.append(f"counting the rows to change took longer than {timeout}; the number is the planner's estimate")
+
+
+def _sample(conn, spec: Spec, position, hi, report: DryRun) -> None:
+    """Time one real batch at the start of the first chunk and roll it back; keep the EXPLAIN of its statements."""
+    writer = writer_for(spec)
+    savepoint = conn.begin_nested()
+    try:
+        conn.execute(text("SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true)"),
+                     {"lt": f"{int(spec.lock_timeout * 1000)}ms", "st": f"{int(spec.statement_timeout * 1000)}ms"})
+        if spec.undo:
+            _undo_log(conn, spec)  # created inside the savepoint if missing, so it vanishes too
+        t0 = time.perf_counter()
+        end, seen = writer.batch_end(conn, position, hi, spec.batch_rows)
+        if end is None:
+            report.sample_seconds = time.perf_counter() - t0
+            return
+        if spec.mode == "sink":
+            rows = writer.reader.read(conn, position, end)  # never call the sink in a dry run
+            written = len(rows)
+            report.notes.append(f"the sink {spec.sink} was not called; the sample time covers reading its batch only")
+        else:
+            written = writer.apply(conn, position, end)
+        report.sample_seconds = time.perf_counter() - t0
+        report.sample_rows, report.sample_written = seen, written
+        savepoint.rollback()
+        savepoint = conn.begin_nested()
+        if spec.undo:
+            _undo_log(conn, spec)
+        report.explain = writer.explain(conn, position, end)
+        report.notes.append(f"sample batch: {spec.key} {format_value(writer.batch_first)}..{format_value(end)}")
+    finally:
+        savepoint.rollback()
+
+
+def _undo_log(conn, spec: Spec) -> None:
+    from rowfill.undo import UndoLog
+
+    UndoLog.load(conn, spec).ensure(conn, spec)

@@ -29,7 +29,15 @@ from rowfill.spec import Spec, load_specs
 from rowfill.stall import StallWatchdogOperator
 
 def _doc(spec: Spec) -> str:
-    what = ("\n".join(f"- `{c}` = `{e}`" for c, e in spec.set.items()) if spec.set else f"```sql\n{spec.sql}\n```")
+    if spec.transform or spec.sink:
+        fn = spec.transform or spec.sink
+        what = (f"Python {'transform' if spec.transform else 'sink'} `{fn}` receives "
+                f"{', '.join(f'`{n}`' for n in spec.select) or 'every column'} per row"
+                + (f" and returns `{', '.join(spec.returns)}`" if spec.returns else "") + ".")
+    else:
+        what = ("\n".join(f"- `{c}` = `{e}`" for c, e in spec.set.items()) if spec.set else f"```sql\n{spec.sql}\n```")
+    if spec.undo:
+        what += f"\n\nPrevious values are kept (`undo: true`): the DAG `rowfill_{spec.name}_rollback` restores them."
     return (
         f"### rowfill backfill `{spec.name}`\n\n{spec.description}\n\n"
         f"**Table** `{spec.table}` walked by `{spec.key}`"
@@ -103,8 +111,10 @@ def _deadline(spec: Spec):
 
 def build_dags(directory=None) -> dict[str, DAG]:
     """Every good spec's DAG; bad specs are reported by ``raise_spec_errors`` from a file of their own."""
+    from rowfill.rollback_dag import rollback_dags
+
     specs, _errors = load_specs(directory)
-    return {spec.dag_id: build_dag(spec) for spec in specs}
+    return {**{spec.dag_id: build_dag(spec) for spec in specs}, **rollback_dags(specs)}
 
 
 def raise_spec_errors(directory=None) -> None:
@@ -114,6 +124,9 @@ def raise_spec_errors(directory=None) -> None:
     it, so the errors must come from a different DAG file than the good DAGs: there they show in
     the UI's import-error banner and in ``airflow dags list-import-errors`` without hiding anything.
     """
-    _specs, errors = load_specs(directory)
+    from rowfill.rollback_dag import clashes
+
+    specs, errors = load_specs(directory)
+    errors = [*errors, *clashes(specs)]
     if errors:
         raise SpecErrors(errors)

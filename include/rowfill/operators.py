@@ -30,6 +30,28 @@ def target_engine(spec: Spec):
         engine.dispose()
 
 
+def is_dry_run(context) -> bool:
+    return bool((context.get("params") or {}).get("dry_run"))
+
+
+def skip_if_dry_run(context) -> None:
+    if is_dry_run(context):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException("dry run: nothing was changed")
+
+
+def dry_run_task(spec: Spec, context, log) -> list:
+    """The plan task of a ``dry_run`` trigger: log the report, push it to XCom, map no chunk."""
+    from rowfill.dryrun import dry_run
+
+    with target_engine(spec) as engine:
+        report = dry_run(engine, spec, limit=max_map_length())
+    log.info("%s", report.render())
+    context["ti"].xcom_push(key="dry_run", value=report.to_dict())
+    return []
+
+
 class PlanChunksOperator(BaseOperator):
     """Plan (or resume) the chunks; the returned list is what the chunk task is mapped over."""
 
@@ -41,6 +63,8 @@ class PlanChunksOperator(BaseOperator):
 
     def execute(self, context):
         spec = self.spec
+        if is_dry_run(context):
+            return dry_run_task(spec, context, self.log)
         check_pool(spec, self.log)
         with target_engine(spec) as engine:
             if (early := task_control.before_plan(engine, spec, context, self.log)) is not None:
@@ -80,6 +104,7 @@ class VerifyBackfillOperator(BaseOperator):
         self.spec = spec
 
     def execute(self, context):
+        skip_if_dry_run(context)
         with target_engine(self.spec) as engine:
             task_control.before_verify(engine, self.spec, context)
             result = verify_backfill(engine, self.spec)
@@ -100,9 +125,9 @@ class BackfillSummaryOperator(BaseOperator):
         self.spec = spec
 
     def execute(self, context):
+        if (dry := task_control.dry_run_summary(context)) is not None:
+            return dry  # the dry run's report, as the plan task made it
         with target_engine(self.spec) as engine:
-            if (dry := task_control.dry_run_summary(context)) is not None:
-                return dry
             summary = backfill_summary(engine, self.spec.name, run_id=context["run_id"])
             self.log.info("%s", summary.line())
             return task_control.annotate_summary(engine, self.spec, summary.to_dict(), self.log)

@@ -26,10 +26,11 @@ from sqlalchemy.exc import DBAPIError
 
 from rowfill.checkpoint import CheckpointStore
 from rowfill.errors import ChunkFailed
+from rowfill.keys import chunk_label, format_value
 from rowfill.progress import progress_line
 from rowfill.spec import Spec
 from rowfill.throttle import Throttle
-from rowfill.writers import writer_for
+from rowfill.writers import BatchWriter, writer_for
 
 log = logging.getLogger("rowfill.runner")
 
@@ -46,7 +47,7 @@ class ChunkResult:
     rows_written: int
     batches: int
     seconds: float
-    cursor: int | None
+    cursor: object  # last key done (a JSON value, see rowfill.keys)
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -91,6 +92,7 @@ class ChunkRunner:
         should_stop: Callable[[], str | None] = lambda: None,
         observers: list[BatchObserver] = (),
         clock: Callable[[], float] = time.monotonic,
+        writer: BatchWriter | None = None,
     ):
         self.engine = engine
         self.spec = spec
@@ -101,14 +103,14 @@ class ChunkRunner:
         self.run_id = run_id
         self.should_stop = should_stop
         self.clock = clock
-        self.writer = writer_for(spec)
+        self.writer = writer or writer_for(spec)
         self.observers = list(observers)
         self.timeouts, self.timeout_params = _timeouts(spec)
 
     def run(self, chunk_no: int) -> ChunkResult:
         spec = self.spec
         row = self.store.start(spec.name, chunk_no, worker_name(), self.run_id)
-        label = self.label or f"chunk {chunk_no} ({spec.key} {row.lo + 1}..{row.hi})"
+        label = self.label or chunk_label(spec.key, chunk_no, None, row.lo, row.hi, row.first_key)
         started = self.clock()
         seen = written = batches = 0
         if row.status == "done":
@@ -116,7 +118,7 @@ class ChunkRunner:
             return ChunkResult(spec.name, chunk_no, "done", 0, 0, 0, 0.0, row.cursor)
         if row.cursor is not None:
             self.log.info("%s: resuming at %s %s (attempt %d, %s of ~%s rows already done)", label, spec.key,
-                          row.cursor, row.attempts, f"{row.rows_seen:,}", f"{row.est_rows:,}")
+                          format_value(row.cursor), row.attempts, f"{row.rows_seen:,}", f"{row.est_rows:,}")
         done_before = row.rows_seen
         next_report = started + spec.progress_every
         cursor = row.cursor
@@ -148,7 +150,7 @@ class ChunkRunner:
             message = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".strip()
             self.store.fail(spec.name, chunk_no, message)
             raise ChunkFailed(
-                f"{label} of backfill {spec.name!r} failed at {spec.key} {cursor if cursor is not None else row.position} "
+                f"{label} of backfill {spec.name!r} failed at {spec.key} {format_value(cursor if cursor is not None else row.position)} "
                 f"after {batches} batches in this attempt: {message}. Everything committed before is kept; "
                 "a retry or a cleared task resumes from the checkpoint."
             ) from exc
@@ -183,12 +185,12 @@ class ChunkRunner:
         with self.engine.begin() as conn:
             conn.execute(self.timeouts, self.timeout_params)
             position, hi, _status = self.store.lock_position(conn, name, chunk_no)
-            if position >= hi:
+            if position == hi:  # the cursor ends exactly on the chunk's upper key
                 return None
             end, seen = w.batch_end(conn, position, hi, self.throttle.batch_rows)
             if end is None:  # no keys left in range (rows deleted since planning)
                 end, seen = hi, 0
-            written = w.apply(conn, position, end)
+            written = w.apply(conn, position, end) if seen else 0
             self.store.advance(conn, name, chunk_no, end, seen, written, throttled)
         self.throttle.recorded(throttled)
         return end, seen, written

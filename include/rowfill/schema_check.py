@@ -6,6 +6,8 @@ naming the field, before any row is touched.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -13,9 +15,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from rowfill.errors import SpecError
+from rowfill.keys import Key, column_types
 from rowfill.spec import Spec
+from rowfill.sqlnames import quote
 
-INTEGER_TYPES = {"smallint", "integer", "bigint"}
 
 
 @dataclass(frozen=True)
@@ -24,67 +27,122 @@ class Target:
 
     key_type: str
     columns: frozenset[str]
+    key: Key | None = None
+    types: dict | None = None  # column -> SQL type
 
 
 def check_target(conn: Connection, spec: Spec) -> Target:
     regclass = conn.execute(text("SELECT to_regclass(:t)"), {"t": spec.table.sql}).scalar()
     if regclass is None:
         raise SpecError(spec.source, "table", f"table {spec.table} does not exist in the target database (connection {spec.connection!r})")
-    rows = conn.execute(
-        text(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull FROM pg_attribute a "
-            "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"
-        ),
-        {"t": spec.table.sql},
-    ).all()
-    types = {name: typ for name, typ, _ in rows}
-    not_null = {name for name, _, nn in rows if nn}
-    if spec.key not in types:
-        raise SpecError(spec.source, "key", f"column {spec.key!r} does not exist in {spec.table}; columns are: {', '.join(sorted(types))}")
-    if types[spec.key] not in INTEGER_TYPES:
-        raise SpecError(
-            spec.source, "key",
-            f"column {spec.key!r} is {types[spec.key]}, but chunks walk an integer key (smallint, integer, bigint); "
-            "pick the table's integer primary key",
-        )
-    if spec.key not in not_null:
-        raise SpecError(
-            spec.source, "key",
-            f"column {spec.key!r} allows NULL; rows with a NULL key would never be visited. Use a NOT NULL "
-            f"key such as the primary key, or ALTER TABLE {spec.table.sql} ALTER COLUMN {spec.key} SET NOT NULL",
-        )
+    described = column_types(conn, spec.table.sql)
+    types = {name: typ for name, (typ, _) in described.items()}
+    not_null = {name for name, (_, nn) in described.items() if nn}
+    key = check_key(conn, spec, types, not_null)
     for col in spec.set:
         if col not in types:
             raise SpecError(spec.source, "set", f"column {col!r} does not exist in {spec.table}; add it first (ALTER TABLE ... ADD COLUMN) or fix the name")
-    indexed = conn.execute(
+    for col in spec.returns:
+        if col not in types:
+            raise SpecError(spec.source, "returns", f"column {col!r} does not exist in {spec.table}; add it first (ALTER TABLE ... ADD COLUMN) or fix the name")
+    if spec.sql and not key.integer and ({"lo", "hi"} & set(re.findall(r"(?<!:):(lo|hi)\b", spec.sql))):
+        raise SpecError(
+            spec.source, "sql",
+            f"the key {spec.key} is {', '.join(key.types)}, so a batch has no integer :lo/:hi (the first batch has no key "
+            "below it). Use the batch's first and last key instead: "
+            + ("WHERE id BETWEEN :first AND :last" if not key.composite else "see the README, 'Keys'"),
+        )
+    _check_sql_compiles(conn, spec, key)
+    if spec.mode in ("transform", "sink"):
+        from rowfill.transform import check_callable_spec
+
+        check_callable_spec(conn, spec)
+    return Target(key_type=key.types[0], columns=frozenset(types), key=key, types=types)
+
+
+def check_key(conn: Connection, spec: Spec, types: dict[str, str], not_null: set[str], table_sql: str | None = None) -> Key:
+    """The key exists, is NOT NULL, is unique, and a btree index can walk it in order (EXPLAIN proves it)."""
+    table_sql = table_sql or spec.table.sql
+    columns = spec.key_columns
+    for col in columns:
+        if col not in types:
+            raise SpecError(spec.source, "key", f"column {col!r} does not exist in {spec.table}; columns are: {', '.join(sorted(types))}")
+    for col in columns:
+        if col not in not_null:
+            raise SpecError(
+                spec.source, "key",
+                f"column {col!r} allows NULL; rows with a NULL key would never be visited. Use a NOT NULL "
+                f"key such as the primary key, or ALTER TABLE {table_sql} ALTER COLUMN {quote(col)} SET NOT NULL",
+            )
+    key = Key(columns, tuple(types[c] for c in columns))
+    walkable, plan = _index_walks_key(conn, key, table_sql)
+    if not walkable:
+        cols = ", ".join(quote(c) if c != c.lower() or not c.isidentifier() else c for c in columns)
+        what = f"column {columns[0]!r}" if len(columns) == 1 else f"key {spec.key}"
+        raise SpecError(
+            spec.source, "key",
+            f"{what} has no usable btree index on {spec.table}; every batch would scan and sort the whole table. "
+            f"Create one first: CREATE INDEX CONCURRENTLY ON {table_sql} ({cols}). "
+            f"This is how PostgreSQL would find one batch now:\n{plan}",
+        )
+    if not _unique(conn, key, table_sql):
+        if len(columns) == 1:
+            problem = (f"column {columns[0]!r} is not unique in {spec.table} (no unique index on it alone); batches end at a key "
+                       "value, so duplicates would make batches unbounded and counts wrong. Pick a unique key such as the primary key")
+        else:
+            problem = (f"key {spec.key} is not unique in {spec.table} (no unique index on these columns or some of them); "
+                       "batches end at a key value, so duplicates would make batches unbounded and counts wrong. Add the "
+                       "columns that make rows unique, or create a unique index: CREATE UNIQUE INDEX CONCURRENTLY ON "
+                       f"{table_sql} ({', '.join(quote(c) for c in columns)})")
+        raise SpecError(spec.source, "key", problem)
+    return key
+
+
+def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, str]:
+    """Does an index give the keys in order? Asked of the planner itself, with scans and sorts discouraged.
+
+    A catalog check would miss an index PostgreSQL cannot use for this walk (partial, another
+    collation, an expression, columns in another order); the planner does not. Returns the plan
+    as it would run with the normal settings, for the error message.
+    """
+    probe = f"SELECT {', '.join(key.refs())} FROM {table_sql} ORDER BY {key.order_by()} LIMIT 1000"
+    with conn.begin_nested():
+        conn.execute(text("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true), "
+                          "set_config('enable_bitmapscan', 'off', true)"))
+        plan = conn.execute(text(f"EXPLAIN (FORMAT JSON) {probe}")).scalar()
+        conn.execute(text("SELECT set_config('enable_seqscan', 'on', true), set_config('enable_sort', 'on', true), "
+                          "set_config('enable_bitmapscan', 'on', true)"))
+        shown = "\n".join(r[0] for r in conn.execute(text(f"EXPLAIN {probe}")))
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    nodes = []
+
+    def walk(node):
+        nodes.append(node.get("Node Type"))
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    ok = any(n in ("Index Scan", "Index Only Scan") for n in nodes) and not any(n in ("Sort", "Seq Scan", "Incremental Sort") for n in nodes)
+    return ok, "  EXPLAIN " + probe + "\n" + "\n".join("    " + line for line in shown.splitlines())
+
+
+def _unique(conn: Connection, key: Key, table_sql: str) -> bool:
+    """A valid, non-partial unique index on the key columns or a subset of them (NOT NULL is checked before)."""
+    return bool(conn.execute(
         text(
-            "SELECT i.indisunique AND i.indnkeyatts = 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam AND am.amname = 'btree' "
-            "WHERE i.indrelid = to_regclass(:t) AND a.attname = :k AND i.indisvalid AND i.indpred IS NULL "
-            "ORDER BY 1 DESC LIMIT 1"
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass(:t) AND i.indisunique AND i.indisvalid "
+            "AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts > 0 AND NOT EXISTS ("
+            "  SELECT 1 FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) AS k(attnum) "
+            "  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "  WHERE NOT (a.attname = ANY(CAST(:cols AS text[])))))"
         ),
-        {"t": spec.table.sql, "k": spec.key},
-    ).first()
-    if indexed is None:
-        raise SpecError(
-            spec.source, "key",
-            f"column {spec.key!r} has no usable btree index on {spec.table}; every batch would scan the whole table. "
-            f"Create one first: CREATE INDEX CONCURRENTLY ON {spec.table.sql} ({spec.key})",
-        )
-    if not indexed[0]:
-        raise SpecError(
-            spec.source, "key",
-            f"column {spec.key!r} is not unique in {spec.table} (no unique index on it alone); batches end at a key "
-            "value, so duplicates would make batches unbounded and counts wrong. Pick a unique key such as the primary key",
-        )
-    _check_sql_compiles(conn, spec)
-    return Target(key_type=types[spec.key], columns=frozenset(types))
+        {"t": table_sql, "cols": list(key.columns)},
+    ).scalar())
 
 
-def _check_sql_compiles(conn: Connection, spec: Spec) -> None:
+def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:
     """EXPLAIN (never execute) each user SQL fragment, so a typo is blamed on its field, not on batch 1."""
-    from rowfill.sqlnames import quote
-
     probes = []
     if spec.where:
         probes.append(("where", f"EXPLAIN SELECT 1 FROM {spec.table.sql} WHERE ({spec.where})", {}))
@@ -92,7 +150,14 @@ def _check_sql_compiles(conn: Connection, spec: Spec) -> None:
         assignments = ", ".join(f"{quote(c)} = {e}" for c, e in spec.set.items())
         probes.append(("set", f"EXPLAIN UPDATE {spec.table.sql} SET {assignments} WHERE false", {}))
     if spec.sql:
-        probes.append(("sql", f"EXPLAIN {spec.sql}", {"lo": 0, "hi": 0}))
+        from rowfill.writers import SqlWriter
+
+        writer = SqlWriter(spec)
+        writer.key = key
+        writer.build(conn)
+        params = {name: None for name in writer.names}
+        params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
+        probes.append(("sql", "EXPLAIN " + writer.write.text, params))
     for field, sql, params in probes:
         try:
             with conn.begin_nested():

@@ -25,7 +25,10 @@ from rowfill.sqlnames import BadIdentifier, TableName, parse_identifier
 DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,199}")
 _CONN_ID = re.compile(r"[A-Za-z0-9_.\-]+")
-_BIND = re.compile(r"(?<!:):(lo|hi)\b")
+_BIND = re.compile(r"(?<!:):(lo|hi|first|last)\b")
+_KEY_BIND = re.compile(r"(?<!:):((?:first|last)_[a-z0-9_]+)\b")
+_CALLABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+MODES = ("set", "sql", "transform", "sink")
 _CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually", "@continuous"}
 
 
@@ -37,7 +40,7 @@ class Spec:
     source: str
     connection: str
     table: TableName
-    key: str
+    key: str  # the key column; for a composite key its label, "(tenant_id, id)"
     where: str | None = None
     set: dict[str, str] = field(default_factory=dict)
     sql: str | None = None
@@ -72,6 +75,17 @@ class Spec:
     gates: dict = field(default_factory=dict)  # gate name -> gates.GateSpec
     latency_probe: Any = None  # gates.LatencySpec
     window: tuple = ()  # windows.Window, ...
+    key_columns: tuple[str, ...] = ()  # every key column, in walking order (filled from `key` if not given)
+    transform: str | None = None  # "module.path:function" computing `returns` columns from `select`
+    select: dict[str, str] = field(default_factory=dict)  # name -> SQL expression handed to transform/sink
+    joins: str | None = None  # FROM-clause continuation for `select` (e.g. LEFT JOIN LATERAL ...)
+    returns: tuple[str, ...] = ()  # columns the transform writes back
+    sink: str | None = None  # "module.path:function" receiving each batch instead of a database write
+    undo: bool = False  # record previous values so `rowfill rollback` can restore them
+
+    def __post_init__(self):
+        if not self.key_columns:
+            object.__setattr__(self, "key_columns", (self.key,))
 
     @property
     def dag_id(self) -> str:
@@ -90,19 +104,35 @@ class Spec:
 
     @property
     def mode(self) -> str:
+        if self.transform:
+            return "transform"
+        if self.sink:
+            return "sink"
         return "sql" if self.sql else "set"
 
     @property
-    def fingerprint(self) -> str:
-        """What the backfill *means*; tuning fields may change between runs, these may not."""
+    def meaning(self) -> dict:
+        """What the backfill *means*; tuning fields may change between runs, these may not.
+
+        Fields added after the first release only appear when used, so the fingerprint of an
+        older spec (and the plans stored under it) stays the same.
+        """
         meaning = {
             "table": str(self.table),
-            "key": self.key,
+            "key": self.key if len(self.key_columns) == 1 else list(self.key_columns),
             "where": self.where,
             "set": self.set,
             "sql": self.sql,
         }
-        return hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:16]
+        for name in ("transform", "select", "joins", "returns", "sink", "undo"):
+            value = getattr(self, name)
+            if value:
+                meaning[name] = list(value) if isinstance(value, tuple) else value
+        return meaning
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.meaning, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # field -> (kind, required). The kind selects a checker below.
@@ -111,7 +141,7 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "description": ("text", False),
     "connection": ("conn_id", True),
     "table": ("table", True),
-    "key": ("column", True),
+    "key": ("key", True),
     "where": ("sql_text", False),
     "set": ("set", False),
     "sql": ("sql_text", False),
@@ -141,6 +171,12 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "gates": ("gates", False),
     "latency_probe": ("latency_probe", False),
     "window": ("window", False),
+    "transform": ("callable", False),
+    "select": ("select", False),
+    "joins": ("sql_text", False),
+    "returns": ("columns", False),
+    "sink": ("callable", False),
+    "undo": ("bool", False),
 }
 
 
@@ -160,8 +196,34 @@ def _check(kind: str, value: Any) -> Any:
         return value
     if kind == "table":
         return TableName.parse(value)
-    if kind == "column":
-        return parse_identifier(value)
+    if kind == "key":
+        if isinstance(value, str):
+            return (parse_identifier(value),)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a column name (key: id) or a list of them for a composite key (key: [tenant_id, id])")
+        names = tuple(parse_identifier(v) for v in value)
+        if len(set(names)) != len(names):
+            raise ValueError("a key column is listed twice")
+        return names
+    if kind == "columns":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of column names, e.g. [loyalty_points]")
+        names = tuple(parse_identifier(v) for v in value)
+        if len(set(names)) != len(names):
+            raise ValueError("a column is listed twice")
+        return names
+    if kind == "callable":
+        if not isinstance(value, str) or not _CALLABLE.fullmatch(value.strip()):
+            raise ValueError("expected \"module.path:function\", e.g. rowfill.examples.loyalty:loyalty_points")
+        return value.strip()
+    if kind == "select":
+        return _check_select(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
     if kind == "sql_text":
         if not isinstance(value, str) or not value.strip():
             raise ValueError("expected a non-empty SQL text")
@@ -246,6 +308,86 @@ def _check(kind: str, value: Any) -> Any:
     raise AssertionError(kind)
 
 
+def _check_select(value: Any) -> dict[str, str]:
+    """``select:`` as a list of columns or a mapping of name: SQL expression -> {name: SQL}."""
+    from rowfill.sqlnames import quote
+
+    out: dict[str, str] = {}
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        for col in value:
+            name = parse_identifier(col)
+            if name in out:
+                raise ValueError(f"column {col!r} is listed twice")
+            out[name] = quote(name)
+        return out
+    if isinstance(value, dict) and value:
+        for col, expr in value.items():
+            name = parse_identifier(col) if isinstance(col, str) else parse_identifier("")
+            if not isinstance(expr, str) or not expr.strip():
+                raise ValueError(f"{col!r}: expected an SQL expression as text")
+            if ";" in expr.strip().rstrip(";"):
+                raise ValueError(f"{col!r}: expected one SQL expression, without ';'")
+            if name in out:
+                raise ValueError(f"{col!r} is the name {name!r} again; give each name once")
+            out[name] = expr.strip()
+        return out
+    raise ValueError("expected a list of columns ([first_name, last_name]) or a mapping of name: SQL expression")
+
+
+def _check_modes(data: dict, values: dict, source: str) -> list[SpecError]:
+    """Exactly one way to write, and the fields that go with it."""
+    errors = []
+    given = [m for m in MODES if m in data]
+    if len(given) > 1:
+        if given == ["set", "sql"]:
+            errors.append(SpecError(source, "sql", "give either 'set' (column: expression, applied with UPDATE) or 'sql' (a statement using :lo and :hi), not both"))
+        else:
+            errors.append(SpecError(source, given[1], f"give only one of {', '.join(MODES)}; this spec has {' and '.join(given)}"))
+    elif not given:
+        errors.append(SpecError(source, "set", "is required unless 'sql' is given (or 'transform' or 'sink'): say what to write"))
+    mode = given[0] if len(given) == 1 else None
+    if "returns" in data and mode != "transform":
+        errors.append(SpecError(source, "returns", "only goes with 'transform' (the columns the function returns)"))
+    if mode == "transform" and "returns" not in data:
+        errors.append(SpecError(source, "returns", "is required with 'transform': list the columns the function returns, e.g. returns: [loyalty_points]"))
+    for name in ("select", "joins"):
+        if name in data and mode not in ("transform", "sink"):
+            errors.append(SpecError(source, name, "only goes with 'transform' or 'sink' (what the function receives)"))
+    if "joins" in data and "select" not in data:
+        errors.append(SpecError(source, "joins", "needs 'select' to say which joined values the function receives"))
+    if values.get("undo") and mode in ("sql", "sink"):
+        why = ("rowfill cannot know which rows and columns an arbitrary statement changes" if mode == "sql"
+               else "a sink writes outside the database, where rowfill cannot restore anything")
+        errors.append(SpecError(source, "undo", f"works with 'set' and 'transform' only: {why}"))
+    return errors
+
+
+def _check_sql_binds(sql: str, key_columns: tuple[str, ...], source: str) -> list[SpecError]:
+    found = set(_BIND.findall(sql))
+    if len(key_columns) == 1:
+        if {"lo", "hi"} <= found or {"first", "last"} <= found:
+            return []
+        missing = ", ".join(f":{b}" for b in ("lo", "hi") if b not in found)
+        return [SpecError(source, "sql", f"must use the key bounds {missing} (rows with lo < key <= hi), e.g. WHERE id > :lo AND id <= :hi; "
+                                         "or :first and :last (the batch's first and last key), e.g. WHERE id BETWEEN :first AND :last")]
+    from rowfill.keys import Key
+
+    binds = set(_KEY_BIND.findall(sql))
+    key = Key(key_columns)
+    missing = []
+    for prefix in ("first", "last"):
+        names = key.bind_names(prefix)
+        for i, col in enumerate(key_columns):
+            if not any(pos == i and name in binds for name, pos in names.items()):
+                missing.append(f":{prefix}_{col}" if f"{prefix}_{col}" in names else f":{prefix}_{i + 1}")
+    if not missing:
+        return []
+    firsts = ", ".join(f":first_{c}" if f"first_{c}" in key.bind_names("first") else f":first_{i}" for i, c in enumerate(key_columns, 1))
+    lasts = firsts.replace(":first_", ":last_")
+    return [SpecError(source, "sql", f"with a composite key, must use each key column's batch bounds; missing {', '.join(missing)}, "
+                                     f"e.g. WHERE ({', '.join(key_columns)}) BETWEEN ({firsts}) AND ({lasts})")]
+
+
 def parse_spec(data: Any, source: str) -> Spec:
     """Validate one spec's YAML data, reporting every problem at once."""
     if not isinstance(data, dict):
@@ -265,18 +407,17 @@ def parse_spec(data: Any, source: str) -> Spec:
     for key, (_, required) in FIELDS.items():
         if required and key not in data:
             errors.append(SpecError(source, key, "is required"))
-    has_set, has_sql = "set" in data, "sql" in data
-    if has_set and has_sql:
-        errors.append(SpecError(source, "sql", "give either 'set' (column: expression, applied with UPDATE) or 'sql' (a statement using :lo and :hi), not both"))
-    elif not has_set and not has_sql:
-        errors.append(SpecError(source, "set", "is required unless 'sql' is given: say what to write"))
-    if isinstance(values.get("sql"), str):
-        found = set(_BIND.findall(values["sql"]))
-        if found != {"lo", "hi"}:
-            missing = ", ".join(f":{b}" for b in ("lo", "hi") if b not in found)
-            errors.append(SpecError(source, "sql", f"must use the key bounds {missing} (rows with lo < key <= hi), e.g. WHERE id > :lo AND id <= :hi"))
-    if "key" in values and values["key"] in values.get("set", {}):
-        errors.append(SpecError(source, "set", f"cannot change the key column {values['key']!r}: chunks and checkpoints walk it"))
+    errors.extend(_check_modes(data, values, source))
+    key_columns = values.pop("key", None)
+    if key_columns:
+        values["key_columns"] = key_columns
+        values["key"] = key_columns[0] if len(key_columns) == 1 else "(" + ", ".join(key_columns) + ")"
+    if isinstance(values.get("sql"), str) and key_columns:
+        errors.extend(_check_sql_binds(values["sql"], key_columns, source))
+    for field_name, written in (("set", values.get("set", {})), ("returns", values.get("returns", ()))):
+        for col in key_columns or ():
+            if col in written:
+                errors.append(SpecError(source, field_name, f"cannot change the key column {col!r}: chunks and checkpoints walk it"))
     if ("chunk_rows" in values or "chunk_rows" not in data) and ("batch_rows" in values or "batch_rows" not in data):
         # compare what the run will use: a field left out takes its default
         chunk_rows = values.get("chunk_rows", Spec.chunk_rows)

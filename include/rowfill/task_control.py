@@ -20,7 +20,6 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from rowfill.chunk_task import run_chunk
 from rowfill.control import ControlStore, stop_reason
-from rowfill.dryrun import describe, dry_run
 from rowfill.errors import ChunkFailed
 from rowfill.gates import GateCritical
 from rowfill.observers import remember_task_instance, standard_observers
@@ -64,14 +63,7 @@ def attempt(op, context, event=None):
 
 
 def before_plan(engine, spec, context, log):
-    """A dry run reports and maps nothing; a cancelled backfill plans nothing. None = plan as usual."""
-    params = _params(context)
-    if is_dry_run(params):
-        overrides = run_overrides(params, spec)
-        report = dry_run(engine, spec, batch_rows=overrides.get("batch_rows"), pause=overrides.get("pause"))
-        log.info("%s", describe(report))
-        context["ti"].xcom_push(key="dry_run", value=report)
-        return []
+    """A cancelled backfill plans nothing (dry runs never get here: see operators). None = plan as usual."""
     control = ControlStore(engine).get(spec.name)
     if control.state == "cancelled":
         raise AirflowSkipException(f"backfill {spec.name} is {stop_reason(control)}; nothing planned. "

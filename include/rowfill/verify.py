@@ -9,8 +9,8 @@ from sqlalchemy.engine import Engine
 
 from rowfill.checkpoint import CheckpointStore
 from rowfill.errors import RowfillError
+from rowfill.keys import chunk_label, decode, format_value, load_key
 from rowfill.spec import Spec
-from rowfill.sqlnames import quote
 
 
 class VerificationFailed(RowfillError):
@@ -21,7 +21,7 @@ class VerificationFailed(RowfillError):
 class Verification:
     chunks: int
     remaining: int | None  # rows still matching `where` in the planned range; None without `where`
-    sample_keys: list[int]
+    sample_keys: list
 
 
 def verify_backfill(engine: Engine, spec: Spec, statement_timeout: str = "0") -> Verification:
@@ -31,27 +31,27 @@ def verify_backfill(engine: Engine, spec: Spec, statement_timeout: str = "0") ->
         first = unfinished[0]
         raise VerificationFailed(
             f"backfill {spec.name!r}: {len(unfinished)} of {len(chunks)} chunks are not done "
-            f"(first: chunk {first.chunk_no}, status {first.status}, {spec.key} {first.lo + 1}..{first.hi}"
+            f"(first: {chunk_label(spec.key, first.chunk_no, None, first.lo, first.hi, first.first_key)}, status {first.status}"
             f"{', error: ' + first.last_error if first.last_error else ''}). Clear the failed chunk tasks to resume them."
         )
     if not chunks or not spec.where:
         return Verification(len(chunks), None, [])
-    lo, hi = min(c.lo for c in chunks), max(c.hi for c in chunks)
-    key, table = quote(spec.key), spec.table.sql
+    lo, hi = chunks[0].lo, chunks[-1].hi  # chunks are contiguous and numbered in key order
+    table = spec.table.sql
     with engine.begin() as conn:
         conn.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": statement_timeout})
-        remaining = conn.execute(
-            text(f"SELECT count(*) FROM {table} WHERE {key} > :lo AND {key} <= :hi AND ({spec.where})"),
-            {"lo": lo, "hi": hi},
-        ).scalar()
-        sample = list(conn.execute(
-            text(f"SELECT {key} FROM {table} WHERE {key} > :lo AND {key} <= :hi AND ({spec.where}) ORDER BY {key} LIMIT 5"),
-            {"lo": lo, "hi": hi},
-        ).scalars()) if remaining else []
+        key = load_key(conn, spec)
+        rng, params = key.range_sql(lo, hi)
+        remaining = conn.execute(text(f"SELECT count(*) FROM {table} WHERE {rng} AND ({spec.where})"), params).scalar()
+        sample = [decode(v) for v in conn.execute(
+            text(f"SELECT {key.json_sql()} FROM {table} WHERE {rng} AND ({spec.where}) ORDER BY {key.order_by()} LIMIT 5"),
+            params,
+        ).scalars()] if remaining else []
     if remaining:
+        span = chunk_label(spec.key, 0, None, lo, hi, chunks[0].first_key).split("(", 1)[1].rstrip(")")
         raise VerificationFailed(
-            f"backfill {spec.name!r}: {remaining:,} rows in {spec.key} {lo + 1}..{hi} still match "
-            f"where ({spec.where}), e.g. {spec.key} {', '.join(map(str, sample))}. Rows the application wrote "
+            f"backfill {spec.name!r}: {remaining:,} rows in {span} still match "
+            f"where ({spec.where}), e.g. {spec.key} {', '.join(format_value(v) for v in sample)}. Rows the application wrote "
             "during the run can do this; run the DAG again to sweep them (done chunks are skipped, so "
             "start over with `rowfill reset` if they lie in done chunks), or check why the write leaves them unmatched."
         )

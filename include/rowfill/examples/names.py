@@ -1,0 +1,11 @@
+"""The simplest transform: users.full_name from first and last name, in Python.
+
+The same job as include/specs/users_full_name.yaml does in SQL; bench/transform_speed.py runs
+both to measure what the Python path costs against one set-based UPDATE.
+"""
+
+from __future__ import annotations
+
+
+def full_name(rows: list[dict]) -> list[str]:
+    return [f"{r['first_name']} {r['last_name']}" for r in rows]
