@@ -63,9 +63,12 @@ def create_database(pg_cluster, name: str) -> str:
 
 
 def example_spec(tmp_path: Path, name: str, **changes):
-    """An example spec from include/specs/ with ``changes`` (None removes a field), written to ``tmp_path``."""
+    """An example spec from include/specs/ with ``changes`` (None removes a field), written to ``tmp_path``, with fixed-size batches."""
     root = Path(__file__).resolve().parents[1]
     data = yaml.safe_load((root / "include" / "specs" / f"{name}.yaml").read_text())
+    # These tests count batches and time application writes against them: fixed-size batches and
+    # exactly the pause they ask for, not the adaptive default throttle (tested in test_throttle).
+    data.update({"target_batch_time": "off", "pause_ratio": 0})
     data.update(changes)
     data = {k: v for k, v in data.items() if v is not None}
     path = tmp_path / f"{name}.yaml"

@@ -168,6 +168,7 @@ def cmd_set(args) -> int:
         engine.dispose()
     shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted((control.knobs or {}).items())) or "none (the spec's values apply)"
     print(f"{spec.name}: {control.state}; live knobs: {shown}")
+    return 0
 
 
 def cmd_plan(args) -> int:
