@@ -6,8 +6,9 @@ One invocation, two jobs, each run both ways on a freshly rebuilt table:
   names    users.full_name = first_name || ' ' || last_name, as the Python transform
            rowfill.examples.names:full_name vs. one UPDATE with the SQL expression;
   loyalty  users.loyalty_points from an orders table ~5x larger (tiers, caps, rounding), as the
-           Python transform rowfill.examples.loyalty:loyalty_points (LATERAL aggregate per user)
-           vs. one UPDATE joining a GROUP BY of all orders.
+           example spec include/specs/users_loyalty_points.yaml runs it (the batch's orders
+           aggregated in its `joins`, the rule in rowfill.examples.loyalty) vs. one UPDATE joining
+           a GROUP BY of all orders.
 
 The rowfill side is the real runner (plan_backfill + ChunkRunner, pause 0): per batch one
 transaction that locks the batch's rows, reads them, calls the function, writes the results with
@@ -32,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
@@ -47,6 +49,7 @@ from rowfill.runner import ChunkRunner  # noqa: E402
 from rowfill.spec import parse_spec  # noqa: E402
 
 TARGET_PCT = 40.0
+ROOT = Path(__file__).resolve().parents[1]
 say = (lambda *a: print(*a, file=sys.stderr, flush=True))
 
 
@@ -78,12 +81,9 @@ JOBS = {
     "loyalty": {
         "column": "loyalty_points",
         "single": [loyalty.SINGLE_UPDATE_SQL, loyalty.SINGLE_UPDATE_ZERO_SQL],
-        "spec": {"where": "loyalty_points IS NULL", "transform": "rowfill.examples.loyalty:loyalty_points",
-                 "select": {"paid_orders": "s.paid_orders", "spent_cents": "s.spent_cents"},
-                 "joins": "CROSS JOIN LATERAL (SELECT count(*) AS paid_orders, "
-                          "CAST(coalesce(sum(o.amount), 0) * 100 AS bigint) AS spent_cents "
-                          "FROM public.orders o WHERE o.user_id = users.id AND o.status = 'paid') s",
-                 "returns": ["loyalty_points"]},
+        # transform, select, joins and returns exactly as in the example spec
+        "spec": {k: v for k, v in yaml.safe_load((ROOT / "include" / "specs" / "users_loyalty_points.yaml").read_text()).items()
+                 if k in ("where", "transform", "select", "joins", "returns")},
         "check": f"SELECT count(*) FILTER (WHERE u.loyalty_points IS DISTINCT FROM r.points), "
                  f"coalesce(sum(u.loyalty_points::bigint * (u.id % 1000)), 0) FROM public.users u JOIN ({loyalty.REFERENCE_SQL}) r USING (id)",
     },

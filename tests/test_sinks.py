@@ -21,6 +21,7 @@ from rowfill.errors import ChunkFailed
 from rowfill.examples.seed import seed_products
 from rowfill.plan import plan_backfill
 from rowfill.runner import ChunkRunner
+from rowfill.verify import verify_backfill
 
 SINK = """
 import json, os
@@ -79,6 +80,7 @@ def test_each_batch_reaches_the_sink_before_the_checkpoint_moves_past_it(engine,
     assert len({b["id"] for b in batches}) == 25 and all(b["id"].startswith("products_search_export:") for b in batches)
     assert sum(r.rows_written for r in results) == len(keys)  # rows sent count as written
     assert scalar(engine, "SELECT count(*) FROM products WHERE search_vector IS NOT NULL") == 0  # nothing written back
+    assert verify_backfill(engine, spec).remaining is None  # `where` still matches: a sink writes elsewhere
 
 
 def test_a_sink_that_fails_keeps_the_checkpoint_before_its_batch_and_the_retry_resends_it(engine, db_url, tmp_path, monkeypatch):

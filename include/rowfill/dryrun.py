@@ -166,7 +166,7 @@ def _sample(conn, spec: Spec, position, hi, report: DryRun) -> None:
             report.sample_seconds = time.perf_counter() - t0
             return
         if spec.mode == "sink":
-            rows = writer.reader.read(conn, position, end)  # never call the sink in a dry run
+            rows = writer.reader.read(conn, position, end, writer.batch_first)  # never call the sink in a dry run
             written = len(rows)
             report.notes.append(f"the sink {spec.sink} was not called; the sample time covers reading its batch only")
         else:

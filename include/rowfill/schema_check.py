@@ -56,7 +56,7 @@ def check_target(conn: Connection, spec: Spec) -> Target:
     if spec.mode in ("transform", "sink"):
         from rowfill.transform import check_callable_spec
 
-        check_callable_spec(conn, spec)
+        check_callable_spec(conn, spec, key)
     return Target(key_type=key.types[0], columns=frozenset(types), key=key, types=types)
 
 
@@ -155,7 +155,7 @@ def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:
         writer = SqlWriter(spec)
         writer.key = key
         writer.build(conn)
-        params = {name: None for name in writer.names}
+        params = {name: None for name in writer.binds.names}
         params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
         probes.append(("sql", "EXPLAIN " + writer.write.text, params))
     for field, sql, params in probes:

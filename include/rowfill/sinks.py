@@ -58,7 +58,7 @@ class SinkWriter(BatchWriter):
 
     def apply(self, conn: Connection, lo, hi) -> int:
         self.prepare(conn)
-        rows = self.reader.read(conn, lo, hi)
+        rows = self.reader.read(conn, lo, hi, self.batch_first)
         if not rows:
             return 0
         batch = SinkBatch(batch_id(self.spec, lo, hi), self.spec.name, self.batch_first, hi, self.key.columns, rows)
@@ -74,4 +74,4 @@ class SinkWriter(BatchWriter):
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
-        return [("read", self.reader.explain(conn, lo, hi))]
+        return [("read", self.reader.explain(conn, lo, hi, self.batch_first))]

@@ -1,7 +1,7 @@
 """Backfill specs: YAML files validated into a ``Spec`` with errors that name the file and the field.
 
 Loading and validation live here and nowhere else; building DAGs is ``factory``'s job. Checks
-that need the database (does the table exist, is the key numeric) happen in ``schema_check``
+that need the database (does the table exist, can an index walk the key) happen in ``schema_check``
 when a run starts, because DAG parsing must not depend on the target database being up.
 """
 

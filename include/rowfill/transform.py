@@ -37,7 +37,7 @@ from rowfill.errors import RowfillError, SpecError
 from rowfill.keys import Key, column_types, format_value
 from rowfill.spec import Spec
 from rowfill.sqlnames import quote
-from rowfill.writers import BatchWriter, explain_text
+from rowfill.writers import BatchBinds, BatchWriter, explain_text
 
 
 class TransformError(RowfillError):
@@ -65,21 +65,24 @@ def load_callable(path: str, spec: Spec | None = None, field: str = "transform")
     return fn
 
 
-def check_callable_spec(conn: Connection, spec: Spec) -> None:
+def check_callable_spec(conn: Connection, spec: Spec, key: Key) -> None:
     """At run start: the function imports, and ``joins``/``select`` compile (EXPLAIN, never executed)."""
     field = "transform" if spec.transform else "sink"
     load_callable(spec.transform or spec.sink, spec, field)
     table = spec.table.sql
     probes = []
+    binds = BatchBinds(key)
+    joins = binds.typed(spec.joins or "")
     if spec.joins:
-        probes.append(("joins", f"EXPLAIN SELECT 1 FROM {table} {spec.joins}"))
+        probes.append(("joins", f"EXPLAIN SELECT 1 FROM {table} {joins}"))
     if spec.select:
-        cols = ", ".join(f"{expr} AS {quote(name)}" for name, expr in spec.select.items())
-        probes.append(("select", f"EXPLAIN SELECT {cols} FROM {table} {spec.joins or ''} WHERE ({spec.where or 'TRUE'})"))
+        cols = binds.typed(", ".join(f"{expr} AS {quote(name)}" for name, expr in spec.select.items()))
+        probes.append(("select", f"EXPLAIN SELECT {cols} FROM {table} {joins} WHERE ({spec.where or 'TRUE'})"))
     for name, sql in probes:
         try:
             with conn.begin_nested():
-                conn.execute(text(sql))
+                stmt = text(sql)
+                conn.execute(stmt, {k: None for k in stmt.compile().params})
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise SpecError(spec.source, name, f"the database rejects this SQL: {first}") from exc
@@ -146,6 +149,7 @@ class RowReader:
             self.columns_sql = ", ".join(keys + picked)
         else:
             self.columns_sql = f"{t}.*"  # every column of the table, the key columns among them
+        self.binds = BatchBinds(key)  # :first/:last in joins or select: the batch's first and last key
         self._stmts: dict = {}
 
     @staticmethod
@@ -158,16 +162,26 @@ class RowReader:
             where = f" AND ({spec.where})" if spec.where else ""
             lock = " FOR NO KEY UPDATE" if self.lock else ""
             self._stmts[has_lo] = text(
-                f"SELECT {self.columns_sql} FROM {spec.table.sql} {spec.joins or ''} "
+                f"SELECT {self.binds.typed(self.columns_sql)} FROM {spec.table.sql} {self.binds.typed(spec.joins or '')} "
                 f"WHERE {self.qkey.range_text(has_lo, True)}{where} ORDER BY {self.qkey.order_by()}{lock}"
             )
         return self._stmts[has_lo]
 
-    def read(self, conn: Connection, lo, hi) -> list[dict]:
+    def params(self, stmt, lo, hi, first) -> dict:
+        params = self.key.range_params(lo, hi)
+        wanted = stmt.compile().params
+        params.update({k: v for k, v in self.binds.params(first, hi).items() if k in wanted})
+        return params
+
+    def read(self, conn: Connection, lo, hi, first=None) -> list[dict]:
         has_lo = lo is not None
+        stmt = self._read(has_lo)
         if ("driver", has_lo) not in self._stmts:
-            self._stmts[("driver", has_lo)] = driver_sql(conn, self._read(has_lo))
-        names, data = driver_fetch(conn, self._stmts[("driver", has_lo)], self.key.range_params(lo, hi))
+            self._stmts[("driver", has_lo)] = (driver_sql(conn, stmt), stmt.compile().params)
+        sql, wanted = self._stmts[("driver", has_lo)]
+        params = self.key.range_params(lo, hi)
+        params.update({k: v for k, v in self.binds.params(first, hi).items() if k in wanted})
+        names, data = driver_fetch(conn, sql, params)
         rows = [dict(zip(names, r)) for r in data]
         if self.spec.joins:
             self._check_unique(rows)
@@ -184,8 +198,9 @@ class RowReader:
                     "each row of the table must get at most one row (aggregate in a LEFT JOIN LATERAL (...) ON true)")
             seen.add(k)
 
-    def explain(self, conn: Connection, lo, hi) -> str:
-        return explain_text(conn, self._read(lo is not None), self.key.range_params(lo, hi))
+    def explain(self, conn: Connection, lo, hi, first=None) -> str:
+        stmt = self._read(lo is not None)
+        return explain_text(conn, stmt, self.params(stmt, lo, hi, first))
 
 
 def key_value(row: dict, key: Key):
@@ -273,8 +288,8 @@ class TransformWriter(BatchWriter):
     def _lock(self, has_lo: bool):
         def make():
             rng = self.key.range_text(has_lo, True)
-            return text(f"SELECT 1 FROM {self.spec.table.sql} WHERE {rng}{self.where_sql()} "
-                        f"ORDER BY {self.key.order_by()} FOR NO KEY UPDATE")
+            return text(f"SELECT count(*) FROM (SELECT 1 FROM {self.spec.table.sql} WHERE {rng}{self.where_sql()} "
+                        f"ORDER BY {self.key.order_by()} FOR NO KEY UPDATE) AS locked")
         return self.statement(("lock", has_lo), make)
 
     def _write(self, has_lo: bool):
@@ -351,7 +366,7 @@ class TransformWriter(BatchWriter):
         bounds = self.key.range_params(lo, hi)
         if self.lock_first:
             conn.execute(self._lock(has_lo), bounds)
-        rows = self.reader.read(conn, lo, hi)
+        rows = self.reader.read(conn, lo, hi, self.batch_first)
         if not rows:
             return 0
         columns, kept = self.results(rows)
@@ -363,8 +378,8 @@ class TransformWriter(BatchWriter):
         self.prepare(conn)
         bounds = self.key.range_params(lo, hi)
         out = [("lock", explain_text(conn, self._lock(lo is not None), bounds))] if self.lock_first else []
-        out.append(("read" if self.lock_first else "lock and read", self.reader.explain(conn, lo, hi)))
-        rows = self.reader.read(conn, lo, hi)
+        out.append(("read" if self.lock_first else "lock and read", self.reader.explain(conn, lo, hi, self.batch_first)))
+        rows = self.reader.read(conn, lo, hi, self.batch_first)
         if rows:
             columns, kept = self.results(rows)
             if kept:

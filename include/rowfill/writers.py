@@ -89,18 +89,15 @@ class SetWriter(BatchWriter):
 _SQL_BIND = re.compile(r"(?<!:):((?:first|last)(?:_[a-z0-9_]+)?)\b")
 
 
-class SqlWriter(BatchWriter):
-    """``sql:`` mode: the user's statement with the batch's bounds bound as parameters.
+class BatchBinds:
+    """``:first``/``:last`` in user SQL: the batch's first and last key, cast to the key's type.
 
-    Single integer keys get ``:lo`` (exclusive) and ``:hi`` (inclusive), as always. Every key also
-    gets the batch's first and last key, inclusive: ``:first``/``:last`` for a single key, and
-    ``:first_<column>``/``:last_<column>`` (or by position, ``:first_1``) for a composite key;
-    those are cast to the key column's type in the statement, so ``id BETWEEN :first AND :last``
-    works for uuid, text and timestamp keys alike.
+    For a composite key, one pair per column, by name or position (``:first_tenant_id``,
+    ``:first_1``). Used by ``sql`` mode and by ``joins``/``select`` of transforms and sinks.
     """
 
-    def build(self, conn):
-        key = self.key
+    def __init__(self, key: Key):
+        self.key = key
         self.names: dict[str, tuple[str, int | None]] = {}  # bind name -> ("first"|"last", position)
         if not key.composite:
             self.names = {"first": ("first", None), "last": ("last", None)}
@@ -109,22 +106,39 @@ class SqlWriter(BatchWriter):
                 for name, pos in key.bind_names(prefix).items():
                     self.names[name] = (prefix, pos)
 
-        def typed(m):
+    def typed(self, sql: str) -> str:
+        def cast(m):
             name = m.group(1)
             if name not in self.names:
                 return m.group(0)
-            _, pos = self.names[name]
-            return f"CAST(:{name} AS {key.types[pos or 0]})"
+            return f"CAST(:{name} AS {self.key.types[self.names[name][1] or 0]})"
 
-        self.write = text(_SQL_BIND.sub(typed, self.spec.sql))
+        return _SQL_BIND.sub(cast, sql)
 
-    def params(self, lo, hi) -> dict:
-        params = {"lo": lo, "hi": hi}
-        ends = {"first": self.batch_first, "last": hi}
+    def params(self, first, last) -> dict:
+        ends = {"first": first, "last": last}
+        out = {}
         for name, (which, pos) in self.names.items():
             value = ends[which]
-            params[name] = value if pos is None or value is None else value[pos]
-        return params
+            out[name] = value if pos is None or value is None else value[pos]
+        return out
+
+
+class SqlWriter(BatchWriter):
+    """``sql:`` mode: the user's statement with the batch's bounds bound as parameters.
+
+    Single integer keys get ``:lo`` (exclusive) and ``:hi`` (inclusive), as always. Every key also
+    gets the batch's first and last key, inclusive (see ``BatchBinds``), so
+    ``id BETWEEN :first AND :last`` works for uuid, text and timestamp keys alike.
+    """
+
+    def build(self, conn):
+        self.binds = BatchBinds(self.key)
+        self.names = self.binds.names
+        self.write = text(self.binds.typed(self.spec.sql))
+
+    def params(self, lo, hi) -> dict:
+        return {"lo": lo, "hi": hi, **self.binds.params(self.batch_first, hi)}
 
     def apply(self, conn: Connection, lo, hi) -> int:
         self.prepare(conn)

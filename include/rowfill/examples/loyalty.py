@@ -23,7 +23,9 @@ CAP = 10_000
 
 def points_for(paid_orders: int, spent_cents: int) -> int:
     """The rule for one user, in exact integer arithmetic (no floats, no Decimal per row)."""
-    num, den = next((n, d) for threshold, n, d in TIERS if spent_cents >= threshold)
+    for threshold, num, den in TIERS:  # highest tier first
+        if spent_cents >= threshold:
+            break
     # raw points = spent_cents / 100 * num / den + 10 * min(orders, 20); in units of STEP that is p / q
     p = spent_cents * num + 100 * POINTS_PER_ORDER * min(paid_orders, MAX_BONUS_ORDERS) * den
     q = 100 * STEP * den
