@@ -26,7 +26,7 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Callable
 from uuid import UUID
 
 from sqlalchemy import text
