@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from helpers import example_spec
 from rowfill.checkpoint import CheckpointStore
+from rowfill.db import engine_from_url
 from rowfill.errors import ChunkFailed
 from rowfill.examples.seed import seed_products
 from rowfill.plan import plan_backfill
@@ -25,6 +26,7 @@ from rowfill.verify import verify_backfill
 SINK = """
 import json, os
 from sqlalchemy import text
+from rowfill.db import engine_from_url
 
 LOG = {log!r}
 URL = {url!r}
@@ -104,6 +106,7 @@ def test_a_sink_that_fails_keeps_the_checkpoint_before_its_batch_and_the_retry_r
 
 CRASHING = """
 import sys
+from rowfill.db import engine_from_url
 from rowfill.plan import plan_backfill
 from rowfill.runner import ChunkRunner
 from rowfill.spec import load_spec
