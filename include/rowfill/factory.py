@@ -57,6 +57,20 @@ def _schedule(spec: Spec):
     return spec.schedule
 
 
+def mapped_chunk_settings(spec: Spec) -> dict:
+    """What every mapped chunk task shares, backfill or rollback: pool, concurrency, retries, label."""
+    return dict(
+        spec=spec,
+        pool=spec.pool_name,
+        max_active_tis_per_dagrun=spec.max_parallel_chunks,
+        retries=spec.retries,
+        retry_delay=timedelta(seconds=spec.retry_delay),
+        retry_exponential_backoff=2.0,
+        max_retry_delay=timedelta(seconds=spec.max_retry_delay),
+        map_index_template="{{ task.chunk.label }}",
+    )
+
+
 def build_dag(spec: Spec) -> DAG:
     with DAG(
         dag_id=spec.dag_id,
@@ -74,16 +88,7 @@ def build_dag(spec: Spec) -> DAG:
     ) as dag:
         plan = PlanChunksOperator(task_id="plan", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
         chunks = BackfillChunkOperator.partial(
-            task_id="chunk",
-            spec=spec,
-            pool=spec.pool_name,
-            max_active_tis_per_dagrun=spec.max_parallel_chunks,
-            retries=spec.retries,
-            retry_delay=timedelta(seconds=spec.retry_delay),
-            retry_exponential_backoff=2.0,
-            max_retry_delay=timedelta(seconds=spec.max_retry_delay),
-            map_index_template="{{ task.chunk.label }}",
-            on_failure_callback=alerts.on_chunk_failure(spec),
+            task_id="chunk", on_failure_callback=alerts.on_chunk_failure(spec), **mapped_chunk_settings(spec),
         ).expand(chunk=plan.output)
         # none_failed: when every chunk is already done the mapped task is skipped, and the
         # run should still verify and report instead of skipping to the end.

@@ -17,6 +17,7 @@ from datetime import timedelta
 from airflow.sdk import DAG, BaseOperator
 
 from rowfill.errors import SpecError
+from rowfill.factory import mapped_chunk_settings
 from rowfill.operators import target_engine
 from rowfill.plan import max_map_length
 from rowfill.runner import ChunkRunner
@@ -108,16 +109,7 @@ def build_rollback_dag(spec: Spec) -> DAG:
     ) as dag:
         plan = PlanRollbackOperator(task_id="plan_rollback", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
         restore = RestoreChunkOperator.partial(
-            task_id="restore",
-            spec=spec,
-            pool=spec.pool_name,
-            max_active_tis_per_dagrun=spec.max_parallel_chunks,
-            retries=spec.retries,
-            retry_delay=timedelta(seconds=spec.retry_delay),
-            retry_exponential_backoff=2.0,
-            max_retry_delay=timedelta(seconds=spec.max_retry_delay),
-            map_index_template="{{ task.chunk.label }}",
-            on_failure_callback=_failure(spec),
+            task_id="restore", on_failure_callback=_failure(spec), **mapped_chunk_settings(spec),
         ).expand(chunk=plan.output)
         finish = FinishRollbackOperator(task_id="finish", spec=spec, trigger_rule="none_failed")
         restore >> finish
