@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import yaml
@@ -74,3 +75,14 @@ def example_spec(tmp_path: Path, name: str, **changes):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return load_spec(path)
+
+
+class Lines(logging.Handler):
+    """Collects the log lines a runner writes, so tests can read what a person would see."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())

@@ -13,7 +13,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from helpers import make_users, spec_for
+from helpers import Lines, make_users, spec_for
 from rowfill.checkpoint import CheckpointStore
 from rowfill.chunk_task import run_chunk
 from rowfill.cli import main
@@ -29,15 +29,6 @@ class Batches(BatchObserver):
 
     def batch_done(self, *, seen, **kw):
         self.rows.append(seen)
-
-
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 class ChunkInBackground:

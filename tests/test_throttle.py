@@ -11,7 +11,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from helpers import make_users, spec_for
+from helpers import Lines, make_users, spec_for
 from rowfill.checkpoint import CheckpointStore
 from rowfill.errors import SpecErrors
 from rowfill.plan import plan_backfill
@@ -35,15 +35,6 @@ class Batches(BatchObserver):
         self.rows.append(seen)
         self.seconds.append(seconds)
         self.cursors.append(cursor)
-
-
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 def logger_with(handler: logging.Handler, name: str) -> logging.Logger:
