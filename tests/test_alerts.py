@@ -18,7 +18,8 @@ from rowfill.checkpoint import CheckpointStore
 from rowfill.errors import SpecErrors
 from rowfill.notifiers import Alert, deliver, parse_alerts
 from rowfill.spec import load_spec
-from rowfill.stall import StallTracker
+from rowfill.plan import plan_backfill
+from rowfill.stall import StallTracker, StallTrigger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,6 +136,40 @@ def test_the_stall_watchdog_alerts_once_again_later_and_when_it_moves(tmp_path):
     # first reading starts the clock; stalled at 10 s after the last change, still at 40 s, never a third time
     assert events == [(10, ("stalled", 10)), (40, ("still_stalled", 40)), (101, ("progressing_again", 101)),
                       (116, ("stalled", 11))]
+
+
+def test_a_stall_that_ends_with_the_last_chunk_still_gets_its_all_clear(tmp_path, db_url, engine, monkeypatch, hook):
+    """The chunk that was stuck moves and finishes between two polls of the watchdog: the on-call who
+    was told "stalled" still hears that it moved, before the watchdog ends (real trigger, real database)."""
+    make_users(engine, 500)
+    path = write_spec(tmp_path, chunk_rows=1_000, stall_after="1s", stall_repeat_after="1m",
+                      alerts=[{"webhook": {"url": hook.url}}])
+    spec = load_spec(path)
+    monkeypatch.setenv("ROWFILL_DATABASE_URL", db_url)
+    plan_backfill(engine, spec)
+    CheckpointStore(engine).start(spec.name, 1, "worker-a", "manual__stuck")
+
+    async def watch():
+        trigger = StallTrigger(str(path), spec.dag_id, "manual__stuck", poll=0.2)
+        return [event.payload async for event in trigger.run()]
+
+    async def scenario():
+        watching = asyncio.ensure_future(watch())
+        for _ in range(150):
+            if hook.of("stalled"):
+                break
+            await asyncio.sleep(0.1)
+        assert hook.events() == ["stalled"]
+        with engine.begin() as conn:  # the last batches and the chunk's end land within one poll
+            conn.execute(text("UPDATE rowfill.chunks SET batches = batches + 5, status = 'done' WHERE backfill = :n"),
+                         {"n": spec.name})
+        return await asyncio.wait_for(watching, timeout=30)
+
+    [finished] = asyncio.run(scenario())
+    assert finished == {"status": "finished", "alerts": ["stalled", "progressing_again"]}
+    assert hook.events() == ["stalled", "progressing_again"]
+    [clear] = hook.of("progressing_again")
+    assert clear["run_id"] == "manual__stuck"
 
 
 def test_deadline_callback_sends_the_overdue_alert(tmp_path, db_url, engine, monkeypatch, hook):

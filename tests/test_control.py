@@ -121,7 +121,7 @@ def test_pause_stops_at_a_batch_boundary_and_resume_continues_from_the_cursor(en
     assert final.kind == "done"
     assert points(engine) == {10: 3_000}  # every row once: nothing lost, nothing twice
     row = CheckpointStore(engine).chunk(spec.name, chunk.chunk_no)
-    assert (row.status, row.rows_written, row.throttle_state) == ("done", 3_000, None)
+    assert (row.status, row.rows_written, row.throttle_state, row.attempts) == ("done", 3_000, None, 1)
 
 
 def test_cancel_ends_the_chunk_with_its_cursor_kept(engine, db_url, tmp_path, monkeypatch, capsys):

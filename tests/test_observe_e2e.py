@@ -315,8 +315,13 @@ def test_a_stalled_backfill_alerts_once_again_later_and_when_it_moves(stack, tar
                     and a["json"]["event"] in ("stalled", "still_stalled")]) == 2
         txn.rollback()
         released = True
-        wait_until(lambda: [a for a in hook.of("progressing_again") if a["backfill"] == "stall_fill"], timeout=120,
-                   what="progressing_again note")
+        try:
+            wait_until(lambda: [a for a in hook.of("progressing_again") if a["backfill"] == "stall_fill"], timeout=120,
+                       what="progressing_again note")
+        except TimeoutError as exc:  # show what the watchdog and the chunk saw
+            logs = {t: stack.task_log("rowfill_stall_fill", run_id, t, map_index=0 if t == "chunk" else -1)
+                    for t in ("watchdog", "chunk")}
+            raise AssertionError(f"{exc}; received {hook.events()}; logs: {logs}") from exc
         assert stack.wait_for_run("rowfill_stall_fill", run_id, timeout=300) == "success"
     finally:
         if not released:
@@ -327,6 +332,8 @@ def test_a_stalled_backfill_alerts_once_again_later_and_when_it_moves(stack, tar
                what="run_succeeded (DAG processor callback)")
     states = {t["task_id"]: t["state"] for t in stack.task_instances("rowfill_stall_fill", run_id)}
     assert states["watchdog"] == "success"
+    assert "stall alerts sent in this run: ['stalled', 'still_stalled', 'progressing_again']" in stack.task_log(
+        "rowfill_stall_fill", run_id, "watchdog")
     assert [r["json"]["event"] for r in hook.received if r["json"]["backfill"] == "stall_fill"] == [
         "stalled", "still_stalled", "progressing_again", "run_succeeded"]
     assert CheckpointStore(engine).chunk("stall_fill", 1).status == "done"

@@ -145,4 +145,5 @@ def test_a_closing_window_stops_the_chunk_which_resumes_when_it_opens_again(engi
         assert conn.execute(text("SELECT count(*) FROM users WHERE points <> 10")).scalar() == 0
     row = CheckpointStore(engine).chunk(spec.name, chunk.chunk_no)
     assert (row.status, row.rows_written, row.rows_seen, row.batches) == ("done", 1_000, 1_000, 20)
+    assert row.attempts == 1  # stopping at window closes is not starting over
     assert row.throttle_state is None

@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.chunks (
     batches      integer NOT NULL DEFAULT 0,
     status       text NOT NULL DEFAULT 'pending'
                  CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    attempts     integer NOT NULL DEFAULT 0,
+    attempts     integer NOT NULL DEFAULT 0,  -- starts after a failure or crash, plus the first; a stop at a
+                                              -- pause or window close and its resume are one attempt
     last_error   text,
     worker       text,
     run_id       text,
@@ -214,12 +215,17 @@ class CheckpointStore:
         conn.execute(text(f"UPDATE {SCHEMA}.backfills SET planned_at = now() WHERE name = :n"), {"n": name})
 
     def start(self, name: str, chunk_no: int, worker: str, run_id: str | None) -> ChunkRow:
-        """Claim a chunk for an attempt. A chunk already done stays done (rerunning it is a no-op)."""
+        """Claim a chunk for an attempt. A chunk already done stays done (rerunning it is a no-op).
+
+        A chunk that stopped on purpose (``pause``: status back to pending with attempts already
+        counted) continues the same attempt, so ``attempts`` keeps meaning "how often it had to
+        start over after something went wrong", which is what an on-call reads it for.
+        """
         with self._short_txn() as conn:
             r = conn.execute(
                 text(
                     f"UPDATE {SCHEMA}.chunks SET status = CASE WHEN status = 'done' THEN status ELSE 'running' END, "
-                    "attempts = attempts + CASE WHEN status = 'done' THEN 0 ELSE 1 END, "
+                    "attempts = attempts + CASE WHEN status = 'done' OR (status = 'pending' AND attempts > 0) THEN 0 ELSE 1 END, "
                     "worker = CASE WHEN status = 'done' THEN worker ELSE :w END, "
                     "run_id = CASE WHEN status = 'done' THEN run_id ELSE coalesce(:r, run_id) END, "
                     "last_error = CASE WHEN status = 'done' THEN last_error END, "

@@ -225,6 +225,19 @@ class AirflowStack:
                 "include_downstream": True, "reset_dag_runs": True}
         return self.api("POST", f"/dags/{dag_id}/clearTaskInstances", body)
 
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
+        """A task's log as text (best effort), so a failed end-to-end check can show what the task saw."""
+        rid = urllib.parse.quote(run_id, safe="")
+        try:
+            log = self.api("GET", f"/dags/{dag_id}/dagRuns/{rid}/taskInstances/{task_id}/logs/{try_number}"
+                                  f"?full_content=true&map_index={map_index}")
+        except RuntimeError as exc:
+            return f"(no log for {task_id}: {exc})"
+        content = log.get("content") if isinstance(log, dict) else log
+        if isinstance(content, list):
+            return "\n".join(str(line.get("event", line)) if isinstance(line, dict) else str(line) for line in content)
+        return str(content)
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1):
         rid = urllib.parse.quote(run_id, safe="")
         entry = self.api("GET", f"/dags/{dag_id}/dagRuns/{rid}/taskInstances/{task_id}/xcomEntries/return_value?map_index={map_index}")

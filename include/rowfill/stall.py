@@ -9,7 +9,9 @@ while chunks of this run are still unfinished in Airflow (running, queued, sched
 a retry or a pool slot), it sends a ``stalled`` alert, once; if the stall goes on past
 ``stall_repeat_after`` (default 4 x ``stall_after``), a ``still_stalled`` alert, once; and when
 batches commit again after an alert, a ``progressing_again`` note. It ends as soon as every chunk
-task instance of the run is finished, so it never holds a run open.
+task instance of the run is finished, so it never holds a run open; before it ends it takes one
+last reading, so a stall that ended and finished the chunks within one poll interval is still
+reported as over (an on-call who was told "stalled" must never be left without the all-clear).
 
 Why not the alternatives: a sensor in ``reschedule`` mode would start a task process (parse the
 DAG, open connections) on a worker for every poke; a sensor in ``poke`` mode would hold a worker
@@ -69,6 +71,11 @@ class StallTracker:
             return "still_stalled", stalled_for
         return None
 
+    def settle(self, signature, now: float) -> tuple[str, float] | None:
+        """The last reading, once every chunk has finished: only the all-clear can be due, never a new alert."""
+        due = self.observe(signature, now)
+        return due if due and due[0] == "progressing_again" else None
+
 
 class StallTrigger(BaseTrigger):
     def __init__(self, spec_source: str, dag_id: str, run_id: str, poll: float | None = None):
@@ -106,9 +113,14 @@ class StallTrigger(BaseTrigger):
                     continue
                 unfinished = await self._unfinished_chunks(open_chunks)
                 if unfinished == 0:
-                    yield TriggerEvent({"status": "finished", "alerts": sent})
-                    return
-                due = tracker.observe((batches, done), time.monotonic())
+                    # Read again: the chunks may have moved and finished after the reading above.
+                    try:
+                        batches, done, _ = await sync_to_async(_signature)(engine, spec.name)
+                    except Exception:  # noqa: BLE001 - the reading above is recent enough to settle on
+                        pass
+                    due = tracker.settle((batches, done), time.monotonic())
+                else:
+                    due = tracker.observe((batches, done), time.monotonic())
                 if due:
                     event, stalled_for = due
                     status = await sync_to_async(alerts.current_status)(spec)
@@ -116,6 +128,9 @@ class StallTrigger(BaseTrigger):
                     self.log.warning("rowfill watchdog: %s", alert.text)
                     await adeliver(spec.alerts, alert, {"run_id": self.run_id})
                     sent.append(event)
+                if unfinished == 0:
+                    yield TriggerEvent({"status": "finished", "alerts": sent})
+                    return
                 await asyncio.sleep(poll)
         finally:
             engine.dispose()
