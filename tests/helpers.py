@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import yaml
@@ -86,3 +87,14 @@ class Lines(logging.Handler):
 
     def emit(self, record):
         self.lines.append(record.getMessage())
+
+
+def wait_until(predicate, timeout: float = 60, every: float = 0.2, what: str = "condition"):
+    """Poll until ``predicate()`` is truthy and return that value; TimeoutError naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"{what} not met within {timeout:.0f} s")

@@ -135,12 +135,3 @@ class StatsdReceiver:
                 out.append(float(value))
         return out
 
-
-def wait_until(predicate, timeout: float = 60, every: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"{what} not met within {timeout:.0f} s")

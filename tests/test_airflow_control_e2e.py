@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from helpers import make_users, write_spec
+from helpers import create_database, make_users, wait_until, write_spec
 from rowfill.checkpoint import CheckpointStore
 from rowfill.control import ControlStore
 from rowfill.db import engine_from_url
@@ -25,12 +25,7 @@ pytestmark = pytest.mark.airflow
 
 @pytest.fixture(scope="module")
 def target(pg_cluster):
-    admin = engine_from_url(pg_cluster.url).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS e2e_control"))
-        conn.execute(text("CREATE DATABASE e2e_control"))
-    admin.dispose()
-    url = pg_cluster.url_for("e2e_control")
+    url = create_database(pg_cluster, "e2e_control")
     engine = engine_from_url(url)
     yield url, engine
     engine.dispose()
@@ -68,15 +63,6 @@ def chunk_state(stack, dag_id, run_id) -> str | None:
     return tis[0]["state"] if tis else None
 
 
-def wait_for(check, what: str, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def hms(t: datetime) -> str:
     return t.strftime("%H:%M:%S")
 
@@ -92,7 +78,7 @@ def test_a_chunk_stops_when_its_window_closes_defers_and_finishes_in_the_next_wi
     dag_id = "rowfill_window_points"
     run_id = stack.trigger(dag_id)
 
-    wait_for(lambda: chunk_state(stack, dag_id, run_id) == "deferred", "the chunk to defer when the window closes", 120)
+    wait_until(lambda: chunk_state(stack, dag_id, run_id) == "deferred", 120, 1, "the chunk to defer when the window closes")
     row = CheckpointStore(engine).chunks("window_points")[0]
     assert datetime.now(timezone.utc) < reopens, "the test is too slow to see the deferral; widen its windows"
     assert row.status == "pending" and "outside the window" in row.throttle_state
@@ -116,11 +102,11 @@ def test_a_paused_backfill_defers_without_holding_its_pool_slot_until_resumed(st
     make_users(engine, 5_000, table="users2")
     dag_id = "rowfill_paused_points"
     run_id = stack.trigger(dag_id)
-    wait_for(lambda: (c := CheckpointStore(engine).chunks("paused_points")) and c[0].rows_written >= 300,
-             "the chunk to write some batches")
+    wait_until(lambda: (c := CheckpointStore(engine).chunks("paused_points")) and c[0].rows_written >= 300, 180, 1,
+               "the chunk to write some batches")
     ControlStore(engine).pause("paused_points", "e2e test")
 
-    wait_for(lambda: chunk_state(stack, dag_id, run_id) == "deferred", "the paused chunk to defer", 60)
+    wait_until(lambda: chunk_state(stack, dag_id, run_id) == "deferred", 60, 1, "the paused chunk to defer")
     pool = stack.api("GET", "/pools/rowfill_app_db")
     assert pool["occupied_slots"] == 0 and pool["running_slots"] == 0  # deferred: the slot is free for others
     row = CheckpointStore(engine).chunks("paused_points")[0]

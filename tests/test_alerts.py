@@ -58,7 +58,7 @@ def test_alerts_field_names_notifiers_and_refuses_what_cannot_work(tmp_path):
         path = write_spec(tmp_path, name="x_" + name.replace(" ", "_"), alerts=value)
         with pytest.raises(SpecErrors) as err:
             load_spec(path)
-        assert f"field 'alerts': " in str(err.value) and message in str(err.value), name
+        assert "field 'alerts': " in str(err.value) and message in str(err.value), name
     bad = write_spec(tmp_path, name="stall_bad", stall_after="10m", stall_repeat_after="5m")
     with pytest.raises(SpecErrors, match="stall_repeat_after.*must be longer than stall_after"):
         load_spec(bad)

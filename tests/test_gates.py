@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from helpers import make_users, spec_for
+from helpers import create_database, make_users, spec_for, wait_until
 from rowfill.checkpoint import CheckpointStore
 from rowfill.db import engine_from_url
 from rowfill.errors import ChunkFailed
@@ -50,15 +50,6 @@ class Background:
 
 def chunk_row(engine, spec):
     return CheckpointStore(engine).chunks(spec.name)[0]
-
-
-def wait_until(check, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def assert_held(engine, spec, phrase: str, hold_for: float = 2.0):
@@ -136,12 +127,7 @@ def resume_replay(replica_engine):
 @pytest.fixture
 def repl_engines(replicated):
     primary, replica = replicated
-    admin = engine_from_url(primary.url).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS gates"))
-        conn.execute(text("CREATE DATABASE gates"))
-    admin.dispose()
-    p, r = engine_from_url(primary.url_for("gates")), engine_from_url(replica.url)
+    p, r = engine_from_url(create_database(primary, "gates")), engine_from_url(replica.url)
     wait_until(lambda: _replica_has(r, "gates"), what="the replica to see the new database")
     yield p, r
     resume_replay(r)

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from helpers import make_users, spec_for
-from receivers import StatsdReceiver, wait_until
+from helpers import wait_until
+from receivers import StatsdReceiver
 from rowfill.db import engine_from_url
 from rowfill.localpg import LocalPostgres, free_port
 from rowfill.metrics import BatchMetrics

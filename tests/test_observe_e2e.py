@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from helpers import make_users, write_spec
-from receivers import SmtpReceiver, StatsdReceiver, WebhookReceiver, wait_until
+from helpers import create_database, make_users, wait_until, write_spec
+from receivers import SmtpReceiver, StatsdReceiver, WebhookReceiver
 from rowfill.checkpoint import CheckpointStore
 from rowfill.db import engine_from_url
 from rowfill.devstack import AirflowStack
@@ -52,12 +52,7 @@ def receivers():
 
 @pytest.fixture(scope="module")
 def target(pg_cluster):
-    admin = engine_from_url(pg_cluster.url).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS observe_app"))
-        conn.execute(text("CREATE DATABASE observe_app"))
-    admin.dispose()
-    url = pg_cluster.url_for("observe_app")
+    url = create_database(pg_cluster, "observe_app")
     engine = engine_from_url(url)
     make_users(engine, 2_000, table="fail_users")
     make_users(engine, 36_000, table="slow_users")

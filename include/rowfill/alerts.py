@@ -143,7 +143,7 @@ def run_outcome_alert(spec, context, outcome: str) -> Alert:
     more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
     text = (f"rowfill backfill {spec.name!r}: run {run_id} failed ({context.get('reason') or 'a task failed'}). "
             f"Progress: {progress}.\n"
-            + (f"Failed chunks:\n" + "\n".join(lines) + more + "\n" if lines else "")
+            + ("Failed chunks:\n" + "\n".join(lines) + more + "\n" if lines else "")
             + _resume_advice(spec, run_id, failed))
     return Alert("run_failed", spec.name, f"[rowfill] {spec.name}: run failed", text, {
         "dag_id": spec.dag_id, "run_id": run_id, "reason": context.get("reason"),

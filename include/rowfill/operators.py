@@ -52,14 +52,18 @@ def dry_run_task(spec: Spec, context, log) -> list:
     return []
 
 
-class PlanChunksOperator(BaseOperator):
-    """Plan (or resume) the chunks; the returned list is what the chunk task is mapped over."""
-
-    ui_color = "#e8f1fb"
+class SpecOperator(BaseOperator):
+    """An operator made from one validated spec; every rowfill task is one."""
 
     def __init__(self, *, spec: Spec, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec
+
+
+class PlanChunksOperator(SpecOperator):
+    """Plan (or resume) the chunks; the returned list is what the chunk task is mapped over."""
+
+    ui_color = "#e8f1fb"
 
     def execute(self, context):
         spec = self.spec
@@ -76,14 +80,13 @@ class PlanChunksOperator(BaseOperator):
         return [c.to_xcom() for c in chunks]
 
 
-class BackfillChunkOperator(BaseOperator):
+class BackfillChunkOperator(SpecOperator):
     """One mapped instance per chunk: batches from the chunk's checkpoint cursor to its upper bound."""
 
     ui_color = "#dff5e1"
 
-    def __init__(self, *, spec: Spec, chunk: dict, **kwargs):
+    def __init__(self, *, chunk: dict, **kwargs):
         super().__init__(**kwargs)
-        self.spec = spec
         self.chunk = chunk
 
     def execute(self, context):
@@ -94,14 +97,10 @@ class BackfillChunkOperator(BaseOperator):
         return task_control.attempt(self, context, event)
 
 
-class VerifyBackfillOperator(BaseOperator):
+class VerifyBackfillOperator(SpecOperator):
     """Fail loudly if a chunk is unfinished or rows in the planned range still match ``where``."""
 
     ui_color = "#fff4d6"
-
-    def __init__(self, *, spec: Spec, **kwargs):
-        super().__init__(**kwargs)
-        self.spec = spec
 
     def execute(self, context):
         skip_if_dry_run(context)
@@ -115,14 +114,10 @@ class VerifyBackfillOperator(BaseOperator):
         return {"chunks": result.chunks, "remaining": result.remaining}
 
 
-class BackfillSummaryOperator(BaseOperator):
+class BackfillSummaryOperator(SpecOperator):
     """Rows, duration and rate of the backfill, pushed to XCom for people and downstream tools."""
 
     ui_color = "#efe6fb"
-
-    def __init__(self, *, spec: Spec, **kwargs):
-        super().__init__(**kwargs)
-        self.spec = spec
 
     def execute(self, context):
         if (dry := task_control.dry_run_summary(context)) is not None:

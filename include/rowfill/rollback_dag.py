@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from airflow.sdk import DAG, BaseOperator
+from airflow.sdk import DAG
 
 from rowfill.errors import SpecError
 from rowfill.factory import mapped_chunk_settings
-from rowfill.operators import target_engine
+from rowfill.operators import SpecOperator, target_engine
 from rowfill.plan import max_map_length
 from rowfill.runner import ChunkRunner
 from rowfill.spec import Spec
@@ -32,12 +32,8 @@ def rollback_dag_id(spec: Spec) -> str:
     return f"rowfill_{spec.name}_rollback"
 
 
-class PlanRollbackOperator(BaseOperator):
+class PlanRollbackOperator(SpecOperator):
     ui_color = "#fbe8e8"
-
-    def __init__(self, *, spec: Spec, **kwargs):
-        super().__init__(**kwargs)
-        self.spec = spec
 
     def execute(self, context):
         check_pool(self.spec, self.log)
@@ -49,12 +45,11 @@ class PlanRollbackOperator(BaseOperator):
         return [c.to_xcom() for c in chunks]
 
 
-class RestoreChunkOperator(BaseOperator):
+class RestoreChunkOperator(SpecOperator):
     ui_color = "#f6d5d5"
 
-    def __init__(self, *, spec: Spec, chunk: dict, **kwargs):
+    def __init__(self, *, chunk: dict, **kwargs):
         super().__init__(**kwargs)
-        self.spec = spec
         self.chunk = chunk
 
     def execute(self, context):
@@ -67,12 +62,8 @@ class RestoreChunkOperator(BaseOperator):
                 "restored": result.rows_written, "seconds": round(result.seconds, 3)}
 
 
-class FinishRollbackOperator(BaseOperator):
+class FinishRollbackOperator(SpecOperator):
     ui_color = "#efe6fb"
-
-    def __init__(self, *, spec: Spec, **kwargs):
-        super().__init__(**kwargs)
-        self.spec = spec
 
     def execute(self, context):
         with target_engine(self.spec) as engine:

@@ -180,6 +180,18 @@ FIELDS: dict[str, tuple[str, bool]] = {
 }
 
 
+def _column_names(value, expected: str, twice: str) -> tuple:
+    """One column or a list of them, as parsed identifiers; a name given twice is a mistake worth naming."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(expected)
+    names = tuple(parse_identifier(v) for v in value)
+    if len(set(names)) != len(names):
+        raise ValueError(twice)
+    return names
+
+
 def _check(kind: str, value: Any) -> Any:
     """Convert one field's YAML value, or raise ValueError with advice."""
     if kind == "name":
@@ -197,23 +209,10 @@ def _check(kind: str, value: Any) -> Any:
     if kind == "table":
         return TableName.parse(value)
     if kind == "key":
-        if isinstance(value, str):
-            return (parse_identifier(value),)
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise ValueError("expected a column name (key: id) or a list of them for a composite key (key: [tenant_id, id])")
-        names = tuple(parse_identifier(v) for v in value)
-        if len(set(names)) != len(names):
-            raise ValueError("a key column is listed twice")
-        return names
+        return _column_names(value, "expected a column name (key: id) or a list of them for a composite key "
+                                    "(key: [tenant_id, id])", "a key column is listed twice")
     if kind == "columns":
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise ValueError("expected a list of column names, e.g. [loyalty_points]")
-        names = tuple(parse_identifier(v) for v in value)
-        if len(set(names)) != len(names):
-            raise ValueError("a column is listed twice")
-        return names
+        return _column_names(value, "expected a list of column names, e.g. [loyalty_points]", "a column is listed twice")
     if kind == "callable":
         if not isinstance(value, str) or not _CALLABLE.fullmatch(value.strip()):
             raise ValueError("expected \"module.path:function\", e.g. rowfill.examples.loyalty:loyalty_points")

@@ -9,9 +9,9 @@ while chunks of this run are still unfinished in Airflow (running, queued, sched
 a retry or a pool slot), it sends a ``stalled`` alert, once; if the stall goes on past
 ``stall_repeat_after`` (default 4 x ``stall_after``), a ``still_stalled`` alert, once; and when
 batches commit again after an alert, a ``progressing_again`` note. It ends as soon as every chunk
-task instance of the run is finished, so it never holds a run open; before it ends it takes one
-last reading, so a stall that ended and finished the chunks within one poll interval is still
-reported as over (an on-call who was told "stalled" must never be left without the all-clear).
+task instance of the run is finished, so it never holds a run open. Each poll asks Airflow before it
+reads the checkpoint, so a stall that ended and finished the chunks within one poll interval is
+still reported as over (an on-call who was told "stalled" must never be left without the all-clear).
 
 Why not the alternatives: a sensor in ``reschedule`` mode would start a task process (parse the
 DAG, open connections) on a worker for every poke; a sensor in ``poke`` mode would hold a worker
@@ -30,11 +30,11 @@ import logging
 import time
 from pathlib import Path
 
-from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from sqlalchemy import text
 
 from rowfill.checkpoint import SCHEMA
+from rowfill.operators import SpecOperator
 
 log = logging.getLogger("rowfill.stall")
 
@@ -105,22 +105,19 @@ class StallTrigger(BaseTrigger):
         sent = []
         try:
             while True:
+                # Airflow first, then the checkpoint: when Airflow says every chunk has finished, the
+                # reading taken after it holds all their batches, so the all-clear cannot be missed.
+                unfinished = await self._unfinished_chunks()
                 try:
                     batches, done, open_chunks = await sync_to_async(_signature)(engine, spec.name)
                 except Exception as exc:  # noqa: BLE001 - a database blip is not a reason to stop watching
                     self.log.warning("rowfill watchdog: cannot read the checkpoint of %s: %s", spec.name, exc)
                     await asyncio.sleep(poll)
                     continue
-                unfinished = await self._unfinished_chunks(open_chunks)
-                if unfinished == 0:
-                    # Read again: the chunks may have moved and finished after the reading above.
-                    try:
-                        batches, done, _ = await sync_to_async(_signature)(engine, spec.name)
-                    except Exception:  # noqa: BLE001 - the reading above is recent enough to settle on
-                        pass
-                    due = tracker.settle((batches, done), time.monotonic())
-                else:
-                    due = tracker.observe((batches, done), time.monotonic())
+                if unfinished is None:
+                    unfinished = open_chunks
+                observe = tracker.settle if unfinished == 0 else tracker.observe
+                due = observe((batches, done), time.monotonic())
                 if due:
                     event, stalled_for = due
                     status = await sync_to_async(alerts.current_status)(spec)
@@ -135,8 +132,8 @@ class StallTrigger(BaseTrigger):
         finally:
             engine.dispose()
 
-    async def _unfinished_chunks(self, open_in_checkpoint: int) -> int:
-        """Chunk task instances of this run that are not finished; the checkpoint's view if Airflow cannot say."""
+    async def _unfinished_chunks(self) -> int | None:
+        """Chunk task instances of this run that are not finished; None if Airflow cannot say (then the checkpoint does)."""
         from asgiref.sync import sync_to_async
 
         try:
@@ -149,7 +146,7 @@ class StallTrigger(BaseTrigger):
             return total - finished
         except Exception as exc:  # noqa: BLE001
             self.log.warning("rowfill watchdog: Airflow task states unavailable (%s); using the checkpoint", exc)
-            return open_in_checkpoint
+            return None
 
 
 def _signature(engine, name: str) -> tuple[int, int, int]:
@@ -158,14 +155,10 @@ def _signature(engine, name: str) -> tuple[int, int, int]:
     return int(batches), int(done), int(open_chunks)
 
 
-class StallWatchdogOperator(BaseOperator):
+class StallWatchdogOperator(SpecOperator):
     """Defers at once to ``StallTrigger`` and ends when the run's chunks have all finished."""
 
     ui_color = "#fdecea"
-
-    def __init__(self, *, spec, **kwargs):
-        super().__init__(**kwargs)
-        self.spec = spec
 
     def execute(self, context):
         self.log.info("%s: watching for stalls (stall_after %ss, again after %ss)", self.spec.name,
