@@ -54,6 +54,35 @@ class BatchWriter:
     def apply(self, conn: Connection, lo, hi) -> int:
         raise NotImplementedError
 
+    def write_counts(self, conn: Connection, lo, hi) -> tuple[int, int]:
+        """(rows written, how many of them still match ``where`` after their write) for one batch.
+
+        The second count is what ``verify`` will find in the batch's range later (a new value that
+        is NULL, say); writers that cannot know it (``sql``, sinks, rollback) report 0.
+        """
+        return self.apply(conn, lo, hi), 0
+
+    # -- lock first (see rowfill.lockfirst) -------------------------------------------------
+    lock_first = False  # writers that read other relations set this in build()
+
+    def _lock(self, has_lo: bool):
+        def make():
+            rng = self.key.range_text(has_lo, True)
+            return text(f"SELECT count(*) FROM (SELECT 1 FROM {self.spec.table.sql} WHERE {rng}{self.where_sql()} "
+                        f"ORDER BY {self.key.order_by()} FOR NO KEY UPDATE) AS locked")
+        return self.statement(("lock", has_lo), make)
+
+    def lock_rows(self, conn: Connection, lo, hi) -> int:
+        """Lock the batch's rows that match ``where``, in key order, before the write; the number locked.
+
+        Its own statement on purpose: under READ COMMITTED the write that follows takes a new
+        snapshot, which sees every transaction that committed before these locks were granted
+        (PostgreSQL docs, 13.2.1 "Read Committed Isolation Level"). ``FOR NO KEY UPDATE`` is the
+        lock the UPDATE takes anyway; it lets the application insert rows referencing ours.
+        """
+        self.prepare(conn)
+        return conn.execute(self._lock(lo is not None), self.key.range_params(lo, hi)).scalar()
+
     def explain(self, conn: Connection, lo, hi) -> list[tuple[str, str]]:
         """(what, EXPLAIN text) of the statements one batch runs, for ``rowfill plan`` (never executed)."""
         return []
@@ -67,8 +96,32 @@ def explain_text(conn: Connection, sql, params: dict) -> str:
     return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + stmt.text), params))
 
 
+def counting_sql(update_sql: str, where: str | None) -> str:
+    """An UPDATE wrapped to return (rows written, rows still matching ``where`` after their write).
+
+    ``RETURNING`` sees each row's new values, so a new value that leaves the row matching
+    ``where`` (``first_name || ' ' || NULL`` is NULL) is counted in the batch that wrote it.
+    """
+    still = f"({where})" if where else "FALSE"
+    return (f"WITH u AS ({update_sql} RETURNING {still} AS __rowfill_still) "
+            "SELECT count(*), count(*) FILTER (WHERE __rowfill_still) FROM u")
+
+
 class SetWriter(BatchWriter):
-    """``set:`` mode: one UPDATE over the batch's key range, re-checking ``where``."""
+    """``set:`` mode: one UPDATE over the batch's key range, re-checking ``where``.
+
+    When the expressions read anything but the row itself (another table, a function that is
+    not immutable; see ``rowfill.lockfirst``) the batch's rows are locked first and the UPDATE
+    runs as a second statement, so what it reads is as new as the locks.
+    """
+
+    lock_reason: str | None = None
+
+    def build(self, conn):
+        from rowfill.lockfirst import lock_first_reason
+
+        self.lock_reason = lock_first_reason(conn, self.spec)
+        self.lock_first = self.lock_reason is not None
 
     def _write(self, has_lo: bool):
         def make():
@@ -77,13 +130,24 @@ class SetWriter(BatchWriter):
             return text(f"UPDATE {self.spec.table.sql} SET {assignments} WHERE {rng}{self.where_sql()}")
         return self.statement(("write", has_lo), make)
 
+    def _counted(self, has_lo: bool):
+        return self.statement(("counted", has_lo), lambda: text(counting_sql(self._write(has_lo).text, self.spec.where)))
+
     def apply(self, conn: Connection, lo, hi) -> int:
+        return self.write_counts(conn, lo, hi)[0]
+
+    def write_counts(self, conn: Connection, lo, hi) -> tuple[int, int]:
         self.prepare(conn)
-        return conn.execute(self._write(lo is not None), self.key.range_params(lo, hi)).rowcount
+        if self.lock_first:
+            self.lock_rows(conn, lo, hi)
+        written, still = conn.execute(self._counted(lo is not None), self.key.range_params(lo, hi)).one()
+        return written, still
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
-        return [("write", explain_text(conn, self._write(lo is not None), self.key.range_params(lo, hi)))]
+        bounds = self.key.range_params(lo, hi)
+        out = [("lock", explain_text(conn, self._lock(lo is not None), bounds))] if self.lock_first else []
+        return out + [("write", explain_text(conn, self._counted(lo is not None), bounds))]
 
 
 _SQL_BIND = re.compile(r"(?<!:):((?:first|last)(?:_[a-z0-9_]+)?)\b")
@@ -132,6 +196,9 @@ class SqlWriter(BatchWriter):
     ``id BETWEEN :first AND :last`` works for uuid, text and timestamp keys alike.
     """
 
+    # The statement may read anything; its reads must see what committed before the rows were locked.
+    lock_first = True
+
     def build(self, conn):
         self.binds = BatchBinds(self.key)
         self.names = self.binds.names
@@ -142,11 +209,13 @@ class SqlWriter(BatchWriter):
 
     def apply(self, conn: Connection, lo, hi) -> int:
         self.prepare(conn)
+        self.lock_rows(conn, lo, hi)
         return conn.execute(self.write, self.params(lo, hi)).rowcount
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
-        return [("sql", explain_text(conn, self.write, self.params(lo, hi)))]
+        return [("lock", explain_text(conn, self._lock(lo is not None), self.key.range_params(lo, hi))),
+                ("sql", explain_text(conn, self.write, self.params(lo, hi)))]
 
 
 def writer_for(spec: Spec) -> BatchWriter:
