@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from helpers import make_users, write_spec
@@ -50,6 +51,52 @@ def test_a_bad_spec_is_an_import_error_and_good_specs_still_load(tmp_path, monke
     [(path, error)] = bag.import_errors.items()
     assert path.endswith("rowfill_spec_errors.py")  # not the file of the good DAGs: they stay runnable
     assert "broken.yaml: field 'pause'" in error and "write it like 100ms" in error
+
+
+EXAMPLE_DAGS = {"rowfill_users_full_name", "rowfill_users_copy_v2", "rowfill_users_loyalty_points",
+                "rowfill_users_loyalty_points_rollback", "rowfill_products_search_vector", "rowfill_products_search_export"}
+
+
+def with_examples(folder):
+    for spec in (ROOT / "include" / "specs").glob("*.yaml"):
+        shutil.copy(spec, folder)
+    return folder
+
+
+def test_a_spec_that_is_not_utf8_only_hides_itself(tmp_path, monkeypatch):
+    with_examples(tmp_path)
+    (tmp_path / "latin.yaml").write_bytes("connection: app_db\ntable: users\nkey: id\nset: {full_name: \"'Zoë'\"}\n"
+                                          .encode("latin-1"))
+    bag = dagbag(tmp_path, monkeypatch)
+    assert set(bag.dag_ids) == EXAMPLE_DAGS
+    [(path, error)] = bag.import_errors.items()
+    assert path.endswith("rowfill_spec_errors.py")
+    assert f"{tmp_path / 'latin.yaml'}: is not UTF-8 text (byte 0xeb at line 4); save it as UTF-8" in error
+
+
+@pytest.mark.parametrize("field", ["retry_delay", "max_retry_delay", "expected_duration"])
+def test_a_duration_too_long_for_airflow_only_hides_its_own_spec(tmp_path, monkeypatch, field):
+    """Valid to `rowfill validate`, but beyond Python's timedelta: that spec's error, not every DAG's."""
+    with_examples(tmp_path)
+    write_spec(tmp_path, name="too_long", **{field: "99999999999h"})
+    bag = dagbag(tmp_path, monkeypatch)
+    assert set(bag.dag_ids) == EXAMPLE_DAGS  # and no half-built rowfill_too_long
+    [(path, error)] = bag.import_errors.items()
+    assert path.endswith("rowfill_spec_errors.py")
+    assert f"{tmp_path / 'too_long.yaml'}: field '{field}': 3.6e+14 s is longer than Airflow can hold" in error
+
+
+def test_an_exception_while_building_a_dag_only_hides_its_own_spec(tmp_path, monkeypatch):
+    """Anything Airflow rejects while the DAG is built (here a tag over Airflow's 100 characters,
+    which the spec does not check) is that spec's error, naming its file."""
+    with_examples(tmp_path)
+    write_spec(tmp_path, name="long_tag", tags=["t" * 101])
+    bag = dagbag(tmp_path, monkeypatch)
+    assert set(bag.dag_ids) == EXAMPLE_DAGS
+    [(path, error)] = bag.import_errors.items()
+    assert path.endswith("rowfill_spec_errors.py")
+    assert (f"{tmp_path / 'long_tag.yaml'}: Airflow rejects its DAG (ValueError: tag cannot be longer than 100 "
+            "characters); change the spec so Airflow accepts it") in error
 
 
 def test_full_run_with_dag_test(tmp_path, db_url, engine, airflow_db, monkeypatch):

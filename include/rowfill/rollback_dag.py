@@ -97,6 +97,7 @@ def build_rollback_dag(spec: Spec) -> DAG:
                 f"`{undo_table(spec.name)}`; rows the application changed after the backfill are left alone. "
                 f"Stops the backfill first (its progress is forgotten). Spec: `{spec.source}`."),
         default_args={"owner": "rowfill"},
+        auto_register=False,  # only what rowfill.factory.build_all hands back is a DAG
     ) as dag:
         plan = PlanRollbackOperator(task_id="plan_rollback", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
         restore = RestoreChunkOperator.partial(
@@ -105,11 +106,6 @@ def build_rollback_dag(spec: Spec) -> DAG:
         finish = FinishRollbackOperator(task_id="finish", spec=spec, trigger_rule="none_failed")
         restore >> finish
     return dag
-
-
-def rollback_dags(specs: list[Spec]) -> dict[str, DAG]:
-    taken = {s.dag_id for s in specs}
-    return {rollback_dag_id(s): build_rollback_dag(s) for s in specs if s.undo and rollback_dag_id(s) not in taken}
 
 
 def clashes(specs: list[Spec]) -> list[SpecError]:

@@ -463,9 +463,13 @@ def load_spec(path: str | os.PathLike) -> Spec:
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")  # the whole file: a decode error then says where
     except OSError as exc:
         raise SpecErrors([SpecError(source, None, f"cannot be read: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:  # one such file must not stop the others from loading
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise SpecErrors([SpecError(source, None, f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at line {line}); "
+                                                  "save it as UTF-8")]) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
