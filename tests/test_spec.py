@@ -159,19 +159,39 @@ def test_sql_mode_accepts_lo_and_hi_and_strips_a_trailing_semicolon(tmp_path):
 @pytest.mark.parametrize(
     "written, schema, name",
     [
-        ('"Users"', "public", "Users"),
+        ('"Users"', None, "Users"),
         ('public."My Table"', "public", "My Table"),
         ('"Sales"."Order ""Lines"""', "Sales", 'Order "Lines"'),
-        ('"a.b"', "public", "a.b"),
+        ('"a.b"', None, "a.b"),
         ("Public.USERS", "public", "users"),
-        ("users", "public", "users"),
+        ("users", None, "users"),
         ("app.users$2", "app", "users$2"),
     ],
 )
 def test_tables_are_read_the_way_postgresql_reads_them(tmp_path, written, schema, name):
-    """Quoted names keep their case and spaces; plain names are case-folded."""
+    """Quoted names keep their case and spaces; plain names are case-folded; no schema stays unknown
+    until planning resolves it with the connection's search_path (see test_resolve.py)."""
     spec = load_spec(spec_file(tmp_path, table=written))
     assert spec.table == TableName(schema, name)
+
+
+def test_the_fingerprint_holds_the_table_as_written_also_once_resolved(tmp_path):
+    """A qualified table's fingerprint is what it always was; an unqualified one's is its name as
+    written, and resolving it (app.orders on this connection) does not change what the backfill means."""
+    import dataclasses
+    import hashlib
+    import json
+
+    qualified = load_spec(spec_file(tmp_path, table="public.users"))
+    meaning = {"table": "public.users", "key": "id", "where": "full_name IS NULL",
+               "set": {"full_name": "first_name || ' ' || last_name"}, "sql": None}
+    assert qualified.fingerprint == hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:16]
+    unqualified = load_spec(spec_file(tmp_path, table="users"))
+    assert unqualified.meaning["table"] == "users"
+    resolved = dataclasses.replace(unqualified, table=unqualified.table.resolved("app", "users"))
+    assert str(resolved.table) == "app.users" and resolved.table.sql == '"app"."users"'
+    assert resolved.fingerprint == unqualified.fingerprint != qualified.fingerprint
+    assert not resolved.table.written_qualified and qualified.table.written_qualified
 
 
 def test_columns_are_read_the_way_postgresql_reads_them(tmp_path):

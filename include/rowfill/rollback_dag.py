@@ -23,7 +23,7 @@ from rowfill.plan import max_map_length
 from rowfill.runner import ChunkRunner
 from rowfill.spec import Spec
 from rowfill.pools import check_pool
-from rowfill.undo import RestoreWriter, finish_rollback, plan_rollback, rollback_spec, undo_table
+from rowfill.undo import RestoreWriter, finish_rollback, plan_rollback, rollback_spec, rollback_target, undo_table
 
 log = logging.getLogger("rowfill.alerts")
 
@@ -55,7 +55,8 @@ class RestoreChunkOperator(SpecOperator):
     def execute(self, context):
         rb = rollback_spec(self.spec)
         with target_engine(self.spec) as engine:
-            runner = ChunkRunner(engine, rb, writer=RestoreWriter(rb, self.spec), logger=self.log,
+            forward = rollback_target(engine, self.spec)  # the table pinned when the rollback was planned
+            runner = ChunkRunner(engine, rb, writer=RestoreWriter(rb, forward), logger=self.log,
                                  label=self.chunk["label"], run_id=context["run_id"])
             result = runner.run(self.chunk["chunk_no"])
         return {"chunk_no": result.chunk_no, "status": result.status, "records": result.rows_seen,

@@ -115,10 +115,12 @@ class Spec:
         """What the backfill *means*; tuning fields may change between runs, these may not.
 
         Fields added after the first release only appear when used, so the fingerprint of an
-        older spec (and the plans stored under it) stays the same.
+        older spec (and the plans stored under it) stays the same. The table is the name as the
+        spec wrote it, also once resolved (an unqualified ``orders`` stays ``orders``; see
+        ``rowfill.resolve`` for plans stored when it was read as ``public.orders``).
         """
         meaning = {
-            "table": str(self.table),
+            "table": self.table.meaning,  # as written: "orders" stays "orders" once resolved
             "key": self.key if len(self.key_columns) == 1 else list(self.key_columns),
             "where": self.where,
             "set": self.set,

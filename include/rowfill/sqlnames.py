@@ -8,7 +8,7 @@ gets near the database.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _QUOTED = re.compile(r'"((?:[^"]|"")+)"')
@@ -59,8 +59,17 @@ def quote(name: str) -> str:
 
 @dataclass(frozen=True)
 class TableName:
-    schema: str
+    """A table as a spec names it: ``schema`` is None when the spec leaves it to the search_path.
+
+    An unqualified name is resolved in the database, with the connection's search_path, when a
+    backfill is planned (``rowfill.resolve``); the resolved name is schema-qualified and keeps in
+    ``written`` how the spec wrote it, because a backfill's meaning (its fingerprint) is the spec's
+    text, not where the search_path happened to point.
+    """
+
+    schema: str | None
     name: str
+    written: str | None = field(default=None, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> "TableName":
@@ -68,14 +77,33 @@ class TableName:
             raise BadIdentifier("expected a table name such as public.users")
         parts = split_dotted(text)
         if len(parts) == 1:
-            return cls("public", parse_identifier(parts[0]))
+            return cls(None, parse_identifier(parts[0]))
         if len(parts) == 2:
             return cls(parse_identifier(parts[0]), parse_identifier(parts[1]))
         raise BadIdentifier(f"{text!r} has too many dots; expected table or schema.table")
 
     @property
+    def qualified(self) -> bool:
+        return self.schema is not None
+
+    @property
+    def written_qualified(self) -> bool:
+        """Did the spec write a schema? (A resolved name remembers that its text had none.)"""
+        return self.schema is not None and (self.written is None or self.written == str(self))
+
+    @property
+    def meaning(self) -> str:
+        """The name as the spec wrote it (``orders`` or ``app.orders``), resolved or not."""
+        return self.written if self.written is not None else str(self)
+
+    def resolved(self, schema: str, name: str) -> "TableName":
+        """The schema-qualified name this one resolved to, remembering how it was written."""
+        return TableName(schema, name, self.meaning)
+
+    @property
     def sql(self) -> str:
-        return f"{quote(self.schema)}.{quote(self.name)}"
+        """Quoted for SQL text; unqualified names are looked up in the search_path (only before resolution)."""
+        return f"{quote(self.schema)}.{quote(self.name)}" if self.schema is not None else quote(self.name)
 
     def __str__(self) -> str:
-        return f"{self.schema}.{self.name}"
+        return f"{self.schema}.{self.name}" if self.schema is not None else self.name

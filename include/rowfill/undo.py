@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from rowfill.checkpoint import SCHEMA, CheckpointStore
 from rowfill.errors import RowfillError, SpecError
 from rowfill.keys import Key, column_types, load_key
+from rowfill.resolve import pinned_relation, pinned_spec, record
 from rowfill.spec import Spec
 from rowfill.sqlnames import TableName, quote
 from rowfill.writers import BatchWriter, SetWriter, explain_text
@@ -222,7 +223,10 @@ def rollback_spec(spec: Spec) -> Spec:
 
 
 class RestoreWriter(BatchWriter):
-    """Batches of the rollback: walk the undo table, restore the target table."""
+    """Batches of the rollback: walk the undo table, restore the target table.
+
+    ``forward`` must have its table pinned (``rollback_target``): the restore names it qualified.
+    """
 
     def __init__(self, spec: Spec, forward: Spec):
         super().__init__(spec)
@@ -291,9 +295,18 @@ def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
         # that is running, and makes the next one stop) and mark the rollback as started, in one commit.
         # After this no undo record can be added, so the plan below sees all of them.
         store.lock_planning(conn, spec.name)
+        # the table to restore: the one the backfill was planned on (OID checked), kept on the rollback's
+        # own row because the backfill's row goes now
+        target = pinned_relation(conn, spec, (spec.name, rb.name))
         conn.execute(text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n"), {"n": spec.name})
         store.register(conn, rb)
+        record(conn, rb.name, target)
     return plan_backfill(engine, rb, limit=limit, log=log)
+
+
+def rollback_target(engine: Engine, spec: Spec) -> Spec:
+    """The backfill's spec with the table a rollback restores: pinned when the rollback was planned (OID checked)."""
+    return pinned_spec(engine, spec, (rollback_name(spec.name), spec.name))
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,8 @@ def _ti_href(ui_base: str, dag_id: str, c: dict) -> str | None:
 
 def _range(b: dict, c: dict) -> str:
     lo, hi = c["lo"], c["hi"]
+    if lo is None:  # the lowest chunk: from the start of the key space
+        return f"{b.get('key', 'key')} start..{hi}"
     if isinstance(lo, int) and isinstance(hi, int):
         return f"{b.get('key', 'key')} {lo + 1}..{hi}"
     return f"{b.get('key', 'key')} ({lo}, {hi}]"

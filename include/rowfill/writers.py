@@ -138,6 +138,10 @@ class SqlWriter(BatchWriter):
         self.write = text(self.binds.typed(self.spec.sql))
 
     def params(self, lo, hi) -> dict:
+        if lo is None and self.key.integer and self.batch_first is not None:
+            # the lowest chunk starts "from the start": :lo is just below the batch's first key (a
+            # Python int, sent as numeric below bigint's minimum), never NULL (id > NULL is no row)
+            lo = self.batch_first - 1
         return {"lo": lo, "hi": hi, **self.binds.params(self.batch_first, hi)}
 
     def apply(self, conn: Connection, lo, hi) -> int:
