@@ -11,6 +11,7 @@ from rowfill.checkpoint import CheckpointStore
 from rowfill.errors import RowfillError
 from rowfill.keys import chunk_label, decode, format_value, load_key
 from rowfill.spec import Spec
+from rowfill.sqltext import spec_driver
 
 
 class VerificationFailed(RowfillError):
@@ -42,9 +43,9 @@ def verify_backfill(engine: Engine, spec: Spec, statement_timeout: str = "0") ->
         conn.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": statement_timeout})
         key = load_key(conn, spec)
         rng, params = key.range_sql(lo, hi)
-        remaining = conn.execute(text(f"SELECT count(*) FROM {table} WHERE {rng} AND ({spec.where})"), params).scalar()
-        sample = [decode(v) for v in conn.execute(
-            text(f"SELECT {key.json_sql()} FROM {table} WHERE {rng} AND ({spec.where}) ORDER BY {key.order_by()} LIMIT 5"),
+        remaining = conn.exec_driver_sql(spec_driver(spec, f"SELECT count(*) FROM {table} WHERE {rng} AND @where"), params).scalar()
+        sample = [decode(v) for v in conn.exec_driver_sql(
+            spec_driver(spec, f"SELECT {key.json_sql()} FROM {table} WHERE {rng} AND @where ORDER BY {key.order_by()} LIMIT 5"),
             params,
         ).scalars()] if remaining else []
     if remaining:
