@@ -338,6 +338,7 @@ SQL_ACCEPTED = [
     ("OR in a probe", {"gates": {"probe": {"sql": "SELECT count(*) FROM jobs WHERE state = 'queued' OR state = 'retry'",
                                            "wait": 1}}}),
     ("the jsonb ? operator", {"where": "NOT (settings ? 'notify')"}),
+    ("array slices", {"set": {"full_name": "array_to_string(parts[:2], ' ') || array_to_string(parts[a:b], ' ')"}}),
 ]
 
 

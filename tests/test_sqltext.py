@@ -334,3 +334,50 @@ def test_text_that_could_escape_the_batch_is_refused_at_validate(tmp_path, field
     if "set" not in fields:
         fields = {"set": None, **fields}
     refused(tmp_path, field, expected, **fields)
+
+
+# tricks against a composer: quotes PostgreSQL and a tokenizer could end in different places,
+# comment starts, stray parentheses, dollar quotes with another tag's case, line breaks
+_PREFIXES = ["v", "true", "v = 0", "'a'", "E'a\\'", "'a\\'", "$$x$$", "x$$", "U&'a\\'", "$a$x$A$"]
+_TRICKS = ["", "--", "/*", "*/", ")", "(", "'", "$$", "\n", "''", "\\", '"', "-- x\n", "+--", "/**/"]
+_PAYLOADS = [" OR true", ") OR (true", " + 1", " OR id > 0"]
+
+
+def test_no_text_rowfill_accepts_escapes_its_parentheses(engine):
+    """Thousands of tricky texts: every one rowfill accepts, composed as a batch composes it, changes
+    only rows inside the statement's range, or fails as a whole."""
+    from itertools import product
+
+    from rowfill.sqltext import SqlTextError, driver, expression, from_continuation
+
+    templates = {
+        "set": "UPDATE tt SET v = @expr WHERE id BETWEEN 1 AND 10 RETURNING id",
+        "where": "UPDATE tt SET v = 1 WHERE id BETWEEN 1 AND 10 AND @expr RETURNING id",
+        "joins": "SELECT tt.id FROM tt @expr WHERE tt.id BETWEEN 1 AND 10",
+    }
+    ran, outside = {k: 0 for k in templates}, []
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE tt (id int PRIMARY KEY, v int DEFAULT 0)", {})
+        conn.exec_driver_sql("INSERT INTO tt (id) SELECT generate_series(1, 20)", {})
+        for prefix, trick, payload, after in product(_PREFIXES, _TRICKS, _PAYLOADS, ["", ")", "--", "'", "$$", "*/"]):
+            text_ = prefix + trick + payload + after
+            for field, template in templates.items():
+                try:
+                    if field == "joins":
+                        slot = from_continuation(f"CROSS JOIN (SELECT {text_}) q").driver()
+                    else:
+                        slot = expression(text_, field=field).wrapped()
+                except SqlTextError:
+                    continue
+                savepoint = conn.begin_nested()
+                try:
+                    ids = [row[0] for row in conn.exec_driver_sql(driver(template, {"expr": slot}), {})]
+                    ran[field] += 1
+                    outside += [(field, text_, i) for i in ids if i > 10]
+                except Exception:  # noqa: BLE001 - PostgreSQL refusing the text is fine: nothing changed
+                    pass
+                finally:
+                    savepoint.rollback()
+        conn.rollback()
+    assert outside == []
+    assert min(ran.values()) > 30, ran  # many of the texts did run, so the check checked something

@@ -194,17 +194,23 @@ def _word(tok: _Tok) -> str:
 
 
 def _pieces(toks: list[_Tok], text: str, allowed: Iterable[str], field: str) -> tuple:
+    """Text pieces and Binds: comments become one space, ``:name`` placeholders documented binds.
+
+    ``?`` stays text (the jsonb operator), and so does ``:2`` (a slice bound, ``arr[:2]``); any
+    other placeholder form (``%s``, ``%(x)s``, ``$1``) would be a parameter rowfill never binds.
+    """
     allowed = set(allowed)
     pieces: list = []
     for tok in toks:
+        placeholder = tok.ttype in T.Name.Placeholder and tok.value != "?"
+        colon = tok.value.startswith(":")
         if tok.ttype in T.Comment:
             pieces.append(" ")
-        elif tok.ttype in T.Name.Placeholder and tok.value.startswith(":"):
-            name = tok.value[1:]
-            if name not in allowed:
-                raise SqlTextError(_bind_problem(name, allowed, field))
-            pieces.append(Bind(name))
-        elif tok.ttype in T.Name.Placeholder and tok.value != "?":  # '?' is the jsonb operator, nothing else
+        elif placeholder and colon and not tok.value[1:].isdigit():
+            if tok.value[1:] not in allowed:
+                raise SqlTextError(_bind_problem(tok.value[1:], allowed, field))
+            pieces.append(Bind(tok.value[1:]))
+        elif placeholder and not colon:
             raise SqlTextError(f"{tok.value!r} {_near(text, tok.pos)} is not a value rowfill binds; {BIND_ADVICE}")
         else:
             pieces.append(tok.value)
@@ -369,6 +375,8 @@ def driver(template: str, slots: Mapping[str, str] | None = None, binary: Iterab
             out.append(f"%({value[1:]})b" if value[1:] in binary else f"%({value[1:]})s")
         elif ttype in T.Name and value.startswith("@"):
             out.append(slots[value[1:]])
+        elif value.startswith("@"):  # sqlparse reads '@x' (one letter) as an operator: not a slot name
+            raise ValueError(f"template slot names need two or more letters: {template!r}")
         else:
             out.append(value.replace("%", "%%"))
     return "".join(out)
