@@ -31,6 +31,7 @@ from rowfill.schema_check import check_target
 from rowfill.spec import Spec
 from rowfill.sqltarget import check_sql_target
 from rowfill.sweep import chunks_to_resweep
+from rowfill.sqltext import spec_driver
 from rowfill.writers import writer_for
 
 
@@ -153,14 +154,14 @@ def _count_changes(conn, spec: Spec, key, todo, report: DryRun, timeout: str) ->
         rng, p = key.range_sql(lo, hi, lo_name=f"lo{i}", hi_name=f"hi{i}")
         ranges.append(f"({rng})")
         params.update(p)
-    sql = f"SELECT count(*) FROM {spec.table.sql} WHERE ({' OR '.join(ranges)}) AND ({spec.where})"
+    sql = spec_driver(spec, f"SELECT count(*) FROM {spec.table.sql} WHERE ({' OR '.join(ranges)}) AND @where")
     try:
         with conn.begin_nested():
             conn.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": timeout})
-            report.rows_to_change = conn.execute(text(sql), params).scalar()
+            report.rows_to_change = conn.exec_driver_sql(sql, params).scalar()
             conn.execute(text("SELECT set_config('statement_timeout', '0', true)"))
     except DBAPIError:
-        plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + sql), params).scalar()
+        plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar()
         report.rows_to_change = int(plan[0]["Plan"].get("Plan Rows", 0))
         report.rows_to_change_estimated = True
         report.notes.append(f"counting the rows to change took longer than {timeout}; the number is the planner's estimate")

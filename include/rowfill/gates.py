@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Callable
 
 from sqlalchemy import text
@@ -26,6 +27,7 @@ from sqlalchemy.engine import Engine
 
 from rowfill.durations import format_duration, parse_duration
 from rowfill.errors import RowfillError
+from rowfill.sqltext import SqlTextError, probe
 
 log = logging.getLogger("rowfill.gates")
 
@@ -51,6 +53,12 @@ _SQL = {
     "lock_waiters": "SELECT count(DISTINCT a.pid)::float8, NULL FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
                     "WHERE l.relation = CAST(:table AS regclass) AND a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()",
 }
+
+
+@lru_cache(maxsize=64)
+def probe_sql(sql: str) -> str:
+    """A probe's SQL as driver SQL (``rowfill.sqltext``): its colons and ``%`` reach PostgreSQL as written."""
+    return probe(sql).driver()
 
 
 class GateCritical(RowfillError):
@@ -155,8 +163,12 @@ def parse_gates(value) -> dict[str, GateSpec]:
         sql = label = None
         if name == "probe":
             sql = body.get("sql")
-            if not isinstance(sql, str) or not sql.strip() or ";" in sql.strip().rstrip(";"):
+            if not isinstance(sql, str) or not sql.strip():
                 raise ValueError("probe.sql: expected one SELECT returning a single number, e.g. SELECT count(*) FROM job_queue")
+            try:
+                probe(sql, "gates")
+            except SqlTextError as exc:
+                raise ValueError(f"probe.sql: {exc}") from None
             sql = sql.strip().rstrip(";")
             label = body.get("label")
             if label is not None and not isinstance(label, str):
@@ -172,8 +184,12 @@ def parse_latency(value) -> LatencySpec:
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; expected sql, limit, every")
     sql = value["sql"]
-    if not isinstance(sql, str) or not sql.strip() or ";" in sql.strip().rstrip(";"):
+    if not isinstance(sql, str) or not sql.strip():
         raise ValueError("sql: expected a single query, such as a point select your application runs")
+    try:
+        probe(sql, "latency_probe")
+    except SqlTextError as exc:
+        raise ValueError(f"sql: {exc}") from None
     limit = parse_duration(value["limit"])
     if limit <= 0:
         raise ValueError("limit: expected a duration above 0, e.g. 20ms")
@@ -225,7 +241,7 @@ class GateKeeper:
                 if gate.name == "probe" and not gate.sql:
                     continue
                 if gate.name == "probe":
-                    value, detail = conn.execute(text(gate.sql)).scalar(), None
+                    value, detail = conn.exec_driver_sql(probe_sql(gate.sql), {}).scalar(), None
                 else:
                     row = conn.execute(text(_SQL[gate.name]), {"table": self.table}).first()
                     value, detail = (row[0], row[1]) if row else (0.0, None)
@@ -288,7 +304,7 @@ class LatencyProbe:
 
     def __init__(self, engine: Engine, spec: LatencySpec):
         self.engine = engine
-        self.sql = text(spec.sql)
+        self.sql = probe_sql(spec.sql)
         self.limit = spec.limit
         self.every = spec.every
         self._samples: list[float] = []
@@ -324,7 +340,7 @@ class LatencyProbe:
         """
         conn.execute(self._timeout, {"t": f"{max(int(self.limit * 20 * 1000), 1000)}ms"})
         t0 = time.perf_counter()
-        conn.execute(self.sql).fetchall()
+        conn.exec_driver_sql(self.sql, {}).fetchall()
         conn.commit()
         return time.perf_counter() - t0
 

@@ -2,7 +2,9 @@
 
 Loading and validation live here and nowhere else; building DAGs is ``factory``'s job. Checks
 that need the database (does the table exist, can an index walk the key) happen in ``schema_check``
-when a run starts, because DAG parsing must not depend on the target database being up.
+when a run starts, because DAG parsing must not depend on the target database being up. Files are
+read by ``specyaml`` (duplicate keys refused, times stay text); fields holding SQL are read by
+``sqltext`` (the one parser of user SQL).
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ from typing import Any
 
 import yaml
 
+from rowfill import specyaml
 from rowfill.durations import parse_duration
 from rowfill.errors import SpecError, SpecErrors
 from rowfill.sqlnames import BadIdentifier, TableName, parse_identifier
+from rowfill.sqltext import read_spec_sql
 
 DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,199}")
 _CONN_ID = re.compile(r"[A-Za-z0-9_.\-]+")
-_BIND = re.compile(r"(?<!:):(lo|hi|first|last)\b")
-_KEY_BIND = re.compile(r"(?<!:):((?:first|last)_[a-z0-9_]+)\b")
 _CALLABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+_MAX_INT = 2**31 - 1  # PostgreSQL's integer: counts of rows, chunks and retries beyond it are typing mistakes
 MODES = ("set", "sql", "transform", "sink")
 _CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually", "@continuous"}
 
@@ -225,11 +228,9 @@ def _check(kind: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError("expected true or false")
         return value
-    if kind == "sql_text":
+    if kind == "sql_text":  # read as SQL (rowfill.sqltext) once the key, and so the bind names, are known
         if not isinstance(value, str) or not value.strip():
             raise ValueError("expected a non-empty SQL text")
-        if ";" in value.strip().rstrip(";"):
-            raise ValueError("expected a single SQL statement or expression, without ';' inside")
         return value.strip().rstrip(";").strip()
     if kind == "set":
         if not isinstance(value, dict) or not value:
@@ -248,6 +249,8 @@ def _check(kind: str, value: Any) -> Any:
             raise ValueError(f"expected a whole number, got {value!r}")
         if kind == "positive_int" and value < 1:
             raise ValueError("expected a number of at least 1")
+        if value > _MAX_INT:
+            raise ValueError(f"{value} is too large (at most {_MAX_INT:,})")
         if value < 0:
             raise ValueError("expected a number of at least 0")
         return value
@@ -258,6 +261,8 @@ def _check(kind: str, value: Any) -> Any:
         if seconds < 0.001:
             # PostgreSQL reads 0 (and the runner's whole milliseconds round sub-ms values to 0) as "no timeout"
             raise ValueError(f"{value!r} is below 1ms; PostgreSQL would read it as 0, which means wait forever")
+        if seconds * 1000 > 2**31 - 1:
+            raise ValueError(f"{value!r} is above PostgreSQL's largest timeout (2147483647ms, about 24 days)")
         return seconds
     if kind == "schedule":
         if value is None:
@@ -284,8 +289,11 @@ def _check(kind: str, value: Any) -> Any:
             raise ValueError(f"expected a number from 0 up, e.g. 0.5 sleeps half as long as the last batch took; got {value!r}")
         return float(value)
     if kind == "optional_duration":
-        if value is None or value == "off":
+        if value is None or value == "off" or value is False:  # unquoted off is YAML 1.1's false
             return None
+        if value is True:
+            raise ValueError("on/yes/true (read by YAML as true) is not a duration: write a duration such as 50ms, "
+                             "or off for fixed-size batches")
         seconds = parse_duration(value)
         if seconds <= 0:
             raise ValueError("expected a duration above 0, e.g. 500ms, or null for fixed-size batches")
@@ -301,6 +309,11 @@ def _check(kind: str, value: Any) -> Any:
     if kind == "window":
         from rowfill.windows import parse_windows
 
+        if value is None or value == "off" or value is False:  # unquoted off is YAML 1.1's false
+            return ()
+        if value is True:
+            raise ValueError("on/yes/true (read by YAML as true) is not a window: give {start: \"01:00\", end: \"06:00\", "
+                             "timezone: Europe/Berlin} or a list of them, or off (the default: chunks may write at any time)")
         return parse_windows(value)
     if kind == "tags":
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
@@ -326,8 +339,6 @@ def _check_select(value: Any) -> dict[str, str]:
             name = parse_identifier(col) if isinstance(col, str) else parse_identifier("")
             if not isinstance(expr, str) or not expr.strip():
                 raise ValueError(f"{col!r}: expected an SQL expression as text")
-            if ";" in expr.strip().rstrip(";"):
-                raise ValueError(f"{col!r}: expected one SQL expression, without ';'")
             if name in out:
                 raise ValueError(f"{col!r} is the name {name!r} again; give each name once")
             out[name] = expr.strip()
@@ -363,8 +374,8 @@ def _check_modes(data: dict, values: dict, source: str) -> list[SpecError]:
     return errors
 
 
-def _check_sql_binds(sql: str, key_columns: tuple[str, ...], source: str) -> list[SpecError]:
-    found = set(_BIND.findall(sql))
+def _check_sql_binds(found: frozenset[str], key_columns: tuple[str, ...], source: str) -> list[SpecError]:
+    """`sql` must use the batch's bounds (``found``: the binds its tokens use), or every batch writes the same rows."""
     if len(key_columns) == 1:
         if {"lo", "hi"} <= found or {"first", "last"} <= found:
             return []
@@ -373,7 +384,7 @@ def _check_sql_binds(sql: str, key_columns: tuple[str, ...], source: str) -> lis
                                          "or :first and :last (the batch's first and last key), e.g. WHERE id BETWEEN :first AND :last")]
     from rowfill.keys import Key
 
-    binds = set(_KEY_BIND.findall(sql))
+    binds = found
     key = Key(key_columns)
     missing = []
     for prefix in ("first", "last"):
@@ -413,8 +424,11 @@ def parse_spec(data: Any, source: str) -> Spec:
     if key_columns:
         values["key_columns"] = key_columns
         values["key"] = key_columns[0] if len(key_columns) == 1 else "(" + ", ".join(key_columns) + ")"
-    if isinstance(values.get("sql"), str) and key_columns:
-        errors.extend(_check_sql_binds(values["sql"], key_columns, source))
+    parsed, sql_errors = read_spec_sql(source, values.get("where"), values.get("set"), values.get("sql"),
+                                       values.get("select"), values.get("joins"), tuple(key_columns or ()))
+    errors.extend(sql_errors)
+    if parsed is not None and parsed.sql is not None and key_columns:
+        errors.extend(_check_sql_binds(parsed.sql.binds, key_columns, source))
     for field_name, written in (("set", values.get("set", {})), ("returns", values.get("returns", ()))):
         for col in key_columns or ():
             if col in written:
@@ -465,7 +479,7 @@ def load_spec(path: str | os.PathLike) -> Spec:
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_bytes().decode("utf-8")  # the whole file: a decode error then says where
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecErrors([SpecError(source, None, f"cannot be read: {exc.strerror}")]) from exc
     except UnicodeDecodeError as exc:  # one such file must not stop the others from loading
@@ -473,13 +487,27 @@ def load_spec(path: str | os.PathLike) -> Spec:
         raise SpecErrors([SpecError(source, None, f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at line {line}); "
                                                   "save it as UTF-8")]) from exc
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SpecErrors([SpecError(source, None, f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}); "
+                                                  "save the file as UTF-8")]) from None
+    try:
+        data = specyaml.load(text)
+    except specyaml.DuplicateKey as exc:
+        field_name = str(exc.path[0]) if exc.path else str(exc.key)
+        raise SpecErrors([SpecError(source, field_name, str(exc))]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecErrors([SpecError(source, None, f"is not valid YAML{at}: {problem}")]) from exc
-    return parse_spec(data, source)
+    except RecursionError:
+        raise SpecErrors([SpecError(source, None, "is nested too deeply to be a spec")]) from None
+    try:
+        return parse_spec(data, source)
+    except RecursionError:  # e.g. a self-referencing YAML alias where a value is expected
+        raise SpecErrors([SpecError(source, None, "holds a value that refers to itself (a YAML alias loop)")]) from None
 
 
 def specs_dir() -> Path:

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from rowfill.keys import Boundary, Key, decode, format_value, load_key
 from rowfill.spec import Spec
+from rowfill.sqltext import spec_slots
 
 SLICE_ROWS = 10_000  # keys per slice: a few ms to walk on the index, well under a second to check
 _TIMEOUT = text("SELECT set_config('statement_timeout', :t, true)")
@@ -60,12 +61,12 @@ def _esc(sql: str) -> str:
 
 
 def where_clause(spec: Spec) -> str:
-    """`` AND (<where>)`` for driver SQL (run with ``exec_driver_sql``): user text is never parsed for binds.
+    """`` AND (<where>)`` as driver SQL (run with ``exec_driver_sql``), composed by ``rowfill.sqltext``.
 
-    The line breaks keep a trailing ``-- comment`` in ``where`` from swallowing the parenthesis
-    (the spec-level checks of user SQL text refuse what could still escape it).
+    The user's text arrives checked (balanced, one expression), without its comments and in
+    parentheses, so it cannot reach outside the slice's key range whatever it contains.
     """
-    return f" AND (\n{_esc(spec.where)}\n)" if spec.where else ""
+    return f" AND {spec_slots(spec)['where']}" if spec.where else ""
 
 
 def matching(engine: Engine, spec: Spec, lo: Any = None, hi: Any = None, *, sample: int = 5, first_only: bool = False,

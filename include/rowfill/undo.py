@@ -201,12 +201,10 @@ class UndoSetWriter(SetWriter):
         self.undo = UndoLog.load(conn, self.spec)
         self.qkey = self.key.qualified(self.spec.table.sql)
 
-    def _write(self, has_lo: bool):
+    def _write(self, has_lo: bool) -> str:
         def make():
-            spec = self.spec
-            assignments = ", ".join(f"{quote(col)} = {expr}" for col, expr in spec.set.items())
             rng_where = self.key.range_text(has_lo, True) + self.where_sql()
-            return text(self.undo.recording_set(spec.table.sql, assignments, rng_where, self.where_sql(), self.qkey))
+            return self.driver(self.undo.recording_set(self.spec.table.sql, "@sets", rng_where, self.where_sql(), self.qkey))
         return self.statement(("undo-write", has_lo), make)
 
 

@@ -5,19 +5,27 @@ inclusive) inside the batch transaction and returns how many rows it changed. Ne
 are new classes (``rowfill.transform``, ``rowfill.sinks``, ``rowfill.undo``); the runner does not
 change. Statements are built on the first batch, when the key's column types can be read from the
 table: every bound key value is cast to its column's type so the key's index serves the range.
+
+Statements that hold user SQL are driver SQL composed by ``rowfill.sqltext`` (user expressions in
+parentheses, comments gone, only documented binds) and run with ``conn.exec_driver_sql``.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
-from rowfill.keys import Boundary, Key, load_key
+from rowfill.errors import RowfillError
+from rowfill.keys import Boundary, Key, format_value, load_key
 from rowfill.spec import Spec
-from rowfill.sqlnames import quote
+from rowfill.sqltext import driver, key_casts, spec_driver, spec_sql, sql_binds
+
+
+class BatchOutsideRange(RowfillError):
+    """A ``sql`` statement changed more rows of the walked table than its batch holds; the batch rolled back."""
 
 
 class BatchWriter:
@@ -59,61 +67,55 @@ class BatchWriter:
         return []
 
     def where_sql(self) -> str:
-        return f" AND ({self.spec.where})" if self.spec.where else ""
+        """`` AND @where`` for ``driver()`` templates (the checked ``where``, in parentheses), or nothing."""
+        return " AND @where" if self.spec.where else ""
+
+    def driver(self, template: str, binary=()) -> str:
+        """A template of rowfill's own SQL with the spec's checked fields in its slots, as driver SQL
+        (see ``rowfill.sqltext.driver``); first/last binds cast to the key's types."""
+        return spec_driver(self.spec, template, self.key, binary)
 
 
 def explain_text(conn: Connection, sql, params: dict) -> str:
-    stmt = sql if not isinstance(sql, str) else text(sql)
-    return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + stmt.text), params))
+    """EXPLAIN of one statement: driver SQL (a str, run with exec_driver_sql) or a ``text()`` clause
+    of rowfill's own SQL (no user text in it)."""
+    if isinstance(sql, str):
+        rows = conn.exec_driver_sql("EXPLAIN " + sql, params)
+    else:
+        rows = conn.execute(text("EXPLAIN " + sql.text), params)
+    return "\n".join(r[0] for r in rows)
 
 
 class SetWriter(BatchWriter):
     """``set:`` mode: one UPDATE over the batch's key range, re-checking ``where``."""
 
-    def _write(self, has_lo: bool):
+    def _write(self, has_lo: bool) -> str:
         def make():
-            assignments = ", ".join(f"{quote(col)} = {expr}" for col, expr in self.spec.set.items())
             rng = self.key.range_text(has_lo, True)
-            return text(f"UPDATE {self.spec.table.sql} SET {assignments} WHERE {rng}{self.where_sql()}")
+            return self.driver(f"UPDATE {self.spec.table.sql} SET @sets WHERE {rng}{self.where_sql()}")
         return self.statement(("write", has_lo), make)
 
     def apply(self, conn: Connection, lo, hi) -> int:
         self.prepare(conn)
-        return conn.execute(self._write(lo is not None), self.key.range_params(lo, hi)).rowcount
+        return conn.exec_driver_sql(self._write(lo is not None), self.key.range_params(lo, hi)).rowcount
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
         return [("write", explain_text(conn, self._write(lo is not None), self.key.range_params(lo, hi)))]
 
 
-_SQL_BIND = re.compile(r"(?<!:):((?:first|last)(?:_[a-z0-9_]+)?)\b")
-
-
 class BatchBinds:
     """``:first``/``:last`` in user SQL: the batch's first and last key, cast to the key's type.
 
     For a composite key, one pair per column, by name or position (``:first_tenant_id``,
-    ``:first_1``). Used by ``sql`` mode and by ``joins``/``select`` of transforms and sinks.
+    ``:first_1``). Used by ``sql`` mode and by ``joins``/``select`` of transforms and sinks; the
+    names are ``rowfill.sqltext.sql_binds``.
     """
 
     def __init__(self, key: Key):
         self.key = key
-        self.names: dict[str, tuple[str, int | None]] = {}  # bind name -> ("first"|"last", position)
-        if not key.composite:
-            self.names = {"first": ("first", None), "last": ("last", None)}
-        else:
-            for prefix in ("first", "last"):
-                for name, pos in key.bind_names(prefix).items():
-                    self.names[name] = (prefix, pos)
-
-    def typed(self, sql: str) -> str:
-        def cast(m):
-            name = m.group(1)
-            if name not in self.names:
-                return m.group(0)
-            return f"CAST(:{name} AS {self.key.types[self.names[name][1] or 0]})"
-
-        return _SQL_BIND.sub(cast, sql)
+        self.names: dict[str, tuple[str, int | None]] = sql_binds(key.columns)  # bind name -> ("first"|"last", position)
+        self.casts = key_casts(key)
 
     def params(self, first, last) -> dict:
         ends = {"first": first, "last": last}
@@ -130,12 +132,31 @@ class SqlWriter(BatchWriter):
     Single integer keys get ``:lo`` (exclusive) and ``:hi`` (inclusive), as always. Every key also
     gets the batch's first and last key, inclusive (see ``BatchBinds``), so
     ``id BETWEEN :first AND :last`` works for uuid, text and timestamp keys alike.
+
+    Guard: when the statement's main verb UPDATEs or DELETEs the walked table, a batch whose
+    rowcount exceeds the keys in its range (its WHERE let rows outside the range through, e.g.
+    ``AND (id <= :hi OR x)``) raises ``BatchOutsideRange``, and the batch's transaction rolls back.
     """
 
     def build(self, conn):
         self.binds = BatchBinds(self.key)
         self.names = self.binds.names
-        self.write = text(self.binds.typed(self.spec.sql))
+        statement = spec_sql(self.spec).sql
+        self.write = statement.driver(self.binds.casts)
+        self.guarded = statement.writes if self._writes_walked_table(conn, statement.writes) else None
+        self._walked = None  # (lo, end, keys) of the last batch_end()
+
+    def _writes_walked_table(self, conn: Connection, writes) -> bool:
+        """Is the table the statement UPDATEs/DELETEs the walked table (as this connection resolves both names)?"""
+        if writes is None:
+            return False
+        try:
+            with conn.begin_nested():
+                return bool(conn.exec_driver_sql(
+                    "SELECT to_regclass(CAST(%(w)s AS text)) = to_regclass(CAST(%(t)s AS text))",
+                    {"w": writes[1], "t": self.spec.table.sql}).scalar())
+        except DBAPIError:  # a name to_regclass cannot read is not the walked table
+            return False
 
     def params(self, lo, hi) -> dict:
         if lo is None and self.key.integer and self.batch_first is not None:
@@ -144,9 +165,40 @@ class SqlWriter(BatchWriter):
             lo = self.batch_first - 1
         return {"lo": lo, "hi": hi, **self.binds.params(self.batch_first, hi)}
 
+    def batch_end(self, conn: Connection, lo, hi, rows: int):
+        end, seen = super().batch_end(conn, lo, hi, rows)
+        self._walked = (lo, end, seen)
+        return end, seen
+
     def apply(self, conn: Connection, lo, hi) -> int:
         self.prepare(conn)
-        return conn.execute(self.write, self.params(lo, hi)).rowcount
+        written = conn.exec_driver_sql(self.write, self.params(lo, hi)).rowcount
+        if self.guarded and written > 0:
+            self._check_inside_range(conn, lo, hi, written)
+        return written
+
+    def _keys_in_range(self, conn: Connection, lo, hi) -> int:
+        rng = self.key.range_text(lo is not None, hi is not None)
+        sql = driver(f"SELECT count(*) FROM {self.spec.table.sql} WHERE {rng}")
+        return conn.exec_driver_sql(sql, self.key.range_params(lo, hi)).scalar()
+
+    def _check_inside_range(self, conn: Connection, lo, hi, written: int) -> None:
+        """Raise if the statement changed more rows than the batch's range holds.
+
+        The keys walked for this batch are the bound; rows committed into the range since the walk
+        are counted again before blaming the statement (only when the first bound is exceeded).
+        """
+        walked = bool(self._walked) and self._walked[:2] == (lo, hi)
+        keys = self._walked[2] if walked else self._keys_in_range(conn, lo, hi)
+        if written <= keys or written <= self._keys_in_range(conn, lo, hi):
+            return
+        verb, table = self.guarded
+        start = format_value(self.batch_first) if walked else f"after {format_value(lo)}"
+        raise BatchOutsideRange(
+            f"{self.spec.source}: field 'sql': the statement {'updated' if verb == 'UPDATE' else 'deleted'} {written:,} "
+            f"rows of {table}, but this batch ({self.spec.key} {start}..{format_value(hi)}) holds only "
+            f"{keys:,} keys: its WHERE lets rows outside the batch's key range through. The batch was rolled back. "
+            "Make the range the outermost condition, e.g. WHERE id > :lo AND id <= :hi AND (<your conditions>)")
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
