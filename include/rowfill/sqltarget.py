@@ -101,7 +101,7 @@ def check_sql_target(conn: Connection, spec: Spec, key: Key) -> None:
         params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
     try:
         with conn.begin_nested():
-            plan = conn.execute(text("EXPLAIN (VERBOSE, FORMAT JSON) " + writer.write.text), params).scalar()
+            plan = conn.exec_driver_sql("EXPLAIN (VERBOSE, FORMAT JSON) " + writer.write, params).scalar()
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise SpecError(spec.source, "sql", f"the database rejects this SQL: {first}") from exc
