@@ -486,7 +486,7 @@ def test_any_value_of_any_field_gives_a_field_error_not_a_traceback(tmp_path, fi
 
 
 @pytest.mark.parametrize("content, expected", [
-    (b"name: caf\xe9\n", "is not UTF-8 text (byte 0xe9 at line 1); save the file as UTF-8"),
+    (b"name: caf\xe9\n", "is not UTF-8 text (byte 0xe9 at line 1); save it as UTF-8"),
     (b"a: " + b"[" * 3000, "nested too deeply"),
     (b"set: &s {full_name: *s}\n", "field 'set'"),
     (b"name: x\n\x00", "is not valid YAML"),
@@ -500,11 +500,12 @@ def test_unreadable_files_are_refused_naming_the_file(tmp_path, content, expecte
 
 
 @pytest.mark.parametrize("changes, field, expected", [
-    ({"chunk_rows": 10**40}, "chunk_rows", "is too large"),
-    ({"pause": 10**40}, "pause", "longer than a year"),
-    ({"stall_after": "100000h"}, "stall_after", "longer than a year"),
-    ({"lock_timeout": 30 * 86400}, "lock_timeout", "above PostgreSQL's largest timeout"),
-    ({"gates": {"replica_lag": {"wait": 1e300}}}, "gates", "longer than a year"),
+    ({"chunk_rows": 10**40}, "chunk_rows", "is above the upper bound of 2147483647: PostgreSQL's integer"),
+    ({"pause": 10**40}, "pause", "is above the upper bound of 24h"),
+    ({"stall_after": "100000h"}, "stall_after", "'100000h' is above the upper bound of 168h (7 days)"),
+    ({"lock_timeout": 30 * 86400}, "lock_timeout", "is above the upper bound of 2147483647ms (about 24.8 days): "
+                                                   "PostgreSQL's largest timeout"),
+    ({"gates": {"replica_lag": {"wait": 1e300}}}, "gates", "replica_lag.wait: 1e+300 is above the upper bound of 168h"),
 ], ids=["rows", "pause", "stall_after", "lock_timeout", "gate threshold"])
 def test_huge_numbers_are_field_errors(tmp_path, changes, field, expected):
     assert expected in the_error(spec_file(tmp_path, **changes), field).problem

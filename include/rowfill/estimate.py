@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from rowfill.spec import Spec
-from rowfill.sqlnames import quote
+from rowfill.sqlnames import clause, quote
 
 EXACT_PLAN_MAX_ROWS = 20_000_000
 PAGES_PER_CHUNK = 10  # sampled pages per planned chunk: chunk sizes within about ±30 %
@@ -39,10 +39,10 @@ def key_span(conn: Connection, spec: Spec, after: int | None) -> tuple[int, int]
     """(first, last) key after ``after`` (None = the whole table); two index probes."""
     key, table = quote(spec.key), spec.table.sql
     cond, params = (f"WHERE {key} > :after", {"after": after}) if after is not None else ("", {})
-    first = conn.execute(text(f"SELECT min({key}) FROM {table} {cond}"), params).scalar()
+    first = conn.execute(clause(f"SELECT min({key}) FROM {table} {cond}"), params).scalar()
     if first is None:
         return None
-    last = conn.execute(text(f"SELECT max({key}) FROM {table}")).scalar()
+    last = conn.execute(clause(f"SELECT max({key}) FROM {table}")).scalar()
     return first, last
 
 
@@ -80,7 +80,7 @@ def sampled_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_ro
     first, last = span
     total = rows if rows is not None else estimated_rows(conn, spec)
     if total is None:
-        total = conn.execute(text(f"SELECT count(*) FROM {spec.table.sql}")).scalar()
+        total = conn.execute(clause(f"SELECT count(*) FROM {spec.table.sql}")).scalar()
     n = max(1, min(limit, math.ceil(max(total, 1) / chunk_rows)))
     if n == 1:
         return [(after, last, total, first)]
@@ -89,8 +89,8 @@ def sampled_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_ro
     key = quote(spec.key)
     cond, params = (f"WHERE {key} > :after", {"after": after}) if after is not None else ("", {})
     sampled, cuts = conn.execute(
-        text(f"SELECT count(*), percentile_disc(CAST(:fractions AS float8[])) WITHIN GROUP (ORDER BY {key}) "
-             f"FROM {spec.table.sql} TABLESAMPLE SYSTEM (:p) REPEATABLE (42) {cond}"),
+        clause(f"SELECT count(*), percentile_disc(CAST(:fractions AS float8[])) WITHIN GROUP (ORDER BY {key}) "
+               f"FROM {spec.table.sql} TABLESAMPLE SYSTEM (:p) REPEATABLE (42) {cond}"),
         {"p": percent, "fractions": [i / n for i in range(1, n)], **params},
     ).one()
     if sampled < 5 * n:  # too thin to cut (stale statistics, synthetic key spaces)

@@ -16,6 +16,7 @@ last batch exceeds the limit (see ``throttle``).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ from typing import Callable
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from rowfill.bounds import GATE_COUNT, GATE_SECONDS, LATENCY_EVERY, LATENCY_LIMIT, PROBE_NUMBER
 from rowfill.durations import format_duration, parse_duration
 from rowfill.errors import RowfillError
 from rowfill.sqltext import SqlTextError, probe
@@ -125,16 +127,21 @@ class Reading:
 
 
 def threshold(unit: str, value, where: str) -> float:
+    """A gate threshold in its unit (seconds, a count of sessions, a probe's number), within its upper
+    bound (``rowfill.bounds``); ValueError starting with ``where`` (``replica_lag.wait``) otherwise."""
     if unit == "seconds":
         try:
-            return parse_duration(value)
+            return parse_duration(value, GATE_SECONDS)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{where}: expected a number of at least 0, got {value!r}")
     if unit == "count" and int(value) != value:
         raise ValueError(f"{where}: expected a whole number, got {value!r}")
-    return float(value)
+    try:
+        return float((GATE_COUNT if unit == "count" else PROBE_NUMBER).check(value))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def parse_gates(value) -> dict[str, GateSpec]:
@@ -190,10 +197,16 @@ def parse_latency(value) -> LatencySpec:
         probe(sql, "latency_probe")
     except SqlTextError as exc:
         raise ValueError(f"sql: {exc}") from None
-    limit = parse_duration(value["limit"])
+    try:
+        limit = parse_duration(value["limit"], LATENCY_LIMIT)
+    except ValueError as exc:
+        raise ValueError(f"limit: {exc}") from None
     if limit <= 0:
         raise ValueError("limit: expected a duration above 0, e.g. 20ms")
-    every = parse_duration(value.get("every", 0.2))
+    try:
+        every = parse_duration(value.get("every", 0.2), LATENCY_EVERY)
+    except ValueError as exc:
+        raise ValueError(f"every: {exc}") from None
     if every < 0.01:
         raise ValueError("every: at least 10ms between probes")
     return LatencySpec(sql.strip().rstrip(";"), limit, every)

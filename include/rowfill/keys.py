@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from rowfill.sqlnames import quote
+from rowfill.sqlnames import clause, quote
 
 INTEGER_TYPES = {"smallint", "integer", "bigint"}
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
@@ -116,9 +116,11 @@ class Key:
         if not self.types:
             raise RuntimeError("key types are not resolved; call load_key() first")
         mark = (lambda n: f"%({n})s") if driver else (lambda n: f":{n}")
+        # a type's name may be a quoted user type holding '%' (format_type spells it): doubled for the driver
+        types = [t.replace("%", "%%") for t in self.types] if driver else list(self.types)
         if not self.composite:
-            return [f"CAST({mark(name)} AS {self.types[0]})"]
-        return [f"CAST({mark(f'{name}_{i}')} AS {t})" for i, t in enumerate(self.types, 1)]
+            return [f"CAST({mark(name)} AS {types[0]})"]
+        return [f"CAST({mark(f'{name}_{i}')} AS {t})" for i, t in enumerate(types, 1)]
 
     def param_row(self, name: str, driver: bool = False) -> str:
         parts = self._typed_params(name, driver)
@@ -241,7 +243,7 @@ class Boundary:
     def _stmt(self, lo: Any, hi: Any):
         shape = (lo is not None, hi is not None)
         if shape not in self._cache:
-            self._cache[shape] = text(self.template.format(range=self.key.range_text(*shape)))
+            self._cache[shape] = clause(self.template.format(range=self.key.range_text(*shape)))
         return self._cache[shape]
 
     def next(self, conn: Connection, lo: Any, hi: Any, n: int) -> tuple[Any, Any, int]:

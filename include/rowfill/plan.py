@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.checkpoint import CheckpointStore, ChunkRow
@@ -23,6 +22,7 @@ from rowfill.keys import Key, chunk_label, decode, load_key
 from rowfill.resolve import pin
 from rowfill.schema_check import check_target
 from rowfill.spec import Spec
+from rowfill.sqlnames import clause
 from rowfill.sqltarget import check_sql_target
 from rowfill.sweep import chunks_to_resweep
 
@@ -74,8 +74,8 @@ def walk_boundaries(conn: Connection, spec: Spec, after: Any, chunk_rows: int, k
     table = table_sql or spec.table.sql
     if key.integer:
         ref = key.row()
-        steps = {has_lo: text(f"SELECT min(k), max(k), count(*) FROM (SELECT {ref} AS k FROM {table} {cond} "
-                              f"ORDER BY {ref} LIMIT :n) s")
+        steps = {has_lo: clause(f"SELECT min(k), max(k), count(*) FROM (SELECT {ref} AS k FROM {table} {cond} "
+                                f"ORDER BY {ref} LIMIT :n) s")
                  for has_lo, cond in ((True, f"WHERE {ref} > CAST(:after AS {key.types[0]})"), (False, ""))}
         bounds = []
         while True:
@@ -93,17 +93,17 @@ def _walk_general(conn: Connection, key: Key, table: str, after: Any, chunk_rows
     bounds = []
     while True:
         rng, params = key.range_sql(after, None, lo_name="after")
-        first = conn.execute(text(f"SELECT {js} FROM {table} WHERE {rng} ORDER BY {order} LIMIT 1"), params).scalar()
+        first = conn.execute(clause(f"SELECT {js} FROM {table} WHERE {rng} ORDER BY {order} LIMIT 1"), params).scalar()
         if first is None:
             return bounds
-        nth = conn.execute(text(f"SELECT {js} FROM {table} WHERE {rng} ORDER BY {order} OFFSET :skip LIMIT 1"),
+        nth = conn.execute(clause(f"SELECT {js} FROM {table} WHERE {rng} ORDER BY {order} OFFSET :skip LIMIT 1"),
                            {**params, "skip": chunk_rows - 1}).scalar()
         if nth is not None:
             hi, rows = decode(nth), chunk_rows
         else:
             last, rows = conn.execute(
-                text(f"SELECT (SELECT {js} FROM {table} WHERE {rng} ORDER BY {order_desc} LIMIT 1), "
-                     f"(SELECT count(*) FROM {table} WHERE {rng})"), params).one()
+                clause(f"SELECT (SELECT {js} FROM {table} WHERE {rng} ORDER BY {order_desc} LIMIT 1), "
+                       f"(SELECT count(*) FROM {table} WHERE {rng})"), params).one()
             hi = decode(last)
         bounds.append((after, hi, rows, decode(first)))
         if nth is None:

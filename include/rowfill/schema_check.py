@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from rowfill.errors import SpecError
 from rowfill.keys import Key, column_types
 from rowfill.spec import Spec
-from rowfill.sqlnames import quote
+from rowfill.sqlnames import clause, quote
 from rowfill.sqltext import spec_driver, spec_sql
 
 
@@ -109,10 +109,10 @@ def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, 
     with conn.begin_nested():
         conn.execute(text("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true), "
                           "set_config('enable_bitmapscan', 'off', true)"))
-        plan = conn.execute(text(f"EXPLAIN (FORMAT JSON) {probe}")).scalar()
+        plan = conn.execute(clause(f"EXPLAIN (FORMAT JSON) {probe}")).scalar()
         conn.execute(text("SELECT set_config('enable_seqscan', 'on', true), set_config('enable_sort', 'on', true), "
                           "set_config('enable_bitmapscan', 'on', true)"))
-        shown = "\n".join(r[0] for r in conn.execute(text(f"EXPLAIN {probe}")))
+        shown = "\n".join(r[0] for r in conn.execute(clause(f"EXPLAIN {probe}")))
     if isinstance(plan, str):
         plan = json.loads(plan)
     nodes = []

@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from rowfill import specyaml
+from rowfill.bounds import FIELDS as BOUNDS
+from rowfill.bounds import check_field
 from rowfill.durations import parse_duration
 from rowfill.errors import SpecError, SpecErrors
 from rowfill.sqlnames import BadIdentifier, TableName, parse_identifier
@@ -30,7 +32,6 @@ DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,199}")
 _CONN_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _CALLABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
-_MAX_INT = 2**31 - 1  # PostgreSQL's integer: counts of rows, chunks and retries beyond it are typing mistakes
 MODES = ("set", "sql", "transform", "sink")
 _CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually", "@continuous"}
 
@@ -197,8 +198,9 @@ def _column_names(value, expected: str, twice: str) -> tuple:
     return names
 
 
-def _check(kind: str, value: Any) -> Any:
-    """Convert one field's YAML value, or raise ValueError with advice."""
+def _check(kind: str, value: Any, field: str = "") -> Any:
+    """Convert one field's YAML value, or raise ValueError with advice (and the field's upper bound, ``rowfill.bounds``)."""
+    bound = BOUNDS.get(field)
     if kind == "name":
         if not isinstance(value, str) or not _NAME.fullmatch(value):
             raise ValueError("expected lower-case letters, digits and _, starting with a letter (it becomes the DAG id rowfill_<name>)")
@@ -249,21 +251,17 @@ def _check(kind: str, value: Any) -> Any:
             raise ValueError(f"expected a whole number, got {value!r}")
         if kind == "positive_int" and value < 1:
             raise ValueError("expected a number of at least 1")
-        if value > _MAX_INT:
-            raise ValueError(f"{value} is too large (at most {_MAX_INT:,})")
         if value < 0:
             raise ValueError("expected a number of at least 0")
         return value
     if kind == "duration":
-        return parse_duration(value)
+        return parse_duration(value, bound)
     if kind == "timeout":
-        seconds = parse_duration(value)
+        seconds = parse_duration(value, bound)
         if seconds < 0.001:
             # PostgreSQL reads 0 (and the runner's whole milliseconds round sub-ms values to 0) as "no timeout"
             raise ValueError(f"{value!r} is below 1ms; PostgreSQL would read it as 0, which means wait forever")
-        if seconds * 1000 > 2**31 - 1:
-            raise ValueError(f"{value!r} is above PostgreSQL's largest timeout (2147483647ms, about 24 days)")
-        return seconds
+        return seconds  # upper bounds: rowfill.bounds
     if kind == "schedule":
         if value is None:
             return None
@@ -294,7 +292,7 @@ def _check(kind: str, value: Any) -> Any:
         if value is True:
             raise ValueError("on/yes/true (read by YAML as true) is not a duration: write a duration such as 50ms, "
                              "or off for fixed-size batches")
-        seconds = parse_duration(value)
+        seconds = parse_duration(value, bound)
         if seconds <= 0:
             raise ValueError("expected a duration above 0, e.g. 500ms, or null for fixed-size batches")
         return seconds
@@ -413,7 +411,7 @@ def parse_spec(data: Any, source: str) -> Spec:
             errors.append(SpecError(source, str(key), f"unknown field; {advice}"))
             continue
         try:
-            values[key] = _check(FIELDS[key][0], value)
+            values[key] = check_field(key, _check(FIELDS[key][0], value, key), value)
         except (ValueError, BadIdentifier) as exc:
             errors.append(SpecError(source, key, str(exc)))
     for key, (_, required) in FIELDS.items():
@@ -482,16 +480,12 @@ def load_spec(path: str | os.PathLike) -> Spec:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpecErrors([SpecError(source, None, f"cannot be read: {exc.strerror}")]) from exc
-    except UnicodeDecodeError as exc:  # one such file must not stop the others from loading
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise SpecErrors([SpecError(source, None, f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at line {line}); "
-                                                  "save it as UTF-8")]) from exc
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
+    except UnicodeDecodeError as exc:  # one such file must not stop the others from loading
         line = raw[:exc.start].count(b"\n") + 1
         raise SpecErrors([SpecError(source, None, f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}); "
-                                                  "save the file as UTF-8")]) from None
+                                                  "save it as UTF-8")]) from None
     try:
         data = specyaml.load(text)
     except specyaml.DuplicateKey as exc:

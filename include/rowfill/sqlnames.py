@@ -2,13 +2,24 @@
 
 Specs name tables and columns; those names end up inside SQL text (identifiers cannot be bound
 parameters), so anything that is not a plain or a double-quoted identifier is refused before it
-gets near the database.
+gets near the database. Every name rowfill puts into SQL goes through ``quote`` (``TableName.sql``
+for tables); every value is a bound parameter, or, where PostgreSQL takes no parameters
+(``COMMENT ON ... IS '...'``), quoted by the driver (``literal``).
+
+A quoted name may hold anything but a NUL byte: quotes, ``;``, ``--``, ``:name`` (which
+SQLAlchemy's ``text()`` would take for a bind), ``%`` (psycopg's placeholders) and a backslash
+before a quote (which sqlparse reads as an escape; PostgreSQL does not). So rowfill's own SQL
+is never scanned for binds inside its quoted parts: ``clause`` builds a ``text()`` clause with
+the colons of quoted parts escaped, and ``rowfill.sqltext.driver`` keeps quoted parts away from
+the tokenizer (both through ``quoted_spans``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+from sqlalchemy import TextClause, text
 
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _QUOTED = re.compile(r'"((?:[^"]|"")+)"')
@@ -55,6 +66,50 @@ def split_dotted(text: str) -> list[str]:
 def quote(name: str) -> str:
     """Quote a real name for SQL text; doubling quotes makes any name safe."""
     return '"' + name.replace('"', '""') + '"'
+
+
+# A double-quoted identifier or a single-quoted string literal, read as PostgreSQL reads them with
+# standard_conforming_strings on (its default since 9.1): a doubled quote is a quote, a backslash is
+# just a character. rowfill's own SQL has no E'' strings, dollar quotes or comments.
+_QUOTED_PART = re.compile(r'"(?:[^"]|"")*"|\'(?:[^\']|\'\')*\'')
+
+
+def quoted_spans(sql: str) -> list[tuple[bool, str]]:
+    """rowfill's own SQL cut into (quoted, text) pieces, left to right, the way PostgreSQL's lexer cuts it.
+
+    A quoted piece is a whole ``"identifier"`` or ``'literal'``: an apostrophe inside a quoted
+    name does not start a literal, nor a double quote inside a literal a name. Joining the
+    pieces gives ``sql`` back.
+    """
+    out, at = [], 0
+    for m in _QUOTED_PART.finditer(sql):
+        if m.start() > at:
+            out.append((False, sql[at:m.start()]))
+        out.append((True, m.group()))
+        at = m.end()
+    if at < len(sql):
+        out.append((False, sql[at:]))
+    return out
+
+
+def clause(sql: str) -> TextClause:
+    """rowfill's own SQL (names quoted, values as ``:name`` binds) as a SQLAlchemy ``text()`` clause.
+
+    ``text()`` takes every ``:name`` after a non-word character for a bind, inside quotes too: a
+    column named ``k :hi`` would be bound. Colons inside quoted parts are escaped (``\\:``, which
+    ``text()`` turns back into ``:``), so only rowfill's own binds are binds.
+    """
+    return text("".join(piece.replace(":", "\\:") if quoted else piece for quoted, piece in quoted_spans(sql)))
+
+
+def literal(conn, value: str) -> str:
+    """``value`` as an SQL string literal, quoted by the driver (psycopg's ``sql.Literal``) for the
+    encoding and settings of ``conn`` (a SQLAlchemy connection). Only for the places PostgreSQL takes
+    no bound parameter, such as ``COMMENT ON ... IS '...'``; everywhere else values are bound.
+    """
+    from psycopg import sql
+
+    return sql.Literal(value).as_string(conn.connection.driver_connection)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from rowfill.errors import SpecError
 from rowfill.keys import Key, decode
 from rowfill.resolve import lookup, search_path
 from rowfill.spec import Spec
+from rowfill.sqlnames import clause
 
 
 def _relations(plan: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -71,8 +72,8 @@ def _whole_table_params(conn: Connection, writer, key: Key, table_sql: str) -> d
     then leaves the scans out of the plan.
     """
     js, order, desc = key.json_sql(), key.order_by(), key.order_by(desc=True)
-    first, last = conn.execute(text(f"SELECT (SELECT {js} FROM {table_sql} ORDER BY {order} LIMIT 1), "
-                                    f"(SELECT {js} FROM {table_sql} ORDER BY {desc} LIMIT 1)")).one()
+    first, last = conn.execute(clause(f"SELECT (SELECT {js} FROM {table_sql} ORDER BY {order} LIMIT 1), "
+                                      f"(SELECT {js} FROM {table_sql} ORDER BY {desc} LIMIT 1)")).one()
     if first is None:
         return None
     first, last = decode(first), decode(last)

@@ -30,6 +30,7 @@ from sqlparse import lexer
 from sqlparse import tokens as T
 
 from rowfill.errors import SpecError
+from rowfill.sqlnames import quoted_spans
 
 # FROM-clause continuations (`joins`) must not end the FROM clause: a top-level one of these would
 # replace or follow rowfill's own WHERE (the batch's key range) instead of joining rows.
@@ -83,7 +84,8 @@ class UserSql:
         for piece in self.pieces:
             if isinstance(piece, Bind):
                 typ = casts.get(piece.name)
-                out.append(f"CAST(%({piece.name})s AS {typ})" if typ else f"%({piece.name})s")
+                # the type's name (format_type's spelling) may hold a '%': doubled like any other
+                out.append(f"CAST(%({piece.name})s AS {typ.replace('%', '%%')})" if typ else f"%({piece.name})s")
             else:
                 out.append(piece.replace("%", "%%"))
         return "".join(out).strip()
@@ -365,20 +367,27 @@ def driver(template: str, slots: Mapping[str, str] | None = None, binary: Iterab
     ``template`` is SQL rowfill wrote (identifiers quoted, binds as ``:name``, no user text);
     ``@name`` marks where the driver SQL ``slots[name]`` (from ``UserSql.driver``/``wrapped``) goes.
     Binds become ``%(name)s`` (``%(name)b``, sent in binary, for names in ``binary``), every other
-    ``%`` is doubled. Raises KeyError for a slot without text (a programming error).
+    ``%`` is doubled. Quoted names and literals are cut out first (``sqlnames.quoted_spans``, as
+    PostgreSQL reads them) and never tokenized: a name may hold ``:x``, ``@x`` or a backslash
+    before a quote, which sqlparse would read as a bind, a slot or an escape. Raises KeyError for
+    a slot without text (a programming error).
     """
     slots = slots or {}
     binary = set(binary)
     out = []
-    for ttype, value in lexer.tokenize(template):
-        if ttype in T.Name.Placeholder and value.startswith(":"):
-            out.append(f"%({value[1:]})b" if value[1:] in binary else f"%({value[1:]})s")
-        elif ttype in T.Name and value.startswith("@"):
-            out.append(slots[value[1:]])
-        elif value.startswith("@"):  # sqlparse reads '@x' (one letter) as an operator: not a slot name
-            raise ValueError(f"template slot names need two or more letters: {template!r}")
-        else:
-            out.append(value.replace("%", "%%"))
+    for quoted, piece in quoted_spans(template):
+        if quoted:
+            out.append(piece.replace("%", "%%"))
+            continue
+        for ttype, value in lexer.tokenize(piece):
+            if ttype in T.Name.Placeholder and value.startswith(":"):
+                out.append(f"%({value[1:]})b" if value[1:] in binary else f"%({value[1:]})s")
+            elif ttype in T.Name and value.startswith("@"):
+                out.append(slots[value[1:]])
+            elif value.startswith("@"):  # sqlparse reads '@x' (one letter) as an operator: not a slot name
+                raise ValueError(f"template slot names need two or more letters: {template!r}")
+            else:
+                out.append(value.replace("%", "%%"))
     return "".join(out)
 
 
@@ -479,10 +488,14 @@ def spec_slots(spec, key=None) -> dict[str, str]:
     parsed = spec_sql(spec)
     casts = key_casts(key)
     keys = set(spec.key_columns)
+
+    def name(n: str) -> str:  # a quoted name as driver SQL: its % doubled like every other
+        return quote(n).replace("%", "%%")
+
     return {
         "where": parsed.where.wrapped(casts) if parsed.where else "TRUE",
-        "sets": ", ".join(f"{quote(c)} = {e.wrapped(casts)}" for c, e in parsed.set.items()),
-        "select": ", ".join(f"{e.wrapped(casts)} AS {quote(n)}" for n, e in parsed.select.items() if n not in keys),
+        "sets": ", ".join(f"{name(c)} = {e.wrapped(casts)}" for c, e in parsed.set.items()),
+        "select": ", ".join(f"{e.wrapped(casts)} AS {name(n)}" for n, e in parsed.select.items() if n not in keys),
         "joins": parsed.joins.driver(casts) if parsed.joins else "",
         "sql": parsed.sql.driver(casts) if parsed.sql else "",
     }

@@ -29,7 +29,7 @@ from rowfill.errors import RowfillError, SpecError
 from rowfill.keys import Key, column_types, load_key
 from rowfill.resolve import pinned_relation, pinned_spec, record
 from rowfill.spec import Spec
-from rowfill.sqlnames import TableName, quote
+from rowfill.sqlnames import TableName, clause, literal, quote
 from rowfill.writers import BatchWriter, SetWriter, explain_text
 
 ROLLBACK_SUFFIX = ".rollback"  # a name no spec can have ('.' is not allowed in spec names)
@@ -124,10 +124,11 @@ class UndoLog:
         existing = column_types(conn, self.table.sql)
         if not existing:
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-            conn.execute(text(self.ddl()))
-            conn.execute(text(f"COMMENT ON TABLE {self.table.sql} IS "
-                              f"'rowfill undo log of backfill {spec.name.replace(chr(39), chr(39) * 2)} on {spec.table}: "
-                              "previous (old_*) and written (new_*) values by key; restored by rowfill rollback'"))
+            conn.execute(clause(self.ddl()))
+            # COMMENT ON takes no bound parameter: the text is quoted by the driver, never pasted
+            comment = (f"rowfill undo log of backfill {spec.name} on {spec.table}: previous (old_*) and written (new_*) "
+                       "values by key; restored by rowfill rollback")
+            conn.execute(clause(f"COMMENT ON TABLE {self.table.sql} IS {literal(conn, comment)}"))
             return
         found = {n: t for n, (t, _) in existing.items()}
         if found != expected:
@@ -236,7 +237,7 @@ class RestoreWriter(BatchWriter):
         self.undo = UndoLog(self.spec.table, self.key, tuple(cols), tuple(undo_types[f"old_{c}"] for c in cols))
 
     def _write(self, has_lo: bool):
-        return self.statement(("restore", has_lo), lambda: text(
+        return self.statement(("restore", has_lo), lambda: clause(
             self.undo.restore_sql(self.forward.table.sql, self.key.range_text(has_lo, True))))
 
     def apply(self, conn, lo, hi) -> int:
@@ -331,7 +332,7 @@ def finish_rollback(engine: Engine, spec: Spec) -> RollbackResult:
         raise RollbackIncomplete(f"rollback of {spec.name!r}: {len(unfinished)} of {len(chunks)} chunks are not done "
                                  f"(first: chunk {unfinished[0].chunk_no}, {unfinished[0].status}); run it again to resume.")
     with engine.connect() as conn:
-        left = conn.execute(text(f"SELECT count(*) FROM {rb.table.sql}")).scalar() if _undo_exists(conn, spec) else 0
+        left = conn.execute(clause(f"SELECT count(*) FROM {rb.table.sql}")).scalar() if _undo_exists(conn, spec) else 0
     if left:
         store.reset(rb.name)  # so the next rollback walks the whole (small) undo log again
         raise RollbackIncomplete(
