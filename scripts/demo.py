@@ -66,6 +66,11 @@ def stop_previous() -> None:
     say("stopped the demo's Airflow and PostgreSQL")
 
 
+def login(stack: AirflowStack) -> str:
+    """How to sign in: the admin password is made at random for this demo's AIRFLOW_HOME."""
+    return f"(user {stack.user}, password {stack.password}; kept in {stack.secrets_file.relative_to(ROOT)})"
+
+
 def watch(stack: AirflowStack, engine, run_id: str) -> str:
     last_state, last_line = None, ""
     while True:
@@ -121,6 +126,7 @@ def main() -> int:
         stack.prepare()
         say("starting Airflow: scheduler (LocalExecutor), DAG processor, API server, triggerer")
         stack.start()
+        say(f"Airflow UI: {stack.base}  {login(stack)}")
         stack.wait_for_dag(DAG_ID)
         run_id = stack.trigger(DAG_ID)
         say(f"triggered {DAG_ID}")
@@ -133,7 +139,7 @@ def main() -> int:
         else:
             say(f"the run failed; task logs are in {stack.home}/logs")
         engine.dispose()
-        say(f"Airflow UI: {stack.base}  (user admin, password admin)")
+        say(f"Airflow UI: {stack.base}  {login(stack)}")
         if args.keep:
             keep = True
             STATE.write_text(json.dumps({"process_groups": [p.pid for p in stack.procs.values()],

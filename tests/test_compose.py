@@ -4,7 +4,8 @@ The compose stack cannot be started here, so these tests hold it to what the res
 already knows: the services the README documents, the Airflow settings shared with ``make demo``
 and the end-to-end tests (include/airflow.env, rowfill.devstack), the paths it mounts, the pools
 the specs need, and the Airflow version pinned in constraints.txt. Variables like
-``${AIRFLOW_API_PORT:-8080}`` are read at their defaults, never from the environment.
+``${AIRFLOW_API_PORT:-8080}`` are read at their defaults, never from the environment; required
+ones, ``${AIRFLOW_JWT_SECRET:?message}``, as the placeholder ``<AIRFLOW_JWT_SECRET>``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from rowfill import stacksecrets
 from rowfill.devstack import AirflowStack, read_env_file
 from rowfill.pools import pools_for
 from rowfill.spec import load_specs
@@ -54,18 +57,33 @@ DEPLOYMENT_SPECIFIC = {
     "AIRFLOW_CONN_ROWFILL_AIRFLOW_API",  # same but for host and port: test_api_connection_...
     "AIRFLOW_CONN_APP_DB",
     "ROWFILL_SPECS_DIR",
+    # Secrets: made per deployment (rowfill.stacksecrets), required from the environment by
+    # compose; test_secrets_come_from_the_environment_and_match_the_local_ones checks them.
+    *stacksecrets.AIRFLOW_SETTINGS.values(),
 }
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}")
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
 _SERVICE_NAME = re.compile(r"airflow-[a-z0-9]+(?:-[a-z0-9]+)*|app-db|redis|postgres|flower")
 
 
 # -- helpers ------------------------------------------------------------------------------------
 def interpolate(value):
-    """Compose interpolation at the defaults: ``${X:-d}`` -> d, ``${X}`` -> '', ``$$`` -> ``$``."""
+    """Compose interpolation at the defaults: ``${X:-d}`` -> d, ``${X}`` -> '', ``$$`` -> ``$``,
+    and a required ``${X:?message}`` -> ``<X>`` (the same placeholder wherever X is used)."""
     if not isinstance(value, str):
         return value
-    return _VAR.sub(lambda m: "$" if m.group(0) == "$$" else (m.group(2) or ""), value)
+
+    def one(m):
+        if m.group(0) == "$$":
+            return "$"
+        return f"<{m.group(1)}>" if m.group(2) == "?" else (m.group(3) or "")
+
+    return _VAR.sub(one, value)
+
+
+def required_variables(value) -> set[str]:
+    """Names of the ``${X:?message}`` (or ``${X?message}``) variables in a compose value."""
+    return {m.group(1) for m in _VAR.finditer(value) if m.group(2) == "?"} if isinstance(value, str) else set()
 
 
 def as_list(value) -> list:
@@ -135,6 +153,23 @@ def ports(service: dict) -> list[tuple[str | None, str]]:
     return found
 
 
+def _all_strings(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _all_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _all_strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def heredocs(service: dict) -> list[str]:
+    """The ``<<'PY'`` ... ``PY`` blocks of a service's shell command, as the shell hands them on."""
+    text = interpolate("\n".join(str(part) for part in as_list(service.get("command"))))
+    return re.findall(r"<<'PY'\n(.*?)\n\s*PY\n", text, re.S)
+
+
 def command_text(service: dict) -> str:
     return interpolate(" ".join(str(part) for part in as_list(service.get("command"))))
 
@@ -200,16 +235,21 @@ def airflow_services(compose, services) -> dict:
 
 
 @pytest.fixture
-def devstack_env(tmp_path, monkeypatch) -> dict[str, str]:
-    """What the local runs (make demo, end-to-end tests) give Airflow, without starting anything."""
+def devstack(tmp_path, monkeypatch) -> AirflowStack:
+    """The local stack (make demo, end-to-end tests), configured but not started."""
     import os
 
     for key in list(os.environ):
         if key.startswith(("AIRFLOW", "ROWFILL_")):
             monkeypatch.delenv(key)
-    stack = AirflowStack(tmp_path / "airflow", target_url="postgresql://u:p@127.0.0.1:5432/app",
-                         specs_dir=ROOT / "include" / "specs")
-    return {k: v for k, v in stack.env.items() if k.startswith(("AIRFLOW", "ROWFILL_"))}
+    return AirflowStack(tmp_path / "airflow", target_url="postgresql://u:p@127.0.0.1:5432/app",
+                        specs_dir=ROOT / "include" / "specs")
+
+
+@pytest.fixture
+def devstack_env(devstack) -> dict[str, str]:
+    """What the local runs (make demo, end-to-end tests) give Airflow, without starting anything."""
+    return {k: v for k, v in devstack.env.items() if k.startswith(("AIRFLOW", "ROWFILL_"))}
 
 
 # -- the services -------------------------------------------------------------------------------
@@ -346,26 +386,76 @@ def test_app_db_connection_is_the_app_db_service(services, airflow_services):
     assert connections == {"app_db"}, f"specs use connections {connections}; compose only defines app_db"
 
 
-def test_api_connection_reaches_the_api_server_with_the_admin_password(services, airflow_services, devstack_env):
+def test_api_connection_reaches_the_api_server_with_the_admin_password(services, airflow_services, devstack,
+                                                                      devstack_env, tmp_path):
     local = json.loads(devstack_env["AIRFLOW_CONN_ROWFILL_AIRFLOW_API"])
+    assert local["password"] == devstack.password == \
+        stacksecrets.read_secrets(devstack.secrets_file)["AIRFLOW_ADMIN_PASSWORD"], "local: not the generated password"
     container_ports = {container for _, container in ports(services[API_SERVER])}
-    init = command_text(services[INIT])
     for name, svc in airflow_services.items():
         env = effective_env(svc)
         conn = json.loads(env["AIRFLOW_CONN_ROWFILL_AIRFLOW_API"])
         assert conn["host"] == API_SERVER and str(conn["port"]) in container_ports, f"{name}: {conn}"
-        same = ("conn_type", "schema", "login", "password")
+        same = ("conn_type", "schema", "login")
         assert {k: conn.get(k) for k in same} == {k: local.get(k) for k in same}, f"{name}: {conn} vs local {local}"
+        assert conn["password"] == "<AIRFLOW_ADMIN_PASSWORD>", f"{name}: the admin password must come from AIRFLOW_ADMIN_PASSWORD"
         assert env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"), f"{name}: no passwords file"
-    # airflow-init writes that login/password into the passwords file the API server reads,
-    # which lives on a volume both mount.
+    # airflow-init writes that login/password into the passwords file the API server reads, which
+    # lives on a volume both mount: run the script it runs for that, as it would run in the container.
     pw_file = effective_env(services[INIT])["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
-    assert json.dumps({local["login"]: local["password"]}) in init, f"{INIT} does not write the admin password"
-    assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in init or pw_file in init
+    scripts = [block for block in heredocs(services[INIT]) if "SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in block]
+    assert len(scripts) == 1, f"{INIT} has no (single) script writing the passwords file"
+    env = {**effective_env(services[INIT]), "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "pw.json")}
+    env["AIRFLOW_CONN_ROWFILL_AIRFLOW_API"] = env["AIRFLOW_CONN_ROWFILL_AIRFLOW_API"].replace(
+        "<AIRFLOW_ADMIN_PASSWORD>", "s3cret-from-env")
+    done = subprocess.run([sys.executable, "-"], input=scripts[0], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "pw.json").read_text()) == {local["login"]: "s3cret-from-env"}
+    assert (tmp_path / "pw.json").stat().st_mode & 0o777 == 0o600, "the passwords file must be readable by its owner only"
     pw_dir = str(PurePosixPath(pw_file).parent)
     shared = {src for src, dst in mounts(services[INIT]) if dst == pw_dir} & \
              {src for src, dst in mounts(services[API_SERVER]) if dst == pw_dir}
     assert shared, f"{INIT} and {API_SERVER} do not share a volume at {pw_dir}"
+
+
+def test_secrets_come_from_the_environment_and_match_the_local_ones(compose, services, airflow_services, devstack):
+    """No secret has a value in the compose file: each is a required variable (``${X:?...}``, so
+    Compose refuses to start without it), the one scripts/compose_secrets.py writes into .env, and
+    the local stack sets the same Airflow settings from its own generated secrets."""
+    local = stacksecrets.read_secrets(devstack.secrets_file)
+    assert set(local) >= set(stacksecrets.LOCAL)
+    for name, svc in airflow_services.items():
+        raw = {**compose["x-airflow-common"]["environment"], **(svc.get("environment") or {})}
+        for variable, setting in stacksecrets.AIRFLOW_SETTINGS.items():
+            assert required_variables(raw.get(setting)) == {variable}, \
+                f"{name}: {setting} must be exactly ${{{variable}:?...}} (required, no default), not {raw.get(setting)!r}"
+            assert raw[setting].startswith("${") and raw[setting].endswith("}"), f"{name}: {setting}={raw[setting]!r}"
+            assert devstack.env[setting] == local[variable], f"local stack: {setting} is not its generated {variable}"
+    for db, user_url_key, variable in [("postgres", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_DB_PASSWORD"),
+                                       ("app-db", "AIRFLOW_CONN_APP_DB", "APP_DB_PASSWORD")]:
+        assert required_variables(services[db]["environment"]["POSTGRES_PASSWORD"]) == {variable}, \
+            f"{db}: POSTGRES_PASSWORD must be ${{{variable}:?...}}"
+        url = compose["x-airflow-common"]["environment"][user_url_key]
+        assert variable in required_variables(url), f"{user_url_key} does not take its password from {variable}"
+    required = set().union(*(required_variables(v) for v in _all_strings(compose)))
+    assert required == set(stacksecrets.COMPOSE), \
+        f"compose requires {sorted(required)}; scripts/compose_secrets.py writes {sorted(stacksecrets.COMPOSE)}"
+
+
+def test_compose_secrets_script_writes_a_private_env_file_once(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("AIRFLOW_API_PORT=8081\nAIRFLOW_FERNET_KEY=kept-as-it-was\n")
+    script = [sys.executable, str(ROOT / "scripts" / "compose_secrets.py"), "--env-file", str(env_file)]
+    done = subprocess.run(script, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    first = stacksecrets.read_secrets(env_file)
+    assert first["AIRFLOW_API_PORT"] == "8081" and first["AIRFLOW_FERNET_KEY"] == "kept-as-it-was"
+    assert set(stacksecrets.COMPOSE) <= set(first) and all(first[n] for n in stacksecrets.COMPOSE)
+    assert len({first[n] for n in stacksecrets.COMPOSE}) == len(stacksecrets.COMPOSE), "every secret is its own"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert first["AIRFLOW_JWT_SECRET"] not in done.stdout, "the script must not print secrets"
+    subprocess.run(script, check=True, capture_output=True, timeout=60)
+    assert stacksecrets.read_secrets(env_file) == first, "a second run must change nothing"
 
 
 # -- mounts, pools, seeding ---------------------------------------------------------------------

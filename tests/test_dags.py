@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from helpers import make_users, write_spec
@@ -50,6 +51,76 @@ def test_a_bad_spec_is_an_import_error_and_good_specs_still_load(tmp_path, monke
     [(path, error)] = bag.import_errors.items()
     assert path.endswith("rowfill_spec_errors.py")  # not the file of the good DAGs: they stay runnable
     assert "broken.yaml: field 'pause'" in error and "write it like 100ms" in error
+
+
+EXAMPLE_DAGS = {"rowfill_users_full_name", "rowfill_users_copy_v2", "rowfill_users_loyalty_points",
+                "rowfill_users_loyalty_points_rollback", "rowfill_products_search_vector", "rowfill_products_search_export"}
+
+
+def with_examples(folder):
+    for spec in (ROOT / "include" / "specs").glob("*.yaml"):
+        shutil.copy(spec, folder)
+    return folder
+
+
+def test_a_spec_that_is_not_utf8_only_hides_itself(tmp_path, monkeypatch):
+    with_examples(tmp_path)
+    (tmp_path / "latin.yaml").write_bytes("connection: app_db\ntable: users\nkey: id\nset: {full_name: \"'Zoë'\"}\n"
+                                          .encode("latin-1"))
+    bag = dagbag(tmp_path, monkeypatch)
+    assert set(bag.dag_ids) == EXAMPLE_DAGS
+    [(path, error)] = bag.import_errors.items()
+    assert path.endswith("rowfill_spec_errors.py")
+    assert f"{tmp_path / 'latin.yaml'}: is not UTF-8 text (byte 0xeb at line 4); save it as UTF-8" in error
+
+
+@pytest.mark.parametrize("field, value, bound", [
+    ("retry_delay", "99999999999h", "24h"),  # once beyond Python's timedelta: every rowfill DAG disappeared
+    ("max_retry_delay", "86400001ms", "24h"),
+    ("expected_duration", "8785h", "8784h (366 days)"),
+    ("lock_timeout", "2147483648ms", "2147483647ms (about 24.8 days)"),
+    ("chunk_rows", 2**63, "2147483647"),
+    ("pause", "24.001h", "24h"),
+])
+def test_a_value_above_its_bound_only_hides_its_own_spec(tmp_path, monkeypatch, field, value, bound):
+    """Refused when the spec is read (as by `rowfill validate`), naming the field and the bound: that spec's
+    error in the spec-errors DAG file, while every good spec's DAG loads."""
+    with_examples(tmp_path)
+    write_spec(tmp_path, name="too_long", **{field: value})
+    bag = dagbag(tmp_path, monkeypatch)
+    assert set(bag.dag_ids) == EXAMPLE_DAGS  # and no half-built rowfill_too_long
+    [(path, error)] = bag.import_errors.items()
+    assert path.endswith("rowfill_spec_errors.py")
+    assert f"{tmp_path / 'too_long.yaml'}: field '{field}': {value!r} is above the upper bound of {bound}" in error
+
+
+def test_values_at_their_bounds_build_dags_airflow_accepts(tmp_path, monkeypatch):
+    """The bounds themselves are accepted by Airflow: the DAG loads with them (validated and serialized)."""
+    from datetime import timedelta
+
+    with_examples(tmp_path)
+    write_spec(tmp_path, name="at_bounds", retry_delay="24h", max_retry_delay="24h", expected_duration="8784h",
+               stall_after="168h", stall_repeat_after="672h", retries=1000, max_parallel_chunks=1024,
+               chunk_rows=2**31 - 1, batch_rows=2**31 - 1, lock_timeout="2147483647ms", statement_timeout="1073741823ms")
+    bag = dagbag(tmp_path, monkeypatch)
+    assert bag.import_errors == {}
+    chunk = bag.dags["rowfill_at_bounds"].get_task("chunk")
+    assert (chunk.retries, chunk.max_active_tis_per_dagrun) == (1000, 1024)
+    assert chunk.retry_delay == chunk.max_retry_delay == timedelta(hours=24)
+    assert "watchdog" in bag.dags["rowfill_at_bounds"].task_ids
+
+
+def test_an_exception_while_building_a_dag_only_hides_its_own_spec(tmp_path, monkeypatch):
+    """Anything Airflow rejects while the DAG is built (here a tag over Airflow's 100 characters,
+    which the spec does not check) is that spec's error, naming its file."""
+    with_examples(tmp_path)
+    write_spec(tmp_path, name="long_tag", tags=["t" * 101])
+    bag = dagbag(tmp_path, monkeypatch)
+    assert set(bag.dag_ids) == EXAMPLE_DAGS
+    [(path, error)] = bag.import_errors.items()
+    assert path.endswith("rowfill_spec_errors.py")
+    assert (f"{tmp_path / 'long_tag.yaml'}: Airflow rejects its DAG (ValueError: tag cannot be longer than 100 "
+            "characters); change the spec so Airflow accepts it") in error
 
 
 def test_full_run_with_dag_test(tmp_path, db_url, engine, airflow_db, monkeypatch):

@@ -15,9 +15,11 @@ from rowfill.runner import ChunkRunner
 from rowfill.spec import load_spec
 
 
-def rows_between(engine, lo: int, hi: int, table: str = "users") -> int:
+def rows_between(engine, lo: int | None, hi: int, table: str = "users") -> int:
+    """Rows in (lo, hi]; lo None = from the start."""
     with engine.connect() as conn:
-        return conn.execute(text(f"SELECT count(*) FROM {table} WHERE id > :lo AND id <= :hi"), {"lo": lo, "hi": hi}).scalar()
+        return conn.execute(text(f"SELECT count(*) FROM {table} WHERE (CAST(:lo AS bigint) IS NULL OR id > :lo) AND id <= :hi"),
+                            {"lo": lo, "hi": hi}).scalar()
 
 
 def insert_users(engine, ids_sql: str) -> None:
@@ -30,7 +32,7 @@ def assert_covers(engine, chunks, chunk_rows: int, table: str = "users") -> None
     """Chunks are contiguous, cover every key, hold exactly chunk_rows rows except the last, none empty."""
     with engine.connect() as conn:
         lo_key, hi_key, total = conn.execute(text(f"SELECT min(id), max(id), count(*) FROM {table}")).one()
-    assert chunks[0].lo < lo_key and chunks[-1].hi == hi_key
+    assert chunks[0].lo is None and chunks[-1].hi == hi_key  # the first chunk starts from the start, below lo_key
     for before, after in zip(chunks, chunks[1:]):
         assert before.hi == after.lo, f"gap or overlap between chunk {before.chunk_no} and {after.chunk_no}"
     counts = [rows_between(engine, c.lo, c.hi, table) for c in chunks]
@@ -139,7 +141,7 @@ def test_rows_added_to_a_table_that_was_empty_are_planned_from_the_start(engine,
     assert plan_backfill(engine, spec) == []
     insert_users(engine, "generate_series(501, 1700)")
     chunks = plan_backfill(engine, spec)
-    assert [(c.lo, c.hi) for c in chunks] == [(500, 1500), (1500, 1700)]
+    assert [(c.lo, c.hi) for c in chunks] == [(None, 1500), (1500, 1700)]
 
 
 # -- max_map_length ----------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def test_a_plan_never_exceeds_the_map_limit_and_still_covers_every_key(engine, t
     spec = spec_for(tmp_path, chunk_rows=1000, batch_rows=1000)
     chunks = plan_backfill(engine, spec, limit=5)
     assert 0 < len(chunks) <= 5
-    assert chunks[0].lo == 0 and chunks[-1].hi == 20_000
+    assert chunks[0].lo is None and chunks[-1].hi == 20_000
     assert all(a.hi == b.lo for a, b in zip(chunks, chunks[1:]))
     assert [rows_between(engine, c.lo, c.hi) for c in chunks] == [c.est_rows for c in chunks]
     assert sum(c.est_rows for c in chunks) == 20_000
@@ -304,7 +306,7 @@ def test_quoted_mixed_case_names_are_planned(engine, tmp_path):
         conn.execute(text('INSERT INTO "Sales"."Order Lines" SELECT g, 0 FROM generate_series(1, 1500) g'))
     spec = spec_for(tmp_path, table='"Sales"."Order Lines"', key='"LineId"', where=None, set={'"Total"': '"LineId" * 2'})
     chunks = plan_backfill(engine, spec)
-    assert [(c.lo, c.hi) for c in chunks] == [(0, 1000), (1000, 1500)]
+    assert [(c.lo, c.hi) for c in chunks] == [(None, 1000), (1000, 1500)]
     run_all(engine, spec, chunks)
     with engine.connect() as conn:
         assert conn.execute(text('SELECT count(*) FROM "Sales"."Order Lines" WHERE "Total" = "LineId" * 2')).scalar() == 1500

@@ -3,13 +3,14 @@ loading a folder of specs never lets one bad file hide the good ones."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rowfill.errors import SpecError, SpecErrors
-from rowfill.spec import DEFAULT_SPECS_DIR, find_spec, load_spec, load_specs, specs_dir
+from rowfill.spec import DEFAULT_SPECS_DIR, FIELDS, find_spec, load_spec, load_specs, specs_dir
 from rowfill.sqlnames import TableName
 
 GOOD = {
@@ -159,19 +160,39 @@ def test_sql_mode_accepts_lo_and_hi_and_strips_a_trailing_semicolon(tmp_path):
 @pytest.mark.parametrize(
     "written, schema, name",
     [
-        ('"Users"', "public", "Users"),
+        ('"Users"', None, "Users"),
         ('public."My Table"', "public", "My Table"),
         ('"Sales"."Order ""Lines"""', "Sales", 'Order "Lines"'),
-        ('"a.b"', "public", "a.b"),
+        ('"a.b"', None, "a.b"),
         ("Public.USERS", "public", "users"),
-        ("users", "public", "users"),
+        ("users", None, "users"),
         ("app.users$2", "app", "users$2"),
     ],
 )
 def test_tables_are_read_the_way_postgresql_reads_them(tmp_path, written, schema, name):
-    """Quoted names keep their case and spaces; plain names are case-folded."""
+    """Quoted names keep their case and spaces; plain names are case-folded; no schema stays unknown
+    until planning resolves it with the connection's search_path (see test_resolve.py)."""
     spec = load_spec(spec_file(tmp_path, table=written))
     assert spec.table == TableName(schema, name)
+
+
+def test_the_fingerprint_holds_the_table_as_written_also_once_resolved(tmp_path):
+    """A qualified table's fingerprint is what it always was; an unqualified one's is its name as
+    written, and resolving it (app.orders on this connection) does not change what the backfill means."""
+    import dataclasses
+    import hashlib
+    import json
+
+    qualified = load_spec(spec_file(tmp_path, table="public.users"))
+    meaning = {"table": "public.users", "key": "id", "where": "full_name IS NULL",
+               "set": {"full_name": "first_name || ' ' || last_name"}, "sql": None}
+    assert qualified.fingerprint == hashlib.sha256(json.dumps(meaning, sort_keys=True).encode()).hexdigest()[:16]
+    unqualified = load_spec(spec_file(tmp_path, table="users"))
+    assert unqualified.meaning["table"] == "users"
+    resolved = dataclasses.replace(unqualified, table=unqualified.table.resolved("app", "users"))
+    assert str(resolved.table) == "app.users" and resolved.table.sql == '"app"."users"'
+    assert resolved.fingerprint == unqualified.fingerprint != qualified.fingerprint
+    assert not resolved.table.written_qualified and qualified.table.written_qualified
 
 
 def test_columns_are_read_the_way_postgresql_reads_them(tmp_path):
@@ -278,3 +299,230 @@ def test_find_spec_reports_a_broken_spec_by_its_own_errors(tmp_path):
     assert [e.field for e in caught.value.errors] == ["pause"]
     with pytest.raises(SpecErrors, match=r"no spec named 'ghost' \(known: ok\)"):
         find_spec("ghost", tmp_path)
+
+
+# -- SQL fields: read with one tokenizer (rowfill.sqltext) -------------------------------------------
+
+# (id, changes to GOOD, field, text the problem must contain): refused before any database is asked
+SQL_REFUSED = [
+    (":true outside a string literal", {"set": {"settings": "settings || :true"}}, "set", "':true' is not a value rowfill binds"),
+    ("a bind in where", {"where": "id >= :first"}, "where", "':first' is not a value rowfill binds (none in `where`"),
+    ("a bind in set", {"set": {"full_name": ":lo"}}, "set", "column 'full_name': ':lo' is not a value rowfill binds"),
+    ("an upper-case bind", {"set": DROP, "sql": "UPDATE users SET x = 1 WHERE id > :LO AND id <= :hi"}, "sql",
+     "bind names are lower case: write ':lo'"),
+    ("a psycopg placeholder", {"where": "id = %(x)s"}, "where", "'%(x)s' at character 6 (near 'id = %(x)s') is not a value rowfill binds"),
+    ("a positional parameter", {"where": "id = $1"}, "where", "is not a value rowfill binds"),
+    (":lo with a composite key", {"key": ["tenant_id", "id"], "set": DROP,
+                                  "sql": "UPDATE t SET x = 1 WHERE (tenant_id, id) > (:lo, :hi)"}, "sql", "':lo' is not a value rowfill binds"),
+    ("bounds only inside comments", {"set": DROP, "sql": "UPDATE users SET x = 1 -- WHERE id > :lo AND id <= :hi"}, "sql",
+     "must use the key bounds :lo, :hi"),
+    ("bounds only inside a literal", {"set": DROP, "sql": "UPDATE users SET x = ':lo :hi'"}, "sql", "must use the key bounds :lo, :hi"),
+    ("an unterminated literal", {"where": "full_name = 'x"}, "where", "cannot be read as SQL"),
+    ("a backslash before a quote", {"where": "full_name = 'C:\\' OR true OR full_name = ''"}, "where",
+     "whose end is ambiguous"),
+    ("a backslash ending an E string", {"where": "full_name = E'x\\'"}, "where", "whose end is ambiguous"),
+    ("a dollar quote glued to a name", {"where": "x$$ ) OR ( $$ = 'a'"}, "where", "unbalanced ')'"),
+    ("only a comment", {"where": "-- nothing yet"}, "where", "found only comments or nothing"),
+    ("a statement in a gate probe", {"gates": {"probe": {"sql": "SELECT 1; DELETE FROM jobs", "wait": 1}}}, "gates",
+     "probe.sql: expected one SQL statement, without ';' inside"),
+    ("a bind in the latency probe", {"latency_probe": {"sql": "SELECT * FROM users WHERE id = :id", "limit": "20ms"}},
+     "latency_probe", "sql: ':id' is not a value rowfill binds"),
+    ("OR after the range in sql", {"set": DROP, "sql": "DELETE FROM users WHERE id BETWEEN :first AND :last OR x IS NULL"}, "sql",
+     "OR at the top level of its WHERE clause"),
+    ("a top-level comma in a select value", {"set": DROP, "sink": "m:f", "select": {"a": "x, y"}}, "select", "'a': expected one SQL expression"),
+    ("joins with LIMIT", {"set": DROP, "sink": "m:f", "select": ["x"], "joins": "JOIN o ON o.id = users.id LIMIT 1"}, "joins",
+     "has LIMIT outside parentheses"),
+]
+
+
+@pytest.mark.parametrize("changes, field, expected", [r[1:] for r in SQL_REFUSED], ids=[r[0] for r in SQL_REFUSED])
+def test_sql_that_would_not_reach_postgresql_as_written_is_refused_naming_the_field(tmp_path, changes, field, expected):
+    error = the_error(spec_file(tmp_path, **changes), field)
+    assert expected in error.problem
+
+
+# (id, changes to GOOD): what the README allows, accepted as written
+SQL_ACCEPTED = [
+    ("a semicolon inside a literal", {"where": "full_name IS DISTINCT FROM 'a;b'"}),
+    ("a trailing semicolon and comment", {"set": DROP, "sql": "UPDATE users SET x = 1 WHERE id > :lo AND id <= :hi; -- done"}),
+    ("colons in JSON, times and casts", {"where": "NOT settings @> '{\"notify\":true}'::jsonb AND at <> '08:00'::time"}),
+    ("a top-level OR in where", {"where": "full_name IS NULL OR full_name = ''"}),
+    ("OR inside parentheses and CASE in sql", {"set": DROP, "sql": "UPDATE users SET x = CASE WHEN a OR b THEN 1 END "
+                                                                    "WHERE id > :lo AND id <= :hi AND (a OR b) AND x IS DISTINCT FROM 1"}),
+    ("OR in ON CONFLICT after the WHERE", {"set": DROP, "sql": "INSERT INTO v SELECT id FROM users WHERE id > :lo AND id <= :hi "
+                                                                "ON CONFLICT (id) DO UPDATE SET x = 1 WHERE v.a OR v.b"}),
+    ("composite bounds by name and position", {"key": ["tenant_id", "id"], "set": DROP,
+                                               "sql": "DELETE FROM t WHERE (tenant_id, id) BETWEEN (:first_tenant_id, :first_2) "
+                                                      "AND (:last_1, :last_id)"}),
+    ("a semicolon in a probe literal", {"gates": {"probe": {"sql": "SELECT count(*) FROM jobs WHERE note <> 'a;b';", "wait": 1}}}),
+    ("OR in a probe", {"gates": {"probe": {"sql": "SELECT count(*) FROM jobs WHERE state = 'queued' OR state = 'retry'",
+                                           "wait": 1}}}),
+    ("the jsonb ? operator", {"where": "NOT (settings ? 'notify')"}),
+    ("array slices", {"set": {"full_name": "array_to_string(parts[:2], ' ') || array_to_string(parts[a:b], ' ')"}}),
+]
+
+
+@pytest.mark.parametrize("changes", [a[1] for a in SQL_ACCEPTED], ids=[a[0] for a in SQL_ACCEPTED])
+def test_sql_the_readme_allows_is_accepted_as_written(tmp_path, changes):
+    spec = load_spec(spec_file(tmp_path, **changes))
+    for field in ("where", "sql"):
+        if field in changes:
+            assert getattr(spec, field) == changes[field].strip().rstrip(";").strip()
+
+
+# -- YAML's own readings ------------------------------------------------------------------------------
+
+
+def yaml_spec(tmp_path: Path, extra: str, base: str | None = None) -> Path:
+    """A spec written as YAML text (not dumped), so plain words reach the reader unquoted."""
+    base = base if base is not None else (
+        "name: users_full_name\nconnection: app_db\ntable: public.users\nkey: id\nwhere: full_name IS NULL\n"
+        "set:\n  full_name: \"first_name || ' ' || last_name\"\n")
+    path = tmp_path / "spec.yaml"
+    path.write_text(base + extra)
+    return path
+
+
+@pytest.mark.parametrize("word", ["off", "Off", "OFF", "no", "false", "null", '"off"'])
+def test_target_batch_time_off_works_unquoted(tmp_path, word):
+    assert load_spec(yaml_spec(tmp_path, f"target_batch_time: {word}\n")).target_batch_time is None
+
+
+@pytest.mark.parametrize("word", ["on", "yes", "true"])
+def test_target_batch_time_on_says_what_to_write(tmp_path, word):
+    error = the_error(yaml_spec(tmp_path, f"target_batch_time: {word}\n"), "target_batch_time")
+    assert "write a duration such as 50ms, or off for fixed-size batches" in error.problem
+
+
+def test_a_boolean_where_a_duration_is_needed_says_yaml_read_it_as_one(tmp_path):
+    error = the_error(yaml_spec(tmp_path, "pause: off\n"), "pause")
+    assert "got off/no/false (YAML reads these words unquoted as true and false)" in error.problem
+
+
+# (YAML line as the README writes it, field, value read)
+README_SPELLINGS = [
+    ("target_batch_time: 200ms", "target_batch_time", 0.2),
+    ("target_batch_time: off", "target_batch_time", None),
+    ("pause: 100ms", "pause", 0.1),
+    ("pause: 2s", "pause", 2.0),
+    ("pause: 1m", "pause", 60.0),
+    ("pause: 0", "pause", 0.0),
+    ("stall_after: 15m", "stall_after", 900.0),
+    ("expected_duration: 2h", "expected_duration", 7200.0),
+    ("undo: true", "undo", True),
+    ("schedule: null", "schedule", None),
+    ('schedule: "0 2 * * *"', "schedule", "0 2 * * *"),
+    ("window: off", "window", ()),
+]
+
+
+@pytest.mark.parametrize("line, field, value", README_SPELLINGS, ids=[s[0] for s in README_SPELLINGS])
+def test_every_spelling_the_readme_documents_is_read_as_documented(tmp_path, line, field, value):
+    assert getattr(load_spec(yaml_spec(tmp_path, line + "\n")), field) == value
+
+
+@pytest.mark.parametrize("start, end, shown", [("01:00", "06:00", "01:00-06:00"), ("22:30", "23:30", "22:30-23:30"),
+                                               ("1:00:30", "23:59:59", "01:00:30-23:59:59"), ('"22:30"', '"06:00"', "22:30-06:00")])
+def test_window_times_work_unquoted(tmp_path, start, end, shown):
+    """YAML 1.1 reads an unquoted 22:30 as the base-60 number 1350; rowfill reads it as the time it is."""
+    (window,) = load_spec(yaml_spec(tmp_path, f"window: {{start: {start}, end: {end}, timezone: Europe/Berlin}}\n")).window
+    assert str(window) == f"{shown} Europe/Berlin"
+
+
+def test_every_yaml_example_in_the_readme_is_a_valid_spec(tmp_path):
+    import importlib.util
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 8
+    for block in blocks:
+        example = yaml.safe_load(block)
+        if "alerts" in example and importlib.util.find_spec("airflow.providers.slack") is None:
+            example["alerts"] = [a for a in example["alerts"] if "slack" not in a]  # refused with advice then (tested elsewhere)
+        data = {**GOOD, **example}
+        if any(mode in example for mode in ("sql", "transform", "sink")):
+            data.pop("set")
+        if "transform" in example:
+            data.setdefault("returns", ["loyalty_points"])
+        path = tmp_path / "example.yaml"
+        path.write_text(block if set(example) >= {"name", "connection", "table", "key"} else yaml.safe_dump(data))
+        load_spec(path)  # raises SpecErrors naming the field if the README shows something rowfill refuses
+
+
+def test_a_key_given_twice_is_an_error_naming_the_key_and_lines(tmp_path):
+    error = the_error(yaml_spec(tmp_path, "batch_rows: 100\npause: 1s\nbatch_rows: 5000\n"), "batch_rows")
+    assert "batch_rows is given twice, at lines 8 and 10" in error.problem
+
+
+def test_a_column_given_twice_in_set_is_an_error_naming_set(tmp_path):
+    base = "name: a\nconnection: app_db\ntable: public.users\nkey: id\nset:\n  points: points + 10\n  points: points + 20\n"
+    error = the_error(yaml_spec(tmp_path, "", base), "set")
+    assert "set.points is given twice, at lines 6 and 7" in error.problem
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    base = ("name: a\nconnection: app_db\ntable: public.users\nkey: id\nset: {full_name: first_name}\n"
+            "gates:\n  replica_lag: &lag {wait: 10s, critical: 5min}\n  long_transaction: {<<: *lag, wait: 1min}\n")
+    spec = load_spec(yaml_spec(tmp_path, "", base))
+    assert (spec.gates["long_transaction"].wait, spec.gates["long_transaction"].critical) == (60.0, 300.0)
+
+
+# -- no spec content ends in a traceback ----------------------------------------------------------------
+
+JUNK = [None, True, False, 0, -1, 10**40, 1e300, float("inf"), float("nan"), "", "off", "22:30", "'", "(", "/*", ":x",
+        "%s", "a, b", [], [1], [[["x"]]], ["a", {"b": [None]}], {}, {"a": 1}, {"a": {"b": [1, {"c": []}]}}, {None: None},
+        {"sql": [1], "wait": {"x": 1}}, [{"start": [], "end": {}}], [{"smtp": {"to": [[1]]}}], "é" * 300]
+
+
+@pytest.mark.parametrize("field", list(FIELDS))
+def test_any_value_of_any_field_gives_a_field_error_not_a_traceback(tmp_path, field):
+    for junk in JUNK:
+        path = spec_file(tmp_path, **{field: junk})
+        try:
+            load_spec(path)
+        except SpecErrors as exc:
+            assert all(e.source == str(path) for e in exc.errors)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"name: caf\xe9\n", "is not UTF-8 text (byte 0xe9 at line 1); save it as UTF-8"),
+    (b"a: " + b"[" * 3000, "nested too deeply"),
+    (b"set: &s {full_name: *s}\n", "field 'set'"),
+    (b"name: x\n\x00", "is not valid YAML"),
+    (b"? [a, b]\n: 1\n", "is not valid YAML"),
+], ids=["not utf-8", "deep nesting", "alias loop", "nul byte", "unhashable key"])
+def test_unreadable_files_are_refused_naming_the_file(tmp_path, content, expected):
+    path = tmp_path / "junk.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SpecErrors, match=re.escape(expected)):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("changes, field, expected", [
+    ({"chunk_rows": 10**40}, "chunk_rows", "is above the upper bound of 2147483647: PostgreSQL's integer"),
+    ({"pause": 10**40}, "pause", "is above the upper bound of 24h"),
+    ({"stall_after": "100000h"}, "stall_after", "'100000h' is above the upper bound of 168h (7 days)"),
+    ({"lock_timeout": 30 * 86400}, "lock_timeout", "is above the upper bound of 2147483647ms (about 24.8 days): "
+                                                   "PostgreSQL's largest timeout"),
+    ({"gates": {"replica_lag": {"wait": 1e300}}}, "gates", "replica_lag.wait: 1e+300 is above the upper bound of 168h"),
+], ids=["rows", "pause", "stall_after", "lock_timeout", "gate threshold"])
+def test_huge_numbers_are_field_errors(tmp_path, changes, field, expected):
+    assert expected in the_error(spec_file(tmp_path, **changes), field).problem
+
+
+def test_rowfill_validate_prints_field_errors_for_junk_and_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "bytes.yaml").write_bytes(b"\xff\xfe\x00junk")
+    (tmp_path / "deep.yaml").write_text("where: " + "[" * 3000)
+    spec_file(tmp_path, "lists.yaml", name="lists", where=["a", "b"], set={"x": ["y"]}, table=[1])
+    spec_file(tmp_path, "sql.yaml", name="sqlx", where="x = '{\"a\":true}' OR :true")
+    rowfill = Path(sys.executable).parent / "rowfill"
+    out = subprocess.run([str(rowfill), "--specs-dir", str(tmp_path), "validate"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stdout + out.stderr
+    assert f"error {tmp_path / 'sql.yaml'}: field 'where': ':true'" in out.stdout
+    assert f"error {tmp_path / 'lists.yaml'}: field 'where'" in out.stdout
+    assert f"error {tmp_path / 'bytes.yaml'}: is not UTF-8 text" in out.stdout

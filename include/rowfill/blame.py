@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError
 from rowfill.errors import RowfillError
 from rowfill.keys import format_value
 from rowfill.spec import Spec
-from rowfill.sqlnames import quote
+from rowfill.sqlnames import clause, quote
 
 DATA_ERROR_CLASSES = ("22", "23")
 
@@ -83,7 +83,7 @@ class Narrowing:
         """Every key in ``(lo, hi]`` in key order, as JSON values (one batch: at most ``max_batch_rows``)."""
         key = self.writer.key
         rng, params = key.range_sql(lo, hi)
-        sql = text(f"SELECT {key.json_sql()} FROM {self.spec.table.sql} WHERE {rng} ORDER BY {key.order_by()}")
+        sql = clause(f"SELECT {key.json_sql()} FROM {self.spec.table.sql} WHERE {rng} ORDER BY {key.order_by()}")
         from rowfill.keys import decode
 
         return [decode(v) for v in self.conn.execute(sql, params).scalars()]

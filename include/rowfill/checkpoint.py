@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.backfills (
 CREATE TABLE IF NOT EXISTS {SCHEMA}.chunks (
     backfill     text NOT NULL REFERENCES {SCHEMA}.backfills (name) ON DELETE CASCADE,
     chunk_no     integer NOT NULL,
-    lo           jsonb NOT NULL,          -- exclusive lower key bound
+    lo           jsonb NOT NULL,          -- exclusive lower key bound; JSON null = from the start (the lowest chunk)
     hi           jsonb NOT NULL,          -- inclusive upper key bound
     est_rows     bigint NOT NULL,         -- rows in (lo, hi] when planned
     cursor       jsonb,                   -- last key done; NULL = not started
@@ -87,12 +87,24 @@ UPGRADES = {
 }
 
 
+# Columns of rowfill.backfills added later, the same way. The relation the spec's `table` resolved
+# to when the backfill was planned (see rowfill.resolve): every later task uses this name, after
+# checking that it still is the same relation (OID). For a rollback (``<name>.rollback``) they hold
+# the table it restores, since the backfill's own row is gone while the rollback runs.
+BACKFILL_UPGRADES = {
+    "table_schema": "text",
+    "table_name": "text",
+    "table_oid": "oid",
+}
+
+
 def _upgrade_sql() -> str:
     steps = "".join(
-        f"IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{SCHEMA}.chunks'::regclass "
+        f"IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{SCHEMA}.{table}'::regclass "
         f"AND attname = '{column}' AND NOT attisdropped) THEN "
-        f"ALTER TABLE {SCHEMA}.chunks ADD COLUMN {column} {definition}; END IF; "
-        for column, definition in UPGRADES.items()
+        f"ALTER TABLE {SCHEMA}.{table} ADD COLUMN {column} {definition}; END IF; "
+        for table, columns in (("chunks", UPGRADES), ("backfills", BACKFILL_UPGRADES))
+        for column, definition in columns.items()
     )
     return f"DO $$ BEGIN {steps}END $$;"
 
@@ -323,6 +335,35 @@ class CheckpointStore:
                 ),
                 {"n": name, "c": chunk_no, "e": error[:2000]},
             )
+
+    def open_lowest(self, conn: Connection, name: str) -> int:
+        """Inside planning: the lowest chunk starts "from the start" (lo NULL), whatever its key type.
+
+        Plans made before this had an integer key's chunk 1 start at its minimum minus one, which
+        left keys inserted below that minimum outside every chunk for good (and overflows at the
+        type's minimum). Returns 1 if a stored plan was changed.
+        """
+        return conn.execute(
+            text(f"UPDATE {SCHEMA}.chunks SET lo = 'null'::jsonb WHERE backfill = :n AND lo <> 'null'::jsonb "
+                 f"AND chunk_no = (SELECT min(chunk_no) FROM {SCHEMA}.chunks WHERE backfill = :n)"),
+            {"n": name},
+        ).rowcount
+
+    def reopen(self, conn: Connection, name: str, chunk_nos: list[int]) -> list[int]:
+        """Inside planning: done chunks that hold rows still matching ``where`` are walked again from their start.
+
+        The re-walk only writes rows that still match ``where`` (every write re-checks it), so what
+        was written stays written once. ``rows_seen`` starts over with the walk (progress reads
+        right); ``rows_written`` keeps counting. Returns the chunks that were still done.
+        """
+        if not chunk_nos:
+            return []
+        return list(conn.execute(
+            text(f"UPDATE {SCHEMA}.chunks SET status = 'pending', cursor = NULL, finished_at = NULL, rows_seen = 0, "
+                 "last_error = NULL, throttle_state = NULL, updated_at = now() "
+                 "WHERE backfill = :n AND chunk_no = ANY(:c) AND status = 'done' RETURNING chunk_no"),
+            {"n": name, "c": list(chunk_nos)},
+        ).scalars())
 
     def reset(self, name: str) -> int:
         """Forget a backfill's plan and progress (rows already written stay written)."""

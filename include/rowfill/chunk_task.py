@@ -6,7 +6,8 @@ triggerer), ``rowfill run`` (which waits in-process) and the tests (which drive 
 - cancelled → ``cancelled``: nothing is written, the cursor stays where it is;
 - paused → ``defer`` until resumed;
 - outside every window → ``defer`` until the next window opens;
-- otherwise run from the cursor; the runner stops at a batch boundary when the backfill is
+- otherwise check that the table is still the relation planned (``rowfill.resolve``: a ``table``
+  SpecError, nothing written, if not) and run from the cursor; the runner stops at a batch boundary when the backfill is
   paused or cancelled, or when the window closes, and the outcome says which.
 """
 
@@ -22,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from rowfill.checkpoint import CheckpointStore
 from rowfill.control import ControlStore, LiveControl, stop_reason
+from rowfill.resolve import pinned_spec
 from rowfill.runner import BatchObserver, ChunkResult, ChunkRunner
 from rowfill.spec import Spec
 from rowfill.throttle import Throttle
@@ -77,6 +79,9 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
         logger.info("%s: %s; waiting without holding a worker slot", label, reason)
         return Outcome("defer", reason, until=opens)
 
+    # the table pinned at planning, after checking it is still the same relation: every statement of
+    # the chunk (writes, gates, the throttle's probes) names it schema-qualified
+    spec = pinned_spec(engine, spec)
     throttle = Throttle.for_spec(spec, sleep, engine=engine, logger=logger)
     live = LiveControl(controls, spec, throttle, overrides=overrides, logger=logger, label=label)
     live.start(control)

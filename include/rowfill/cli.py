@@ -18,6 +18,7 @@ from rowfill.control import ControlStore, parse_assignments, stop_reason
 from rowfill.db import check_reachable, engine_for
 from rowfill.errors import ChunkFailed, RowfillError
 from rowfill.plan import plan_backfill
+from rowfill.resolve import pinned_spec, stored_table
 from rowfill.observers import standard_observers
 from rowfill.pools import POOLS_FILE, pools_for
 from rowfill.report import backfill_summary, counts_still
@@ -74,7 +75,7 @@ def cmd_status(args) -> int:
     if args.name and not specs:
         find_spec(args.name, args.specs_dir)  # raises the helpful error
     while True:
-        pairs, controls = [], {}
+        pairs, controls, problems = [], {}, {}
         for spec in specs:
             engine = _engine(spec, args)
             try:
@@ -82,7 +83,9 @@ def cmd_status(args) -> int:
                 controls[spec.name] = control = ControlStore(engine).get(spec.name)
                 if control.state != "running" and status.state not in ("done", "not started"):
                     status = dataclasses.replace(status, state=control.state)  # paused / cancelled says more than "waiting"
-                pairs.append((spec, status))
+                with engine.connect() as conn:  # the table planned on (schema-qualified), and whether it changed since
+                    table, problems[spec.name] = stored_table(conn, spec)
+                pairs.append((dataclasses.replace(spec, table=table), status))
             finally:
                 engine.dispose()
         if args.json:
@@ -90,9 +93,12 @@ def cmd_status(args) -> int:
             for entry, (spec, _) in zip(data, pairs):
                 c = controls[spec.name]
                 entry["control"] = {"state": c.state, "knobs": c.knobs, "note": c.note}
+                if problems[spec.name]:
+                    entry["table_problem"] = problems[spec.name]
             print(json.dumps(data, indent=2, default=str), flush=True)
         else:
-            lines = [line for spec, s in pairs for line in render_backfill(spec, s, args.chunks) + _control_lines(controls[spec.name])]
+            lines = [line for spec, s in pairs for line in render_backfill(spec, s, args.chunks) + _control_lines(controls[spec.name])
+                     + ([f"    table: {problems[spec.name]}"] if problems[spec.name] else [])]
             if args.watch:
                 print("\033[2J\033[H" + time.strftime("%H:%M:%S") + f"  rowfill status (every {args.watch:g} s, Ctrl-C to stop)")
             print("\n".join(lines) or "no specs", flush=True)
@@ -114,7 +120,7 @@ def cmd_run(args) -> int:
     show_still = counts_still(spec)
     try:
         chunks = plan_backfill(engine, spec, log=logging.getLogger("rowfill.plan"))
-        print(f"{spec.name}: {len(chunks)} chunks to run")
+        print(f"{spec.name}: {len(chunks)} chunks to run on {pinned_spec(engine, spec).table}")
         for chunk in chunks:
             # windows, pause and cancel apply here too; waiting happens in this process
             try:
@@ -208,7 +214,8 @@ def cmd_plan(args) -> int:
 
 def cmd_rollback(args) -> int:
     """Restore the previous values recorded by an ``undo: true`` backfill, in throttled, checkpointed batches."""
-    from rowfill.undo import NoUndo, RestoreWriter, finish_rollback, no_undo_message, plan_rollback, rollback_spec
+    from rowfill.undo import (NoUndo, RestoreWriter, finish_rollback, no_undo_message, plan_rollback, rollback_spec,
+                              rollback_target)
 
     spec = find_spec(args.name, args.specs_dir)
     if not spec.undo:
@@ -222,9 +229,10 @@ def cmd_rollback(args) -> int:
     try:
         rb = rollback_spec(spec)
         chunks = plan_rollback(engine, spec, log=logging.getLogger("rowfill.plan"))
-        print(f"{spec.name}: rolling back, {len(chunks)} chunks of the undo log")
+        forward = rollback_target(engine, spec)
+        print(f"{spec.name}: rolling back {forward.table}, {len(chunks)} chunks of the undo log")
         for chunk in chunks:
-            ChunkRunner(engine, rb, label=chunk.label, writer=RestoreWriter(rb, spec)).run(chunk.chunk_no)
+            ChunkRunner(engine, rb, label=chunk.label, writer=RestoreWriter(rb, forward)).run(chunk.chunk_no)
         print(finish_rollback(engine, spec).line())
     finally:
         engine.dispose()

@@ -26,6 +26,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from rowfill.checkpoint import SCHEMA, _LOCK_KEY, CheckpointStore
+from rowfill.bounds import FIELDS as BOUNDS
+from rowfill.bounds import LATENCY_LIMIT
 from rowfill.durations import parse_duration
 from rowfill.errors import RowfillError
 
@@ -81,22 +83,23 @@ def parse_knob(name: str, value) -> float | int | None:
     raw = value.strip() if isinstance(value, str) else value
     try:
         kind = _SIMPLE_KNOBS.get(name)
+        bound = BOUNDS.get(name)  # the spec field's upper bound (rowfill.bounds); latency_limit is latency_probe.limit
         if kind == "rows":
             rows = int(raw)
             if rows < 1 or (isinstance(raw, float) and rows != raw):
                 raise ValueError
-            return rows
+            return bound.check(rows)
         if kind == "duration":
-            return parse_duration(raw)
+            return parse_duration(raw, bound)
         if kind == "ratio":
             ratio = float(raw)
             if not 0 <= ratio <= 100:
                 raise ValueError
             return ratio
         if kind == "duration_or_off":
-            return None if raw in ("off", None) else parse_duration(raw)
+            return None if raw in ("off", None) else parse_duration(raw, bound)
         if kind == "positive_duration":
-            seconds = parse_duration(raw)
+            seconds = parse_duration(raw, LATENCY_LIMIT)
             if seconds <= 0:
                 raise ValueError
             return seconds
@@ -108,7 +111,7 @@ def parse_knob(name: str, value) -> float | int | None:
             if unit != "seconds" and isinstance(raw, str):
                 raw = float(raw)
             return threshold(unit, raw, name)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf) of a JSON Infinity
         detail = f": {exc}" if str(exc) else ""
         raise BadKnob(f"knob {name}={value!r} is not valid{detail}; e.g. batch_rows=2000, pause=50ms, pause_ratio=0.5, "
                       "target_batch_time=300ms, latency_limit=20ms, replica_lag.wait=5s, active_backends.critical=100") from None

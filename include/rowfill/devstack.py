@@ -4,6 +4,10 @@ API server and triggerer as separate processes, each in its own process group.
 Stopping kills whole process groups, because Airflow components leave children (task runners,
 gunicorn/uvicorn workers) that outlive their parent. Settings shared with docker-compose come from
 ``include/airflow.env``; only what must differ locally (paths, SQLite, port, executor) is added here.
+
+Secrets (JWT secret, API secret key, Fernet key, the admin password) are made at random once per
+``AIRFLOW_HOME`` and kept there (``rowfill.stacksecrets``): nothing that grants access to the stack
+is written in the repository.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+from rowfill import stacksecrets
 
 PROJECT = Path(__file__).resolve().parents[2]
 SHARED_ENV = PROJECT / "include" / "airflow.env"
@@ -37,13 +43,20 @@ def read_env_file(path: Path = SHARED_ENV) -> dict[str, str]:
 class AirflowStack:
     def __init__(self, home: str | os.PathLike, *, port: int = 8080, target_url: str | None = None,
                  specs_dir: str | os.PathLike | None = None, extra_env: dict[str, str] | None = None,
-                 user: str = "admin", password: str = "admin",
+                 user: str = "admin", password: str | None = None,
                  metadata_url: str | None = None, broker_url: str | None = None):
         """LocalExecutor on SQLite by default; give ``metadata_url`` (PostgreSQL) and ``broker_url``
-        (Redis) for a CeleryExecutor deployment whose workers ``start_workers`` starts."""
+        (Redis) for a CeleryExecutor deployment whose workers ``start_workers`` starts.
+
+        ``password`` is the admin user's; by default the one made at random for this ``home``
+        (kept in ``home/rowfill-secrets.env``, mode 0600, with the JWT secret, the API secret key and
+        the Fernet key, so a restarted stack on the same home keeps its tokens and connections valid).
+        """
         self.home = Path(home).resolve()
         self.port = port
-        self.user, self.password = user, password
+        self.secrets_file = self.home / stacksecrets.LOCAL_FILE
+        made = stacksecrets.ensure_secrets(self.secrets_file, stacksecrets.LOCAL)
+        self.user, self.password = user, password or made["AIRFLOW_ADMIN_PASSWORD"]
         self.base = f"http://127.0.0.1:{port}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, **read_env_file()}
@@ -61,7 +74,9 @@ class AirflowStack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
             "AIRFLOW_CONN_ROWFILL_AIRFLOW_API": json.dumps(
-                {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "login": user, "password": password}),
+                {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "login": user,
+                 "password": self.password}),
+            **{setting: made[name] for name, setting in stacksecrets.AIRFLOW_SETTINGS.items()},
         })
         if broker_url:
             self.env["AIRFLOW__CELERY__BROKER_URL"] = broker_url
@@ -82,7 +97,7 @@ class AirflowStack:
 
     def prepare(self, pools_file: Path | None = PROJECT / "include" / "pools.json") -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "passwords.json").write_text(json.dumps({self.user: self.password}))
+        _write_private(self.home / "passwords.json", json.dumps({self.user: self.password}))
         self.airflow("db", "migrate")
         if pools_file:
             self.airflow("pools", "import", str(pools_file))
@@ -242,6 +257,14 @@ class AirflowStack:
         rid = urllib.parse.quote(run_id, safe="")
         entry = self.api("GET", f"/dags/{dag_id}/dagRuns/{rid}/taskInstances/{task_id}/xcomEntries/return_value?map_index={map_index}")
         return entry["value"]
+
+
+def _write_private(path: Path, content: str) -> None:
+    """Write ``content`` to ``path`` readable by this user only (0600), also when it already exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(content)
+    os.chmod(path, 0o600)
 
 
 def _kill_group(pid: int, sig: int) -> None:

@@ -13,6 +13,7 @@ so it runs, with the spec's ``lock_timeout``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,8 +26,12 @@ from rowfill.checkpoint import SCHEMA, CheckpointStore
 from rowfill.durations import format_duration
 from rowfill.keys import chunk_label, format_value, load_key
 from rowfill.plan import max_map_length, merge_to_limit, walk_boundaries
+from rowfill.resolve import pinned, same_meaning
 from rowfill.schema_check import check_target
 from rowfill.spec import Spec
+from rowfill.sqltarget import check_sql_target
+from rowfill.sweep import chunks_to_resweep
+from rowfill.sqltext import spec_driver
 from rowfill.writers import writer_for
 
 
@@ -93,21 +98,32 @@ def dry_run(engine: Engine, spec: Spec, *, limit: int | None = None, count_timeo
 
 
 def _plan(conn, spec: Spec, limit: int, report: DryRun, count_timeout: str) -> None:
-    check_target(conn, spec)
+    spec = pinned(conn, spec)  # the table the plan was made on (OID checked), or resolved as planning would
+    report.table = str(spec.table)
+    target = check_target(conn, spec)
+    check_sql_target(conn, spec, target.key)
     key = load_key(conn, spec)
     stored, fingerprint = _stored_chunks(conn, spec)
-    if fingerprint and fingerprint != spec.fingerprint:
+    if fingerprint and not same_meaning(fingerprint, spec):
         report.notes.append(f"the stored plan was made for a different table/key/where/set/sql: a run refuses to "
                             f"start until `rowfill reset {spec.name}`; shown as if it had been reset")
         stored = []
-    open_chunks = [c for c in stored if c.status != "done"]
+    if stored and stored[0].lo is not None:  # planning opens the lowest chunk of an older plan
+        stored[0] = dataclasses.replace(stored[0], lo=None)
+    again = set(chunks_to_resweep(conn.engine, spec, stored))
+    if again:
+        report.notes.append(f"{len(again)} done chunk(s) hold rows that match `where` again: a run walks them again")
+    open_chunks = [c for c in stored if c.status != "done" or c.chunk_no in again]
     after = stored[-1].hi if stored else None
     new = merge_to_limit(walk_boundaries(conn, spec, after, spec.chunk_rows, key), max(limit - len(open_chunks), 0))
     total = len(stored) + len(new)
     todo = []  # (label, status, position, hi, rows left)
     for c in open_chunks:
-        left = max(c.est_rows - c.rows_seen, 0)
-        todo.append((chunk_label(spec.key, c.chunk_no, total, c.lo, c.hi, c.first_key), c.status, c.position, c.hi, left))
+        label = chunk_label(spec.key, c.chunk_no, total, c.lo, c.hi, c.first_key)
+        if c.chunk_no in again:
+            todo.append((label, "again", c.lo, c.hi, c.est_rows))
+        else:
+            todo.append((label, c.status, c.position, c.hi, max(c.est_rows - c.rows_seen, 0)))
     for i, (lo, hi, rows, *first) in enumerate(new, len(stored) + 1):
         todo.append((chunk_label(spec.key, i, total, lo, hi, first[0] if first else None), "new", lo, hi, rows))
     todo = todo[:limit]
@@ -138,14 +154,14 @@ def _count_changes(conn, spec: Spec, key, todo, report: DryRun, timeout: str) ->
         rng, p = key.range_sql(lo, hi, lo_name=f"lo{i}", hi_name=f"hi{i}")
         ranges.append(f"({rng})")
         params.update(p)
-    sql = f"SELECT count(*) FROM {spec.table.sql} WHERE ({' OR '.join(ranges)}) AND ({spec.where})"
+    sql = spec_driver(spec, f"SELECT count(*) FROM {spec.table.sql} WHERE ({' OR '.join(ranges)}) AND @where")
     try:
         with conn.begin_nested():
             conn.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": timeout})
-            report.rows_to_change = conn.execute(text(sql), params).scalar()
+            report.rows_to_change = conn.exec_driver_sql(sql, params).scalar()
             conn.execute(text("SELECT set_config('statement_timeout', '0', true)"))
     except DBAPIError:
-        plan = conn.execute(text("EXPLAIN (FORMAT JSON) " + sql), params).scalar()
+        plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar()
         report.rows_to_change = int(plan[0]["Plan"].get("Plan Rows", 0))
         report.rows_to_change_estimated = True
         report.notes.append(f"counting the rows to change took longer than {timeout}; the number is the planner's estimate")

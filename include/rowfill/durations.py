@@ -6,22 +6,38 @@ import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_YEAR = 366 * 24 * 3600.0
 _PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*")
 
 
-def parse_duration(value) -> float:
-    """Seconds as a float; raises ValueError with the accepted forms."""
+def parse_duration(value, bound=None) -> float:
+    """Seconds as a float; raises ValueError with the accepted forms.
+
+    ``bound``: the field's ``rowfill.bounds.Bound``; a value above it is refused with the bound and
+    why. Without one, anything beyond a year is refused (sleeps, timedeltas and PostgreSQL's timeouts
+    all overflow somewhere above that).
+    """
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 100ms, 2s, 5m or 1h")
+        raise ValueError(f"expected a duration such as 100ms, 2s, 5m or 1h, got {'on/yes/true' if value else 'off/no/false'} "
+                         "(YAML reads these words unquoted as true and false)")
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise ValueError(f"{value!r} is not a duration; write it like 100ms, 2s, 5m or 1h")
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
+        return _at_most(float(value), value, bound)
     if isinstance(value, str) and (m := _PATTERN.fullmatch(value)):
-        return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        return _at_most(float(m.group(1)) * _UNITS[m.group(2) or "s"], value, bound)
     raise ValueError(f"{value!r} is not a duration; write it like 100ms, 2s, 5m or 1h")
+
+
+def _at_most(seconds: float, written, bound) -> float:
+    if bound is not None:
+        bound.check(seconds, written)
+    # beyond a year a duration is a typing mistake, and sleeps, timedelta and PostgreSQL's timeouts overflow
+    if seconds > _YEAR:
+        raise ValueError(f"{written!r} is longer than a year; write it like 100ms, 2s, 5m or 1h")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -6,7 +6,10 @@ Shape of every backfill DAG::
 
 Bad specs do not stop good ones: their errors become an import error of a separate DAG file
 (shown in Airflow's UI banner and ``airflow dags list-import-errors``), while the good specs'
-DAGs load and run normally.
+DAGs load and run normally. "Bad" includes a spec that loads but whose DAG cannot be built (a
+duration too long for Python's timedelta, anything Airflow rejects): each spec's DAGs are built
+and checked the way Airflow will check them, on their own, so an exception there is that spec's
+error and not the whole file's (``build_all``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from airflow.sdk import DAG
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
 from rowfill import alerts
-from rowfill.errors import SpecErrors
+from rowfill.errors import SpecError, SpecErrors
 from rowfill.operators import (
     BackfillChunkOperator,
     BackfillSummaryOperator,
@@ -57,6 +60,21 @@ def _schedule(spec: Spec):
     return spec.schedule
 
 
+def spec_timedelta(spec: Spec, field: str) -> timedelta:
+    """The duration field ``field`` of ``spec`` (seconds, a float) as the timedelta Airflow wants.
+
+    Raises SpecError naming the spec file and the field when it does not fit in a timedelta
+    (more than 999,999,999 days; Python's ``datetime.timedelta.max``), instead of the bare
+    OverflowError that would name neither.
+    """
+    seconds = getattr(spec, field)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise SpecError(spec.source, field, f"{seconds:.3g} s is longer than Airflow can hold (at most "
+                                            f"{timedelta.max.days:,} days); give a shorter duration") from None
+
+
 def mapped_chunk_settings(spec: Spec) -> dict:
     """What every mapped chunk task shares, backfill or rollback: pool, concurrency, retries, label."""
     return dict(
@@ -64,9 +82,9 @@ def mapped_chunk_settings(spec: Spec) -> dict:
         pool=spec.pool_name,
         max_active_tis_per_dagrun=spec.max_parallel_chunks,
         retries=spec.retries,
-        retry_delay=timedelta(seconds=spec.retry_delay),
+        retry_delay=spec_timedelta(spec, "retry_delay"),
         retry_exponential_backoff=2.0,
-        max_retry_delay=timedelta(seconds=spec.max_retry_delay),
+        max_retry_delay=spec_timedelta(spec, "max_retry_delay"),
         map_index_template="{{ task.chunk.label }}",
     )
 
@@ -85,6 +103,7 @@ def build_dag(spec: Spec) -> DAG:
         default_args={"owner": "rowfill"},
         deadline=_deadline(spec),
         params=trigger_params(spec),
+        auto_register=False,  # only what build_all hands back is a DAG: never one that failed halfway
     ) as dag:
         plan = PlanChunksOperator(task_id="plan", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
         chunks = BackfillChunkOperator.partial(
@@ -110,16 +129,63 @@ def _deadline(spec: Spec):
 
     from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
-    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(seconds=spec.expected_duration),
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=spec_timedelta(spec, "expected_duration"),
                          callback=AsyncCallback(alerts.run_overdue, kwargs={"spec_source": str(Path(spec.source).resolve())}))
 
 
-def build_dags(directory=None) -> dict[str, DAG]:
-    """Every good spec's DAG; bad specs are reported by ``raise_spec_errors`` from a file of their own."""
-    from rowfill.rollback_dag import rollback_dags
+def spec_dags(spec: Spec, taken: set[str] = frozenset()) -> dict[str, DAG]:
+    """The DAGs of one spec (backfill and, with ``undo: true``, rollback) by DAG id, built and checked
+    as Airflow's DAG processor will check them (``DAG.validate`` and serialization;
+    ``airflow/dag_processing/dagbag.py``, ``processor.py``), so a DAG Airflow would drop never gets
+    that far. ``taken``: every spec's backfill DAG id; a rollback DAG whose id is taken is left out
+    (``rollback_dag.clashes`` reports it).
 
-    specs, _errors = load_specs(directory)
-    return {**{spec.dag_id: build_dag(spec) for spec in specs}, **rollback_dags(specs)}
+    Raises SpecErrors naming the spec file for anything that goes wrong, and the field when the
+    failure is one that knows it (``spec_timedelta``).
+    """
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from rowfill.rollback_dag import build_rollback_dag, rollback_dag_id
+
+    try:
+        built = {spec.dag_id: build_dag(spec)}
+        if spec.undo and rollback_dag_id(spec) not in taken:
+            built[rollback_dag_id(spec)] = build_rollback_dag(spec)
+        for dag in built.values():
+            dag.validate()
+            DagSerialization.to_dict(dag)
+    except SpecErrors:
+        raise
+    except SpecError as exc:
+        raise SpecErrors([exc]) from exc
+    except Exception as exc:  # noqa: BLE001 - whatever it is, it is this spec's, not every spec's
+        problem = " ".join(str(exc).split())[:500] or "(no message)"
+        raise SpecErrors([SpecError(spec.source, None, f"Airflow rejects its DAG ({type(exc).__name__}: {problem}); "
+                                                       "change the spec so Airflow accepts it")]) from exc
+    return built
+
+
+def build_all(directory=None) -> tuple[dict[str, DAG], list[SpecError]]:
+    """Every good spec's DAGs by DAG id, and the errors of every bad spec: those that do not load
+    and those whose DAGs cannot be built (``spec_dags``). Each spec is built on its own, so one that
+    fails becomes its own error while the other specs' DAGs stay. Never raises for a spec."""
+    from rowfill.rollback_dag import clashes
+
+    specs, errors = load_specs(directory)
+    taken = {s.dag_id for s in specs}
+    dags: dict[str, DAG] = {}
+    for spec in specs:
+        try:
+            dags.update(spec_dags(spec, taken))
+        except SpecErrors as exc:
+            errors.extend(exc.errors)
+    return dags, [*errors, *clashes(specs)]
+
+
+def build_dags(directory=None) -> dict[str, DAG]:
+    """Every good spec's DAG, for ``dags/rowfill_dags.py``; bad specs are reported by
+    ``raise_spec_errors`` from a file of their own (see ``build_all``)."""
+    return build_all(directory)[0]
 
 
 def raise_spec_errors(directory=None) -> None:
@@ -128,10 +194,8 @@ def raise_spec_errors(directory=None) -> None:
     Airflow marks every DAG of a file that has an import error as stale and refuses to trigger
     it, so the errors must come from a different DAG file than the good DAGs: there they show in
     the UI's import-error banner and in ``airflow dags list-import-errors`` without hiding anything.
+    The DAGs built here to find build errors are thrown away (they are not auto-registered).
     """
-    from rowfill.rollback_dag import clashes
-
-    specs, errors = load_specs(directory)
-    errors = [*errors, *clashes(specs)]
+    errors = build_all(directory)[1]
     if errors:
         raise SpecErrors(errors)

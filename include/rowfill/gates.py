@@ -16,16 +16,20 @@ last batch exceeds the limit (see ``throttle``).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Callable
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from rowfill.bounds import GATE_COUNT, GATE_SECONDS, LATENCY_EVERY, LATENCY_LIMIT, PROBE_NUMBER
 from rowfill.durations import format_duration, parse_duration
 from rowfill.errors import RowfillError
+from rowfill.sqltext import SqlTextError, probe
 
 log = logging.getLogger("rowfill.gates")
 
@@ -51,6 +55,12 @@ _SQL = {
     "lock_waiters": "SELECT count(DISTINCT a.pid)::float8, NULL FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
                     "WHERE l.relation = CAST(:table AS regclass) AND a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()",
 }
+
+
+@lru_cache(maxsize=64)
+def probe_sql(sql: str) -> str:
+    """A probe's SQL as driver SQL (``rowfill.sqltext``): its colons and ``%`` reach PostgreSQL as written."""
+    return probe(sql).driver()
 
 
 class GateCritical(RowfillError):
@@ -117,16 +127,21 @@ class Reading:
 
 
 def threshold(unit: str, value, where: str) -> float:
+    """A gate threshold in its unit (seconds, a count of sessions, a probe's number), within its upper
+    bound (``rowfill.bounds``); ValueError starting with ``where`` (``replica_lag.wait``) otherwise."""
     if unit == "seconds":
         try:
-            return parse_duration(value)
+            return parse_duration(value, GATE_SECONDS)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{where}: expected a number of at least 0, got {value!r}")
     if unit == "count" and int(value) != value:
         raise ValueError(f"{where}: expected a whole number, got {value!r}")
-    return float(value)
+    try:
+        return float((GATE_COUNT if unit == "count" else PROBE_NUMBER).check(value))
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def parse_gates(value) -> dict[str, GateSpec]:
@@ -155,8 +170,12 @@ def parse_gates(value) -> dict[str, GateSpec]:
         sql = label = None
         if name == "probe":
             sql = body.get("sql")
-            if not isinstance(sql, str) or not sql.strip() or ";" in sql.strip().rstrip(";"):
+            if not isinstance(sql, str) or not sql.strip():
                 raise ValueError("probe.sql: expected one SELECT returning a single number, e.g. SELECT count(*) FROM job_queue")
+            try:
+                probe(sql, "gates")
+            except SqlTextError as exc:
+                raise ValueError(f"probe.sql: {exc}") from None
             sql = sql.strip().rstrip(";")
             label = body.get("label")
             if label is not None and not isinstance(label, str):
@@ -172,12 +191,22 @@ def parse_latency(value) -> LatencySpec:
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}; expected sql, limit, every")
     sql = value["sql"]
-    if not isinstance(sql, str) or not sql.strip() or ";" in sql.strip().rstrip(";"):
+    if not isinstance(sql, str) or not sql.strip():
         raise ValueError("sql: expected a single query, such as a point select your application runs")
-    limit = parse_duration(value["limit"])
+    try:
+        probe(sql, "latency_probe")
+    except SqlTextError as exc:
+        raise ValueError(f"sql: {exc}") from None
+    try:
+        limit = parse_duration(value["limit"], LATENCY_LIMIT)
+    except ValueError as exc:
+        raise ValueError(f"limit: {exc}") from None
     if limit <= 0:
         raise ValueError("limit: expected a duration above 0, e.g. 20ms")
-    every = parse_duration(value.get("every", 0.2))
+    try:
+        every = parse_duration(value.get("every", 0.2), LATENCY_EVERY)
+    except ValueError as exc:
+        raise ValueError(f"every: {exc}") from None
     if every < 0.01:
         raise ValueError("every: at least 10ms between probes")
     return LatencySpec(sql.strip().rstrip(";"), limit, every)
@@ -225,7 +254,7 @@ class GateKeeper:
                 if gate.name == "probe" and not gate.sql:
                     continue
                 if gate.name == "probe":
-                    value, detail = conn.execute(text(gate.sql)).scalar(), None
+                    value, detail = conn.exec_driver_sql(probe_sql(gate.sql), {}).scalar(), None
                 else:
                     row = conn.execute(text(_SQL[gate.name]), {"table": self.table}).first()
                     value, detail = (row[0], row[1]) if row else (0.0, None)
@@ -288,7 +317,7 @@ class LatencyProbe:
 
     def __init__(self, engine: Engine, spec: LatencySpec):
         self.engine = engine
-        self.sql = text(spec.sql)
+        self.sql = probe_sql(spec.sql)
         self.limit = spec.limit
         self.every = spec.every
         self._samples: list[float] = []
@@ -324,7 +353,7 @@ class LatencyProbe:
         """
         conn.execute(self._timeout, {"t": f"{max(int(self.limit * 20 * 1000), 1000)}ms"})
         t0 = time.perf_counter()
-        conn.execute(self.sql).fetchall()
+        conn.exec_driver_sql(self.sql, {}).fetchall()
         conn.commit()
         return time.perf_counter() - t0
 

@@ -9,7 +9,9 @@ never assumes "an integer":
   gives it (numbers stay numbers, uuids/timestamps/text become strings, a composite key is a
   list). Decimals are kept as their exact text, never as floats, so a stored position is exactly
   the key it came from whatever the type;
-- ``None`` as a lower bound means "from the very start" (general keys have no "minimum minus one").
+- ``None`` as a lower bound means "from the very start". The lowest chunk of every plan starts
+  there, integers included: "minimum minus one" overflows at the type's minimum (a bigint ledger's
+  sentinel row) and misses every key inserted below the minimum later.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from rowfill.sqlnames import quote
+from rowfill.sqlnames import clause, quote
 
 INTEGER_TYPES = {"smallint", "integer", "bigint"}
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
@@ -82,7 +84,7 @@ class Key:
 
     @property
     def integer(self) -> bool:
-        """A single integer key: planned as before (lower bound min-1) and bound as ``:lo``/``:hi`` in sql mode."""
+        """A single integer key: walked with min/max (the fastest form) and bound as ``:lo``/``:hi`` in sql mode."""
         return not self.composite and bool(self.types) and self.types[0] in INTEGER_TYPES
 
     @property
@@ -110,15 +112,18 @@ class Key:
         inner = f"to_jsonb({refs[0]})" if len(refs) == 1 else "jsonb_build_array(" + ", ".join(refs) + ")"
         return f"CAST({inner} AS text)"
 
-    def _typed_params(self, name: str) -> list[str]:
+    def _typed_params(self, name: str, driver: bool = False) -> list[str]:
         if not self.types:
             raise RuntimeError("key types are not resolved; call load_key() first")
+        mark = (lambda n: f"%({n})s") if driver else (lambda n: f":{n}")
+        # a type's name may be a quoted user type holding '%' (format_type spells it): doubled for the driver
+        types = [t.replace("%", "%%") for t in self.types] if driver else list(self.types)
         if not self.composite:
-            return [f"CAST(:{name} AS {self.types[0]})"]
-        return [f"CAST(:{name}_{i} AS {t})" for i, t in enumerate(self.types, 1)]
+            return [f"CAST({mark(name)} AS {types[0]})"]
+        return [f"CAST({mark(f'{name}_{i}')} AS {t})" for i, t in enumerate(types, 1)]
 
-    def param_row(self, name: str) -> str:
-        parts = self._typed_params(name)
+    def param_row(self, name: str, driver: bool = False) -> str:
+        parts = self._typed_params(name, driver)
         return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
 
     def params(self, name: str, value: Any) -> dict:
@@ -129,16 +134,22 @@ class Key:
             raise ValueError(f"expected {len(self.columns)} values for key {self.label}, got {value!r}")
         return {f"{name}_{i}": v for i, v in enumerate(value, 1)}
 
-    def compare(self, op: str, name: str, qualifier: str | None = None) -> str:
-        return f"{self.row(qualifier)} {op} {self.param_row(name)}"
+    def compare(self, op: str, name: str, qualifier: str | None = None, driver: bool = False) -> str:
+        row = self.row(qualifier).replace("%", "%%") if driver else self.row(qualifier)
+        return f"{row} {op} {self.param_row(name, driver)}"
 
-    def range_text(self, has_lo: bool, has_hi: bool, qualifier: str | None = None, lo_name: str = "lo", hi_name: str = "hi") -> str:
-        """``lo < key <= hi`` as SQL; a missing bound is left open."""
+    def range_text(self, has_lo: bool, has_hi: bool, qualifier: str | None = None, lo_name: str = "lo", hi_name: str = "hi",
+                   driver: bool = False) -> str:
+        """``lo < key <= hi`` as SQL; a missing bound is left open.
+
+        ``driver=True`` gives psycopg's ``%(name)s`` placeholders (and ``%`` doubled in names), for
+        statements that also hold user text and are therefore run with ``exec_driver_sql``.
+        """
         parts = []
         if has_lo:
-            parts.append(self.compare(">", lo_name, qualifier))
+            parts.append(self.compare(">", lo_name, qualifier, driver))
         if has_hi:
-            parts.append(self.compare("<=", hi_name, qualifier))
+            parts.append(self.compare("<=", hi_name, qualifier, driver))
         return " AND ".join(parts) or "TRUE"
 
     def range_params(self, lo: Any, hi: Any, lo_name: str = "lo", hi_name: str = "hi") -> dict:
@@ -232,7 +243,7 @@ class Boundary:
     def _stmt(self, lo: Any, hi: Any):
         shape = (lo is not None, hi is not None)
         if shape not in self._cache:
-            self._cache[shape] = text(self.template.format(range=self.key.range_text(*shape)))
+            self._cache[shape] = clause(self.template.format(range=self.key.range_text(*shape)))
         return self._cache[shape]
 
     def next(self, conn: Connection, lo: Any, hi: Any, n: int) -> tuple[Any, Any, int]:

@@ -28,6 +28,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from rowfill.spec import Spec
+from rowfill.sqlnames import quote
+from rowfill.sqltext import driver, spec_sql
 
 _probe_no = itertools.count(1)
 
@@ -57,8 +59,10 @@ ORDER BY 1
 
 
 def probe_expressions(spec: Spec) -> list[str]:
-    """The spec's expressions a ``set`` write evaluates: every ``set`` value and ``where``."""
-    return [*spec.set.values(), *([spec.where] if spec.where else [])]
+    """The spec's expressions a ``set`` write evaluates, as driver SQL composed by ``rowfill.sqltext``:
+    every ``set`` value and ``where``, each checked as one expression and wrapped in parentheses."""
+    parsed = spec_sql(spec)
+    return [e.wrapped() for e in [*parsed.set.values(), *([parsed.where] if parsed.where else [])]]
 
 
 def lock_first_reason(conn: Connection, spec: Spec) -> str | None:
@@ -70,9 +74,11 @@ def lock_first_reason(conn: Connection, spec: Spec) -> str | None:
     """
     exprs = probe_expressions(spec)
     view = f"rowfill_probe_{os.getpid()}_{next(_probe_no)}"
-    columns = ", ".join(f"({expr}) AS c{i}" for i, expr in enumerate(exprs, 1))
-    # user text: driver SQL, so no character of it is read as a bind (an empty dict makes psycopg un-double %%)
-    create = f"CREATE TEMPORARY VIEW {view} AS SELECT {columns} FROM {spec.table.sql}".replace("%", "%%")
+    # rowfill's template with the checked expressions in its slots: driver SQL (an empty dict makes
+    # psycopg un-double %%), user text never pasted, no line break relied on
+    slots = {f"expr{i}": expr for i, expr in enumerate(exprs, 1)}
+    columns = ", ".join(f"@expr{i} AS c{i}" for i in range(1, len(exprs) + 1))
+    create = driver(f"CREATE TEMPORARY VIEW {quote(view)} AS SELECT {columns} FROM {spec.table.sql}", slots)
     savepoint = conn.begin_nested()
     try:
         conn.exec_driver_sql(create, {})

@@ -27,6 +27,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
+from rowfill.bounds import WEBHOOK_TIMEOUT
 from rowfill.durations import parse_duration
 
 log = logging.getLogger("rowfill.alerts")
@@ -109,7 +110,10 @@ def parse_alerts(value: Any) -> tuple[AlertTarget, ...]:
             if "headers" in opts and not (isinstance(opts["headers"], dict)
                                           and all(isinstance(v, str) for v in opts["headers"].values())):
                 raise ValueError(f"entry {i} (webhook): 'headers' must map header names to text")
-            opts["timeout"] = parse_duration(opts.get("timeout", 10))
+            try:
+                opts["timeout"] = parse_duration(opts.get("timeout", 10), WEBHOOK_TIMEOUT)
+            except ValueError as exc:
+                raise ValueError(f"entry {i} (webhook): timeout: {exc}") from None
         if kind == "slack" and importlib.util.find_spec("airflow.providers.slack") is None:
             raise ValueError(
                 f"entry {i}: the slack notifier needs the Slack provider, which is not installed here "

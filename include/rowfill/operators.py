@@ -16,6 +16,7 @@ from rowfill.db import check_reachable, engine_for
 from rowfill.plan import max_map_length, plan_backfill
 from rowfill.pools import check_pool
 from rowfill.report import backfill_summary
+from rowfill.resolve import pinned_spec
 from rowfill.spec import Spec
 from rowfill.verify import verify_backfill
 
@@ -98,7 +99,7 @@ class BackfillChunkOperator(SpecOperator):
 
 
 class VerifyBackfillOperator(SpecOperator):
-    """Fail loudly if a chunk is unfinished or rows in the planned range still match ``where``."""
+    """Fail loudly if a chunk is unfinished or rows anywhere in the table still match ``where``."""
 
     ui_color = "#fff4d6"
 
@@ -110,7 +111,7 @@ class VerifyBackfillOperator(SpecOperator):
         if result.remaining is None:
             self.log.info("%s: all %d chunks done (no `where` to re-check)", self.spec.name, result.chunks)
         else:
-            self.log.info("%s: all %d chunks done; no row in the planned range matches `where` any more", self.spec.name, result.chunks)
+            self.log.info("%s: all %d chunks done; no row of the table matches `where` any more", self.spec.name, result.chunks)
         return {"chunks": result.chunks, "remaining": result.remaining}
 
 
@@ -123,6 +124,7 @@ class BackfillSummaryOperator(SpecOperator):
         if (dry := task_control.dry_run_summary(context)) is not None:
             return dry  # the dry run's report, as the plan task made it
         with target_engine(self.spec) as engine:
-            summary = backfill_summary(engine, self.spec.name, run_id=context["run_id"])
-            self.log.info("%s", summary.line())
-            return task_control.annotate_summary(engine, self.spec, summary.to_dict(), self.log)
+            spec = pinned_spec(engine, self.spec)  # the table planned on, still the same relation
+            summary = backfill_summary(engine, spec.name, run_id=context["run_id"])
+            self.log.info("%s (table %s)", summary.line(), spec.table)
+            return task_control.annotate_summary(engine, spec, {**summary.to_dict(), "table": str(spec.table)}, self.log)

@@ -2,8 +2,10 @@
 
 Boundaries come from the rows that exist (keyset walk: "the key of the Nth row after X"), not
 from min/max arithmetic, so sparse keys and gaps give neither empty chunks nor huge ones.
-A plan is stored in the checkpoint table, so a later run only plans keys beyond the last
-planned chunk and hands back the chunks that are not done yet.
+A plan is stored in the checkpoint table, so a later run plans keys beyond the last planned
+chunk, hands back the chunks that are not done yet, and (``set``/``transform`` with ``where``)
+reopens done chunks that hold rows matching ``where`` again. The lowest chunk starts "from the
+start" of the key space, so the chunks always cover every key, below the first and above the last.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.checkpoint import CheckpointStore, ChunkRow
 from rowfill.estimate import EXACT_PLAN_MAX_ROWS, estimated_rows, sampled_boundaries
 from rowfill.keys import Key, chunk_label, decode, load_key
+from rowfill.resolve import pin
 from rowfill.schema_check import check_target
 from rowfill.spec import Spec
+from rowfill.sqlnames import clause
+from rowfill.sqltarget import check_sql_target
+from rowfill.sweep import chunks_to_resweep
 
 DEFAULT_MAX_MAP_LENGTH = 1024
 
@@ -61,25 +66,20 @@ def walk_boundaries(conn: Connection, spec: Spec, after: Any, chunk_rows: int, k
     """(lo, hi, rows, first) for consecutive chunks of ``chunk_rows`` keys after ``after`` (None = from the start).
 
     Each step is one index-only range scan of ``chunk_rows`` entries, so planning reads the key
-    index once in total and never the table. A single integer key starts at min-1 (plans and
-    labels stay plain numbers); other keys start with an open lower bound (None).
+    index once in total and never the table. The first chunk of a new plan starts open (lo None)
+    for every key type: no "minimum minus one", which overflows at the type's minimum and would
+    leave keys inserted below today's minimum outside every chunk.
     """
     key = key or load_key(conn, spec, table_sql)
     table = table_sql or spec.table.sql
     if key.integer:
         ref = key.row()
-        if after is None:
-            first = conn.execute(text(f"SELECT min({ref}) FROM {table}")).scalar()
-            if first is None:
-                return []
-            after = first - 1
-        step = text(
-            f"SELECT min(k), max(k), count(*) FROM (SELECT {ref} AS k FROM {table} WHERE {ref} > CAST(:after AS {key.types[0]}) "
-            f"ORDER BY {ref} LIMIT :n) s"
-        )
+        steps = {has_lo: clause(f"SELECT min(k), max(k), count(*) FROM (SELECT {ref} AS k FROM {table} {cond} "
+                                f"ORDER BY {ref} LIMIT :n) s")
+                 for has_lo, cond in ((True, f"WHERE {ref} > CAST(:after AS {key.types[0]})"), (False, ""))}
         bounds = []
         while True:
-            first, hi, rows = conn.execute(step, {"after": after, "n": chunk_rows}).one()
+            first, hi, rows = conn.execute(steps[after is not None], {"after": after, "n": chunk_rows}).one()
             if not rows:
                 return bounds
             bounds.append((after, hi, rows, first))
@@ -93,17 +93,17 @@ def _walk_general(conn: Connection, key: Key, table: str, after: Any, chunk_rows
     bounds = []
     while True:
         rng, params = key.range_sql(after, None, lo_name="after")
-        first = conn.execute(text(f"SELECT {js} FROM {table} WHERE {rng} ORDER BY {order} LIMIT 1"), params).scalar()
+        first = conn.execute(clause(f"SELECT {js} FROM {table} WHERE {rng} ORDER BY {order} LIMIT 1"), params).scalar()
         if first is None:
             return bounds
-        nth = conn.execute(text(f"SELECT {js} FROM {table} WHERE {rng} ORDER BY {order} OFFSET :skip LIMIT 1"),
+        nth = conn.execute(clause(f"SELECT {js} FROM {table} WHERE {rng} ORDER BY {order} OFFSET :skip LIMIT 1"),
                            {**params, "skip": chunk_rows - 1}).scalar()
         if nth is not None:
             hi, rows = decode(nth), chunk_rows
         else:
             last, rows = conn.execute(
-                text(f"SELECT (SELECT {js} FROM {table} WHERE {rng} ORDER BY {order_desc} LIMIT 1), "
-                     f"(SELECT count(*) FROM {table} WHERE {rng})"), params).one()
+                clause(f"SELECT (SELECT {js} FROM {table} WHERE {rng} ORDER BY {order_desc} LIMIT 1), "
+                       f"(SELECT count(*) FROM {table} WHERE {rng})"), params).one()
             hi = decode(last)
         bounds.append((after, hi, rows, decode(first)))
         if nth is None:
@@ -141,25 +141,41 @@ def merge_to_limit(bounds: list[tuple], limit: int) -> list[tuple]:
 
 
 def plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=None) -> list[PlannedChunk]:
-    """Chunks still to do: the unfinished ones of the stored plan, plus new chunks for keys beyond it.
+    """Chunks still to do: the unfinished ones of the stored plan, done ones that hold rows matching
+    ``where`` again (re-sweep), and new chunks for keys beyond the last planned one.
 
-    Done chunks are never planned again; a partly done chunk keeps its cursor (the runner reads it).
+    Together the chunks cover the whole key space: the lowest starts "from the start" and new
+    ones are added above the highest. A partly done chunk keeps its cursor (the runner reads it).
+    The table is resolved and pinned first (``rowfill.resolve``): a table that is not the relation
+    the stored plan was made on is refused (SpecError on ``table``) before anything is written.
+    Raises SpecError / PlanChanged / RowfillError as the checks do; returns at most ``limit`` chunks
+    (Airflow's max_map_length by default).
     """
     limit = max_map_length() if limit is None else limit
     store = CheckpointStore(engine)
     store.ensure_schema()
     with engine.begin() as conn:
-        check_target(conn, spec)
         store.lock_planning(conn, spec.name)
-        store.register(conn, spec)
+        resolved = pin(conn, spec)
+        target = check_target(conn, resolved)
+        check_sql_target(conn, resolved, target.key)
         from rowfill.undo import prepare_forward_plan  # undo log; no backfill while its rollback runs
 
-        prepare_forward_plan(conn, store, spec)
+        prepare_forward_plan(conn, store, resolved)
+        if store.open_lowest(conn, spec.name) and log:
+            log.info("plan: the lowest chunk now starts from the start of the key space (it started at a key before)")
+        stored = store.chunks(spec.name, conn)
+    # Outside the planning transaction: many short statements, none holding a snapshot for long.
+    resweep = chunks_to_resweep(engine, resolved, stored, log)
+    with engine.begin() as conn:
+        store.lock_planning(conn, spec.name)
+        resolved = pin(conn, resolved)  # still the same relation (and registered, if reset meanwhile)
+        store.reopen(conn, spec.name, resweep)
         existing = store.chunks(spec.name, conn)
         open_chunks = [c for c in existing if c.status != "done"]
         after = existing[-1].hi if existing else None  # chunks are numbered in key order
         room = limit - len(open_chunks)
-        new = find_boundaries(conn, spec, after, max(room, 0))
+        new = find_boundaries(conn, resolved, after, max(room, 0))
         if len(new) > room and log and room > 0:
             log.info("plan: %d new chunks of %d rows exceed the room of %d under max_map_length=%d; growing chunks",
                      len(new), spec.chunk_rows, room, limit)

@@ -23,7 +23,7 @@ from rowfill.plan import max_map_length
 from rowfill.runner import ChunkRunner
 from rowfill.spec import Spec
 from rowfill.pools import check_pool
-from rowfill.undo import RestoreWriter, finish_rollback, plan_rollback, rollback_spec, undo_table
+from rowfill.undo import RestoreWriter, finish_rollback, plan_rollback, rollback_spec, rollback_target, undo_table
 
 log = logging.getLogger("rowfill.alerts")
 
@@ -55,7 +55,8 @@ class RestoreChunkOperator(SpecOperator):
     def execute(self, context):
         rb = rollback_spec(self.spec)
         with target_engine(self.spec) as engine:
-            runner = ChunkRunner(engine, rb, writer=RestoreWriter(rb, self.spec), logger=self.log,
+            forward = rollback_target(engine, self.spec)  # the table pinned when the rollback was planned
+            runner = ChunkRunner(engine, rb, writer=RestoreWriter(rb, forward), logger=self.log,
                                  label=self.chunk["label"], run_id=context["run_id"])
             result = runner.run(self.chunk["chunk_no"])
         return {"chunk_no": result.chunk_no, "status": result.status, "records": result.rows_seen,
@@ -97,6 +98,7 @@ def build_rollback_dag(spec: Spec) -> DAG:
                 f"`{undo_table(spec.name)}`; rows the application changed after the backfill are left alone. "
                 f"Stops the backfill first (its progress is forgotten). Spec: `{spec.source}`."),
         default_args={"owner": "rowfill"},
+        auto_register=False,  # only what rowfill.factory.build_all hands back is a DAG
     ) as dag:
         plan = PlanRollbackOperator(task_id="plan_rollback", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
         restore = RestoreChunkOperator.partial(
@@ -105,11 +107,6 @@ def build_rollback_dag(spec: Spec) -> DAG:
         finish = FinishRollbackOperator(task_id="finish", spec=spec, trigger_rule="none_failed")
         restore >> finish
     return dag
-
-
-def rollback_dags(specs: list[Spec]) -> dict[str, DAG]:
-    taken = {s.dag_id for s in specs}
-    return {rollback_dag_id(s): build_rollback_dag(s) for s in specs if s.undo and rollback_dag_id(s) not in taken}
 
 
 def clashes(specs: list[Spec]) -> list[SpecError]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
+from rowfill.bounds import FIELDS as BOUNDS
 from rowfill.durations import parse_duration
 
 _DURATION = r"^\s*\d+(\.\d+)?\s*(ms|s|min|m|h)?\s*$"
@@ -23,7 +24,8 @@ def duration_text(seconds: float) -> str:
 
 def trigger_params(spec) -> dict:
     return {
-        "batch_rows": Param(spec.batch_rows, type="integer", minimum=1, title="Batch size (rows)",
+        "batch_rows": Param(spec.batch_rows, type="integer", minimum=1, maximum=int(BOUNDS["batch_rows"].limit),
+                            title="Batch size (rows)",
                             description="Rows per transaction for this run (the start size when target_batch_time adapts it)."),
         "pause": Param(duration_text(spec.pause), type="string", pattern=_DURATION, title="Pause between batches",
                        description="For this run, e.g. 100ms, 2s. Live knobs set with `rowfill set` still win."),
@@ -38,10 +40,10 @@ def run_overrides(params, spec) -> dict:
     out = {}
     rows = params.get("batch_rows")
     if rows is not None and int(rows) != spec.batch_rows:
-        out["batch_rows"] = int(rows)
+        out["batch_rows"] = int(BOUNDS["batch_rows"].check(int(rows)))
     pause = params.get("pause")
     if pause is not None and pause != "":
-        seconds = parse_duration(pause)
+        seconds = parse_duration(pause, BOUNDS["pause"])
         if seconds != spec.pause:
             out["pause"] = seconds
     return out

@@ -7,7 +7,6 @@ naming the field, before any row is touched.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -17,7 +16,8 @@ from sqlalchemy.exc import DBAPIError
 from rowfill.errors import SpecError
 from rowfill.keys import Key, column_types
 from rowfill.spec import Spec
-from rowfill.sqlnames import quote
+from rowfill.sqlnames import clause, quote
+from rowfill.sqltext import spec_driver, spec_sql
 
 
 
@@ -45,7 +45,7 @@ def check_target(conn: Connection, spec: Spec) -> Target:
     for col in spec.returns:
         if col not in types:
             raise SpecError(spec.source, "returns", f"column {col!r} does not exist in {spec.table}; add it first (ALTER TABLE ... ADD COLUMN) or fix the name")
-    if spec.sql and not key.integer and ({"lo", "hi"} & set(re.findall(r"(?<!:):(lo|hi)\b", spec.sql))):
+    if spec.sql and not key.integer and ({"lo", "hi"} & spec_sql(spec).sql.binds):
         raise SpecError(
             spec.source, "sql",
             f"the key {spec.key} is {', '.join(key.types)}, so a batch has no integer :lo/:hi (the first batch has no key "
@@ -109,10 +109,10 @@ def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, 
     with conn.begin_nested():
         conn.execute(text("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true), "
                           "set_config('enable_bitmapscan', 'off', true)"))
-        plan = conn.execute(text(f"EXPLAIN (FORMAT JSON) {probe}")).scalar()
+        plan = conn.execute(clause(f"EXPLAIN (FORMAT JSON) {probe}")).scalar()
         conn.execute(text("SELECT set_config('enable_seqscan', 'on', true), set_config('enable_sort', 'on', true), "
                           "set_config('enable_bitmapscan', 'on', true)"))
-        shown = "\n".join(r[0] for r in conn.execute(text(f"EXPLAIN {probe}")))
+        shown = "\n".join(r[0] for r in conn.execute(clause(f"EXPLAIN {probe}")))
     if isinstance(plan, str):
         plan = json.loads(plan)
     nodes = []
@@ -142,13 +142,16 @@ def _unique(conn: Connection, key: Key, table_sql: str) -> bool:
 
 
 def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:
-    """EXPLAIN (never execute) each user SQL fragment, so a typo is blamed on its field, not on batch 1."""
+    """EXPLAIN (never execute) each user SQL fragment, so a typo is blamed on its field, not on batch 1.
+
+    The probes are composed exactly as the batches compose the fields (``rowfill.sqltext``).
+    """
+    table = spec.table.sql
     probes = []
     if spec.where:
-        probes.append(("where", f"EXPLAIN SELECT 1 FROM {spec.table.sql} WHERE ({spec.where})", {}))
+        probes.append(("where", spec_driver(spec, f"EXPLAIN SELECT 1 FROM {table} WHERE @where"), {}))
     if spec.set:
-        assignments = ", ".join(f"{quote(c)} = {e}" for c, e in spec.set.items())
-        probes.append(("set", f"EXPLAIN UPDATE {spec.table.sql} SET {assignments} WHERE false", {}))
+        probes.append(("set", spec_driver(spec, f"EXPLAIN UPDATE {table} SET @sets WHERE false"), {}))
     if spec.sql:
         from rowfill.writers import SqlWriter
 
@@ -157,11 +160,11 @@ def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:
         writer.build(conn)
         params = {name: None for name in writer.binds.names}
         params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
-        probes.append(("sql", "EXPLAIN " + writer.write.text, params))
+        probes.append(("sql", "EXPLAIN " + writer.write, params))
     for field, sql, params in probes:
         try:
             with conn.begin_nested():
-                conn.execute(text(sql), params)
+                conn.exec_driver_sql(sql, params)
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise SpecError(spec.source, field, f"the database rejects this SQL: {first}") from exc

@@ -2,7 +2,9 @@
 
 Loading and validation live here and nowhere else; building DAGs is ``factory``'s job. Checks
 that need the database (does the table exist, can an index walk the key) happen in ``schema_check``
-when a run starts, because DAG parsing must not depend on the target database being up.
+when a run starts, because DAG parsing must not depend on the target database being up. Files are
+read by ``specyaml`` (duplicate keys refused, times stay text); fields holding SQL are read by
+``sqltext`` (the one parser of user SQL).
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from typing import Any
 
 import yaml
 
+from rowfill import specyaml
+from rowfill.bounds import FIELDS as BOUNDS
+from rowfill.bounds import check_field
 from rowfill.durations import parse_duration
 from rowfill.errors import SpecError, SpecErrors
 from rowfill.sqlnames import BadIdentifier, TableName, parse_identifier
+from rowfill.sqltext import read_spec_sql
 
 DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[1] / "specs"
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,199}")
 _CONN_ID = re.compile(r"[A-Za-z0-9_.\-]+")
-_BIND = re.compile(r"(?<!:):(lo|hi|first|last)\b")
-_KEY_BIND = re.compile(r"(?<!:):((?:first|last)_[a-z0-9_]+)\b")
 _CALLABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 MODES = ("set", "sql", "transform", "sink")
 _CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually", "@continuous"}
@@ -115,10 +119,12 @@ class Spec:
         """What the backfill *means*; tuning fields may change between runs, these may not.
 
         Fields added after the first release only appear when used, so the fingerprint of an
-        older spec (and the plans stored under it) stays the same.
+        older spec (and the plans stored under it) stays the same. The table is the name as the
+        spec wrote it, also once resolved (an unqualified ``orders`` stays ``orders``; see
+        ``rowfill.resolve`` for plans stored when it was read as ``public.orders``).
         """
         meaning = {
-            "table": str(self.table),
+            "table": self.table.meaning,  # as written: "orders" stays "orders" once resolved
             "key": self.key if len(self.key_columns) == 1 else list(self.key_columns),
             "where": self.where,
             "set": self.set,
@@ -192,8 +198,9 @@ def _column_names(value, expected: str, twice: str) -> tuple:
     return names
 
 
-def _check(kind: str, value: Any) -> Any:
-    """Convert one field's YAML value, or raise ValueError with advice."""
+def _check(kind: str, value: Any, field: str = "") -> Any:
+    """Convert one field's YAML value, or raise ValueError with advice (and the field's upper bound, ``rowfill.bounds``)."""
+    bound = BOUNDS.get(field)
     if kind == "name":
         if not isinstance(value, str) or not _NAME.fullmatch(value):
             raise ValueError("expected lower-case letters, digits and _, starting with a letter (it becomes the DAG id rowfill_<name>)")
@@ -223,11 +230,9 @@ def _check(kind: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError("expected true or false")
         return value
-    if kind == "sql_text":
+    if kind == "sql_text":  # read as SQL (rowfill.sqltext) once the key, and so the bind names, are known
         if not isinstance(value, str) or not value.strip():
             raise ValueError("expected a non-empty SQL text")
-        if ";" in value.strip().rstrip(";"):
-            raise ValueError("expected a single SQL statement or expression, without ';' inside")
         return value.strip().rstrip(";").strip()
     if kind == "set":
         if not isinstance(value, dict) or not value:
@@ -250,13 +255,13 @@ def _check(kind: str, value: Any) -> Any:
             raise ValueError("expected a number of at least 0")
         return value
     if kind == "duration":
-        return parse_duration(value)
+        return parse_duration(value, bound)
     if kind == "timeout":
-        seconds = parse_duration(value)
+        seconds = parse_duration(value, bound)
         if seconds < 0.001:
             # PostgreSQL reads 0 (and the runner's whole milliseconds round sub-ms values to 0) as "no timeout"
             raise ValueError(f"{value!r} is below 1ms; PostgreSQL would read it as 0, which means wait forever")
-        return seconds
+        return seconds  # upper bounds: rowfill.bounds
     if kind == "schedule":
         if value is None:
             return None
@@ -282,9 +287,12 @@ def _check(kind: str, value: Any) -> Any:
             raise ValueError(f"expected a number from 0 up, e.g. 0.5 sleeps half as long as the last batch took; got {value!r}")
         return float(value)
     if kind == "optional_duration":
-        if value is None or value == "off":
+        if value is None or value == "off" or value is False:  # unquoted off is YAML 1.1's false
             return None
-        seconds = parse_duration(value)
+        if value is True:
+            raise ValueError("on/yes/true (read by YAML as true) is not a duration: write a duration such as 50ms, "
+                             "or off for fixed-size batches")
+        seconds = parse_duration(value, bound)
         if seconds <= 0:
             raise ValueError("expected a duration above 0, e.g. 500ms, or null for fixed-size batches")
         return seconds
@@ -299,6 +307,11 @@ def _check(kind: str, value: Any) -> Any:
     if kind == "window":
         from rowfill.windows import parse_windows
 
+        if value is None or value == "off" or value is False:  # unquoted off is YAML 1.1's false
+            return ()
+        if value is True:
+            raise ValueError("on/yes/true (read by YAML as true) is not a window: give {start: \"01:00\", end: \"06:00\", "
+                             "timezone: Europe/Berlin} or a list of them, or off (the default: chunks may write at any time)")
         return parse_windows(value)
     if kind == "tags":
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
@@ -324,8 +337,6 @@ def _check_select(value: Any) -> dict[str, str]:
             name = parse_identifier(col) if isinstance(col, str) else parse_identifier("")
             if not isinstance(expr, str) or not expr.strip():
                 raise ValueError(f"{col!r}: expected an SQL expression as text")
-            if ";" in expr.strip().rstrip(";"):
-                raise ValueError(f"{col!r}: expected one SQL expression, without ';'")
             if name in out:
                 raise ValueError(f"{col!r} is the name {name!r} again; give each name once")
             out[name] = expr.strip()
@@ -361,8 +372,8 @@ def _check_modes(data: dict, values: dict, source: str) -> list[SpecError]:
     return errors
 
 
-def _check_sql_binds(sql: str, key_columns: tuple[str, ...], source: str) -> list[SpecError]:
-    found = set(_BIND.findall(sql))
+def _check_sql_binds(found: frozenset[str], key_columns: tuple[str, ...], source: str) -> list[SpecError]:
+    """`sql` must use the batch's bounds (``found``: the binds its tokens use), or every batch writes the same rows."""
     if len(key_columns) == 1:
         if {"lo", "hi"} <= found or {"first", "last"} <= found:
             return []
@@ -371,7 +382,7 @@ def _check_sql_binds(sql: str, key_columns: tuple[str, ...], source: str) -> lis
                                          "or :first and :last (the batch's first and last key), e.g. WHERE id BETWEEN :first AND :last")]
     from rowfill.keys import Key
 
-    binds = set(_KEY_BIND.findall(sql))
+    binds = found
     key = Key(key_columns)
     missing = []
     for prefix in ("first", "last"):
@@ -400,7 +411,7 @@ def parse_spec(data: Any, source: str) -> Spec:
             errors.append(SpecError(source, str(key), f"unknown field; {advice}"))
             continue
         try:
-            values[key] = _check(FIELDS[key][0], value)
+            values[key] = check_field(key, _check(FIELDS[key][0], value, key), value)
         except (ValueError, BadIdentifier) as exc:
             errors.append(SpecError(source, key, str(exc)))
     for key, (_, required) in FIELDS.items():
@@ -411,8 +422,11 @@ def parse_spec(data: Any, source: str) -> Spec:
     if key_columns:
         values["key_columns"] = key_columns
         values["key"] = key_columns[0] if len(key_columns) == 1 else "(" + ", ".join(key_columns) + ")"
-    if isinstance(values.get("sql"), str) and key_columns:
-        errors.extend(_check_sql_binds(values["sql"], key_columns, source))
+    parsed, sql_errors = read_spec_sql(source, values.get("where"), values.get("set"), values.get("sql"),
+                                       values.get("select"), values.get("joins"), tuple(key_columns or ()))
+    errors.extend(sql_errors)
+    if parsed is not None and parsed.sql is not None and key_columns:
+        errors.extend(_check_sql_binds(parsed.sql.binds, key_columns, source))
     for field_name, written in (("set", values.get("set", {})), ("returns", values.get("returns", ()))):
         for col in key_columns or ():
             if col in written:
@@ -463,17 +477,31 @@ def load_spec(path: str | os.PathLike) -> Spec:
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecErrors([SpecError(source, None, f"cannot be read: {exc.strerror}")]) from exc
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # one such file must not stop the others from loading
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SpecErrors([SpecError(source, None, f"is not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}); "
+                                                  "save it as UTF-8")]) from None
+    try:
+        data = specyaml.load(text)
+    except specyaml.DuplicateKey as exc:
+        field_name = str(exc.path[0]) if exc.path else str(exc.key)
+        raise SpecErrors([SpecError(source, field_name, str(exc))]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecErrors([SpecError(source, None, f"is not valid YAML{at}: {problem}")]) from exc
-    return parse_spec(data, source)
+    except RecursionError:
+        raise SpecErrors([SpecError(source, None, "is nested too deeply to be a spec")]) from None
+    try:
+        return parse_spec(data, source)
+    except RecursionError:  # e.g. a self-referencing YAML alias where a value is expected
+        raise SpecErrors([SpecError(source, None, "holds a value that refers to itself (a YAML alias loop)")]) from None
 
 
 def specs_dir() -> Path:

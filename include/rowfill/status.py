@@ -82,6 +82,8 @@ class ChunkStatus:
         return 0 if self.status == "done" else max(self.est_rows - self.rows_seen, 0)
 
     def range_text(self, key: str) -> str:
+        if self.lo is None:  # the lowest chunk: from the start of the key space
+            return f"{key} start..{self.hi}"
         if isinstance(self.lo, int) and isinstance(self.hi, int):
             return f"{key} {self.lo + 1}..{self.hi}"
         return f"{key} ({self.lo}, {self.hi}]"

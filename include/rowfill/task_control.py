@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from rowfill.chunk_task import run_chunk
 from rowfill.control import ControlStore, stop_reason
-from rowfill.errors import ChunkFailed
+from rowfill.errors import ChunkFailed, SpecError
 from rowfill.gates import GateCritical
 from rowfill.observers import remember_task_instance, standard_observers
 from rowfill.runparams import is_dry_run, run_overrides
@@ -49,6 +49,8 @@ def attempt(op, context, event=None):
             if isinstance(exc.__cause__, GateCritical):
                 raise AirflowFailException(str(exc)) from exc
             raise
+        except SpecError as exc:  # e.g. the table changed since planning: retrying cannot help
+            raise AirflowFailException(str(exc)) from exc
     if outcome.kind == "cancelled":
         raise AirflowSkipException(f"{chunk['label']}: {outcome.reason}; cursor kept. `rowfill resume {spec.name}` "
                                    "and trigger the DAG again to continue.")

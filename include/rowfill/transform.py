@@ -37,7 +37,8 @@ from rowfill.errors import RowfillError, SpecError
 from rowfill.keys import Key, column_types, format_value
 from rowfill.spec import Spec
 from rowfill.sqlnames import quote
-from rowfill.writers import BatchBinds, BatchWriter, counting_sql, explain_text
+from rowfill.sqltext import spec_driver
+from rowfill.writers import BatchBinds, BatchWriter, counting_sql, explain_text, still_slot
 
 
 class TransformError(RowfillError):
@@ -71,18 +72,15 @@ def check_callable_spec(conn: Connection, spec: Spec, key: Key) -> None:
     load_callable(spec.transform or spec.sink, spec, field)
     table = spec.table.sql
     probes = []
-    binds = BatchBinds(key)
-    joins = binds.typed(spec.joins or "")
     if spec.joins:
-        probes.append(("joins", f"EXPLAIN SELECT 1 FROM {table} {joins}"))
+        probes.append(("joins", f"EXPLAIN SELECT 1 FROM {table} @joins"))
     if spec.select:
-        cols = binds.typed(", ".join(f"{expr} AS {quote(name)}" for name, expr in spec.select.items()))
-        probes.append(("select", f"EXPLAIN SELECT {cols} FROM {table} {joins} WHERE ({spec.where or 'TRUE'})"))
-    for name, sql in probes:
+        probes.append(("select", f"EXPLAIN SELECT @select FROM {table} @joins WHERE @where"))
+    nulls = {name: None for name in BatchBinds(key).names}
+    for name, template in probes:
         try:
             with conn.begin_nested():
-                stmt = text(sql)
-                conn.execute(stmt, {k: None for k in stmt.compile().params})
+                conn.exec_driver_sql(spec_driver(spec, template, key), nulls)
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise SpecError(spec.source, name, f"the database rejects this SQL: {first}") from exc
@@ -91,21 +89,13 @@ def check_callable_spec(conn: Connection, spec: Spec, key: Key) -> None:
 _COLUMN_REF = re.compile(r'(?:(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)\.)?(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)')
 
 
-def driver_sql(conn: Connection, stmt, binary: tuple[str, ...] = ()) -> str:
-    """The statement as psycopg receives it (``%(name)s``, ``%`` escaped), with ``binary`` params sent in binary.
-
-    Large arrays go several times faster in binary than as text array literals, and rows fetched
-    straight from the driver cursor skip SQLAlchemy's row processing: together the difference
-    between a Python transform at a quarter and at half the speed of a single UPDATE.
-    """
-    sql = str(stmt.compile(dialect=conn.dialect))
-    for name in binary:
-        sql = sql.replace(f"%({name})s", f"%({name})b")
-    return sql
-
-
 def driver_fetch(conn: Connection, sql: str, params: dict) -> tuple[list[str], list[tuple]]:
-    """Run a query on the connection's own psycopg cursor (same transaction); errors as SQLAlchemy's."""
+    """Run a driver-SQL query on the connection's own psycopg cursor (same transaction); errors as SQLAlchemy's.
+
+    Rows fetched straight from the driver cursor skip SQLAlchemy's row processing, and large arrays
+    go several times faster in binary (``%(name)b``) than as text array literals: together the
+    difference between a Python transform at a quarter and at half the speed of a single UPDATE.
+    """
     names, rows, _ = _driver_execute(conn, sql, params, fetch=True)
     return names, rows
 
@@ -145,7 +135,7 @@ class RowReader:
         self.qkey = key.qualified(t)
         if spec.select:
             keys = [f"{r} AS {quote(c)}" for r, c in zip(self.qkey.refs(), key.columns)]
-            picked = [f"{expr} AS {quote(name)}" for name, expr in spec.select.items() if name not in key.columns]
+            picked = ["@select"] if any(name not in key.columns for name in spec.select) else []
             self.columns_sql = ", ".join(keys + picked)
         else:
             self.columns_sql = f"{t}.*"  # every column of the table, the key columns among them
@@ -156,32 +146,22 @@ class RowReader:
     def reads_only_the_table(spec: Spec) -> bool:
         return not spec.joins and all(_COLUMN_REF.fullmatch(e) for e in spec.select.values())
 
-    def _read(self, has_lo: bool):
+    def _read(self, has_lo: bool) -> str:
+        """Driver SQL of the read (user ``select``/``joins``/``where`` composed by rowfill.sqltext)."""
         if has_lo not in self._stmts:
             spec = self.spec
-            where = f" AND ({spec.where})" if spec.where else ""
+            where = " AND @where" if spec.where else ""
             lock = " FOR NO KEY UPDATE" if self.lock else ""
-            self._stmts[has_lo] = text(
-                f"SELECT {self.binds.typed(self.columns_sql)} FROM {spec.table.sql} {self.binds.typed(spec.joins or '')} "
-                f"WHERE {self.qkey.range_text(has_lo, True)}{where} ORDER BY {self.qkey.order_by()}{lock}"
-            )
+            self._stmts[has_lo] = spec_driver(spec, (
+                f"SELECT {self.columns_sql} FROM {spec.table.sql} @joins "
+                f"WHERE {self.qkey.range_text(has_lo, True)}{where} ORDER BY {self.qkey.order_by()}{lock}"), self.key)
         return self._stmts[has_lo]
 
-    def params(self, stmt, lo, hi, first) -> dict:
-        params = self.key.range_params(lo, hi)
-        wanted = stmt.compile().params
-        params.update({k: v for k, v in self.binds.params(first, hi).items() if k in wanted})
-        return params
+    def params(self, lo, hi, first) -> dict:
+        return {**self.key.range_params(lo, hi), **self.binds.params(first, hi)}
 
     def read(self, conn: Connection, lo, hi, first=None) -> list[dict]:
-        has_lo = lo is not None
-        stmt = self._read(has_lo)
-        if ("driver", has_lo) not in self._stmts:
-            self._stmts[("driver", has_lo)] = (driver_sql(conn, stmt), stmt.compile().params)
-        sql, wanted = self._stmts[("driver", has_lo)]
-        params = self.key.range_params(lo, hi)
-        params.update({k: v for k, v in self.binds.params(first, hi).items() if k in wanted})
-        names, data = driver_fetch(conn, sql, params)
+        names, data = driver_fetch(conn, self._read(lo is not None), self.params(lo, hi, first))
         rows = [dict(zip(names, r)) for r in data]
         if self.spec.joins:
             self._check_unique(rows)
@@ -199,8 +179,7 @@ class RowReader:
             seen.add(k)
 
     def explain(self, conn: Connection, lo, hi, first=None) -> str:
-        stmt = self._read(lo is not None)
-        return explain_text(conn, stmt, self.params(stmt, lo, hi, first))
+        return explain_text(conn, self._read(lo is not None), self.params(lo, hi, first))
 
 
 def key_value(row: dict, key: Key):
@@ -328,32 +307,33 @@ class TransformWriter(BatchWriter):
 
             self.undo = UndoLog.for_spec(spec, self.key, self.out_columns, self.out_types)
 
-    def _write(self, has_lo: bool):
-        def make():
-            t, key = self.spec.table.sql, self.key
-            kn = [quote(f"__rowfill_k{i}") for i in range(1, len(key.columns) + 1)]
-            vn = [quote(f"__rowfill_v{i}") for i in range(1, len(self.out_columns) + 1)]
-            arrays = [f"CAST(:k{i} AS {typ}[])" for i, typ in enumerate(key.types, 1)]
-            # an array column travels as one array literal per row (text), cast back per row:
-            # PostgreSQL has no arrays of arrays, and rows' arrays differ in length
-            arrays += [f"CAST(:v{i} AS {'text' if kind == 'array' else typ}[])"
-                       for i, (typ, kind) in enumerate(zip(self.out_casts, self.out_kinds), 1)]
-            source = f"unnest({', '.join(arrays)}) AS v({', '.join(kn + vn)})"
-            vrow = f"v.{kn[0]}" if len(kn) == 1 else "(" + ", ".join(f"v.{n}" for n in kn) + ")"
-            sets = ", ".join(f"{quote(c)} = CAST(v.{n} AS {typ})" if kind == "array" else f"{quote(c)} = v.{n}"
-                             for c, n, typ, kind in zip(self.out_columns, vn, self.out_casts, self.out_kinds))
-            match = f"{self.qkey.row()} = {vrow} AND {self.qkey.range_text(has_lo, True)}{self.where_sql()}"
-            if self.undo is None:
-                return text(counting_sql(f"UPDATE {t} SET {sets} FROM {source} WHERE {match}", self.spec.where))
-            rng_where = key.range_text(has_lo, True) + self.where_sql()
-            return text(self.undo.recording_update(t, sets, source, match, rng_where, vrow, self.qkey,
-                                                   still=self.spec.where or "FALSE"))
-        return self.statement(("write", has_lo), make)
+    def _write_template(self, has_lo: bool) -> str:
+        """The write as a ``driver()`` template: rowfill's own SQL with ``@where``; it returns
+        (rows written, rows still matching ``where`` after their write)."""
+        t, key = self.spec.table.sql, self.key
+        kn = [quote(f"__rowfill_k{i}") for i in range(1, len(key.columns) + 1)]
+        vn = [quote(f"__rowfill_v{i}") for i in range(1, len(self.out_columns) + 1)]
+        arrays = [f"CAST(:k{i} AS {typ}[])" for i, typ in enumerate(key.types, 1)]
+        # an array column travels as one array literal per row (text), cast back per row:
+        # PostgreSQL has no arrays of arrays, and rows' arrays differ in length
+        arrays += [f"CAST(:v{i} AS {'text' if kind == 'array' else typ}[])"
+                   for i, (typ, kind) in enumerate(zip(self.out_casts, self.out_kinds), 1)]
+        source = f"unnest({', '.join(arrays)}) AS v({', '.join(kn + vn)})"
+        vrow = f"v.{kn[0]}" if len(kn) == 1 else "(" + ", ".join(f"v.{n}" for n in kn) + ")"
+        sets = ", ".join(f"{quote(c)} = CAST(v.{n} AS {typ})" if kind == "array" else f"{quote(c)} = v.{n}"
+                         for c, n, typ, kind in zip(self.out_columns, vn, self.out_casts, self.out_kinds))
+        match = f"{self.qkey.row()} = {vrow} AND {self.qkey.range_text(has_lo, True)}{self.where_sql()}"
+        if self.undo is None:
+            return counting_sql(f"UPDATE {t} SET {sets} FROM {source} WHERE {match}", self.spec)
+        rng_where = key.range_text(has_lo, True) + self.where_sql()
+        return self.undo.recording_update(t, sets, source, match, rng_where, vrow, self.qkey, still=still_slot(self.spec))
 
-    def _driver_write(self, conn, has_lo: bool) -> str:
+    def _driver_write(self, has_lo: bool, binary: bool = True) -> str:
+        """Driver SQL of the write; with ``binary`` the key and result arrays are sent in binary (faster)."""
         arrays = tuple(f"k{i}" for i in range(1, len(self.key.columns) + 1)) + \
             tuple(f"v{i}" for i in range(1, len(self.out_columns) + 1))
-        return self.statement(("driver-write", has_lo), lambda: driver_sql(conn, self._write(has_lo), arrays))
+        return self.statement(("write", has_lo, binary),
+                              lambda: self.driver(self._write_template(has_lo), arrays if binary else ()))
 
     def encode(self, columns: list[list]) -> dict:
         """The write's parameters: one typed array per key column and per returned column."""
@@ -419,7 +399,7 @@ class TransformWriter(BatchWriter):
         columns, kept = self.results(rows)
         if not kept:
             return 0, 0
-        _, [(written, still)] = driver_fetch(conn, self._driver_write(conn, has_lo), {**self.encode(columns), **bounds})
+        _, [(written, still)] = driver_fetch(conn, self._driver_write(has_lo), {**self.encode(columns), **bounds})
         return written, still
 
     def explain(self, conn, lo, hi):
@@ -431,5 +411,6 @@ class TransformWriter(BatchWriter):
         if rows:
             columns, kept = self.results(rows)
             if kept:
-                out.append(("write", explain_text(conn, self._write(lo is not None), {**self.encode(columns), **bounds})))
+                out.append(("write", explain_text(conn, self._driver_write(lo is not None, binary=False),
+                                                  {**self.encode(columns), **bounds})))
         return out

@@ -27,9 +27,10 @@ from sqlalchemy.engine import Connection, Engine
 from rowfill.checkpoint import SCHEMA, CheckpointStore
 from rowfill.errors import RowfillError, SpecError
 from rowfill.keys import Key, column_types, load_key
+from rowfill.resolve import pinned_relation, pinned_spec, record
 from rowfill.spec import Spec
-from rowfill.sqlnames import TableName, quote
-from rowfill.writers import BatchWriter, SetWriter, explain_text
+from rowfill.sqlnames import TableName, clause, literal, quote
+from rowfill.writers import BatchWriter, SetWriter, explain_text, still_slot
 
 ROLLBACK_SUFFIX = ".rollback"  # a name no spec can have ('.' is not allowed in spec names)
 _TEXT_COMPARED = {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}  # no '=' operator
@@ -123,10 +124,11 @@ class UndoLog:
         existing = column_types(conn, self.table.sql)
         if not existing:
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-            conn.execute(text(self.ddl()))
-            conn.execute(text(f"COMMENT ON TABLE {self.table.sql} IS "
-                              f"'rowfill undo log of backfill {spec.name.replace(chr(39), chr(39) * 2)} on {spec.table}: "
-                              "previous (old_*) and written (new_*) values by key; restored by rowfill rollback'"))
+            conn.execute(clause(self.ddl()))
+            # COMMENT ON takes no bound parameter: the text is quoted by the driver, never pasted
+            comment = (f"rowfill undo log of backfill {spec.name} on {spec.table}: previous (old_*) and written (new_*) "
+                       "values by key; restored by rowfill rollback")
+            conn.execute(clause(f"COMMENT ON TABLE {self.table.sql} IS {literal(conn, comment)}"))
             return
         found = {n: t for n, (t, _) in existing.items()}
         if found != expected:
@@ -208,13 +210,12 @@ class UndoSetWriter(SetWriter):
         self.undo = UndoLog.load(conn, self.spec)
         self.qkey = self.key.qualified(self.spec.table.sql)
 
-    def _counted(self, has_lo: bool):
+    def _counted(self, has_lo: bool) -> str:
+        """The recording write; like ``SetWriter._counted`` it returns (rows written, rows still matching)."""
         def make():
-            spec = self.spec
-            assignments = ", ".join(f"{quote(col)} = {expr}" for col, expr in spec.set.items())
             rng_where = self.key.range_text(has_lo, True) + self.where_sql()
-            return text(self.undo.recording_set(spec.table.sql, assignments, rng_where, self.where_sql(), self.qkey,
-                                                still=spec.where or "FALSE"))
+            return self.driver(self.undo.recording_set(self.spec.table.sql, "@sets", rng_where, self.where_sql(),
+                                                       self.qkey, still=still_slot(self.spec)))
         return self.statement(("undo-write", has_lo), make)
 
 
@@ -231,7 +232,10 @@ def rollback_spec(spec: Spec) -> Spec:
 
 
 class RestoreWriter(BatchWriter):
-    """Batches of the rollback: walk the undo table, restore the target table."""
+    """Batches of the rollback: walk the undo table, restore the target table.
+
+    ``forward`` must have its table pinned (``rollback_target``): the restore names it qualified.
+    """
 
     def __init__(self, spec: Spec, forward: Spec):
         super().__init__(spec)
@@ -243,7 +247,7 @@ class RestoreWriter(BatchWriter):
         self.undo = UndoLog(self.spec.table, self.key, tuple(cols), tuple(undo_types[f"old_{c}"] for c in cols))
 
     def _write(self, has_lo: bool):
-        return self.statement(("restore", has_lo), lambda: text(
+        return self.statement(("restore", has_lo), lambda: clause(
             self.undo.restore_sql(self.forward.table.sql, self.key.range_text(has_lo, True))))
 
     def apply(self, conn, lo, hi) -> int:
@@ -300,9 +304,18 @@ def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
         # that is running, and makes the next one stop) and mark the rollback as started, in one commit.
         # After this no undo record can be added, so the plan below sees all of them.
         store.lock_planning(conn, spec.name)
+        # the table to restore: the one the backfill was planned on (OID checked), kept on the rollback's
+        # own row because the backfill's row goes now
+        target = pinned_relation(conn, spec, (spec.name, rb.name))
         conn.execute(text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n"), {"n": spec.name})
         store.register(conn, rb)
+        record(conn, rb.name, target)
     return plan_backfill(engine, rb, limit=limit, log=log)
+
+
+def rollback_target(engine: Engine, spec: Spec) -> Spec:
+    """The backfill's spec with the table a rollback restores: pinned when the rollback was planned (OID checked)."""
+    return pinned_spec(engine, spec, (rollback_name(spec.name), spec.name))
 
 
 @dataclass(frozen=True)
@@ -329,7 +342,7 @@ def finish_rollback(engine: Engine, spec: Spec) -> RollbackResult:
         raise RollbackIncomplete(f"rollback of {spec.name!r}: {len(unfinished)} of {len(chunks)} chunks are not done "
                                  f"(first: chunk {unfinished[0].chunk_no}, {unfinished[0].status}); run it again to resume.")
     with engine.connect() as conn:
-        left = conn.execute(text(f"SELECT count(*) FROM {rb.table.sql}")).scalar() if _undo_exists(conn, spec) else 0
+        left = conn.execute(clause(f"SELECT count(*) FROM {rb.table.sql}")).scalar() if _undo_exists(conn, spec) else 0
     if left:
         store.reset(rb.name)  # so the next rollback walks the whole (small) undo log again
         raise RollbackIncomplete(

@@ -5,7 +5,14 @@ A FastAPI app mounted in Airflow's API server (``plugins/rowfill_plugin.py``), s
 Airflow UI through the plugin's ``external_views`` entry. Airflow gives plugin apps no
 authentication of their own, so every route requires an Airflow user: the UI's ``_token`` cookie
 (which the browser sends to this same-origin page, so the embedded view just works when signed
-in) or a bearer token. Only backfills whose DAG the user may read are listed.
+in) or a bearer token. Only backfills whose DAG the user may read are listed; bad specs (those
+that do not load and those whose DAG Airflow would reject, the ones ``dags/rowfill_spec_errors.py``
+reports) are listed only to users who may see DAGs and import errors, with paths relative to the
+specs folder.
+
+Requests that change something (the pause/resume buttons' POSTs) must come from this site: their
+Origin (or Referer) header must name the host they were sent to (``rowfill.sameorigin``), so
+another site's page cannot use a signed-in user's cookie to press the buttons.
 
 It stays fast with hundreds of chunks: one aggregated query per backfill (``rowfill.status``), a
 compact chunk map, and the page refreshes only its table by fetching ``fragment`` every few
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import html
 import importlib
+import os
+from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -29,7 +38,9 @@ from fastapi.responses import HTMLResponse
 
 from rowfill.db import engine_for
 from rowfill.durations import format_duration
-from rowfill.spec import load_specs
+from rowfill.errors import SpecError, SpecErrors
+from rowfill.sameorigin import same_origin
+from rowfill.spec import load_specs, specs_dir
 from rowfill.status import BackfillStatus, statuses
 
 REFRESH_SECONDS = 3
@@ -47,6 +58,69 @@ def _readable(user, dag_ids: set[str]) -> set[str]:
     return get_auth_manager().filter_authorized_dag_ids(dag_ids=dag_ids, user=user, method="GET")
 
 
+def _may_see_spec_errors(user) -> bool:
+    """Whether ``user`` may see the list of bad specs: in Airflow's terms they are import errors of
+    DAG files, so the same two rights Airflow asks before showing those (``GET /api/v2/importErrors``
+    needs the import-errors view, the DAG list ``GET /api/v2/dags`` read access to DAGs)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView, DagDetails
+
+    manager = get_auth_manager()
+    return (manager.is_authorized_view(access_view=AccessView.IMPORT_ERRORS, user=user)
+            and manager.is_authorized_dag(method="GET", details=DagDetails(id=None), user=user))
+
+
+# source -> ((mtime_ns, size), errors): building a spec's DAGs takes ~20 ms, the page refreshes every
+# few seconds, and the result only changes when the file does.
+_BUILD_CHECKS: dict[str, tuple[tuple[int, int], list[SpecError]]] = {}
+
+
+def _buildable(specs: list) -> tuple[list, list[SpecError]]:
+    """The specs whose DAGs Airflow will accept, and the errors of the others (``factory.spec_dags``,
+    the same check ``dags/rowfill_spec_errors.py`` reports), remembered per version of each file."""
+    from rowfill.factory import spec_dags
+    from rowfill.rollback_dag import clashes
+
+    taken = {s.dag_id for s in specs}
+    good, errors = [], []
+    for spec in specs:
+        try:
+            stat = os.stat(spec.source)
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = None
+        cached = _BUILD_CHECKS.get(spec.source)
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            found = cached[1]
+        else:
+            try:
+                spec_dags(spec, taken)
+                found = []
+            except SpecErrors as exc:
+                found = exc.errors
+            if stamp is not None:
+                _BUILD_CHECKS[spec.source] = (stamp, found)
+        errors += found
+        if not found:
+            good.append(spec)
+    return good, [*errors, *clashes(good)]
+
+
+def _relative(text: str, root: Path) -> str:
+    """``text`` without the server's absolute path of the specs folder: paths relative to it."""
+    for prefix in sorted({str(root), str(root.resolve())}, key=len, reverse=True):
+        text = text.replace(prefix + os.sep, "").replace(prefix, "the specs folder")
+    return text
+
+
+def _invalid(error: SpecError, root: Path) -> dict:
+    """A bad spec as the page shows it: which file (relative to the specs folder), field and problem."""
+    source = _relative(error.source, root)
+    field = f"field '{error.field}': " if error.field else ""
+    return {"backfill": source, "state": "invalid spec", "field": error.field,
+            "error": f"{source}: {field}{_relative(error.problem, root)}", "chunks": []}
+
+
 def control_hook():
     """The live-control provider, if one is installed (see the module docstring)."""
     try:
@@ -57,11 +131,20 @@ def control_hook():
 
 
 def collect(user=None) -> list[dict]:
-    """Every backfill the user may see, as plain data; one query per backfill, one engine per database."""
-    specs, errors = load_specs()
+    """Every backfill the user may see, as plain data; one query per backfill, one engine per database.
+
+    Bad specs come last, as entries of state "invalid spec", for users who may see them
+    (``_may_see_spec_errors``; all of them when ``user`` is None, as for the tests).
+    """
+    root = specs_dir()
+    specs, errors = load_specs(root)
+    specs, build_errors = _buildable(specs)
+    errors += build_errors
     if user is not None:
         allowed = _readable(user, {s.dag_id for s in specs})
         specs = [s for s in specs if s.dag_id in allowed]
+        if errors and not _may_see_spec_errors(user):
+            errors = []
     control = control_hook()
     out: list[dict] = []
     by_conn: dict[str, list] = {}
@@ -86,7 +169,7 @@ def collect(user=None) -> list[dict]:
         finally:
             engine.dispose()
     out.sort(key=lambda e: e["backfill"])
-    out += [{"backfill": e.source, "state": "invalid spec", "error": str(e), "chunks": []} for e in errors]
+    out += [_invalid(e, root) for e in errors]
     return out
 
 
@@ -116,6 +199,8 @@ def _ti_href(ui_base: str, dag_id: str, c: dict) -> str | None:
 
 def _range(b: dict, c: dict) -> str:
     lo, hi = c["lo"], c["hi"]
+    if lo is None:  # the lowest chunk: from the start of the key space
+        return f"{b.get('key', 'key')} start..{hi}"
     if isinstance(lo, int) and isinstance(hi, int):
         return f"{b.get('key', 'key')} {lo + 1}..{hi}"
     return f"{b.get('key', 'key')} ({lo}, {hi}]"
@@ -244,8 +329,16 @@ def _ui_base(request: Request) -> str:
 
 
 # -- the app ------------------------------------------------------------------------------------
+def refuse_cross_site(request: Request) -> None:
+    """Every route's first check: a request that would change something and was not sent from this
+    site gets 403 before anything else runs (``rowfill.sameorigin.same_origin``)."""
+    allowed, why = same_origin(request.method, request.headers)
+    if not allowed:
+        raise HTTPException(403, f"cross-site request refused: {why}")
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="rowfill", description="Progress of rowfill backfills")
+    app = FastAPI(title="rowfill", description="Progress of rowfill backfills", dependencies=[Depends(refuse_cross_site)])
     user_dep = _user_dep()
 
     @app.get("/api/progress")

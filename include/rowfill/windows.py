@@ -24,9 +24,7 @@ def utcnow() -> datetime:
 
 
 def _parse_time(value, what: str) -> time:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
-        # YAML 1.1 reads an unquoted 01:30 as the sexagesimal number 90 (minutes)
-        return time(value // 60, value % 60)
+    # rowfill.specyaml reads an unquoted 22:30 as text (YAML 1.1 would read the base-60 number 1350)
     if not isinstance(value, str) or not (m := _TIME.fullmatch(value.strip())):
         raise ValueError(f"{what} {value!r} is not a time of day; write it like \"01:00\" or \"22:30:00\" (24-hour clock)")
     return time(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))

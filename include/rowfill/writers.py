@@ -5,19 +5,27 @@ inclusive) inside the batch transaction and returns how many rows it changed. Ne
 are new classes (``rowfill.transform``, ``rowfill.sinks``, ``rowfill.undo``); the runner does not
 change. Statements are built on the first batch, when the key's column types can be read from the
 table: every bound key value is cast to its column's type so the key's index serves the range.
+
+Statements that hold user SQL are driver SQL composed by ``rowfill.sqltext`` (user expressions in
+parentheses, comments gone, only documented binds) and run with ``conn.exec_driver_sql``.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
-from rowfill.keys import Boundary, Key, load_key
+from rowfill.errors import RowfillError
+from rowfill.keys import Boundary, Key, format_value, load_key
 from rowfill.spec import Spec
-from rowfill.sqlnames import quote
+from rowfill.sqltext import driver, key_casts, spec_driver, spec_sql, sql_binds
+
+
+class BatchOutsideRange(RowfillError):
+    """A ``sql`` statement changed more rows of the walked table than its batch holds; the batch rolled back."""
 
 
 class BatchWriter:
@@ -65,11 +73,11 @@ class BatchWriter:
     # -- lock first (see rowfill.lockfirst) -------------------------------------------------
     lock_first = False  # writers that read other relations set this in build()
 
-    def _lock(self, has_lo: bool):
+    def _lock(self, has_lo: bool) -> str:
         def make():
             rng = self.key.range_text(has_lo, True)
-            return text(f"SELECT count(*) FROM (SELECT 1 FROM {self.spec.table.sql} WHERE {rng}{self.where_sql()} "
-                        f"ORDER BY {self.key.order_by()} FOR NO KEY UPDATE) AS locked")
+            return self.driver(f"SELECT count(*) FROM (SELECT 1 FROM {self.spec.table.sql} WHERE {rng}{self.where_sql()} "
+                               f"ORDER BY {self.key.order_by()} FOR NO KEY UPDATE) AS locked")
         return self.statement(("lock", has_lo), make)
 
     def lock_rows(self, conn: Connection, lo, hi) -> int:
@@ -81,29 +89,46 @@ class BatchWriter:
         lock the UPDATE takes anyway; it lets the application insert rows referencing ours.
         """
         self.prepare(conn)
-        return conn.execute(self._lock(lo is not None), self.key.range_params(lo, hi)).scalar()
+        return conn.exec_driver_sql(self._lock(lo is not None), self.key.range_params(lo, hi)).scalar()
 
     def explain(self, conn: Connection, lo, hi) -> list[tuple[str, str]]:
         """(what, EXPLAIN text) of the statements one batch runs, for ``rowfill plan`` (never executed)."""
         return []
 
     def where_sql(self) -> str:
-        return f" AND ({self.spec.where})" if self.spec.where else ""
+        """`` AND @where`` for ``driver()`` templates (the checked ``where``, in parentheses), or nothing."""
+        return " AND @where" if self.spec.where else ""
+
+    def driver(self, template: str, binary=()) -> str:
+        """A template of rowfill's own SQL with the spec's checked fields in its slots, as driver SQL
+        (see ``rowfill.sqltext.driver``); first/last binds cast to the key's types."""
+        return spec_driver(self.spec, template, self.key, binary)
 
 
 def explain_text(conn: Connection, sql, params: dict) -> str:
-    stmt = sql if not isinstance(sql, str) else text(sql)
-    return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + stmt.text), params))
+    """EXPLAIN of one statement: driver SQL (a str, run with exec_driver_sql) or a ``text()`` clause
+    of rowfill's own SQL (no user text in it)."""
+    if isinstance(sql, str):
+        rows = conn.exec_driver_sql("EXPLAIN " + sql, params)
+    else:
+        rows = conn.execute(text("EXPLAIN " + sql.text), params)
+    return "\n".join(r[0] for r in rows)
 
 
-def counting_sql(update_sql: str, where: str | None) -> str:
-    """An UPDATE wrapped to return (rows written, rows still matching ``where`` after their write).
+def still_slot(spec: Spec) -> str:
+    """What ``RETURNING`` evaluates on each written row's new values: the ``@where`` slot, or FALSE without ``where``."""
+    return "@where" if spec.where else "FALSE"
 
-    ``RETURNING`` sees each row's new values, so a new value that leaves the row matching
-    ``where`` (``first_name || ' ' || NULL`` is NULL) is counted in the batch that wrote it.
+
+def counting_sql(update_template: str, spec: Spec) -> str:
+    """An UPDATE template wrapped to return (rows written, rows still matching ``where`` after their write).
+
+    A ``driver()`` template in, a ``driver()`` template out: ``where`` goes in through its slot,
+    in parentheses, never pasted. ``RETURNING`` sees each row's new values, so a new value that
+    leaves the row matching ``where`` (``first_name || ' ' || NULL`` is NULL) is counted in the
+    batch that wrote it.
     """
-    still = f"({where})" if where else "FALSE"
-    return (f"WITH u AS ({update_sql} RETURNING {still} AS __rowfill_still) "
+    return (f"WITH u AS ({update_template} RETURNING {still_slot(spec)} AS __rowfill_still) "
             "SELECT count(*), count(*) FILTER (WHERE __rowfill_still) FROM u")
 
 
@@ -123,15 +148,13 @@ class SetWriter(BatchWriter):
         self.lock_reason = lock_first_reason(conn, self.spec)
         self.lock_first = self.lock_reason is not None
 
-    def _write(self, has_lo: bool):
-        def make():
-            assignments = ", ".join(f"{quote(col)} = {expr}" for col, expr in self.spec.set.items())
-            rng = self.key.range_text(has_lo, True)
-            return text(f"UPDATE {self.spec.table.sql} SET {assignments} WHERE {rng}{self.where_sql()}")
-        return self.statement(("write", has_lo), make)
+    def _update_template(self, has_lo: bool) -> str:
+        """The UPDATE as a ``driver()`` template (rowfill's own SQL with ``@sets`` and ``@where``)."""
+        rng = self.key.range_text(has_lo, True)
+        return f"UPDATE {self.spec.table.sql} SET @sets WHERE {rng}{self.where_sql()}"
 
-    def _counted(self, has_lo: bool):
-        return self.statement(("counted", has_lo), lambda: text(counting_sql(self._write(has_lo).text, self.spec.where)))
+    def _counted(self, has_lo: bool) -> str:
+        return self.statement(("counted", has_lo), lambda: self.driver(counting_sql(self._update_template(has_lo), self.spec)))
 
     def apply(self, conn: Connection, lo, hi) -> int:
         return self.write_counts(conn, lo, hi)[0]
@@ -140,7 +163,7 @@ class SetWriter(BatchWriter):
         self.prepare(conn)
         if self.lock_first:
             self.lock_rows(conn, lo, hi)
-        written, still = conn.execute(self._counted(lo is not None), self.key.range_params(lo, hi)).one()
+        written, still = conn.exec_driver_sql(self._counted(lo is not None), self.key.range_params(lo, hi)).one()
         return written, still
 
     def explain(self, conn, lo, hi):
@@ -150,34 +173,18 @@ class SetWriter(BatchWriter):
         return out + [("write", explain_text(conn, self._counted(lo is not None), bounds))]
 
 
-_SQL_BIND = re.compile(r"(?<!:):((?:first|last)(?:_[a-z0-9_]+)?)\b")
-
-
 class BatchBinds:
     """``:first``/``:last`` in user SQL: the batch's first and last key, cast to the key's type.
 
     For a composite key, one pair per column, by name or position (``:first_tenant_id``,
-    ``:first_1``). Used by ``sql`` mode and by ``joins``/``select`` of transforms and sinks.
+    ``:first_1``). Used by ``sql`` mode and by ``joins``/``select`` of transforms and sinks; the
+    names are ``rowfill.sqltext.sql_binds``.
     """
 
     def __init__(self, key: Key):
         self.key = key
-        self.names: dict[str, tuple[str, int | None]] = {}  # bind name -> ("first"|"last", position)
-        if not key.composite:
-            self.names = {"first": ("first", None), "last": ("last", None)}
-        else:
-            for prefix in ("first", "last"):
-                for name, pos in key.bind_names(prefix).items():
-                    self.names[name] = (prefix, pos)
-
-    def typed(self, sql: str) -> str:
-        def cast(m):
-            name = m.group(1)
-            if name not in self.names:
-                return m.group(0)
-            return f"CAST(:{name} AS {self.key.types[self.names[name][1] or 0]})"
-
-        return _SQL_BIND.sub(cast, sql)
+        self.names: dict[str, tuple[str, int | None]] = sql_binds(key.columns)  # bind name -> ("first"|"last", position)
+        self.casts = key_casts(key)
 
     def params(self, first, last) -> dict:
         ends = {"first": first, "last": last}
@@ -194,6 +201,10 @@ class SqlWriter(BatchWriter):
     Single integer keys get ``:lo`` (exclusive) and ``:hi`` (inclusive), as always. Every key also
     gets the batch's first and last key, inclusive (see ``BatchBinds``), so
     ``id BETWEEN :first AND :last`` works for uuid, text and timestamp keys alike.
+
+    Guard: when the statement's main verb UPDATEs or DELETEs the walked table, a batch whose
+    rowcount exceeds the keys in its range (its WHERE let rows outside the range through, e.g.
+    ``AND (id <= :hi OR x)``) raises ``BatchOutsideRange``, and the batch's transaction rolls back.
     """
 
     # The statement may read anything; its reads must see what committed before the rows were locked.
@@ -202,15 +213,65 @@ class SqlWriter(BatchWriter):
     def build(self, conn):
         self.binds = BatchBinds(self.key)
         self.names = self.binds.names
-        self.write = text(self.binds.typed(self.spec.sql))
+        statement = spec_sql(self.spec).sql
+        self.write = statement.driver(self.binds.casts)
+        self.guarded = statement.writes if self._writes_walked_table(conn, statement.writes) else None
+        self._walked = None  # (lo, end, keys) of the last batch_end()
+
+    def _writes_walked_table(self, conn: Connection, writes) -> bool:
+        """Is the table the statement UPDATEs/DELETEs the walked table (as this connection resolves both names)?"""
+        if writes is None:
+            return False
+        try:
+            with conn.begin_nested():
+                return bool(conn.exec_driver_sql(
+                    "SELECT to_regclass(CAST(%(w)s AS text)) = to_regclass(CAST(%(t)s AS text))",
+                    {"w": writes[1], "t": self.spec.table.sql}).scalar())
+        except DBAPIError:  # a name to_regclass cannot read is not the walked table
+            return False
 
     def params(self, lo, hi) -> dict:
+        if lo is None and self.key.integer and self.batch_first is not None:
+            # the lowest chunk starts "from the start": :lo is just below the batch's first key (a
+            # Python int, sent as numeric below bigint's minimum), never NULL (id > NULL is no row)
+            lo = self.batch_first - 1
         return {"lo": lo, "hi": hi, **self.binds.params(self.batch_first, hi)}
+
+    def batch_end(self, conn: Connection, lo, hi, rows: int):
+        end, seen = super().batch_end(conn, lo, hi, rows)
+        self._walked = (lo, end, seen)
+        return end, seen
 
     def apply(self, conn: Connection, lo, hi) -> int:
         self.prepare(conn)
         self.lock_rows(conn, lo, hi)
-        return conn.execute(self.write, self.params(lo, hi)).rowcount
+        written = conn.exec_driver_sql(self.write, self.params(lo, hi)).rowcount
+        if self.guarded and written > 0:
+            self._check_inside_range(conn, lo, hi, written)
+        return written
+
+    def _keys_in_range(self, conn: Connection, lo, hi) -> int:
+        rng = self.key.range_text(lo is not None, hi is not None)
+        sql = driver(f"SELECT count(*) FROM {self.spec.table.sql} WHERE {rng}")
+        return conn.exec_driver_sql(sql, self.key.range_params(lo, hi)).scalar()
+
+    def _check_inside_range(self, conn: Connection, lo, hi, written: int) -> None:
+        """Raise if the statement changed more rows than the batch's range holds.
+
+        The keys walked for this batch are the bound; rows committed into the range since the walk
+        are counted again before blaming the statement (only when the first bound is exceeded).
+        """
+        walked = bool(self._walked) and self._walked[:2] == (lo, hi)
+        keys = self._walked[2] if walked else self._keys_in_range(conn, lo, hi)
+        if written <= keys or written <= self._keys_in_range(conn, lo, hi):
+            return
+        verb, table = self.guarded
+        start = format_value(self.batch_first) if walked else f"after {format_value(lo)}"
+        raise BatchOutsideRange(
+            f"{self.spec.source}: field 'sql': the statement {'updated' if verb == 'UPDATE' else 'deleted'} {written:,} "
+            f"rows of {table}, but this batch ({self.spec.key} {start}..{format_value(hi)}) holds only "
+            f"{keys:,} keys: its WHERE lets rows outside the batch's key range through. The batch was rolled back. "
+            "Make the range the outermost condition, e.g. WHERE id > :lo AND id <= :hi AND (<your conditions>)")
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
