@@ -155,3 +155,41 @@ def test_without_the_temp_privilege_set_locks_first_and_writes_the_right_values(
     finally:
         limited.dispose()
     assert wrong_points(engine) == 0
+
+
+# A trailing comment, a top-level OR, a colon and a % inside a literal: none may reach past the
+# parentheses rowfill puts around each expression, in the probe, the lock statement or the write.
+TRICKY_WHERE = "points IS NULL -- not done yet\n OR note = 'a:b 100%'"
+
+
+@pytest.mark.parametrize("mode, expression, locks", [
+    ("set", SUM_OF_ORDERS + " + 10 -- bonus", True),
+    ("set with undo", SUM_OF_ORDERS + " + 10 -- bonus", True),
+    ("set", "id * 1000 + 10 -- bonus", False),
+])
+def test_lock_and_counted_write_touch_only_the_batch_whatever_the_user_text(engine, tmp_path, mode, expression, locks):
+    make_users_and_orders(engine, users=200, orders=1_000)
+    with engine.begin() as conn:  # rows matching the OR inside and outside the batch (100, 150]
+        conn.execute(text("UPDATE users SET note = 'a:b 100%', points = -1 WHERE id IN (10, 120, 180)"))
+    spec = spec_for(tmp_path, name="users_points", table="public.users", where=TRICKY_WHERE,
+                    set={"points": expression}, undo=mode == "set with undo", chunk_rows=1_000, batch_rows=50)
+    plan_backfill(engine, spec)  # the undo log, when asked for
+    writer = writer_for(spec)
+    with engine.begin() as conn:
+        writer.prepare(conn)
+        assert writer.lock_first is locks
+        if locks:
+            assert "read public.orders" in writer.lock_reason
+        assert writer.lock_rows(conn, 100, 150) == 50  # the batch's rows, all matching `where`
+        # 50 written; id 120 still matches `where` after its write (its note matches the OR)
+        assert writer.write_counts(conn, 100, 150) == (50, 1)
+    with engine.connect() as conn:
+        changed = conn.execute(text(
+            "SELECT id FROM users WHERE points IS DISTINCT FROM NULL AND points <> -1 ORDER BY id")).scalars().all()
+        untouched = conn.execute(text("SELECT id, points FROM users WHERE id IN (10, 180) ORDER BY id")).all()
+        wrong = conn.execute(text(
+            f"SELECT count(*) FROM users WHERE id > 100 AND id <= 150 AND points <> "
+            f"{'(SELECT coalesce(sum(o.amount), 0) FROM orders o WHERE o.user_id = users.id)' if locks else 'id * 1000'} + 10")).scalar()
+    assert changed == list(range(101, 151))
+    assert untouched == [(10, -1), (180, -1)]  # matching `where` through the OR, but outside the batch
+    assert wrong == 0
