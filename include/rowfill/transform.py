@@ -100,11 +100,6 @@ def driver_fetch(conn: Connection, sql: str, params: dict) -> tuple[list[str], l
     return names, rows
 
 
-def driver_execute(conn: Connection, sql: str, params: dict) -> int:
-    """Run a write on the connection's own psycopg cursor; the row count."""
-    return _driver_execute(conn, sql, params, fetch=False)[2]
-
-
 def _driver_execute(conn: Connection, sql: str, params: dict, fetch: bool):
     import psycopg
 
