@@ -13,6 +13,9 @@ One invocation:
   5. (b) rowfill: plan_backfill + ChunkRunner for every chunk, pause 0, up to ``--parallel`` chunks
      at once in threads, timed from planning to the last chunk's finish;
   6. checks both runs left the same table (no NULL left, every full_name right, same checksum);
+     with ``--set-reads-table`` the expression also reads a 100-row ``<table>_teams`` table through a
+     correlated subquery, so rowfill locks each batch's rows first and writes in a second statement
+     (see rowfill.lockfirst); the single UPDATE runs the same expression;
   7. prints rows, seconds, rows/s, the ratio, the machine and the verdict against the target
      "rowfill unthrottled >= 90% of single UPDATE rows/s".
 
@@ -49,6 +52,14 @@ from rowfill.spec import parse_spec
 TARGET_PCT = 90.0
 SPEC_NAME = "bench_users_full_name"
 SET_EXPR = "first_name || ' ' || last_name"
+
+
+def set_expression(table: str, reads_table: bool) -> str:
+    """The ``set`` expression of the run: plain, or one that also reads ``<table>_teams`` per row."""
+    if not reads_table:
+        return SET_EXPR
+    bare = table.rpartition(".")[2]
+    return f"{SET_EXPR} || ' (' || (SELECT t.label FROM {table}_teams t WHERE t.id = {bare}.id % 100) || ')'"
 
 # Durability as in production (LocalPostgres defaults to fsync=off for tests; the benchmark must not).
 # Memory and WAL sizes are those of a modest, sensibly configured server, fixed so runs compare.
@@ -102,9 +113,14 @@ def server(engine: Engine) -> dict:
 # --------------------------------------------------------------------------------------------
 # table set-up: the same state before each run
 # --------------------------------------------------------------------------------------------
-def build_table(engine: Engine, table: str, rows: int, autovacuum: str) -> None:
+def build_table(engine: Engine, table: str, rows: int, autovacuum: str, reads_table: bool = False) -> None:
     """Fresh table from scratch, vacuumed and analyzed, its pages on disk after a CHECKPOINT."""
     with engine.begin() as conn:
+        if reads_table:  # the small table the expression reads (see set_expression)
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}_teams"))
+            conn.execute(text(f"CREATE TABLE {table}_teams (id int PRIMARY KEY, label text NOT NULL)"))
+            conn.execute(text(f"INSERT INTO {table}_teams SELECT g, 'team ' || g FROM generate_series(0, 99) g"))
+            conn.execute(text(f"ANALYZE {table}_teams"))
         conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
         conn.execute(text(
             f"CREATE TABLE {table} (id bigint PRIMARY KEY, first_name text NOT NULL, last_name text NOT NULL, "
@@ -218,11 +234,11 @@ def wal_delta(engine: Engine, before: dict, after: dict) -> dict:
     return out
 
 
-def verify(engine: Engine, table: str) -> dict:
+def verify(engine: Engine, table: str, expr: str = SET_EXPR) -> dict:
     with engine.connect() as conn:
         total, nulls, right, checksum = conn.execute(text(
             f"SELECT count(*), count(*) FILTER (WHERE full_name IS NULL), "
-            f"count(*) FILTER (WHERE full_name = {SET_EXPR}), coalesce(sum(hashtext(full_name)::bigint), 0) "
+            f"count(*) FILTER (WHERE full_name = {expr}), coalesce(sum(hashtext(full_name)::bigint), 0) "
             f"FROM {table}"
         )).one()
     return {"rows": total, "null_left": nulls, "correct": right, "checksum": int(checksum)}
@@ -231,8 +247,8 @@ def verify(engine: Engine, table: str) -> dict:
 # --------------------------------------------------------------------------------------------
 # the two runs
 # --------------------------------------------------------------------------------------------
-def run_single_update(engine: Engine, table: str) -> dict:
-    sql = text(f"UPDATE {table} SET full_name = {SET_EXPR} WHERE full_name IS NULL")
+def run_single_update(engine: Engine, table: str, expr: str = SET_EXPR) -> dict:
+    sql = text(f"UPDATE {table} SET full_name = {expr} WHERE full_name IS NULL")
     t0 = time.perf_counter()
     with engine.begin() as conn:
         updated = conn.execute(sql).rowcount
@@ -276,7 +292,8 @@ class PhaseTimer:
     def instrument(self, runner: ChunkRunner) -> None:
         self.wrap(runner.store, "lock_position", "lock_position")
         self.wrap(runner.writer, "batch_end", "boundary")
-        self.wrap(runner.writer, "apply", "update")
+        # the runner writes through write_counts (rows written and still matching) where the writer has it
+        self.wrap(runner.writer, "write_counts" if hasattr(runner.writer, "write_counts") else "apply", "update")
         self.wrap(runner.store, "advance", "advance")
         original = runner._batch
 
@@ -324,7 +341,7 @@ def run_rowfill(engine: Engine, table: str, args, phases: PhaseTimer | None) -> 
         "table": f"{schema or 'public'}.{name}",
         "key": "id",
         "where": "full_name IS NULL",
-        "set": {"full_name": SET_EXPR},
+        "set": {"full_name": set_expression(table, args.set_reads_table)},
         "pause": 0,
         "pause_ratio": 0,
         "target_batch_time": None,  # unthrottled: fixed-size batches, no rest
@@ -371,7 +388,8 @@ def print_report(res: dict) -> None:
     print(f"Table:      {cfg['table']}: {cfg['rows']:,} rows (id bigint PK, first_name, last_name, email, full_name NULL), "
           f"rebuilt + VACUUM ANALYZE + CHECKPOINT before each run; "
           f"untimed warm-up run: {'yes' if cfg['warmup'] else 'no'}; table autovacuum: {cfg['autovacuum']}")
-    print(f"rowfill:    chunk_rows={cfg['chunk_rows']:,} batch_rows={cfg['batch_rows']:,} parallel={cfg['parallel']} pause=0")
+    print(f"rowfill:    chunk_rows={cfg['chunk_rows']:,} batch_rows={cfg['batch_rows']:,} parallel={cfg['parallel']} pause=0"
+          + ("; set reads another table (lock first, then write)" if cfg.get("set_reads_table") else ""))
     print()
     header = (f"{'run':<26} {'rows':>11} {'seconds':>9} {'rows/s':>11} {'WAL MB':>8} {'FPIs':>9} {'syncs':>7} "
               f"{'ckpts':>5} {'autovac':>7} {'cpu wait':>8}")
@@ -424,7 +442,8 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=3, help="run each side this many times, alternating the order; medians are compared (default 3)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="first build the table and update it once untimed, so WAL segment files exist and caches are "
-                        "warm for every timed run; without it the first timed run pays for creating WAL files (default: on)")
+                        "warm for every timed run, and run rowfill once over it (imports, checkpoint schema); without it "
+                        "the first timed runs pay for creating WAL files and for rowfill's first start (default: on)")
     p.add_argument("--db", metavar="URL", help="use this server instead of a throwaway one (table --table is DROPPED and rebuilt)")
     p.add_argument("--table", help="table to build (default public.users; with --db: public.rowfill_bench_users)")
     p.add_argument("--autovacuum", choices=["server", "on", "off"], default="server",
@@ -432,6 +451,8 @@ def parse_args(argv=None):
     p.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
                    help="extra/overriding setting for the throwaway server (repeatable)")
     p.add_argument("--phases", action="store_true", help="time each phase of rowfill's batch transaction")
+    p.add_argument("--set-reads-table", action="store_true",
+                   help="a set expression that also reads another (100-row) table per row: rowfill locks first, then writes")
     p.add_argument("--keep", action="store_true", help="keep the throwaway cluster running and print its URL")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
     p.add_argument("-v", "--verbose", action="store_true", help="show rowfill's progress logs")
@@ -467,30 +488,35 @@ def main(argv=None) -> int:
         url, where = pg.url, f"throwaway cluster on port {pg.port}"
         table = args.table or "public.users"
     engine = make_engine(url, args.parallel)
+    expr = set_expression(table, args.set_reads_table)
     phases = PhaseTimer(engine) if args.phases else None
     try:
         res = {"machine": machine(), "server": server(engine), "where": where, "target_pct": TARGET_PCT,
                "busy_at_start": busy_others(), "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
                "config": {"rows": args.rows, "table": table, "chunk_rows": args.chunk_rows, "batch_rows": args.batch_rows,
                           "parallel": args.parallel, "repeat": args.repeat, "autovacuum": args.autovacuum,
-                          "warmup": args.warmup},
+                          "warmup": args.warmup, "set_reads_table": args.set_reads_table},
                "runs": {"single_update": [], "rowfill": []}}
         checks = {}
         if args.warmup:
             say(f"warm-up: building {args.rows:,} rows and updating them once, untimed ...")
-            build_table(engine, table, args.rows, args.autovacuum)
-            run_single_update(engine, table)
+            build_table(engine, table, args.rows, args.autovacuum, args.set_reads_table)
+            run_single_update(engine, table, expr)
+            # and rowfill once over the filled table (it writes nothing): its modules are imported and
+            # its checkpoint schema exists, as in any worker after its first backfill; without it the
+            # first timed rowfill run paid ~1.3 s for both
+            run_rowfill(engine, table, args, None)
         for i in range(args.repeat):
             # Alternate the order on repeats so neither side always runs on a "warmer" server.
             order = ("single_update", "rowfill") if i % 2 == 0 else ("rowfill", "single_update")
             for kind in order:
                 say(f"[{i + 1}/{args.repeat}] building {args.rows:,} rows in {table} ...")
                 t0 = time.perf_counter()
-                build_table(engine, table, args.rows, args.autovacuum)
+                build_table(engine, table, args.rows, args.autovacuum, args.set_reads_table)
                 say(f"    built in {time.perf_counter() - t0:.1f} s ({table_stats(engine, table)['total_bytes'] / 2**20:,.0f} MB); "
                     f"running {kind} ...")
                 before, psi0 = wal_position(engine), cpu_pressure_us()
-                r = run_single_update(engine, table) if kind == "single_update" else run_rowfill(engine, table, args, phases)
+                r = run_single_update(engine, table, expr) if kind == "single_update" else run_rowfill(engine, table, args, phases)
                 psi1 = cpu_pressure_us()
                 flush_backend_stats(engine)
                 if psi0 is not None and psi1 is not None:
@@ -501,7 +527,7 @@ def main(argv=None) -> int:
                 r["table_bytes_after"], r["autovacuum_runs"] = after["total_bytes"], after["autovacuum_runs"]
                 say(f"    {kind}: {r['rows']:,} rows in {r['seconds']:.2f} s = {r['rows_per_s']:,.0f} rows/s")
                 res["runs"][kind].append(r)
-                checks[kind] = verify(engine, table)
+                checks[kind] = verify(engine, table, expr)
         su, rf = checks["single_update"], checks["rowfill"]
         same = (su == rf and su["null_left"] == 0 and su["correct"] == su["rows"] == args.rows)
         res["verify"] = {"same": same, "single_update": su, "rowfill": rf}

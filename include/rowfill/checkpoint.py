@@ -79,6 +79,11 @@ ALTER TABLE {SCHEMA}.chunks ADD COLUMN IF NOT EXISTS first_key jsonb;
 UPGRADES = {
     "throttled_seconds": "double precision NOT NULL DEFAULT 0",  # time spent pausing, waiting on gates, backing off
     "throttle_state": "text",  # what a throttled or deferred chunk is waiting for right now
+    # rows the write changed whose new values still match `where` (verify will find them; 0 for sql/sink)
+    "rows_still_matching": "bigint NOT NULL DEFAULT 0",
+    # batch size that ran within statement_timeout after a batch was split (NULL: no split in effect);
+    # a resumed chunk starts from it instead of timing out again
+    "batch_rows_worked": "integer",
 }
 
 
@@ -126,6 +131,8 @@ class ChunkRow:
     throttled_seconds: float = 0.0
     throttle_state: str | None = None
     first_key: Any = None
+    rows_still_matching: int = 0
+    batch_rows_worked: int | None = None
 
     @property
     def position(self) -> Any:
@@ -270,20 +277,24 @@ class CheckpointStore:
         return (lo if cursor is None else cursor), hi, status
 
     def advance(self, conn: Connection, name: str, chunk_no: int, cursor: Any, seen: int, written: int,
-                throttled: float = 0.0) -> None:
+                throttled: float = 0.0, still: int = 0, batch_rows_worked: int | None = None) -> None:
         """Inside the batch transaction: move the cursor past the batch just written.
 
         ``throttled`` is the time the chunk was held back since the last batch; a batch that
-        commits is no longer waiting for anything, so the throttle state is cleared.
+        commits is no longer waiting for anything, so the throttle state is cleared. ``still``:
+        rows of ``written`` that still match ``where``; ``batch_rows_worked``: the batch size in
+        effect after a statement_timeout split (None: none in effect).
         """
         conn.execute(
             text(
                 f"UPDATE {SCHEMA}.chunks SET cursor = CAST(:cur AS jsonb), rows_seen = rows_seen + :s, "
-                "rows_written = rows_written + :w, batches = batches + 1, updated_at = now(), "
+                "rows_written = rows_written + :w, rows_still_matching = rows_still_matching + :m, "
+                "batches = batches + 1, updated_at = now(), batch_rows_worked = :b, "
                 "throttled_seconds = throttled_seconds + :t, throttle_state = NULL "
                 "WHERE backfill = :n AND chunk_no = :c"
             ),
-            {"n": name, "c": chunk_no, "cur": encode(cursor), "s": seen, "w": written, "t": throttled},
+            {"n": name, "c": chunk_no, "cur": encode(cursor), "s": seen, "w": written, "t": throttled,
+             "m": still, "b": batch_rows_worked},
         )
 
     def note_throttle(self, name: str, chunk_no: int, state: str | None, seconds: float = 0.0) -> None:

@@ -16,12 +16,12 @@ import time
 from rowfill.checkpoint import CheckpointStore
 from rowfill.control import ControlStore, parse_assignments, stop_reason
 from rowfill.db import check_reachable, engine_for
-from rowfill.errors import RowfillError
+from rowfill.errors import ChunkFailed, RowfillError
 from rowfill.plan import plan_backfill
 from rowfill.resolve import pinned_spec, stored_table
 from rowfill.observers import standard_observers
 from rowfill.pools import POOLS_FILE, pools_for
-from rowfill.report import backfill_summary
+from rowfill.report import backfill_summary, counts_still
 from rowfill.runner import ChunkRunner
 from rowfill.chunk_task import run_chunk_here
 from rowfill.spec import find_spec, load_specs
@@ -29,6 +29,7 @@ from rowfill.status import statuses
 from rowfill.statusview import progress_bar as share_bar
 from rowfill.statusview import render_backfill, render_json
 from rowfill.throttle import format_knob
+from rowfill.verify import VerificationFailed, verify_backfill
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:
@@ -107,20 +108,40 @@ def cmd_status(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """Run a whole backfill in this process, chunk after chunk: for small jobs and for trying a spec."""
+    """Run a whole backfill in this process, chunk after chunk, then verify it as the DAG's verify task does.
+
+    Exit status: 0 when every chunk is done and verify finds no row still matching ``where``
+    (or the backfill was cancelled: nothing failed, nothing verified, as in the DAG); 1 when a
+    chunk fails or verify does, with the rows that still match printed. The last line always
+    says how many rows were written and how many of them still match ``where`` after their write.
+    """
     spec = find_spec(args.name, args.specs_dir)
     engine = _engine(spec, args)
+    show_still = counts_still(spec)
     try:
         chunks = plan_backfill(engine, spec, log=logging.getLogger("rowfill.plan"))
         print(f"{spec.name}: {len(chunks)} chunks to run on {pinned_spec(engine, spec).table}")
         for chunk in chunks:
             # windows, pause and cancel apply here too; waiting happens in this process
-            outcome = run_chunk_here(engine, spec, chunk.chunk_no, label=chunk.label, logger=logging.getLogger("rowfill.run"),
-                                     observers=standard_observers(engine, spec))
+            try:
+                outcome = run_chunk_here(engine, spec, chunk.chunk_no, label=chunk.label,
+                                         logger=logging.getLogger("rowfill.run"), observers=standard_observers(engine, spec))
+            except ChunkFailed as exc:
+                print(f"rowfill: {exc}", file=sys.stderr)
+                print(f"{backfill_summary(engine, spec.name).line(show_still)}; FAILED: {chunk.label} failed (see above)")
+                return 1
             if outcome.kind == "cancelled":
                 print(f"{spec.name}: {outcome.reason}; stopped, cursors kept")
-                break
-        print(backfill_summary(engine, spec.name).line())
+                print(f"{backfill_summary(engine, spec.name).line(show_still)}; cancelled, not verified")
+                return 0
+        try:
+            verified = verify_backfill(engine, spec)
+        except VerificationFailed as exc:
+            print(f"rowfill: verify failed: {exc}", file=sys.stderr)
+            print(f"{backfill_summary(engine, spec.name).line(show_still)}; verify FAILED (see above)")
+            return 1
+        checked = "no row matches `where` any more" if verified.remaining is not None else "every chunk done"
+        print(f"{backfill_summary(engine, spec.name).line(show_still)}; verified: {checked}")
     finally:
         engine.dispose()
     return 0

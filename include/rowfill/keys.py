@@ -84,7 +84,7 @@ class Key:
 
     @property
     def integer(self) -> bool:
-        """A single integer key: walked with min/max (the fastest form) and bound as ``:lo``/``:hi`` in sql mode."""
+        """A single integer key: its values read as they are (no JSON) and bound as ``:lo``/``:hi`` in sql mode."""
         return not self.composite and bool(self.types) and self.types[0] in INTEGER_TYPES
 
     @property
@@ -204,57 +204,71 @@ def load_key(conn: Connection, spec, table_sql: str | None = None) -> Key:
 # -- walking ----------------------------------------------------------------------------------
 
 
-def boundary_sql(key: Key, table_sql: str) -> tuple[str, bool]:
-    """SQL for "the first and last of the next :n keys in (lo, hi], and how many there are".
+def boundary_sql(key: Key, table_sql: str, range_text: str) -> tuple[str, str]:
+    """SQL for "the first and last of the next :n keys in ``range_text``, and how many there are", in two steps.
 
-    Returns (template, fast). The template has a ``{range}`` slot for the range predicate. A
-    single integer key uses min/max (index-only scan + aggregate, the fastest form); other keys
-    have no max() in PostgreSQL (uuid) or compare by collation (text), so the ordered scan is
-    numbered and its first and last rows are kept.
+    Returns (ends, tail). ``ends`` reads the first key (one index probe) and the n-th one
+    (``OFFSET :skip``, skip = n - 1): the index-only scan hands its n entries to the Limit node,
+    which skips them without aggregating them. When there is an n-th key there are
+    exactly n, and that is the batch. Only when there is none (a chunk's last batch, the end of a
+    planning walk) does ``tail`` count the fewer than n keys left and find the last: for a single
+    integer key with min/max over the scan, for other keys by numbering the ordered scan (uuid has
+    no max(), text compares by collation). Measured on 50,000-key batches of a bigint key (bench,
+    issue 9): 3.3 ms for ``ends`` against 5.5 ms for min/max/count over the same scan. Values come
+    as they are for a single integer key, as JSON text (``Key.json_sql``) otherwise.
     """
-    ref = key.row()
-    if key.integer:
-        return (
-            f"SELECT min(k), max(k), count(*) FROM (SELECT {ref} AS k FROM {table_sql} "
-            f"WHERE {{range}} ORDER BY {key.order_by()} LIMIT :n) s",
-            True,
-        )
+    order = key.order_by()
+    scan = f"FROM {table_sql} WHERE {range_text} ORDER BY {order}"
     cols = ", ".join(key.refs())
     names = ", ".join(f"k{i}" for i in range(len(key.columns)))
     inner = Key(tuple(f"k{i}" for i in range(len(key.columns))), key.types)
-    return (
+    if key.integer:
+        ends = f"SELECT (SELECT {key.row()} {scan} LIMIT 1), (SELECT {key.row()} {scan} OFFSET :skip LIMIT 1)"
+        return ends, f"SELECT min(k), max(k), count(*) FROM (SELECT {key.row()} AS k {scan} LIMIT :n) s"
+    # the key's JSON is made for the one row kept, not for every row skipped
+    ends = (f"SELECT (SELECT {inner.json_sql()} FROM (SELECT {cols} {scan} LIMIT 1) AS f ({names})), "
+            f"(SELECT {inner.json_sql()} FROM (SELECT {cols} {scan} OFFSET :skip LIMIT 1) AS l ({names}))")
+    return ends, (
         f"SELECT {inner.json_sql()}, rn, cnt FROM ("
         f"SELECT {names}, row_number() OVER (ORDER BY {inner.order_by()}) AS rn, count(*) OVER () AS cnt "
-        f"FROM (SELECT {cols} FROM {table_sql} WHERE {{range}} ORDER BY {key.order_by()} LIMIT :n) AS s ({names})"
-        f") w WHERE rn = 1 OR rn = cnt ORDER BY rn",
-        False,
+        f"FROM (SELECT {cols} {scan} LIMIT :n) AS s ({names})"
+        f") w WHERE rn = 1 OR rn = cnt ORDER BY rn"
     )
 
 
 class Boundary:
-    """Finds batch (or chunk) ends by walking the key's index; one prepared shape per key."""
+    """Finds batch (or chunk) ends by walking the key's index; the statements built once per range shape."""
 
     def __init__(self, key: Key, table_sql: str):
         self.key = key
         self.table_sql = table_sql
-        self.template, self.fast = boundary_sql(key, table_sql)
-        self._cache: dict[tuple[bool, bool], Any] = {}
+        self._cache: dict[tuple[bool, bool], tuple] = {}
 
-    def _stmt(self, lo: Any, hi: Any):
+    def _stmts(self, lo: Any, hi: Any) -> tuple:
         shape = (lo is not None, hi is not None)
         if shape not in self._cache:
-            self._cache[shape] = clause(self.template.format(range=self.key.range_text(*shape)))
+            ends, tail = boundary_sql(self.key, self.table_sql, self.key.range_text(*shape))
+            self._cache[shape] = (clause(ends), clause(tail))
         return self._cache[shape]
 
     def next(self, conn: Connection, lo: Any, hi: Any, n: int) -> tuple[Any, Any, int]:
-        """(first, last, count) of the next ``n`` keys after ``lo`` up to ``hi``; (None, None, 0) if none."""
-        params = {**self.key.range_params(lo, hi), "n": n}
-        rows = conn.execute(self._stmt(lo, hi), params).all()
-        if self.fast:
+        """(first, last, count) of the next ``n`` keys after ``lo`` up to ``hi``; (None, None, 0) if none.
+
+        One statement when the range holds ``n`` keys or more (every batch but a chunk's last),
+        two otherwise.
+        """
+        ends, tail = self._stmts(lo, hi)
+        params = self.key.range_params(lo, hi)
+        value = (lambda v: v) if self.key.integer else decode
+        first, nth = conn.execute(ends, {**params, "skip": max(n - 1, 0)}).one()
+        if first is None:
+            return None, None, 0
+        if nth is not None:
+            return value(first), value(nth), n
+        rows = conn.execute(tail, {**params, "n": n}).all()
+        if self.key.integer:
             first, last, count = rows[0]
             return first, last, count
-        if not rows:
+        if not rows:  # the keys went away between the two statements
             return None, None, 0
-        first = decode(rows[0][0])
-        last = decode(rows[-1][0])
-        return first, last, rows[-1][2]
+        return decode(rows[0][0]), decode(rows[-1][0]), rows[-1][2]

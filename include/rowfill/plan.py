@@ -18,11 +18,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from rowfill.checkpoint import CheckpointStore, ChunkRow
 from rowfill.estimate import EXACT_PLAN_MAX_ROWS, estimated_rows, sampled_boundaries
-from rowfill.keys import Key, chunk_label, decode, load_key
+from rowfill.keys import Boundary, Key, chunk_label, load_key
 from rowfill.resolve import pin
 from rowfill.schema_check import check_target
 from rowfill.spec import Spec
-from rowfill.sqlnames import clause
 from rowfill.sqltarget import check_sql_target
 from rowfill.sweep import chunks_to_resweep
 
@@ -71,42 +70,14 @@ def walk_boundaries(conn: Connection, spec: Spec, after: Any, chunk_rows: int, k
     leave keys inserted below today's minimum outside every chunk.
     """
     key = key or load_key(conn, spec, table_sql)
-    table = table_sql or spec.table.sql
-    if key.integer:
-        ref = key.row()
-        steps = {has_lo: clause(f"SELECT min(k), max(k), count(*) FROM (SELECT {ref} AS k FROM {table} {cond} "
-                                f"ORDER BY {ref} LIMIT :n) s")
-                 for has_lo, cond in ((True, f"WHERE {ref} > CAST(:after AS {key.types[0]})"), (False, ""))}
-        bounds = []
-        while True:
-            first, hi, rows = conn.execute(steps[after is not None], {"after": after, "n": chunk_rows}).one()
-            if not rows:
-                return bounds
-            bounds.append((after, hi, rows, first))
-            after = hi
-    return _walk_general(conn, key, table, after, chunk_rows)
-
-
-def _walk_general(conn: Connection, key: Key, table: str, after: Any, chunk_rows: int) -> list[tuple]:
-    """The same walk for any btree-orderable key: the n-th key by OFFSET (index-only), then the tail."""
-    order, order_desc, js = key.order_by(), key.order_by(desc=True), key.json_sql()
+    boundary = Boundary(key, table_sql or spec.table.sql)  # the batches' own walk (rowfill.keys.Boundary)
     bounds = []
     while True:
-        rng, params = key.range_sql(after, None, lo_name="after")
-        first = conn.execute(clause(f"SELECT {js} FROM {table} WHERE {rng} ORDER BY {order} LIMIT 1"), params).scalar()
-        if first is None:
+        first, hi, rows = boundary.next(conn, after, None, chunk_rows)
+        if not rows:
             return bounds
-        nth = conn.execute(clause(f"SELECT {js} FROM {table} WHERE {rng} ORDER BY {order} OFFSET :skip LIMIT 1"),
-                           {**params, "skip": chunk_rows - 1}).scalar()
-        if nth is not None:
-            hi, rows = decode(nth), chunk_rows
-        else:
-            last, rows = conn.execute(
-                clause(f"SELECT (SELECT {js} FROM {table} WHERE {rng} ORDER BY {order_desc} LIMIT 1), "
-                       f"(SELECT count(*) FROM {table} WHERE {rng})"), params).one()
-            hi = decode(last)
-        bounds.append((after, hi, rows, decode(first)))
-        if nth is None:
+        bounds.append((after, hi, rows, first))
+        if rows < chunk_rows:
             return bounds
         after = hi
 

@@ -32,6 +32,11 @@ _RECORD = text(
     "batches = s.batches + 1, work_started = least(s.work_started, excluded.work_started), "
     "last_commit = greatest(s.last_commit, excluded.last_commit)"
 )
+# A sample is best effort (see RateRecorder): its commit need not wait for the WAL flush. Without
+# this every batch paid a second fsync wait (a few ms each at production durability) for a row
+# that only feeds a rate; a sample lost in a server crash makes one rate read a little low.
+# The batch's own transaction (write and checkpoint) keeps the server's synchronous_commit.
+_ASYNC_COMMIT = text("SELECT set_config('synchronous_commit', 'off', true)")
 _PRUNE = text(
     f"DELETE FROM {SCHEMA}.samples WHERE backfill = :n AND chunk_no = :c "
     "AND bucket < clock_timestamp() - make_interval(secs => :keep)"
@@ -41,6 +46,7 @@ _PRUNE = text(
 def record_batch(engine: Engine, backfill: str, chunk_no: int, rows: int, seconds: float, *, prune: bool = False) -> None:
     """Add one committed batch to its chunk's current bucket (``seconds``: how long the batch took)."""
     with engine.begin() as conn:
+        conn.execute(_ASYNC_COMMIT)
         conn.execute(_RECORD, {"n": backfill, "c": chunk_no, "b": BUCKET_SECONDS, "rows": rows, "secs": max(seconds, 0.0)})
         if prune:
             conn.execute(_PRUNE, {"n": backfill, "c": chunk_no, "keep": KEEP_SECONDS})

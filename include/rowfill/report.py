@@ -23,14 +23,29 @@ class Summary:
     rows_per_second: float
     eta_seconds: float | None
     throttled_seconds: float = 0.0  # summed over chunks: paused, waiting on gates, backing off
+    rows_still_matching: int = 0  # of rows_written: rows whose new values still match `where`
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def line(self) -> str:
+    def line(self, show_still: bool = False) -> str:
+        """One line for people; the rows still matching `where` appear when there are any, or when ``show_still``."""
         return (f"{self.backfill}: {self.rows_seen:,} of ~{self.rows_estimated:,} rows walked, "
-                f"{self.rows_written:,} written, {self.chunks_done}/{self.chunks} chunks done, "
+                f"{self.rows_written:,} written{still_text(self.rows_still_matching, show_still)}, "
+                f"{self.chunks_done}/{self.chunks} chunks done, "
                 f"{self.seconds:,.1f} s, {self.rows_per_second:,.0f} rows/s")
+
+
+def counts_still(spec) -> bool:
+    """Whether the spec's writes count rows still matching `where` (set and transform with a `where`)."""
+    return bool(spec.where) and spec.mode in ("set", "transform")
+
+
+def still_text(count: int, show: bool = False) -> str:
+    """`` (12 still matching `where` after their write)``: rows written that verify will find again."""
+    if not count and not show:
+        return ""
+    return f" ({count:,} still matching `where` after their write)"
 
 
 def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None) -> Summary:
@@ -57,6 +72,7 @@ def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None) -> S
         rows_per_second=round(rate, 1),
         eta_seconds=eta_seconds(seen, total, rate),
         throttled_seconds=round(sum(c.throttled_seconds for c in timed), 1),
+        rows_still_matching=sum(c.rows_still_matching for c in chunks),
     )
 
 

@@ -74,6 +74,8 @@ class ChunkStatus:
     rows_per_second: float
     eta_seconds: float | None
     throttle: dict = field(default_factory=dict)
+    rows_still_matching: int = 0  # of rows_written: new values that still match `where`
+    batch_rows_worked: int | None = None  # batch size after a statement_timeout split
 
     @property
     def remaining(self) -> int:
@@ -105,6 +107,7 @@ class BackfillStatus:
     last_error: str | None = None
     last_error_chunk: int | None = None
     throttle: dict = field(default_factory=dict)
+    rows_still_matching: int = 0
 
     @property
     def share(self) -> float:
@@ -160,6 +163,7 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             last_error=error[:_ERROR_CHARS] if error else None, worker=c.get("worker"), run_id=c.get("run_id"),
             map_index=c.get("map_index"), updated_at=_ts(c.get("updated_at")), rows_per_second=rate,
             eta_seconds=None, throttle={k: v for k, v in c.items() if k.startswith("throttle") and v is not None},
+            rows_still_matching=c.get("rows_still_matching") or 0, batch_rows_worked=c.get("batch_rows_worked"),
         )
         chunk.eta_seconds = _eta(chunk.remaining, rate)
         chunks.append(chunk)
@@ -193,6 +197,7 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
         chunks_failed=sum(c.status == "failed" for c in chunks), chunks_pending=sum(c.status == "pending" for c in chunks),
         last_progress_at=last, last_error=latest_error.last_error if latest_error else None,
         last_error_chunk=latest_error.chunk_no if latest_error else None, throttle=throttle,
+        rows_still_matching=sum(c.rows_still_matching for c in chunks),
     )
 
 

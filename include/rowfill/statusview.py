@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from rowfill.durations import format_duration
+from rowfill.report import counts_still, still_text
 from rowfill.status import BackfillStatus
 
 _MARK = {"done": "done", "running": "run ", "pending": "wait", "failed": "FAIL"}
@@ -36,7 +37,8 @@ def render_backfill(spec, s: BackfillStatus, show_chunks: bool = False, width: i
         f"{spec.name:24} {progress_bar(s.share, width)}  {s.rows_seen:,} of ~{s.rows_estimated:,} rows  "
         f"{s.rows_per_second:,.0f} rows/s  {_eta(s.eta_seconds, s.state)}  {s.state}",
         f"{'':24} chunks: {s.chunks_done}/{len(s.chunks)} done, {s.chunks_running} running, "
-        f"{s.chunks_pending} waiting, {s.chunks_failed} failed; {s.rows_written:,} rows written",
+        f"{s.chunks_pending} waiting, {s.chunks_failed} failed; {s.rows_written:,} rows written"
+        f"{still_text(s.rows_still_matching, counts_still(spec))}",
     ]
     if s.throttle:
         lines.append(f"{'':24} throttle: {_throttle(s.throttle)}")

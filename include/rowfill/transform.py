@@ -29,6 +29,7 @@ from decimal import Decimal
 from typing import Callable
 from uuid import UUID
 
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -37,7 +38,7 @@ from rowfill.keys import Key, column_types, format_value
 from rowfill.spec import Spec
 from rowfill.sqlnames import quote
 from rowfill.sqltext import spec_driver
-from rowfill.writers import BatchBinds, BatchWriter, explain_text
+from rowfill.writers import BatchBinds, BatchWriter, counting_sql, explain_text, still_slot
 
 
 class TransformError(RowfillError):
@@ -97,11 +98,6 @@ def driver_fetch(conn: Connection, sql: str, params: dict) -> tuple[list[str], l
     """
     names, rows, _ = _driver_execute(conn, sql, params, fetch=True)
     return names, rows
-
-
-def driver_execute(conn: Connection, sql: str, params: dict) -> int:
-    """Run a write on the connection's own psycopg cursor; the row count."""
-    return _driver_execute(conn, sql, params, fetch=False)[2]
 
 
 def _driver_execute(conn: Connection, sql: str, params: dict, fetch: bool):
@@ -214,15 +210,55 @@ def call_with_blame(fn: Callable, rows: list[dict], key: Key, what: str):
         ) from exc
 
 
+def transport_kinds(conn: Connection, table_sql: str) -> dict[str, tuple[str, str]]:
+    """column -> (how its values travel to the write, the column's type without its modifier).
+
+    The first is ``array``, ``json``, ``jsonb`` or ``""`` (as they are), read from the column's
+    type or the base type of a domain over it, so a domain over ``text[]`` or ``jsonb`` travels
+    like its base type. The second (``pg_catalog.varchar``, not ``character varying(8)``) is what
+    the values are cast to before the UPDATE assigns them: an explicit cast to ``varchar(8)``
+    would silently cut a longer value to 8 characters, where the assignment refuses it
+    (PostgreSQL docs, 8.3 "Character Types"; the same holds for ``char(n)`` and ``bit(n)``).
+    """
+    rows = conn.execute(text(
+        "SELECT a.attname, CASE WHEN b.typcategory = 'A' THEN 'array' "
+        "WHEN b.typnamespace = CAST('pg_catalog' AS regnamespace) AND b.typname IN ('json', 'jsonb') "
+        "THEN CAST(b.typname AS text) ELSE '' END, quote_ident(n.nspname) || '.' || quote_ident(t.typname) "
+        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace "
+        "JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
+        "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"), {"t": table_sql}).all()
+    return {name: (kind, bare) for name, kind, bare in rows}
+
+
+def array_literal(value, column: str) -> str:
+    """One row's array value as PostgreSQL's array literal (``{a,"b c",NULL}``), by psycopg's own text dumper.
+
+    Any length, nested lists for multi-dimensional arrays, None elements; the literal is cast
+    to the column's type in the write, so PostgreSQL checks it (e.g. a ragged 2-D array fails there).
+    """
+    from psycopg.adapt import PyFormat, Transformer
+
+    if not isinstance(value, (list, tuple)):
+        raise TransformError(f"the values for column {column!r} (an array column) must be lists; got {type(value).__name__} {value!r:.60}")
+    value = list(value)
+    try:
+        return bytes(Transformer().get_dumper(value, PyFormat.TEXT).dump(value)).decode()
+    except Exception as exc:  # psycopg: e.g. "lists cannot contain empty lists"
+        raise TransformError(f"a value for column {column!r} cannot be sent as an array: {exc} ({value!r:.80})") from exc
+
+
 _SCALARS = (str, int, float, Decimal, bool, UUID, date, datetime, time)
-def array_param(values: list, sql_type: str, column: str):
+def array_param(values: list, sql_type: str, column: str, kind: str = ""):
     """A list psycopg can send as one typed array: homogeneous lists as they are, mixed ones normalised.
 
     psycopg refuses lists of mixed Python types (e.g. int and Decimal for a numeric column, as a
     rule returning ``0`` for some rows and ``Decimal('12.5')`` for others would give). Numbers
     become Decimal; other scalars become their text, which the ``CAST(... AS type[])`` reads back.
+    ``kind`` is the column's ``transport_kinds`` entry: array values become one literal per row.
     """
-    base = sql_type.lower()
+    if kind == "array":
+        return [None if v is None else array_literal(v, column) for v in values]
+    base = kind or sql_type.lower()
     if base in ("json", "jsonb"):
         from psycopg.types.json import Json, Jsonb
 
@@ -256,6 +292,9 @@ class TransformWriter(BatchWriter):
         types = {name: typ for name, (typ, _) in column_types(conn, spec.table.sql).items()}
         self.out_columns = list(spec.returns)
         self.out_types = [types[c] for c in self.out_columns]
+        kinds = transport_kinds(conn, spec.table.sql)
+        self.out_kinds = [kinds[c][0] for c in self.out_columns]
+        self.out_casts = [kinds[c][1] for c in self.out_columns]  # no typmod: the assignment checks lengths
         self.qkey = self.key.qualified(spec.table.sql)
         self.undo = None
         if spec.undo:
@@ -263,28 +302,26 @@ class TransformWriter(BatchWriter):
 
             self.undo = UndoLog.for_spec(spec, self.key, self.out_columns, self.out_types)
 
-    def _lock(self, has_lo: bool) -> str:
-        def make():
-            rng = self.key.range_text(has_lo, True)
-            return self.driver(f"SELECT count(*) FROM (SELECT 1 FROM {self.spec.table.sql} WHERE {rng}{self.where_sql()} "
-                               f"ORDER BY {self.key.order_by()} FOR NO KEY UPDATE) AS locked")
-        return self.statement(("lock", has_lo), make)
-
     def _write_template(self, has_lo: bool) -> str:
-        """The write as a ``driver()`` template: rowfill's own SQL with ``@where``."""
+        """The write as a ``driver()`` template: rowfill's own SQL with ``@where``; it returns
+        (rows written, rows still matching ``where`` after their write)."""
         t, key = self.spec.table.sql, self.key
         kn = [quote(f"__rowfill_k{i}") for i in range(1, len(key.columns) + 1)]
         vn = [quote(f"__rowfill_v{i}") for i in range(1, len(self.out_columns) + 1)]
         arrays = [f"CAST(:k{i} AS {typ}[])" for i, typ in enumerate(key.types, 1)]
-        arrays += [f"CAST(:v{i} AS {typ}[])" for i, typ in enumerate(self.out_types, 1)]
+        # an array column travels as one array literal per row (text), cast back per row:
+        # PostgreSQL has no arrays of arrays, and rows' arrays differ in length
+        arrays += [f"CAST(:v{i} AS {'text' if kind == 'array' else typ}[])"
+                   for i, (typ, kind) in enumerate(zip(self.out_casts, self.out_kinds), 1)]
         source = f"unnest({', '.join(arrays)}) AS v({', '.join(kn + vn)})"
         vrow = f"v.{kn[0]}" if len(kn) == 1 else "(" + ", ".join(f"v.{n}" for n in kn) + ")"
-        sets = ", ".join(f"{quote(c)} = v.{n}" for c, n in zip(self.out_columns, vn))
+        sets = ", ".join(f"{quote(c)} = CAST(v.{n} AS {typ})" if kind == "array" else f"{quote(c)} = v.{n}"
+                         for c, n, typ, kind in zip(self.out_columns, vn, self.out_casts, self.out_kinds))
         match = f"{self.qkey.row()} = {vrow} AND {self.qkey.range_text(has_lo, True)}{self.where_sql()}"
         if self.undo is None:
-            return f"UPDATE {t} SET {sets} FROM {source} WHERE {match}"
+            return counting_sql(f"UPDATE {t} SET {sets} FROM {source} WHERE {match}", self.spec)
         rng_where = key.range_text(has_lo, True) + self.where_sql()
-        return self.undo.recording_update(t, sets, source, match, rng_where, vrow, self.qkey)
+        return self.undo.recording_update(t, sets, source, match, rng_where, vrow, self.qkey, still=still_slot(self.spec))
 
     def _driver_write(self, has_lo: bool, binary: bool = True) -> str:
         """Driver SQL of the write; with ``binary`` the key and result arrays are sent in binary (faster)."""
@@ -298,8 +335,9 @@ class TransformWriter(BatchWriter):
         n = len(self.key.columns)
         names = [*self.key.columns, *self.out_columns]
         types = [*self.key.types, *self.out_types]
-        return {(f"k{i + 1}" if i < n else f"v{i - n + 1}"): array_param(col, typ, name)
-                for i, (col, typ, name) in enumerate(zip(columns, types, names))}
+        kinds = ["" for _ in self.key.columns] + list(self.out_kinds)
+        return {(f"k{i + 1}" if i < n else f"v{i - n + 1}"): array_param(col, typ, name, kind)
+                for i, (col, typ, name, kind) in enumerate(zip(columns, types, names, kinds))}
 
     def results(self, rows: list[dict]) -> tuple[list[list], int]:
         """Columns for the write: key columns, then returned columns, of every row the function did not skip."""
@@ -309,8 +347,10 @@ class TransformWriter(BatchWriter):
             raise TransformError(f"transform {self.spec.transform} returned {len(out)} results for {len(rows)} rows "
                                  f"({describe_key(rows[0], self.key)}..); return one result per row, None to leave a row alone")
         cols, single = self.out_columns, len(self.out_columns) == 1
+        # one json/jsonb column: a dict is the value itself (README: "a value when returns has one column")
+        dict_is_value = single and self.out_kinds[0] in ("json", "jsonb")
         kinds = set(map(type, out))
-        if single and type(None) not in kinds and not any(issubclass(k, Mapping) for k in kinds):
+        if single and type(None) not in kinds and (dict_is_value or not any(issubclass(k, Mapping) for k in kinds)):
             # the common case, one value per row for one column: no per-row checks needed
             return [[row[c] for row in rows] for c in self.key.columns] + [out], len(rows)
         wanted = set(cols)
@@ -320,7 +360,7 @@ class TransformWriter(BatchWriter):
         for row, result in zip(rows, out):
             if result is None:
                 continue
-            if isinstance(result, Mapping):
+            if isinstance(result, Mapping) and not dict_is_value:
                 if result.keys() != wanted:
                     missing, extra = wanted - result.keys(), result.keys() - wanted
                     raise TransformError(
@@ -340,18 +380,22 @@ class TransformWriter(BatchWriter):
         return keys + values, kept
 
     def apply(self, conn: Connection, lo, hi) -> int:
+        return self.write_counts(conn, lo, hi)[0]
+
+    def write_counts(self, conn: Connection, lo, hi) -> tuple[int, int]:
         self.prepare(conn)
         has_lo = lo is not None
         bounds = self.key.range_params(lo, hi)
         if self.lock_first:
-            conn.exec_driver_sql(self._lock(has_lo), bounds)
+            self.lock_rows(conn, lo, hi)
         rows = self.reader.read(conn, lo, hi, self.batch_first)
         if not rows:
-            return 0
+            return 0, 0
         columns, kept = self.results(rows)
         if not kept:
-            return 0
-        return driver_execute(conn, self._driver_write(has_lo), {**self.encode(columns), **bounds})
+            return 0, 0
+        _, [(written, still)] = driver_fetch(conn, self._driver_write(has_lo), {**self.encode(columns), **bounds})
+        return written, still
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)

@@ -30,7 +30,7 @@ from rowfill.keys import Key, column_types, load_key
 from rowfill.resolve import pinned_relation, pinned_spec, record
 from rowfill.spec import Spec
 from rowfill.sqlnames import TableName, clause, literal, quote
-from rowfill.writers import BatchWriter, SetWriter, explain_text
+from rowfill.writers import BatchWriter, SetWriter, explain_text, still_slot
 
 ROLLBACK_SUFFIX = ".rollback"  # a name no spec can have ('.' is not allowed in spec names)
 _TEXT_COMPARED = {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}  # no '=' operator
@@ -140,13 +140,19 @@ class UndoLog:
             )
 
     # -- recording ---------------------------------------------------------------------------
-    def _returning_insert(self, update_sql: str, okey: list[str], oold: list[str], t: str) -> str:
+    def _returning_insert(self, update_sql: str, okey: list[str], oold: list[str], t: str, still: str) -> str:
+        """The UPDATE's rows into the undo log; the statement returns (rows written, rows still
+        matching ``still``, the spec's ``where`` or FALSE, after their write). The INSERT runs
+        although the final SELECT does not read it: PostgreSQL runs every data-modifying WITH once."""
         kcols = ", ".join(quote(c) for c in self.key.columns)
         target = ", ".join([kcols, *(self.old(c) for c in self.columns), *(self.new(c) for c in self.columns)])
         returning = ", ".join([*(f"o.{k}" for k in okey), *(f"o.{o}" for o in oold), *(f"{t}.{quote(c)}" for c in self.columns)])
         refresh = ", ".join(f"{self.new(c)} = EXCLUDED.{self.new(c)}" for c in self.columns)
-        return (f"u AS ({update_sql} RETURNING {returning}) "
-                f"INSERT INTO {self.table.sql} ({target}) SELECT * FROM u ON CONFLICT ({kcols}) DO UPDATE SET {refresh}")
+        picked = ", ".join([*okey, *oold, *(quote(c) for c in self.columns)])
+        return (f"u AS ({update_sql} RETURNING {returning}, ({still}) AS __rowfill_still), "
+                f"i AS (INSERT INTO {self.table.sql} ({target}) SELECT {picked} FROM u "
+                f"ON CONFLICT ({kcols}) DO UPDATE SET {refresh}) "
+                "SELECT count(*), count(*) FILTER (WHERE __rowfill_still) FROM u")
 
     def _old_rows(self, t: str, rng_where: str, lock: bool, order: str) -> tuple[str, list[str], list[str]]:
         okey = [quote(f"__rowfill_k{i}") for i in range(1, len(self.key.columns) + 1)]
@@ -161,7 +167,7 @@ class UndoLog:
         refs = [f"{prefix}.{n}" for n in names]
         return refs[0] if len(refs) == 1 else "(" + ", ".join(refs) + ")"
 
-    def recording_set(self, t: str, assignments: str, rng_where: str, where: str, qkey: Key) -> str:
+    def recording_set(self, t: str, assignments: str, rng_where: str, where: str, qkey: Key, still: str) -> str:
         """``set`` mode: lock and read the previous values, UPDATE, and record both, in one statement.
 
         The CTE's row locks return the rows' latest committed versions, so the recorded previous
@@ -169,14 +175,15 @@ class UndoLog:
         """
         o, okey, oold = self._old_rows(t, rng_where, True, self.key.order_by())
         update = f"UPDATE {t} SET {assignments} FROM o WHERE {qkey.row()} = {self._row(okey, 'o')}{where}"
-        return f"WITH {o}, " + self._returning_insert(update, okey, oold, t)
+        return f"WITH {o}, " + self._returning_insert(update, okey, oold, t, still)
 
-    def recording_update(self, t: str, sets: str, source: str, match: str, rng_where: str, vrow: str, qkey: Key) -> str:
+    def recording_update(self, t: str, sets: str, source: str, match: str, rng_where: str, vrow: str, qkey: Key,
+                         still: str) -> str:
         """``transform`` mode (rows already locked): UPDATE from the arrays, recording previous and new values."""
         o, okey, oold = self._old_rows(t, rng_where, False, "")
         update = (f"UPDATE {t} SET {sets} FROM {source}, o "
                   f"WHERE {match} AND {self._row(okey, 'o')} = {vrow}")
-        return f"WITH {o}, " + self._returning_insert(update, okey, oold, t)
+        return f"WITH {o}, " + self._returning_insert(update, okey, oold, t, still)
 
     # -- restoring ---------------------------------------------------------------------------
     def restore_sql(self, t: str, rng: str) -> str:
@@ -199,13 +206,16 @@ class UndoSetWriter(SetWriter):
     """``set`` mode with ``undo: true``."""
 
     def build(self, conn):
+        super().build(conn)  # lock first when the expressions read other relations
         self.undo = UndoLog.load(conn, self.spec)
         self.qkey = self.key.qualified(self.spec.table.sql)
 
-    def _write(self, has_lo: bool) -> str:
+    def _counted(self, has_lo: bool) -> str:
+        """The recording write; like ``SetWriter._counted`` it returns (rows written, rows still matching)."""
         def make():
             rng_where = self.key.range_text(has_lo, True) + self.where_sql()
-            return self.driver(self.undo.recording_set(self.spec.table.sql, "@sets", rng_where, self.where_sql(), self.qkey))
+            return self.driver(self.undo.recording_set(self.spec.table.sql, "@sets", rng_where, self.where_sql(),
+                                                       self.qkey, still=still_slot(self.spec)))
         return self.statement(("undo-write", has_lo), make)
 
 

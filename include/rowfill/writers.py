@@ -62,6 +62,35 @@ class BatchWriter:
     def apply(self, conn: Connection, lo, hi) -> int:
         raise NotImplementedError
 
+    def write_counts(self, conn: Connection, lo, hi) -> tuple[int, int]:
+        """(rows written, how many of them still match ``where`` after their write) for one batch.
+
+        The second count is what ``verify`` will find in the batch's range later (a new value that
+        is NULL, say); writers that cannot know it (``sql``, sinks, rollback) report 0.
+        """
+        return self.apply(conn, lo, hi), 0
+
+    # -- lock first (see rowfill.lockfirst) -------------------------------------------------
+    lock_first = False  # writers that read other relations set this in build()
+
+    def _lock(self, has_lo: bool) -> str:
+        def make():
+            rng = self.key.range_text(has_lo, True)
+            return self.driver(f"SELECT count(*) FROM (SELECT 1 FROM {self.spec.table.sql} WHERE {rng}{self.where_sql()} "
+                               f"ORDER BY {self.key.order_by()} FOR NO KEY UPDATE) AS locked")
+        return self.statement(("lock", has_lo), make)
+
+    def lock_rows(self, conn: Connection, lo, hi) -> int:
+        """Lock the batch's rows that match ``where``, in key order, before the write; the number locked.
+
+        Its own statement on purpose: under READ COMMITTED the write that follows takes a new
+        snapshot, which sees every transaction that committed before these locks were granted
+        (PostgreSQL docs, 13.2.1 "Read Committed Isolation Level"). ``FOR NO KEY UPDATE`` is the
+        lock the UPDATE takes anyway; it lets the application insert rows referencing ours.
+        """
+        self.prepare(conn)
+        return conn.exec_driver_sql(self._lock(lo is not None), self.key.range_params(lo, hi)).scalar()
+
     def explain(self, conn: Connection, lo, hi) -> list[tuple[str, str]]:
         """(what, EXPLAIN text) of the statements one batch runs, for ``rowfill plan`` (never executed)."""
         return []
@@ -86,22 +115,62 @@ def explain_text(conn: Connection, sql, params: dict) -> str:
     return "\n".join(r[0] for r in rows)
 
 
-class SetWriter(BatchWriter):
-    """``set:`` mode: one UPDATE over the batch's key range, re-checking ``where``."""
+def still_slot(spec: Spec) -> str:
+    """What ``RETURNING`` evaluates on each written row's new values: the ``@where`` slot, or FALSE without ``where``."""
+    return "@where" if spec.where else "FALSE"
 
-    def _write(self, has_lo: bool) -> str:
-        def make():
-            rng = self.key.range_text(has_lo, True)
-            return self.driver(f"UPDATE {self.spec.table.sql} SET @sets WHERE {rng}{self.where_sql()}")
-        return self.statement(("write", has_lo), make)
+
+def counting_sql(update_template: str, spec: Spec) -> str:
+    """An UPDATE template wrapped to return (rows written, rows still matching ``where`` after their write).
+
+    A ``driver()`` template in, a ``driver()`` template out: ``where`` goes in through its slot,
+    in parentheses, never pasted. ``RETURNING`` sees each row's new values, so a new value that
+    leaves the row matching ``where`` (``first_name || ' ' || NULL`` is NULL) is counted in the
+    batch that wrote it.
+    """
+    return (f"WITH u AS ({update_template} RETURNING {still_slot(spec)} AS __rowfill_still) "
+            "SELECT count(*), count(*) FILTER (WHERE __rowfill_still) FROM u")
+
+
+class SetWriter(BatchWriter):
+    """``set:`` mode: one UPDATE over the batch's key range, re-checking ``where``.
+
+    When the expressions read anything but the row itself (another table, a function that is
+    not immutable; see ``rowfill.lockfirst``) the batch's rows are locked first and the UPDATE
+    runs as a second statement, so what it reads is as new as the locks.
+    """
+
+    lock_reason: str | None = None
+
+    def build(self, conn):
+        from rowfill.lockfirst import lock_first_reason
+
+        self.lock_reason = lock_first_reason(conn, self.spec)
+        self.lock_first = self.lock_reason is not None
+
+    def _update_template(self, has_lo: bool) -> str:
+        """The UPDATE as a ``driver()`` template (rowfill's own SQL with ``@sets`` and ``@where``)."""
+        rng = self.key.range_text(has_lo, True)
+        return f"UPDATE {self.spec.table.sql} SET @sets WHERE {rng}{self.where_sql()}"
+
+    def _counted(self, has_lo: bool) -> str:
+        return self.statement(("counted", has_lo), lambda: self.driver(counting_sql(self._update_template(has_lo), self.spec)))
 
     def apply(self, conn: Connection, lo, hi) -> int:
+        return self.write_counts(conn, lo, hi)[0]
+
+    def write_counts(self, conn: Connection, lo, hi) -> tuple[int, int]:
         self.prepare(conn)
-        return conn.exec_driver_sql(self._write(lo is not None), self.key.range_params(lo, hi)).rowcount
+        if self.lock_first:
+            self.lock_rows(conn, lo, hi)
+        written, still = conn.exec_driver_sql(self._counted(lo is not None), self.key.range_params(lo, hi)).one()
+        return written, still
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
-        return [("write", explain_text(conn, self._write(lo is not None), self.key.range_params(lo, hi)))]
+        bounds = self.key.range_params(lo, hi)
+        out = [("lock", explain_text(conn, self._lock(lo is not None), bounds))] if self.lock_first else []
+        return out + [("write", explain_text(conn, self._counted(lo is not None), bounds))]
 
 
 class BatchBinds:
@@ -138,6 +207,9 @@ class SqlWriter(BatchWriter):
     ``AND (id <= :hi OR x)``) raises ``BatchOutsideRange``, and the batch's transaction rolls back.
     """
 
+    # The statement may read anything; its reads must see what committed before the rows were locked.
+    lock_first = True
+
     def build(self, conn):
         self.binds = BatchBinds(self.key)
         self.names = self.binds.names
@@ -172,6 +244,7 @@ class SqlWriter(BatchWriter):
 
     def apply(self, conn: Connection, lo, hi) -> int:
         self.prepare(conn)
+        self.lock_rows(conn, lo, hi)
         written = conn.exec_driver_sql(self.write, self.params(lo, hi)).rowcount
         if self.guarded and written > 0:
             self._check_inside_range(conn, lo, hi, written)
@@ -202,7 +275,8 @@ class SqlWriter(BatchWriter):
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
-        return [("sql", explain_text(conn, self.write, self.params(lo, hi)))]
+        return [("lock", explain_text(conn, self._lock(lo is not None), self.key.range_params(lo, hi))),
+                ("sql", explain_text(conn, self.write, self.params(lo, hi)))]
 
 
 def writer_for(spec: Spec) -> BatchWriter:
