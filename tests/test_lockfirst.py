@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import text
 
 from helpers import spec_for, wait_until
-from rowfill.checkpoint import CheckpointStore
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.writers import writer_for
+from rowfill.engine.modes import writer_for
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill.store.checkpoint import CheckpointStore
 
 SUM_OF_ORDERS = "(SELECT coalesce(sum(o.amount), 0) FROM orders o WHERE o.user_id = users.id)"
 
@@ -132,7 +132,7 @@ def test_without_the_temp_privilege_set_locks_first_and_writes_the_right_values(
     """The probe needs a temporary view; a role that may not create one still gets right data."""
     from sqlalchemy.engine import make_url
 
-    from rowfill.db import engine_from_url
+    from rowfill.engine.database import engine_from_url
 
     make_users_and_orders(engine, users=50, orders=200)
     database = make_url(db_url).database

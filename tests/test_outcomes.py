@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import text
 
 from helpers import make_users, spec_for
-from rowfill.checkpoint import CheckpointStore
-from rowfill.cli import main
-from rowfill.plan import plan_backfill
-from rowfill.report import backfill_summary
-from rowfill.runner import ChunkRunner
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.report import backfill_summary
+from rowfill.engine.runner import ChunkRunner
+from rowfill.ops.cli import main
+from rowfill.store.checkpoint import CheckpointStore
 
 
 def cli(db_url, spec, *args) -> int:
@@ -140,7 +140,7 @@ def test_sql_mode_status_does_not_claim_a_count_it_cannot_know(engine, db_url, t
 
 
 def test_existing_checkpoint_tables_get_the_outcome_columns(engine):
-    from rowfill.checkpoint import DDL
+    from rowfill.store.checkpoint import DDL
 
     with engine.begin() as conn:
         conn.exec_driver_sql(DDL)  # the tables as the first release created them
