@@ -198,6 +198,14 @@ def _column_names(value, expected: str, twice: str) -> tuple:
     return names
 
 
+def _yaml_read(value: Any) -> str:
+    """Why an unquoted value is not text: what YAML read it as (``0`` a number, ``2024-01-01`` a date)."""
+    if value is None or isinstance(value, (dict, list)) or (isinstance(value, str)):
+        return ""
+    return (f"; YAML read it as the {type(value).__name__} {value!r}: quote the SQL, e.g. \"0\", \"true\" or "
+            "\"DATE '2024-01-01'\"")
+
+
 def _check(kind: str, value: Any, field: str = "") -> Any:
     """Convert one field's YAML value, or raise ValueError with advice (and the field's upper bound, ``rowfill.bounds``)."""
     bound = BOUNDS.get(field)
@@ -241,7 +249,7 @@ def _check(kind: str, value: Any, field: str = "") -> Any:
         for col, expr in value.items():
             name = parse_identifier(col) if isinstance(col, str) else parse_identifier("")
             if not isinstance(expr, str) or not expr.strip():
-                raise ValueError(f"column {col!r}: expected an SQL expression as text")
+                raise ValueError(f"column {col!r}: expected an SQL expression as text{_yaml_read(expr)}")
             if name in out:
                 raise ValueError(f"column {col!r} is the column {name!r} again (plain names are case-folded); give each column once")
             out[name] = expr.strip()
@@ -336,7 +344,7 @@ def _check_select(value: Any) -> dict[str, str]:
         for col, expr in value.items():
             name = parse_identifier(col) if isinstance(col, str) else parse_identifier("")
             if not isinstance(expr, str) or not expr.strip():
-                raise ValueError(f"{col!r}: expected an SQL expression as text")
+                raise ValueError(f"{col!r}: expected an SQL expression as text{_yaml_read(expr)}")
             if name in out:
                 raise ValueError(f"{col!r} is the name {name!r} again; give each name once")
             out[name] = expr.strip()
