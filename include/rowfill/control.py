@@ -269,7 +269,11 @@ class LiveControl:
         try:
             control = self.store.get(self.spec.name)
         except Exception as exc:  # noqa: BLE001 - a control hiccup must not fail a batch; keep the last state
-            self.log.warning("%s: could not read live controls (%s); keeping the last ones", self.label, exc)
+            from rowfill.disconnects import describe, is_connection_error
+
+            if is_connection_error(exc):  # a restart: the runner reconnects and reads again (rowfill.reconnect)
+                raise
+            self.log.warning("%s: could not read live controls (%s); keeping the last ones", self.label, describe(exc))
             return self.control
         if control.version != self.version:
             self._take(control)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from airflow.sdk import BaseOperator
 
-from rowfill import task_control
+from rowfill import reconnect, task_control
 from rowfill.db import check_reachable, engine_for
 from rowfill.plan import max_map_length, plan_backfill
 from rowfill.pools import check_pool
@@ -25,7 +25,7 @@ from rowfill.verify import verify_backfill
 def target_engine(spec: Spec):
     engine = engine_for(spec.connection)
     try:
-        check_reachable(engine, spec.connection, spec.source)
+        check_reachable(engine, spec.connection, spec.source, spec.reconnect_for)
         yield engine
     finally:
         engine.dispose()
@@ -124,7 +124,9 @@ class BackfillSummaryOperator(SpecOperator):
         if (dry := task_control.dry_run_summary(context)) is not None:
             return dry  # the dry run's report, as the plan task made it
         with target_engine(self.spec) as engine:
-            spec = pinned_spec(engine, self.spec)  # the table planned on, still the same relation
-            summary = backfill_summary(engine, spec.name, run_id=context["run_id"])
+            # the table planned on, still the same relation
+            spec = reconnect.call(lambda: pinned_spec(engine, self.spec), self.spec, "checking the planned table", self.log)
+            summary = reconnect.call(lambda: backfill_summary(engine, spec.name, run_id=context["run_id"]), spec,
+                                     "reading the summary", self.log)
             self.log.info("%s (table %s)", summary.line(), spec.table)
             return task_control.annotate_summary(engine, spec, {**summary.to_dict(), "table": str(spec.table)}, self.log)

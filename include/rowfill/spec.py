@@ -25,6 +25,7 @@ from rowfill.bounds import FIELDS as BOUNDS
 from rowfill.bounds import check_field
 from rowfill.durations import parse_duration
 from rowfill.errors import SpecError, SpecErrors
+from rowfill.reconnect import DEFAULT_RECONNECT_FOR
 from rowfill.sqlnames import BadIdentifier, TableName, parse_identifier
 from rowfill.sqltext import read_spec_sql
 
@@ -61,6 +62,9 @@ class Spec:
     retry_delay: float = 30.0
     max_retry_delay: float = 600.0
     batch_retries: int = 5
+    # how long to keep reconnecting after a lost connection (a restart, a failover) before failing;
+    # see rowfill.reconnect
+    reconnect_for: float = DEFAULT_RECONNECT_FOR
     progress_every: float = 10.0
     tags: tuple[str, ...] = ()
     planning: str = "auto"
@@ -163,6 +167,7 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "retry_delay": ("duration", False),
     "max_retry_delay": ("duration", False),
     "batch_retries": ("count", False),
+    "reconnect_for": ("duration", False),
     "progress_every": ("duration", False),
     "tags": ("tags", False),
     "planning": ("planning", False),

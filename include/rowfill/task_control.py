@@ -18,6 +18,7 @@ from datetime import timezone
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from rowfill import reconnect
 from rowfill.chunk_task import run_chunk
 from rowfill.control import ControlStore, stop_reason
 from rowfill.errors import ChunkFailed, SpecError
@@ -27,6 +28,11 @@ from rowfill.runparams import is_dry_run, run_overrides
 from rowfill.triggers import ControlTrigger
 
 POLL_INTERVAL = 5.0  # seconds between control-row reads of a deferred chunk
+
+
+def _control(engine, spec):
+    """The backfill's control row, read through a database restart (``rowfill.reconnect``)."""
+    return reconnect.call(lambda: ControlStore(engine).get(spec.name), spec, "reading pause/cancel")
 
 
 def _params(context) -> dict:
@@ -40,7 +46,9 @@ def attempt(op, context, event=None):
     if event:
         op.log.info("%s: back from waiting (%s)", chunk["label"], event.get("event") if isinstance(event, dict) else event)
     with target_engine(spec) as engine:
-        remember_task_instance(engine, spec.name, chunk["chunk_no"], getattr(context.get("ti"), "map_index", None))
+        map_index = getattr(context.get("ti"), "map_index", None)
+        reconnect.call(lambda: remember_task_instance(engine, spec.name, chunk["chunk_no"], map_index), spec,
+                       "recording the task instance", op.log)
         try:
             outcome = run_chunk(engine, spec, chunk["chunk_no"], label=chunk["label"], run_id=context["run_id"],
                                 logger=op.log, overrides=run_overrides(_params(context), spec),
@@ -66,7 +74,7 @@ def attempt(op, context, event=None):
 
 def before_plan(engine, spec, context, log):
     """A cancelled backfill plans nothing (dry runs never get here: see operators). None = plan as usual."""
-    control = ControlStore(engine).get(spec.name)
+    control = _control(engine, spec)
     if control.state == "cancelled":
         raise AirflowSkipException(f"backfill {spec.name} is {stop_reason(control)}; nothing planned. "
                                    f"`rowfill resume {spec.name}` to run it again.")
@@ -76,7 +84,7 @@ def before_plan(engine, spec, context, log):
 def before_verify(engine, spec, context) -> None:
     if is_dry_run(_params(context)):
         raise AirflowSkipException("dry run: nothing was written, nothing to verify")
-    control = ControlStore(engine).get(spec.name)
+    control = _control(engine, spec)
     if control.state == "cancelled":
         raise AirflowSkipException(f"backfill {spec.name} is {stop_reason(control)}; unfinished chunks keep their "
                                    "cursors, so there is nothing to verify yet")
@@ -89,7 +97,7 @@ def dry_run_summary(context):
 
 
 def annotate_summary(engine, spec, summary: dict, log) -> dict:
-    control = ControlStore(engine).get(spec.name)
+    control = _control(engine, spec)
     summary["control"] = control.state
     if control.state != "running":
         log.info("%s: %s", spec.name, stop_reason(control))

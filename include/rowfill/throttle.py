@@ -189,7 +189,9 @@ class Throttle:
         try:
             self.note(self.state, seconds)
         except Exception as exc:  # noqa: BLE001 - bookkeeping must never stop a backfill
-            self.log.warning("%s: could not record throttle state: %s", self.label, exc)
+            from rowfill.disconnects import describe
+
+            self.log.warning("%s: could not record throttle state: %s", self.label, describe(exc))
             return
         self.recorded(seconds)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from rowfill import reconnect
 from rowfill.checkpoint import CheckpointStore
 from rowfill.errors import RowfillError
 from rowfill.keys import chunk_label, format_value
@@ -44,6 +45,11 @@ def _advice(spec: Spec) -> str:
 
 
 def verify_backfill(engine: Engine, spec: Spec, statement_timeout: str = "0", slice_rows: int = SLICE_ROWS) -> Verification:
+    """``_verify_backfill``, run again from the start if the connection is lost (``rowfill.reconnect``): it only reads."""
+    return reconnect.call(lambda: _verify_backfill(engine, spec, statement_timeout, slice_rows), spec, "verifying")
+
+
+def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: str, slice_rows: int) -> Verification:
     """Raise VerificationFailed if a chunk is not done or a row anywhere in the table still matches ``where``.
 
     ``statement_timeout``: a PostgreSQL duration for each slice's statements ("0" = none; each
