@@ -64,6 +64,10 @@ MOVES: dict[str, str] = {
     "status": "rowfill.engine.status",
     "report": "rowfill.engine.report",
     "progress": "rowfill.engine.progress",
+    "disconnects": "rowfill.engine.disconnects",
+    "reconnect": "rowfill.engine.reconnect",
+    "lease": "rowfill.engine.lease",
+    "readtypes": "rowfill.engine.readtypes",
     # airflow: the only layer importing Airflow
     "factory": "rowfill.airflow.factory",
     "rollback_dag": "rowfill.airflow.rollback_dag",
@@ -103,6 +107,7 @@ SPLITS: dict[tuple[str, str], str] = {
     ("factory", "spec_timedelta"): "rowfill.airflow.chunk_settings",
     ("factory", "mapped_chunk_settings"): "rowfill.airflow.chunk_settings",
     ("plan", "max_map_length"): "rowfill.airflow.chunk_settings",
+    ("reconnect", "DEFAULT_RECONNECT_FOR"): "rowfill.spec.spec",  # the spec field's default
 }
 
 LAYER_DOCS = {
@@ -201,6 +206,26 @@ def _dotted(text: str) -> str:
 _ONE_IMPORT = re.compile(r"^(?P<indent>[ \t]*)(?:from rowfill[\w.]* import [^()\n]*|import rowfill[\w.]*)[ \t]*(?:#.*)?$")
 
 
+def _merged(run: list[str]) -> list[str]:
+    """One line per module: ``from m import a`` and ``from m import a, b`` (a merge brings both) become
+    ``from m import a, b``, names in isort's order (constants, classes, functions); other lines as they are."""
+    heads: dict[str, list[str]] = {}
+    for line in run:
+        m = re.match(r"^(\s*from \S+ import )([^#]*?)\s*$", line)
+        key = m[1] if m and " as " not in m[2] else line
+        heads.setdefault(key, []).append(line)
+    out = []
+    for head, lines in heads.items():
+        if len(lines) == 1 or head not in [re.match(r"^(\s*from \S+ import )", x)[1] for x in lines[:1]]:
+            out.append(lines[0])
+            continue
+        names: list[str] = []
+        for line in lines:
+            names += [n.strip() for n in line[len(head):].split(",") if n.strip() and n.strip() not in names]
+        out.append(head + ", ".join(sorted(names, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n))))
+    return out
+
+
 def sort_imports(text: str) -> str:
     """Runs of one-line rowfill imports at one indentation, sorted by module (isort's order)."""
     lines = text.split("\n")
@@ -213,7 +238,7 @@ def sort_imports(text: str) -> str:
             run.append(line)
             indent = m["indent"]
             continue
-        out.extend(sorted(run, key=lambda s: s.strip().replace("import rowfill", "from rowfill")))
+        out.extend(sorted(_merged(run), key=lambda s: s.strip().replace("import rowfill", "from rowfill")))
         run, indent = [], None
         if m:
             run, indent = [line], m["indent"]

@@ -163,10 +163,15 @@ def test_a_missing_unqualified_table_names_the_search_path_it_was_looked_up_with
 SQL_UPDATE = "UPDATE {t} SET total = total_cents / 100.0 WHERE id > :lo AND id <= :hi AND total IS NULL"
 
 
-def test_sql_mode_writing_a_same_named_table_in_another_schema_is_refused(engine, tmp_path):
+@pytest.mark.parametrize("statement", [
+    SQL_UPDATE.format(t="orders"),
+    # the same write hidden in a data-modifying CTE, schema-qualified
+    "WITH w AS (" + SQL_UPDATE.format(t="public.orders") + " RETURNING id) SELECT count(*) FROM w",
+], ids=["update", "cte"])
+def test_sql_mode_writing_a_same_named_table_in_another_schema_is_refused(engine, tmp_path, statement):
     two_orders(engine)
     # the table is app.orders, but the statement's plain `orders` is public.orders on this connection
-    spec = orders_spec(tmp_path, table="app.orders", set=None, sql=SQL_UPDATE.format(t="orders"))
+    spec = orders_spec(tmp_path, table="app.orders", set=None, sql=statement)
     with pytest.raises(SpecError) as caught:
         plan_backfill(engine, spec)
     assert caught.value.field == "sql"

@@ -413,6 +413,13 @@ README_SPELLINGS = [
     ("schedule: null", "schedule", None),
     ('schedule: "0 2 * * *"', "schedule", "0 2 * * *"),
     ("window: off", "window", ()),
+    ("window: no", "window", ()),
+    ("target_batch_time: no", "target_batch_time", None),
+    ("undo: yes", "undo", True),
+    # YAML 1.1 reads leading zeros as octal (4096, 8); rowfill reads them as people and YAML 1.2 do
+    ("chunk_rows: 010000", "chunk_rows", 10000),
+    ("pause: 010", "pause", 10.0),
+    ("batch_rows: 1_000", "batch_rows", 1000),
 ]
 
 
@@ -459,6 +466,32 @@ def test_a_column_given_twice_in_set_is_an_error_naming_set(tmp_path):
     base = "name: a\nconnection: app_db\ntable: public.users\nkey: id\nset:\n  points: points + 10\n  points: points + 20\n"
     error = the_error(yaml_spec(tmp_path, "", base), "set")
     assert "set.points is given twice, at lines 6 and 7" in error.problem
+
+
+def test_a_key_given_twice_in_a_nested_flow_mapping_is_an_error(tmp_path):
+    error = the_error(yaml_spec(tmp_path, "gates:\n  replica_lag: {wait: 10s, critical: 5min, wait: 1s}\n"), "gates")
+    assert "gates.replica_lag.wait is given twice" in error.problem
+
+
+@pytest.mark.parametrize("line, field, says", [
+    ("batch_rows: 1e3", "batch_rows", "expected a whole number, got '1e3'"),
+    ("chunk_rows: 0o17", "chunk_rows", "expected a whole number, got '0o17'"),
+    ("batch_rows: 1000.0", "batch_rows", "expected a whole number, got 1000.0"),
+    ("retries: yes", "retries", "expected a whole number, got True"),
+    ("statement_timeout: ~", "statement_timeout", "None is not a duration"),
+    ("statement_timeout: off", "statement_timeout", "got off/no/false"),
+    ("pause: on", "pause", "got on/yes/true"),
+])
+def test_yaml_readings_that_are_not_what_the_field_takes_are_refused_naming_it(tmp_path, line, field, says):
+    assert says in the_error(yaml_spec(tmp_path, line + "\n"), field).problem
+
+
+@pytest.mark.parametrize("value, read", [("0", "the int 0"), ("2024-01-01", "the date"), ("yes", "the bool True")])
+def test_an_unquoted_set_value_yaml_reads_as_no_text_says_what_yaml_read(tmp_path, value, read):
+    base = f"name: a\nconnection: app_db\ntable: public.users\nkey: id\nset:\n  points: {value}\n"
+    error = the_error(yaml_spec(tmp_path, "", base), "set")
+    assert f"column 'points': expected an SQL expression as text; YAML read it as {read}" in error.problem
+    assert "quote the SQL" in error.problem
 
 
 def test_yaml_merge_keys_are_not_duplicates(tmp_path):

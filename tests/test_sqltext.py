@@ -116,6 +116,11 @@ AS_WRITTEN = [
      "note = (id % 7) || '%'"),
     ("the jsonb ? operator", {"settings": "settings || '{\"seen\":1}'"}, "NOT (settings ? 'seen')", "settings ? 'seen'"),
     ("a semicolon in a literal", {"note": "'a;b'"}, "note IS DISTINCT FROM 'a;b'", "note = 'a;b'"),
+    ("an E string with an escaped quote", {"note": "E'it\\'s :x ' || n"}, "note IS NULL", "note = 'it''s :x 5'"),
+    ("named arguments := and =>", {"note": "make_interval(days := n)::text || make_interval(hours => n)::text"}, None,
+     "note = '5 days05:00:00'"),
+    ("array slices", {"note": "(ARRAY[n, 2, 3])[2:3]::text || (ARRAY[1, 2, 3])[:n - 4]::text"}, None,
+     "note = '{2,3}{1}'"),
 ]
 
 
@@ -142,6 +147,18 @@ def test_sql_mode_reaches_postgresql_as_written(engine, tmp_path):
     assert scalar(engine, "SELECT count(*) FROM accounts WHERE settings->>'batch' IS DISTINCT FROM 'x:y'") == 0
     assert scalar(engine, "SELECT note FROM accounts WHERE id = 150") == "id:150 <= 200"
     assert_every_batch_stayed_in_its_range(engine)
+
+
+@pytest.mark.parametrize("slice_", ["arr[lo :hi]", "arr[:hi]", "(arr)[lo :hi]", "arr[\"lo\" :hi]"])
+def test_a_slice_bound_named_like_a_bind_is_the_column_not_the_batch_key(engine, tmp_path, slice_):
+    """``arr[lo :hi]`` slices at the columns lo and hi, as PostgreSQL reads it; binding the batch's
+    :hi there would store a different slice for every batch."""
+    execute(engine, "CREATE TABLE t (id int PRIMARY KEY, lo int NOT NULL, hi int NOT NULL, arr int[] NOT NULL, part int[])")
+    execute(engine, "INSERT INTO t SELECT g, 1, 2, ARRAY[g, g + 1, g + 2], NULL FROM generate_series(1, 300) g")
+    spec = spec_for(tmp_path, name="slices", table="public.t", where="part IS NULL", set=None, chunk_rows=300,
+                    batch_rows=BATCH, sql=f"UPDATE t SET part = {slice_} WHERE id > :lo AND id <= :hi AND part IS NULL")
+    assert sum(r.rows_written for r in run_all(engine, spec)) == 300
+    assert scalar(engine, "SELECT count(*) FROM t WHERE part IS DISTINCT FROM ARRAY[id, id + 1]") == 0
 
 
 def test_select_and_joins_of_a_transform_reach_postgresql_as_written(engine, tmp_path, monkeypatch):

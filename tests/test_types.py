@@ -202,3 +202,66 @@ def test_a_single_column_none_leaves_the_row_alone(engine, tmp_path):
     ChunkRunner(engine, spec).run(chunk.chunk_no)
     assert stored(engine, "SELECT id, tags FROM t") == {1: ["new"], 2: ["kept"], 3: []}
     assert CheckpointStore(engine).chunk(spec.name, chunk.chunk_no).rows_written == 2
+
+
+# -- values read for a transform are the column's values, exactly ------------------------------------
+
+SEEN: list[dict] = []  # the rows copy_columns was given
+
+
+def copy_columns(rows):
+    """Passes every selected column through to ``<column>_copy``: a copy must be exact."""
+    SEEN.extend(rows)
+    return [{f"{k}_copy": v for k, v in r.items() if k != "id"} for r in rows]
+
+
+def copy_through(engine, tmp_path, columns: list[tuple[str, str]], rows: str, **fields):
+    """Table ``t`` with each (column, type) and its ``_copy``; ``rows``: INSERT ... SELECT text; a transform copies."""
+    SEEN.clear()
+    ddl = ", ".join(f"{c} {typ}, {c}_copy {typ}" for c, typ in columns)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE t (id int PRIMARY KEY, {ddl})"))
+        conn.execute(text(f"INSERT INTO t (id, {', '.join(c for c, _ in columns)}) {rows}"))
+    names = [c for c, _ in columns]
+    spec = spec_for(tmp_path, name="copies", table="public.t", where=None, set=None, transform="test_types:copy_columns",
+                    select=names, returns=[f"{c}_copy" for c in names], chunk_rows=100, batch_rows=2, **fields)
+    for chunk in plan_backfill(engine, spec):
+        ChunkRunner(engine, spec).run(chunk.chunk_no)
+
+
+def test_json_null_and_sql_null_stay_apart_when_a_transform_passes_them_through(engine, tmp_path):
+    copy_through(engine, tmp_path, [("j", "jsonb"), ("js", "json")],
+                 "VALUES (1, 'null', 'null'), (2, NULL, NULL), (3, '{\"a\": null}', '[null]'), (4, '0', '\"\"')")
+    assert stored(engine, "SELECT id, j_copy IS NULL, j_copy, js_copy IS NULL, CAST(js_copy AS text) FROM t") == {
+        1: (False, None, False, "null"), 2: (True, None, True, None), 3: (False, {"a": None}, False, "[null]"),
+        4: (False, 0, False, '""')}
+
+
+def test_arrays_of_enums_and_domains_over_them_are_read_as_lists_and_copied(engine, tmp_path):
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TYPE mood AS ENUM ('sad', 'ok', 'très bien')"))
+        conn.execute(text("CREATE DOMAIN moods AS mood[] CHECK (cardinality(VALUE) <= 3)"))
+    copy_through(engine, tmp_path, [("m", "mood[]"), ("d", "moods"), ("m2", "mood[]")],
+                 "VALUES (1, '{sad,NULL}', '{ok}', '{{sad,ok},{ok,sad}}'), (2, '{}', '{}', NULL), "
+                 "(3, NULL, NULL, '{}'), (4, '{\"très bien\"}', '{sad,sad,sad}', '{{ok}}')")
+    assert {r["id"]: r["m"] for r in SEEN} == {1: ["sad", None], 2: [], 3: None, 4: ["très bien"]}
+    assert stored(engine, "SELECT id, count(*) FILTER (WHERE m_copy IS DISTINCT FROM m OR d_copy IS DISTINCT FROM d "
+                          "OR m2_copy IS DISTINCT FROM m2) FROM t GROUP BY id") == {1: 0, 2: 0, 3: 0, 4: 0}
+
+
+def test_an_interval_with_months_is_refused_not_read_as_30_days(engine, tmp_path):
+    """A timedelta has no months: psycopg reads '1 mon' as 30 days, and a copy would write '30 days'."""
+    with pytest.raises(ChunkFailed) as failed:
+        copy_through(engine, tmp_path, [("iv", "interval")],
+                     "VALUES (1, '2 days 03:00'), (2, '-1 days +00:00:00.000001'), (3, '1 year 2 mons'), (4, '1 mon')")
+    assert "the interval '1 year 2 mons' has a month part" in str(failed.value)
+    assert "as text" in str(failed.value)
+    # the batch before it is copied exactly; nothing of the refused batch is written
+    assert stored(engine, "SELECT id, iv_copy IS NOT DISTINCT FROM iv AND iv_copy IS NOT NULL FROM t") == {
+        1: True, 2: True, 3: False, 4: False}
+
+
+def test_a_transform_may_return_any_bytes_like_value_for_bytea(engine, tmp_path):
+    blobs = {1: b"\x00b", 2: bytearray(b"\xffa"), 3: memoryview(b"mv"), 4: None}
+    round_trip(engine, tmp_path, "b bytea", {k: {"b": v} for k, v in blobs.items()}, ["b"])
+    assert stored(engine, "SELECT id, b FROM t") == {1: b"\x00b", 2: b"\xffa", 3: b"mv", 4: None}

@@ -159,12 +159,16 @@ def stall_alert(spec, event: str, run_id: str | None, stalled_for: float, status
         return Alert(event, spec.name, f"[rowfill] {spec.name}: progressing again", text,
                      {"dag_id": spec.dag_id, "run_id": run_id, "stalled_seconds": round(stalled_for, 1)})
     running = [c for c in status.chunks if c.status == "running"] if status else []
+    stale = [c for c in status.chunks if c.status == "stale"] if status else []  # rowfill.engine.lease
+    stale_text = ", ".join(f"chunk {c.chunk_no} on {c.worker or '?'}" for c in stale[:10])
     where = "; ".join(f"chunk {c.chunk_no} ({c.range_text(spec.key)}) on {c.worker or '?'} at {c.rows_seen:,} rows"
                       for c in running[:10]) or "no chunk is running: chunks are waiting for a slot (pool, "\
                                                 "max_parallel_chunks, executor) or for a retry"
     again = " still" if event == "still_stalled" else ""
     text = (f"rowfill backfill {spec.name!r}{again} stalled: no checkpoint progress for {format_duration(stalled_for)} "
             f"(stall_after {format_duration(spec.stall_after)}) in run {run_id}. {progress}. Running: {where}. "
+            + (f"Stale (marked running, but the runner's lease ran out: its process is gone; the next attempt takes "
+               f"it over): {stale_text}. " if stale else "")
             + (f"Last error: chunk {status.last_error_chunk}: {status.last_error}. " if status and status.last_error else "")
             + "Look for lock waits or long transactions on the target table (pg_stat_activity), a full pool, "
               "or a paused/throttled backfill; `rowfill status " + spec.name + " --chunks` shows each chunk.")

@@ -42,10 +42,11 @@ def engine_for(connection: str, url: str | None = None) -> Engine:
 @contextmanager
 def target_engine(spec: Spec):
     """An engine on the spec's target database for the length of one task, checked reachable
-    first (``DatabaseUnavailable`` names the spec file and its ``connection`` field), disposed after."""
+    first, riding out a restart for the spec's ``reconnect_for`` (``DatabaseUnavailable`` names the spec
+    file and its ``connection`` field), disposed after."""
     engine = engine_for(spec.connection)
     try:
-        check_reachable(engine, spec.connection, spec.source)
+        check_reachable(engine, spec.connection, spec.source, spec.reconnect_for)
         yield engine
     finally:
         engine.dispose()

@@ -14,6 +14,7 @@ from rowfill.airflow import task_control
 from rowfill.airflow.chunk_settings import max_map_length
 from rowfill.airflow.connections import target_engine
 from rowfill.airflow.pools import check_pool
+from rowfill.engine import reconnect
 from rowfill.engine.dryrun import dry_run
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.report import backfill_summary
@@ -111,7 +112,9 @@ class BackfillSummaryOperator(SpecOperator):
         if (dry := task_control.dry_run_summary(context)) is not None:
             return dry  # the dry run's report, as the plan task made it
         with target_engine(self.spec) as engine:
-            spec = pinned_spec(engine, self.spec)  # the table planned on, still the same relation
-            summary = backfill_summary(engine, spec.name, run_id=context["run_id"])
+            # the table planned on, still the same relation
+            spec = reconnect.call(lambda: pinned_spec(engine, self.spec), self.spec, "checking the planned table", self.log)
+            summary = reconnect.call(lambda: backfill_summary(engine, spec.name, run_id=context["run_id"]), spec,
+                                     "reading the summary", self.log)
             self.log.info("%s (table %s)", summary.line(), spec.table)
             return task_control.annotate_summary(engine, spec, {**summary.to_dict(), "table": str(spec.table)}, self.log)

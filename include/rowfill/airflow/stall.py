@@ -37,6 +37,7 @@ from rowfill.airflow import alerts
 from rowfill.airflow.connections import engine_for
 from rowfill.airflow.notifiers import adeliver
 from rowfill.airflow.operators import SpecOperator
+from rowfill.engine.disconnects import describe, is_connection_error
 from rowfill.spec.spec import load_spec
 from rowfill.store.checkpoint import SCHEMA
 
@@ -110,7 +111,10 @@ class StallTrigger(BaseTrigger):
                 try:
                     batches, done, open_chunks = await sync_to_async(_signature)(engine, spec.name)
                 except Exception as exc:  # noqa: BLE001 - a database blip is not a reason to stop watching
-                    self.log.warning("rowfill watchdog: cannot read the checkpoint of %s: %s", spec.name, exc)
+                    # a restart (rowfill.engine.disconnects) is ridden out poll by poll; the pool reconnects
+                    what = "database unreachable" if is_connection_error(exc) else "cannot read the checkpoint"
+                    self.log.warning("rowfill watchdog: %s for %s (%s); trying again in %.0f s", what, spec.name,
+                                     describe(exc), poll)
                     await asyncio.sleep(poll)
                     continue
                 if unfinished is None:
@@ -119,7 +123,7 @@ class StallTrigger(BaseTrigger):
                 due = observe((batches, done), time.monotonic())
                 if due:
                     event, stalled_for = due
-                    status = await sync_to_async(alerts.current_status)(spec)
+                    status = await sync_to_async(alerts.current_status)(spec)  # None while the database is away
                     alert = alerts.stall_alert(spec, event, self.run_id, stalled_for, status)
                     self.log.warning("rowfill watchdog: %s", alert.text)
                     await adeliver(spec.alerts, alert, {"run_id": self.run_id})

@@ -22,12 +22,18 @@ from rowfill.airflow.connections import target_engine
 from rowfill.airflow.observers import remember_task_instance, standard_observers
 from rowfill.airflow.runparams import is_dry_run, run_overrides
 from rowfill.airflow.triggers import ControlTrigger
+from rowfill.engine import reconnect
 from rowfill.engine.chunk_task import run_chunk
 from rowfill.engine.control import ControlStore, stop_reason
 from rowfill.engine.probes import GateCritical
 from rowfill.errors import ChunkFailed, SpecError
 
 POLL_INTERVAL = 5.0  # seconds between control-row reads of a deferred chunk
+
+
+def _control(engine, spec):
+    """The backfill's control row, read through a database restart (``rowfill.engine.reconnect``)."""
+    return reconnect.call(lambda: ControlStore(engine).get(spec.name), spec, "reading pause/cancel")
 
 
 def _params(context) -> dict:
@@ -39,7 +45,9 @@ def attempt(op, context, event=None):
     if event:
         op.log.info("%s: back from waiting (%s)", chunk["label"], event.get("event") if isinstance(event, dict) else event)
     with target_engine(spec) as engine:
-        remember_task_instance(engine, spec.name, chunk["chunk_no"], getattr(context.get("ti"), "map_index", None))
+        map_index = getattr(context.get("ti"), "map_index", None)
+        reconnect.call(lambda: remember_task_instance(engine, spec.name, chunk["chunk_no"], map_index), spec,
+                       "recording the task instance", op.log)
         try:
             outcome = run_chunk(engine, spec, chunk["chunk_no"], label=chunk["label"], run_id=context["run_id"],
                                 logger=op.log, overrides=run_overrides(_params(context), spec),
@@ -65,7 +73,7 @@ def attempt(op, context, event=None):
 
 def before_plan(engine, spec, context, log):
     """A cancelled backfill plans nothing (dry runs never get here: see operators). None = plan as usual."""
-    control = ControlStore(engine).get(spec.name)
+    control = _control(engine, spec)
     if control.state == "cancelled":
         raise AirflowSkipException(f"backfill {spec.name} is {stop_reason(control)}; nothing planned. "
                                    f"`rowfill resume {spec.name}` to run it again.")
@@ -75,7 +83,7 @@ def before_plan(engine, spec, context, log):
 def before_verify(engine, spec, context) -> None:
     if is_dry_run(_params(context)):
         raise AirflowSkipException("dry run: nothing was written, nothing to verify")
-    control = ControlStore(engine).get(spec.name)
+    control = _control(engine, spec)
     if control.state == "cancelled":
         raise AirflowSkipException(f"backfill {spec.name} is {stop_reason(control)}; unfinished chunks keep their "
                                    "cursors, so there is nothing to verify yet")
@@ -88,7 +96,7 @@ def dry_run_summary(context):
 
 
 def annotate_summary(engine, spec, summary: dict, log) -> dict:
-    control = ControlStore(engine).get(spec.name)
+    control = _control(engine, spec)
     summary["control"] = control.state
     if control.state != "running":
         log.info("%s: %s", spec.name, stop_reason(control))

@@ -190,7 +190,7 @@ def _entry(spec, s: BackfillStatus) -> dict:
 
 
 # -- HTML ---------------------------------------------------------------------------------------
-_STATE_CLASS = {"done": "d", "running": "r", "pending": "p", "failed": "f"}
+_STATE_CLASS = {"done": "d", "running": "r", "pending": "p", "failed": "f", "stale": "s"}
 
 
 def _ti_href(ui_base: str, dag_id: str, c: dict) -> str | None:
@@ -211,8 +211,20 @@ def _range(b: dict, c: dict) -> str:
 def _eta(b: dict) -> str:
     if b["state"] == "done":
         return "finished"
+    if b["state"] == "stale":
+        return "none (no chunk runs)"
     eta = b.get("eta_seconds")
     return "unknown" if eta is None else format_duration(eta)
+
+
+def _problem(c: dict) -> str:
+    """What the page says about a failed or stale chunk: its error, or why it is stale."""
+    if c["status"] == "stale":
+        age = c.get("lease_age")
+        heard = f"last heard {format_duration(age)} ago" if age is not None else "not heard from"
+        return (f"stale: marked running, but its runner's lease ran out ({heard}): its process is gone. The next "
+                "attempt (an Airflow retry, a cleared task or `rowfill run`) takes it over from its checkpoint.")
+    return (c.get("last_error") or "no error recorded").splitlines()[0]
 
 
 def render_fragment(progress: list[dict], ui_base: str = "") -> str:
@@ -233,16 +245,17 @@ def render_fragment(progress: list[dict], ui_base: str = "") -> str:
             title = f"chunk {c['chunk_no']} {_range(b, c)}: {c['status']}, {c['rows_seen']:,} of ~{c['est_rows']:,}"
             attrs = f"class='c {_STATE_CLASS.get(c['status'], 'p')}' title='{e(title)}'"
             cells.append(f"<a {attrs} href='{e(href)}' target='_top'></a>" if href else f"<i {attrs}></i>")
-            if c["status"] == "failed":
+            if c["status"] in ("failed", "stale"):
                 failed.append((c, href))
         failed_html = "".join(
-            f"<li class='failed-chunk' data-chunk='{c['chunk_no']}'><b>chunk {c['chunk_no']} ({e(_range(b, c))})</b>: "
+            f"<li class='{'stale' if c['status'] == 'stale' else 'failed'}-chunk' data-chunk='{c['chunk_no']}'>"
+            f"<b>chunk {c['chunk_no']} ({e(_range(b, c))})</b>: "
             f"{c['rows_seen']:,} of ~{c['est_rows']:,} rows, {c['attempts']} attempt(s). "
-            f"<code>{e((c.get('last_error') or 'no error recorded').splitlines()[0])}</code> "
+            f"<code>{e(_problem(c))}</code> "
             + (f"<a class='ti' href='{e(href)}' target='_top'>open task instance to clear it</a>" if href else "")
             + "</li>" for c, href in failed[:50])
         if len(failed) > 50:
-            failed_html += f"<li>… and {len(failed) - 50} more failed chunks</li>"
+            failed_html += f"<li>… and {len(failed) - 50} more failed or stale chunks</li>"
         throttle = "".join(f"<span class='tag'>{e(k)}: {e(str(v))}</span>" for k, v in (b.get("throttle") or {}).items())
         control = b.get("control") or {}
         buttons = ""
@@ -258,7 +271,8 @@ def render_fragment(progress: list[dict], ui_base: str = "") -> str:
             f"<p class='nums'><span class='rows'>{seen:,} of ~{total:,} rows</span> ({share:.1%}) · "
             f"<span class='rate'>{b.get('rows_per_second', 0):,.0f} rows/s</span> · ETA <span class='eta'>{_eta(b)}</span> · "
             f"chunks {b.get('chunks_done', 0)}/{b.get('chunks_total', 0)} done, {b.get('chunks_running', 0)} running, "
-            f"{b.get('chunks_pending', 0)} waiting, {b.get('chunks_failed', 0)} failed {throttle}</p>"
+            + (f"{b['chunks_stale']} stale, " if b.get("chunks_stale") else "")
+            + f"{b.get('chunks_pending', 0)} waiting, {b.get('chunks_failed', 0)} failed {throttle}</p>"
             f"<div class='map'>{''.join(cells)}</div>"
             + (f"<ul class='failures'>{failed_html}</ul>" if failed_html else "")
             + "</section>")
@@ -274,14 +288,15 @@ body{font-family:system-ui,sans-serif;margin:1.2em;color:#222}h2{margin:0 0 .6em
 .bar{background:#eee;width:100%;max-width:640px;height:14px;border-radius:7px;overflow:hidden}
 .bar div{background:#1565c0;height:100%}.nums{margin:.3em 0;font-size:.92em}
 .map{line-height:0;max-width:980px}.c{display:inline-block;width:9px;height:9px;margin:0 1px 1px 0}
-.d{background:#2e7d32}.r{background:#1565c0}.p{background:#c8c8c8}.f{background:#c62828}
+.d{background:#2e7d32}.r{background:#1565c0}.p{background:#c8c8c8}.f{background:#c62828}.s{background:#ef8f00}
+.st-stale{background:#fde3b8}
 .tag{font-size:.8em;background:#f3f3f3;padding:1px 5px;margin-left:4px;border-radius:4px}
 .failures{font-size:.9em}.err{color:#b00}code{white-space:pre-wrap}
 .legend .c{vertical-align:middle}.legend{font-size:.85em;color:#555}
 </style></head><body>
 <h2>rowfill backfills</h2>
 <p class='legend'><i class='c d'></i> done <i class='c r'></i> running <i class='c p'></i> waiting
-<i class='c f'></i> failed · a chunk opens its task instance in Airflow · updated <span id='updated'>now</span></p>
+<i class='c f'></i> failed <i class='c s'></i> stale (runner gone) · a chunk opens its task instance in Airflow · updated <span id='updated'>now</span></p>
 <div id='backfills'>__FRAGMENT__</div>
 <script>
 const every = __REFRESH__ * 1000;

@@ -21,6 +21,7 @@ from typing import Callable
 
 from sqlalchemy.engine import Engine
 
+from rowfill.engine import reconnect
 from rowfill.engine.control import ControlStore, LiveControl, stop_reason
 from rowfill.engine.resolve import pinned_spec
 from rowfill.engine.runner import BatchObserver, ChunkResult, ChunkRunner
@@ -52,13 +53,14 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     logger = logger or log
     label = label or f"chunk {chunk_no}"
     controls = ControlStore(engine)
-    controls.ensure()
     store = CheckpointStore(engine)
-    control = controls.get(spec.name)
+    # every read and write here is retried through a restart of the database (rowfill.engine.reconnect)
+    control = reconnect.call(lambda: (controls.ensure(), controls.get(spec.name))[1], spec,
+                             "reading the backfill's control state", logger)
     windows = Windows(spec.window)
 
     def hold(state: str) -> None:
-        store.note_throttle(spec.name, chunk_no, state)
+        reconnect.call(lambda: store.note_throttle(spec.name, chunk_no, state), spec, "recording why the chunk waits", logger)
 
     if control.state == "cancelled":
         reason = stop_reason(control)
@@ -81,7 +83,7 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
 
     # the table pinned at planning, after checking it is still the same relation: every statement of
     # the chunk (writes, gates, the throttle's probes) names it schema-qualified
-    spec = pinned_spec(engine, spec)
+    spec = reconnect.call(lambda: pinned_spec(engine, spec), spec, "checking the planned table", logger)
     throttle = Throttle.for_spec(spec, sleep, engine=engine, logger=logger)
     live = LiveControl(controls, spec, throttle, overrides=overrides, logger=logger, label=label)
     live.start(control)
@@ -132,9 +134,13 @@ def run_chunk_here(engine: Engine, spec: Spec, chunk_no: int, *, poll: float = 5
             seconds = (outcome.until - clock()).total_seconds()
             logger.info("sleeping %.0f s until the window opens", max(seconds, 0))
             while (seconds := (outcome.until - clock()).total_seconds()) > 0:
-                if ControlStore(engine).get(spec.name).state == "cancelled":
+                if _control_state(engine, spec, logger) == "cancelled":
                     break
                 sleep(min(seconds, poll))
         else:
-            while ControlStore(engine).get(spec.name).state == "paused":
+            while _control_state(engine, spec, logger) == "paused":
                 sleep(poll)
+
+
+def _control_state(engine: Engine, spec: Spec, logger: logging.Logger) -> str:
+    return reconnect.call(lambda: ControlStore(engine).get(spec.name).state, spec, "waiting for resume", logger)

@@ -25,6 +25,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from rowfill.engine.disconnects import describe, is_connection_error
 from rowfill.errors import RowfillError
 from rowfill.spec.bounds import FIELDS as BOUNDS
 from rowfill.spec.bounds import LATENCY_LIMIT
@@ -265,7 +266,9 @@ class LiveControl:
         try:
             control = self.store.get(self.spec.name)
         except Exception as exc:  # noqa: BLE001 - a control hiccup must not fail a batch; keep the last state
-            self.log.warning("%s: could not read live controls (%s); keeping the last ones", self.label, exc)
+            if is_connection_error(exc):  # a restart: the runner reconnects and reads again (rowfill.engine.reconnect)
+                raise
+            self.log.warning("%s: could not read live controls (%s); keeping the last ones", self.label, describe(exc))
             return self.control
         if control.version != self.version:
             self._take(control)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
+from rowfill.engine import reconnect
 from rowfill.engine.estimate import EXACT_PLAN_MAX_ROWS, estimated_rows, sampled_boundaries
 from rowfill.engine.resolve import pin
 from rowfill.engine.schema_check import check_target
@@ -103,6 +104,15 @@ def merge_to_limit(bounds: list[tuple], limit: int) -> list[tuple]:
 
 
 def plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=None) -> list[PlannedChunk]:
+    """``_plan_backfill``, run again from the start if the connection is lost (``rowfill.engine.reconnect``).
+
+    Planning's transactions are all-or-nothing and each re-reads the stored plan, so a second go
+    after a restart continues from whatever the first one committed.
+    """
+    return reconnect.call(lambda: _plan_backfill(engine, spec, limit=limit, log=log), spec, "planning", log)
+
+
+def _plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=None) -> list[PlannedChunk]:
     """Chunks still to do: the unfinished ones of the stored plan, done ones that hold rows matching
     ``where`` again (re-sweep), and new chunks for keys beyond the last planned one.
 

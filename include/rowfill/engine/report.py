@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy.engine import Engine
 
+from rowfill.engine.lease import stale_chunks
 from rowfill.engine.progress import eta_seconds
 from rowfill.store.checkpoint import CheckpointStore, ChunkRow
 
@@ -24,6 +25,7 @@ class Summary:
     eta_seconds: float | None
     throttled_seconds: float = 0.0  # summed over chunks: paused, waiting on gates, backing off
     rows_still_matching: int = 0  # of rows_written: rows whose new values still match `where`
+    chunks_stale: int = 0  # marked running, but the runner's lease ran out (rowfill.engine.lease): its process is gone
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,7 +35,8 @@ class Summary:
         return (f"{self.backfill}: {self.rows_seen:,} of ~{self.rows_estimated:,} rows walked, "
                 f"{self.rows_written:,} written{still_text(self.rows_still_matching, show_still)}, "
                 f"{self.chunks_done}/{self.chunks} chunks done, "
-                f"{self.seconds:,.1f} s, {self.rows_per_second:,.0f} rows/s")
+                + (f"{self.chunks_stale} stale (runner gone; the next attempt takes over), " if self.chunks_stale else "")
+                + f"{self.seconds:,.1f} s, {self.rows_per_second:,.0f} rows/s")
 
 
 def counts_still(spec) -> bool:
@@ -48,8 +51,11 @@ def still_text(count: int, show: bool = False) -> str:
     return f" ({count:,} still matching `where` after their write)"
 
 
-def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None) -> Summary:
-    """Totals over all chunks; duration and rate over the chunks of ``run_id`` when given."""
+def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None, stale: frozenset[int] = frozenset()) -> Summary:
+    """Totals over all chunks; duration and rate over the chunks of ``run_id`` when given.
+
+    ``stale``: chunks whose runner's lease ran out; while any is stale, no ETA is given (nothing runs them).
+    """
     timed = [c for c in chunks if c.started_at and (run_id is None or c.run_id == run_id)]
     seconds = 0.0
     if timed:
@@ -70,11 +76,12 @@ def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None) -> S
         rows_written=sum(c.rows_written for c in chunks),
         seconds=round(seconds, 3),
         rows_per_second=round(rate, 1),
-        eta_seconds=eta_seconds(seen, total, rate),
+        eta_seconds=None if stale else eta_seconds(seen, total, rate),
         throttled_seconds=round(sum(c.throttled_seconds for c in timed), 1),
         rows_still_matching=sum(c.rows_still_matching for c in chunks),
+        chunks_stale=len(stale),
     )
 
 
 def backfill_summary(engine: Engine, name: str, run_id: str | None = None) -> Summary:
-    return summarize(name, CheckpointStore(engine).chunks(name), run_id)
+    return summarize(name, CheckpointStore(engine).chunks(name), run_id, frozenset(stale_chunks(engine, name)))

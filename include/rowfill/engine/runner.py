@@ -19,7 +19,12 @@ When a batch fails:
     doubles back after each batch that took under a quarter of the timeout. Only a single row
     that alone times out (after ``batch_retries``) fails the chunk, naming its key;
   - a data error (SQLSTATE class 22 or 23): the batch is narrowed to the row and the spec field
-    to blame (``rowfill.engine.blame``) and the chunk fails naming both; nothing of the batch is written.
+    to blame (``rowfill.engine.blame``) and the chunk fails naming both; nothing of the batch is written;
+  - a lost connection (a restart, ``pg_terminate_backend``; ``rowfill.engine.disconnects``): the server
+    rolled the batch back; it is written again from the cursor once reconnected, for up to the
+    spec's ``reconnect_for`` (``rowfill.engine.reconnect``), not counted as a retry.
+While it runs, the runner holds the chunk's lease (``rowfill.engine.lease``), so a chunk whose process is
+gone shows as stale and the next attempt takes it over.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from rowfill.engine import lease, reconnect
 from rowfill.engine.blame import is_data_error, narrow
+from rowfill.engine.disconnects import describe
 from rowfill.engine.modes import writer_for
 from rowfill.engine.progress import progress_line
 from rowfill.engine.throttle import Throttle
@@ -44,7 +51,7 @@ from rowfill.errors import ChunkFailed, RowfillError
 from rowfill.spec.durations import format_duration
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import chunk_label, format_value
-from rowfill.store.checkpoint import CheckpointStore
+from rowfill.store.checkpoint import CheckpointStore, ChunkRow
 
 log = logging.getLogger("rowfill.runner")
 
@@ -137,7 +144,8 @@ class ChunkRunner:
         self.log = logger or log
         self.label = label
         self.run_id = run_id
-        self.should_stop = should_stop
+        # a pause/cancel read that loses its connection is retried like a batch (rowfill.engine.reconnect)
+        self.should_stop = lambda: reconnect.call(should_stop, spec, "reading pause, cancel and live knobs", self.log)
         self.clock = clock
         self.writer = writer or writer_for(spec)
         self.observers = list(observers)
@@ -145,10 +153,41 @@ class ChunkRunner:
         self.split_rows: int | None = None  # batch size after a statement_timeout split (None: no split)
         self._current: tuple | None = None  # (lo, hi, keys, rows asked for) of the batch being written
         self._told_lock_first = False
+        self._heartbeat: lease.Heartbeat | None = None
 
     def run(self, chunk_no: int) -> ChunkResult:
+        """Run the chunk from its checkpoint to its end (or a stop), holding its lease (``rowfill.engine.lease``) meanwhile."""
+        try:
+            return self._run(chunk_no)
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+                self._heartbeat = None
+
+    def _claim(self, chunk_no: int) -> ChunkRow:
+        """Claim the chunk (taking it over from a runner that is gone) and keep its lease from now on."""
+        me = worker_name()
+        row = reconnect.call(lambda: lease.claim(self.store, self.spec.name, chunk_no, me, self.run_id, self.log),
+                             self.spec, f"starting chunk {chunk_no}", self.log)
+        if row.status != "done":
+            self._heartbeat = lease.Heartbeat(self.engine, self.spec.name, chunk_no, me).start()
+        return row
+
+    def _record_failure(self, chunk_no: int, message: str) -> None:
+        """Mark the chunk failed, best effort: the error that ended the chunk is the one to report.
+
+        When even this write fails (the database is still away), one line says so; the row stays
+        ``running`` until the lease runs out and then shows as stale (``rowfill.engine.lease``).
+        """
+        try:
+            self.store.fail(self.spec.name, chunk_no, message)
+        except Exception as exc:  # noqa: BLE001 - never hide the original error behind this one
+            self.log.warning("could not record the failure of chunk %d in the checkpoint (%s); it shows as stale "
+                             "once its lease runs out", chunk_no, describe(exc))
+
+    def _run(self, chunk_no: int) -> ChunkResult:
         spec = self.spec
-        row = self.store.start(spec.name, chunk_no, worker_name(), self.run_id)
+        row = self._claim(chunk_no)
         label = self.label or chunk_label(spec.key, chunk_no, None, row.lo, row.hi, row.first_key)
         started = self.clock()
         seen = written = batches = 0
@@ -169,10 +208,11 @@ class ChunkRunner:
         self.throttle.begin(label, self.log, lambda state, secs: self.store.note_throttle(spec.name, chunk_no, state, secs))
         try:
             while True:
-                if reason := (self.should_stop() or self.throttle.before_batch(self.should_stop)):
+                if reason := (self.should_stop() or reconnect.call(lambda: self.throttle.before_batch(self.should_stop),
+                                                                   spec, "checking the gates", self.log)):
                     self.log.info("%s: stopping at a batch boundary (%s); cursor %s kept", label, reason, cursor)
                     self.throttle.flush(reason)
-                    self.store.pause(spec.name, chunk_no)
+                    reconnect.call(lambda: self.store.pause(spec.name, chunk_no), spec, "recording the stop", self.log)
                     return ChunkResult(spec.name, chunk_no, "stopped", seen, written, batches, self.clock() - started, cursor, still)
                 t0 = self.clock()
                 outcome = self._batch_with_retries(chunk_no, label)
@@ -197,7 +237,7 @@ class ChunkRunner:
                 message = str(exc).strip().rstrip(".")
             else:
                 message = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".strip()
-            self.store.fail(spec.name, chunk_no, message)
+            self._record_failure(chunk_no, message)
             raise ChunkFailed(
                 f"{label} of backfill {spec.name!r} failed at {spec.key} {format_value(cursor if cursor is not None else row.position)} "
                 f"after {batches} batches in this attempt: {message}. Everything committed before is kept; "
@@ -206,7 +246,7 @@ class ChunkRunner:
         finally:
             self.throttle.end()
         self.throttle.flush(None)
-        final = self.store.finish(spec.name, chunk_no)
+        final = reconnect.call(lambda: self.store.finish(spec.name, chunk_no), spec, f"recording {label} done", self.log)
         elapsed = self.clock() - started
         rate = seen / max(elapsed, 1e-9)
         still_text = f" ({final.rows_still_matching:,} still matching `where` after their write)" \
@@ -219,7 +259,9 @@ class ChunkRunner:
         attempt = 0
         while True:
             try:
-                return self._batch(chunk_no)
+                # a lost connection: the server rolled the batch back; it is written again from the cursor
+                return reconnect.call(lambda: self._batch(chunk_no), self.spec, f"writing a batch of {label}", self.log,
+                                      note="the server rolled the batch back; it is written again from the checkpoint")
             except DBAPIError as exc:
                 if is_data_error(exc) and self._current is not None:
                     self._blame(exc)  # raises RowError naming the row and the field, unless the batch no longer fails

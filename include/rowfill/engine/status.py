@@ -20,30 +20,33 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from rowfill.engine.lease import LEASE_SECONDS
 from rowfill.store import rates
 from rowfill.store.checkpoint import SCHEMA
 
-_QUERY = text(f"""
-WITH now_ AS (SELECT clock_timestamp() AS t),
+def _query(samples: bool, leases: bool):
+    """The one query: chunk rows, their rate samples of the window, and how long since their runner's
+    lease was renewed (``quiet``, seconds; see ``rowfill.engine.lease``). A checkpoint store created before
+    rate samples or leases existed gets the same shape without them (planning adds the tables)."""
+    win = f"""
 win AS (
     SELECT s.chunk_no, sum(s.rows_seen) AS rows, min(s.work_started) AS since, max(s.last_commit) AS last
     FROM {SCHEMA}.samples s, now_
     WHERE s.backfill = :n AND s.last_commit >= now_.t - make_interval(secs => :w)
     GROUP BY s.chunk_no
-)
+)""" if samples else """
+win AS (SELECT NULL::integer AS chunk_no, NULL::bigint AS rows, NULL::timestamptz AS since, NULL::timestamptz AS last)"""
+    lease_join = (f"LEFT JOIN {SCHEMA}.leases l ON l.backfill = c.backfill AND l.chunk_no = c.chunk_no" if leases else "")
+    beat = "coalesce(l.heartbeat_at, c.updated_at)" if leases else "c.updated_at"
+    return text(f"""
+WITH now_ AS (SELECT clock_timestamp() AS t),{win}
 SELECT to_jsonb(c) - 'backfill' AS chunk, win.rows, extract(epoch FROM now_.t - win.since) AS span,
-       win.since, win.last, now_.t AS now
-FROM {SCHEMA}.chunks c CROSS JOIN now_ LEFT JOIN win ON win.chunk_no = c.chunk_no
+       win.since, win.last, now_.t AS now, extract(epoch FROM now_.t - {beat}) AS quiet
+FROM {SCHEMA}.chunks c CROSS JOIN now_ LEFT JOIN win ON win.chunk_no = c.chunk_no {lease_join}
 WHERE c.backfill = :n
 ORDER BY c.chunk_no
 """)
 
-# A checkpoint store created before rate samples existed: same shape, no rates (plan adds the table).
-_QUERY_NO_SAMPLES = text(f"""
-SELECT to_jsonb(c) - 'backfill' AS chunk, NULL::bigint AS rows, NULL::numeric AS span,
-       NULL::timestamptz AS since, NULL::timestamptz AS last, clock_timestamp() AS now
-FROM {SCHEMA}.chunks c WHERE c.backfill = :n ORDER BY c.chunk_no
-""")
 
 _ERROR_CHARS = 500  # of last_error carried per chunk; enough to act on, small for a page of 1,000 chunks
 
@@ -57,7 +60,7 @@ def _ts(value) -> datetime | None:
 @dataclass
 class ChunkStatus:
     chunk_no: int
-    status: str  # pending | running | done | failed
+    status: str  # pending | running | stale | done | failed (stale: marked running, its runner's lease ran out)
     lo: object
     hi: object
     est_rows: int
@@ -76,6 +79,7 @@ class ChunkStatus:
     throttle: dict = field(default_factory=dict)
     rows_still_matching: int = 0  # of rows_written: new values that still match `where`
     batch_rows_worked: int | None = None  # batch size after a statement_timeout split
+    lease_age: float | None = None  # seconds since its runner last renewed its lease (stale: above the lease)
 
     @property
     def remaining(self) -> int:
@@ -92,7 +96,7 @@ class ChunkStatus:
 @dataclass
 class BackfillStatus:
     backfill: str
-    state: str  # not started | planned | waiting | running | failed | done
+    state: str  # not started | planned | waiting | running | stale | failed | done
     chunks: list[ChunkStatus]
     rows_estimated: int = 0
     rows_seen: int = 0
@@ -103,6 +107,7 @@ class BackfillStatus:
     chunks_running: int = 0
     chunks_failed: int = 0
     chunks_pending: int = 0
+    chunks_stale: int = 0  # marked running, but the runner's lease ran out: its process is gone
     last_progress_at: datetime | None = None
     last_error: str | None = None
     last_error_chunk: int | None = None
@@ -132,6 +137,8 @@ def _state(chunks: list[ChunkStatus]) -> str:
         return "done"
     if "running" in statuses:
         return "running"
+    if "stale" in statuses:  # nothing runs; a chunk waits for its next attempt to take it over
+        return "stale"
     if "failed" in statuses:
         return "failed"
     if any(c.batches or c.status == "done" for c in chunks):
@@ -146,15 +153,21 @@ def _eta(remaining: int, rate: float) -> float | None:
 
 
 def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SECONDS,
-                    with_samples: bool = True) -> BackfillStatus:
-    """Everything about one backfill in one query; a backfill never planned is 'not started'."""
-    rows = conn.execute(_QUERY if with_samples else _QUERY_NO_SAMPLES, {"n": name, "w": window}).all()
+                    with_samples: bool = True, with_leases: bool = True, lease: float = LEASE_SECONDS) -> BackfillStatus:
+    """Everything about one backfill in one query; a backfill never planned is 'not started'.
+
+    A chunk marked running whose runner's lease is older than ``lease`` seconds is ``stale``:
+    no rate and no ETA come from it, and its samples leave the backfill's rate.
+    """
+    rows = conn.execute(_query(with_samples, with_leases), {"n": name, "w": window}).all()
     chunks: list[ChunkStatus] = []
     win_rows, since, last = 0, None, None
     now = None
     for r in rows:
         c = r.chunk
         now = r.now
+        if c["status"] == "running" and r.quiet is not None and float(r.quiet) > lease:
+            c["status"] = "stale"
         rate = round(rates.window_rate(r.rows, r.span), 1) if c["status"] == "running" else 0.0
         error = c.get("last_error")
         chunk = ChunkStatus(
@@ -164,10 +177,11 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             map_index=c.get("map_index"), updated_at=_ts(c.get("updated_at")), rows_per_second=rate,
             eta_seconds=None, throttle={k: v for k, v in c.items() if k.startswith("throttle") and v is not None},
             rows_still_matching=c.get("rows_still_matching") or 0, batch_rows_worked=c.get("batch_rows_worked"),
+            lease_age=round(float(r.quiet), 1) if r.quiet is not None and c["status"] in ("running", "stale") else None,
         )
         chunk.eta_seconds = _eta(chunk.remaining, rate)
         chunks.append(chunk)
-        if r.rows:
+        if r.rows and c["status"] != "stale":
             win_rows += int(r.rows)
             since = r.since if since is None else min(since, r.since)
             last = r.last if last is None else max(last, r.last)
@@ -191,10 +205,11 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
         backfill=name, state=state, chunks=chunks,
         rows_estimated=sum(c.est_rows for c in chunks), rows_seen=sum(c.rows_seen for c in chunks),
         rows_written=sum(c.rows_written for c in chunks), rows_per_second=rate,
-        # a failed backfill goes nowhere until someone clears it: no ETA from its last minute
-        eta_seconds=None if state == "failed" else _eta(remaining, rate),
+        # a failed or stale backfill goes nowhere until it runs again: no ETA from its last minute
+        eta_seconds=None if state in ("failed", "stale") else _eta(remaining, rate),
         chunks_done=sum(c.status == "done" for c in chunks), chunks_running=sum(c.status == "running" for c in chunks),
         chunks_failed=sum(c.status == "failed" for c in chunks), chunks_pending=sum(c.status == "pending" for c in chunks),
+        chunks_stale=sum(c.status == "stale" for c in chunks),
         last_progress_at=last, last_error=latest_error.last_error if latest_error else None,
         last_error_chunk=latest_error.chunk_no if latest_error else None, throttle=throttle,
         rows_still_matching=sum(c.rows_still_matching for c in chunks),
@@ -204,8 +219,9 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
 def statuses(engine: Engine, names: list[str], window: float = rates.WINDOW_SECONDS) -> dict[str, BackfillStatus]:
     """Status of several backfills on one database, over one connection."""
     with engine.connect() as conn:
-        chunks, samples = conn.execute(text("SELECT to_regclass(:c) IS NOT NULL, to_regclass(:s) IS NOT NULL"),
-                                       {"c": f"{SCHEMA}.chunks", "s": f"{SCHEMA}.samples"}).one()
+        chunks, samples, leases = conn.execute(
+            text("SELECT to_regclass(:c) IS NOT NULL, to_regclass(:s) IS NOT NULL, to_regclass(:l) IS NOT NULL"),
+            {"c": f"{SCHEMA}.chunks", "s": f"{SCHEMA}.samples", "l": f"{SCHEMA}.leases"}).one()
         if not chunks:
             return {n: BackfillStatus(n, "not started", []) for n in names}
-        return {n: backfill_status(conn, n, window, with_samples=samples) for n in names}
+        return {n: backfill_status(conn, n, window, with_samples=samples, with_leases=leases) for n in names}

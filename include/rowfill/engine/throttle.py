@@ -20,6 +20,7 @@ import logging
 import time
 from typing import Callable
 
+from rowfill.engine.disconnects import describe
 from rowfill.engine.probes import GateKeeper, LatencyProbe
 from rowfill.spec.durations import format_duration
 from rowfill.spec.gates import KINDS
@@ -189,7 +190,7 @@ class Throttle:
         try:
             self.note(self.state, seconds)
         except Exception as exc:  # noqa: BLE001 - bookkeeping must never stop a backfill
-            self.log.warning("%s: could not record throttle state: %s", self.label, exc)
+            self.log.warning("%s: could not record throttle state: %s", self.label, describe(exc))
             return
         self.recorded(seconds)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from rowfill.engine import reconnect
 from rowfill.engine.resolve import pinned_spec
 from rowfill.engine.sweep import SLICE_ROWS, matching
 from rowfill.errors import RowfillError
@@ -44,6 +45,11 @@ def _advice(spec: Spec) -> str:
 
 
 def verify_backfill(engine: Engine, spec: Spec, statement_timeout: str = "0", slice_rows: int = SLICE_ROWS) -> Verification:
+    """``_verify_backfill``, run again from the start if the connection is lost (``rowfill.engine.reconnect``): it only reads."""
+    return reconnect.call(lambda: _verify_backfill(engine, spec, statement_timeout, slice_rows), spec, "verifying")
+
+
+def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: str, slice_rows: int) -> Verification:
     """Raise VerificationFailed if a chunk is not done or a row anywhere in the table still matches ``where``.
 
     ``statement_timeout``: a PostgreSQL duration for each slice's statements ("0" = none; each

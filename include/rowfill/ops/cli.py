@@ -17,9 +17,11 @@ from rowfill.airflow.chunk_settings import max_map_length
 from rowfill.airflow.connections import engine_for
 from rowfill.airflow.observers import standard_observers
 from rowfill.airflow.pools import POOLS_FILE, pools_for
+from rowfill.engine import reconnect
 from rowfill.engine.chunk_task import run_chunk_here
 from rowfill.engine.control import ControlStore, parse_assignments, stop_reason
 from rowfill.engine.database import check_reachable
+from rowfill.engine.disconnects import describe, is_connection_error
 from rowfill.engine.dryrun import dry_run
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.report import backfill_summary, counts_still
@@ -44,8 +46,22 @@ def progress_bar(done: int, total: int, width: int = 30) -> str:
 
 def _engine(spec, args):
     engine = engine_for(spec.connection, args.db)
-    check_reachable(engine, spec.connection, spec.source)
+    check_reachable(engine, spec.connection, spec.source, spec.reconnect_for)
     return engine
+
+
+def _summary_line(engine, spec, show_still: bool, after_failure: bool = False) -> str:
+    """The closing summary line. After a failure it is read once, without waiting for the database:
+    when the failure was the database staying away, waiting again would only delay the error."""
+    read = lambda: backfill_summary(engine, spec.name).line(show_still)  # noqa: E731
+    if not after_failure:
+        return reconnect.call(read, spec, "reading the summary")
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001 - the failure above is what the user must see
+        if not is_connection_error(exc):
+            raise
+        return f"{spec.name}: summary not read, the database is unreachable ({describe(exc)})"
 
 
 def cmd_validate(args) -> int:
@@ -82,12 +98,11 @@ def cmd_status(args) -> int:
         for spec in specs:
             engine = _engine(spec, args)
             try:
-                status = statuses(engine, [spec.name])[spec.name]
-                controls[spec.name] = control = ControlStore(engine).get(spec.name)
-                if control.state != "running" and status.state not in ("done", "not started"):
+                status, control, table, problems[spec.name] = reconnect.call(
+                    lambda: _read_status(engine, spec), spec, "reading the status")
+                controls[spec.name] = control
+                if control.state != "running" and status.state not in ("done", "not started", "stale"):
                     status = dataclasses.replace(status, state=control.state)  # paused / cancelled says more than "waiting"
-                with engine.connect() as conn:  # the table planned on (schema-qualified), and whether it changed since
-                    table, problems[spec.name] = stored_table(conn, spec)
                 pairs.append((dataclasses.replace(spec, table=table), status))
             finally:
                 engine.dispose()
@@ -110,6 +125,14 @@ def cmd_status(args) -> int:
         time.sleep(args.watch)
 
 
+def _read_status(engine, spec):
+    status = statuses(engine, [spec.name])[spec.name]
+    control = ControlStore(engine).get(spec.name)
+    with engine.connect() as conn:  # the table planned on (schema-qualified), and whether it changed since
+        table, problem = stored_table(conn, spec)
+    return status, control, table, problem
+
+
 def cmd_run(args) -> int:
     """Run a whole backfill in this process, chunk after chunk, then verify it as the DAG's verify task does.
 
@@ -123,7 +146,8 @@ def cmd_run(args) -> int:
     show_still = counts_still(spec)
     try:
         chunks = plan_backfill(engine, spec, limit=max_map_length(), log=logging.getLogger("rowfill.plan"))
-        print(f"{spec.name}: {len(chunks)} chunks to run on {pinned_spec(engine, spec).table}")
+        table = reconnect.call(lambda: pinned_spec(engine, spec).table, spec, "reading the planned table")
+        print(f"{spec.name}: {len(chunks)} chunks to run on {table}")
         for chunk in chunks:
             # windows, pause and cancel apply here too; waiting happens in this process
             try:
@@ -131,20 +155,20 @@ def cmd_run(args) -> int:
                                          logger=logging.getLogger("rowfill.run"), observers=standard_observers(engine, spec))
             except ChunkFailed as exc:
                 print(f"rowfill: {exc}", file=sys.stderr)
-                print(f"{backfill_summary(engine, spec.name).line(show_still)}; FAILED: {chunk.label} failed (see above)")
+                print(f"{_summary_line(engine, spec, show_still, after_failure=True)}; FAILED: {chunk.label} failed (see above)")
                 return 1
             if outcome.kind == "cancelled":
                 print(f"{spec.name}: {outcome.reason}; stopped, cursors kept")
-                print(f"{backfill_summary(engine, spec.name).line(show_still)}; cancelled, not verified")
+                print(f"{_summary_line(engine, spec, show_still)}; cancelled, not verified")
                 return 0
         try:
             verified = verify_backfill(engine, spec)
         except VerificationFailed as exc:
             print(f"rowfill: verify failed: {exc}", file=sys.stderr)
-            print(f"{backfill_summary(engine, spec.name).line(show_still)}; verify FAILED (see above)")
+            print(f"{_summary_line(engine, spec, show_still)}; verify FAILED (see above)")
             return 1
         checked = "no row matches `where` any more" if verified.remaining is not None else "every chunk done"
-        print(f"{backfill_summary(engine, spec.name).line(show_still)}; verified: {checked}")
+        print(f"{_summary_line(engine, spec, show_still)}; verified: {checked}")
     finally:
         engine.dispose()
     return 0
@@ -155,7 +179,7 @@ def _control(args, action) -> int:
     engine = _engine(spec, args)
     try:
         store = ControlStore(engine)
-        control = action(store, spec.name, args.reason)
+        control = reconnect.call(lambda: action(store, spec.name, args.reason), spec, "changing the control state")
     finally:
         engine.dispose()
     what = {"paused": "running chunks stop at their next batch boundary and wait, without holding a worker slot, "
@@ -186,14 +210,19 @@ def cmd_set(args) -> int:
     engine = _engine(spec, args)
     try:
         store = ControlStore(engine)
-        if args.reset:
-            control = store.reset_knobs(spec.name)
-        elif args.unset:
-            control = store.unset_knobs(spec.name, args.unset)
-        else:
-            control = store.get(spec.name)
-        if knobs:
-            control = store.set_knobs(spec.name, knobs, note=f"set with `rowfill set`: {' '.join(args.knobs)}")
+
+        def change():
+            if args.reset:
+                control = store.reset_knobs(spec.name)
+            elif args.unset:
+                control = store.unset_knobs(spec.name, args.unset)
+            else:
+                control = store.get(spec.name)
+            if knobs:
+                control = store.set_knobs(spec.name, knobs, note=f"set with `rowfill set`: {' '.join(args.knobs)}")
+            return control
+
+        control = reconnect.call(change, spec, "changing live knobs")
     finally:
         engine.dispose()
     shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted((control.knobs or {}).items())) or "none (the spec's values apply)"
@@ -206,7 +235,7 @@ def cmd_plan(args) -> int:
     spec = find_spec(args.name, args.specs_dir)
     engine = _engine(spec, args)
     try:
-        report = dry_run(engine, spec, limit=max_map_length())
+        report = reconnect.call(lambda: dry_run(engine, spec, limit=max_map_length()), spec, "the dry run")  # rolled back: safe to redo
     finally:
         engine.dispose()
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.render())
@@ -244,8 +273,9 @@ def cmd_reset(args) -> int:
         return 2
     engine = _engine(spec, args)
     try:
-        removed = CheckpointStore(engine).reset(spec.name)
-        removed += CheckpointStore(engine).reset(f"{spec.name}.rollback")  # an abandoned rollback too
+        store = CheckpointStore(engine)
+        # an abandoned rollback too
+        removed = reconnect.call(lambda: store.reset(spec.name) + store.reset(f"{spec.name}.rollback"), spec, "resetting")
     finally:
         engine.dispose()
     print(f"{spec.name}: {'progress forgotten' if removed else 'nothing to reset'}")
@@ -317,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except RowfillError as exc:
         print(f"rowfill: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a lost connection where no retry applies: advice, not a traceback
+        if not is_connection_error(exc):
+            raise
+        print(f"rowfill: lost the connection to the database: {describe(exc)}. Nothing committed is lost; run the "
+              "command again once the server is back (a backfill resumes from its checkpoints).", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -9,7 +9,7 @@ from rowfill.engine.report import counts_still, still_text
 from rowfill.engine.status import BackfillStatus
 from rowfill.spec.durations import format_duration
 
-_MARK = {"done": "done", "running": "run ", "pending": "wait", "failed": "FAIL"}
+_MARK = {"done": "done", "running": "run ", "pending": "wait", "failed": "FAIL", "stale": "STALE"}
 
 
 def progress_bar(share: float, width: int = 30) -> str:
@@ -21,6 +21,8 @@ def progress_bar(share: float, width: int = 30) -> str:
 def _eta(seconds: float | None, state: str) -> str:
     if state == "done":
         return "finished"
+    if state == "stale":  # nothing runs: no time to finish can be told
+        return "no ETA"
     if seconds is None:
         return "ETA unknown"
     return f"ETA {format_duration(seconds)}"
@@ -30,6 +32,15 @@ def _throttle(values: dict) -> str:
     return ", ".join(f"{k.removeprefix('throttle_').replace('_', ' ') or k}: {v}" for k, v in values.items())
 
 
+def _stale_text(chunks) -> str:
+    """Chunks marked running whose runner is gone: who held them, and what happens next."""
+    held = "; ".join(f"chunk {c.chunk_no} by {c.worker or 'an unknown worker'}, last heard "
+                     f"{format_duration(c.lease_age) if c.lease_age is not None else '?'} ago" for c in chunks[:5])
+    more = f" and {len(chunks) - 5} more" if len(chunks) > 5 else ""
+    return (f"{held}{more}: the runner's lease ran out (its process is gone); the next attempt (an Airflow retry, "
+            "a cleared task or `rowfill run`) takes it over from its checkpoint")
+
+
 def render_backfill(spec, s: BackfillStatus, show_chunks: bool = False, width: int = 30) -> list[str]:
     if s.state == "not started":
         return [f"{spec.name:24} not started (no plan in the checkpoint store yet)"]
@@ -37,9 +48,13 @@ def render_backfill(spec, s: BackfillStatus, show_chunks: bool = False, width: i
         f"{spec.name:24} {progress_bar(s.share, width)}  {s.rows_seen:,} of ~{s.rows_estimated:,} rows  "
         f"{s.rows_per_second:,.0f} rows/s  {_eta(s.eta_seconds, s.state)}  {s.state}",
         f"{'':24} chunks: {s.chunks_done}/{len(s.chunks)} done, {s.chunks_running} running, "
-        f"{s.chunks_pending} waiting, {s.chunks_failed} failed; {s.rows_written:,} rows written"
+        + (f"{s.chunks_stale} stale, " if s.chunks_stale else "")
+        + f"{s.chunks_pending} waiting, {s.chunks_failed} failed; {s.rows_written:,} rows written"
         f"{still_text(s.rows_still_matching, counts_still(spec))}",
     ]
+    if s.chunks_stale:
+        stale = [c for c in s.chunks if c.status == "stale"]
+        lines.append(f"{'':24} stale: {_stale_text(stale)}")
     if s.throttle:
         lines.append(f"{'':24} throttle: {_throttle(s.throttle)}")
     if s.last_error:
@@ -55,6 +70,8 @@ def render_backfill(spec, s: BackfillStatus, show_chunks: bool = False, width: i
                 line += f"  {c.rows_per_second:,.0f} rows/s, {_eta(c.eta_seconds, c.status)}"
                 if c.throttle:
                     line += f"  [{_throttle(c.throttle)}]"
+            if c.status == "stale":
+                line += f"  stale: {_stale_text([c])}"
             if c.status == "failed" and c.last_error:
                 line += f"  error: {c.last_error.splitlines()[0][:200]}"
             lines.append(line)

@@ -60,6 +60,8 @@ FIELDS: dict[str, Bound] = {
                                "largest timeout is 2147483647ms"),
     "retry_delay": _RETRY,
     "max_retry_delay": _RETRY,
+    "reconnect_for": Bound(DAY, "24h", "a database away for longer than a day needs a person, not a runner that waits; "
+                                       "the chunk resumes from its checkpoint when run again"),
     "progress_every": Bound(DAY, "24h", "the cadence of the progress line in the task log"),
     "target_batch_time": Bound(HOUR, "1h", "a batch holds its row locks this long; beyond an hour it is no throttle"),
     "stall_after": Bound(7 * DAY, "168h (7 days)", "no progress for a week is a stall long past reporting"),

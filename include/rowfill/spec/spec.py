@@ -33,6 +33,7 @@ from rowfill.sql.sqlnames import BadIdentifier, TableName, parse_identifier, quo
 from rowfill.sql.sqltext import read_spec_sql
 
 DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"  # include/specs
+DEFAULT_RECONNECT_FOR = 180.0  # seconds: a restart, a failover or a minor upgrade is over well within 3 minutes
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,199}")
 _CONN_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _CALLABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
@@ -65,6 +66,9 @@ class Spec:
     retry_delay: float = 30.0
     max_retry_delay: float = 600.0
     batch_retries: int = 5
+    # how long to keep reconnecting after a lost connection (a restart, a failover) before failing;
+    # see rowfill.engine.reconnect
+    reconnect_for: float = DEFAULT_RECONNECT_FOR
     progress_every: float = 10.0
     tags: tuple[str, ...] = ()
     planning: str = "auto"
@@ -167,6 +171,7 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "retry_delay": ("duration", False),
     "max_retry_delay": ("duration", False),
     "batch_retries": ("count", False),
+    "reconnect_for": ("duration", False),
     "progress_every": ("duration", False),
     "tags": ("tags", False),
     "planning": ("planning", False),
@@ -200,6 +205,14 @@ def _column_names(value, expected: str, twice: str) -> tuple:
     if len(set(names)) != len(names):
         raise ValueError(twice)
     return names
+
+
+def _yaml_read(value: Any) -> str:
+    """Why an unquoted value is not text: what YAML read it as (``0`` a number, ``2024-01-01`` a date)."""
+    if value is None or isinstance(value, (dict, list)) or (isinstance(value, str)):
+        return ""
+    return (f"; YAML read it as the {type(value).__name__} {value!r}: quote the SQL, e.g. \"0\", \"true\" or "
+            "\"DATE '2024-01-01'\"")
 
 
 def _check(kind: str, value: Any, field: str = "") -> Any:
@@ -245,7 +258,7 @@ def _check(kind: str, value: Any, field: str = "") -> Any:
         for col, expr in value.items():
             name = parse_identifier(col) if isinstance(col, str) else parse_identifier("")
             if not isinstance(expr, str) or not expr.strip():
-                raise ValueError(f"column {col!r}: expected an SQL expression as text")
+                raise ValueError(f"column {col!r}: expected an SQL expression as text{_yaml_read(expr)}")
             if name in out:
                 raise ValueError(f"column {col!r} is the column {name!r} again (plain names are case-folded); give each column once")
             out[name] = expr.strip()
@@ -330,7 +343,7 @@ def _check_select(value: Any) -> dict[str, str]:
         for col, expr in value.items():
             name = parse_identifier(col) if isinstance(col, str) else parse_identifier("")
             if not isinstance(expr, str) or not expr.strip():
-                raise ValueError(f"{col!r}: expected an SQL expression as text")
+                raise ValueError(f"{col!r}: expected an SQL expression as text{_yaml_read(expr)}")
             if name in out:
                 raise ValueError(f"{col!r} is the name {name!r} again; give each name once")
             out[name] = expr.strip()

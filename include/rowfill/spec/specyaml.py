@@ -5,6 +5,8 @@
 - **Times stay text**: YAML 1.1 reads an unquoted ``22:30`` as the base-60 number 1350 (and
   ``1:30:00`` as 5400); YAML 1.2 dropped that, and so does this reader, so ``start: 22:30`` and
   ``pause: 1:30`` reach the spec checks as written.
+- **Leading zeros are decimal**: YAML 1.1 reads ``010000`` as the octal number 4096; YAML 1.2
+  (and everyone else) reads it as 10000, and so does this reader.
 
 Booleans stay as YAML 1.1 reads them (``off``/``no``/``false`` and ``on``/``yes``/``true`` unquoted
 are booleans): the fields that accept ``off`` read false as off (``rowfill.spec.spec``).
@@ -75,17 +77,29 @@ SpecLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-# YAML 1.1's int and float forms without the base-60 (sexagesimal) ones
+# YAML 1.1's int and float forms without the base-60 (sexagesimal) and leading-zero octal ones:
+# `chunk_rows: 010000` is ten thousand, as YAML 1.2 and people read it, not 4096
 SpecLoader.add_implicit_resolver(
     _INT, re.compile(r"""^(?:[-+]?0b[0-1_]+
-                         |[-+]?0[0-7_]+
-                         |[-+]?(?:0|[1-9][0-9_]*)
+                         |[-+]?[0-9][0-9_]*
                          |[-+]?0x[0-9a-fA-F_]+)$""", re.X), list("-+0123456789"))
 SpecLoader.add_implicit_resolver(
     _FLOAT, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
                            |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
                            |[-+]?\.(?:inf|Inf|INF)
                            |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
+def _construct_int(loader: SpecLoader, node):
+    """PyYAML's int, except that digits with leading zeros are decimal (YAML 1.2), not octal."""
+    value = loader.construct_scalar(node).replace("_", "")
+    digits = value.lstrip("+-")
+    if digits.isdigit():
+        return -int(digits) if value.startswith("-") else int(digits)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+SpecLoader.add_constructor(_INT, _construct_int)
 
 
 def load(text: str):

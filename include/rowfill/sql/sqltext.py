@@ -201,14 +201,34 @@ def _pieces(toks: list[_Tok], text: str, allowed: Iterable[str], field: str) -> 
 
     ``?`` stays text (the jsonb operator), and so does ``:2`` (a slice bound, ``arr[:2]``); any
     other placeholder form (``%s``, ``%(x)s``, ``$1``) would be a parameter rowfill never binds.
+    Inside brackets, ``:name`` right after ``[`` or after an operand is an array slice's upper
+    bound, as PostgreSQL reads it (``arr[lo :hi]``, ``arr[:hi]`` slice up to the column ``hi``;
+    PostgreSQL docs, 8.15.3 "Accessing Arrays"): never a bind, which would slice at the batch's key.
     """
     allowed = set(allowed)
     pieces: list = []
+    opened: list[str] = []  # '(', '[' (a subscript) and 'ARRAY[' open at this token
+    previous = None  # the previous token that is neither whitespace nor comment
     for tok in toks:
         placeholder = tok.ttype in T.Name.Placeholder and tok.value != "?"
         colon = tok.value.startswith(":")
+        slice_bound = placeholder and colon and bool(opened) and opened[-1] == "[" and previous is not None \
+            and (previous.value in ("[", ")", "]") or _operand(previous))
+        if tok.ttype in T.Punctuation and tok.value == "[":
+            # a subscript follows an operand; ARRAY[...] and its nested [...] are constructors
+            subscript = previous is not None and previous.value.upper() != "ARRAY" \
+                and (previous.value in (")", "]") or _operand(previous))
+            opened.append("[" if subscript else "ARRAY[")
+        elif tok.ttype in T.Punctuation and tok.value == "(":
+            opened.append("(")
+        elif tok.ttype in T.Punctuation and tok.value in (")", "]") and opened:
+            opened.pop()
+        if tok.ttype not in T.Comment and tok.ttype not in T.Whitespace:
+            previous = tok
         if tok.ttype in T.Comment:
             pieces.append(" ")
+        elif slice_bound:
+            pieces.append(tok.value)
         elif placeholder and colon and not tok.value[1:].isdigit():
             if tok.value[1:] not in allowed:
                 raise SqlTextError(_bind_problem(tok.value[1:], allowed, field))
@@ -224,6 +244,13 @@ def _pieces(toks: list[_Tok], text: str, allowed: Iterable[str], field: str) -> 
         else:
             merged.append(piece)
     return tuple(merged)
+
+
+def _operand(tok: _Tok) -> bool:
+    """Does ``tok`` end an operand (a name, number, string, quoted name), after which a ':' can only be a slice's?"""
+    if tok.ttype in T.Name.Placeholder:
+        return False
+    return (tok.ttype in T.Name and tok.ttype not in T.Keyword) or tok.ttype in T.Literal or tok.ttype in T.String
 
 
 def _bind_problem(name: str, allowed: set[str], field: str) -> str:

@@ -71,6 +71,15 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.samples (
 );
 -- added for non-integer keys: the chunk's first key, so labels read "id a1b2..f00d" (NULL on older plans)
 ALTER TABLE {SCHEMA}.chunks ADD COLUMN IF NOT EXISTS first_key jsonb;
+-- The lease of a running chunk's runner (see rowfill.engine.lease): renewed by a heartbeat; a running chunk
+-- whose lease ran out is stale (its process is gone). A table of its own: a batch holds its chunk row.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.leases (
+    backfill     text NOT NULL,
+    chunk_no     integer NOT NULL,
+    worker       text NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    PRIMARY KEY (backfill, chunk_no)
+);
 """
 
 # Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves existing installs'
