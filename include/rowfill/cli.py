@@ -21,7 +21,7 @@ from rowfill.plan import plan_backfill
 from rowfill.resolve import pinned_spec, stored_table
 from rowfill.observers import standard_observers
 from rowfill.pools import POOLS_FILE, pools_for
-from rowfill.report import backfill_summary, counts_still
+from rowfill.report import backfill_summary
 from rowfill.runner import ChunkRunner
 from rowfill.chunk_task import run_chunk_here
 from rowfill.spec import find_spec, load_specs
@@ -113,11 +113,10 @@ def cmd_run(args) -> int:
     Exit status: 0 when every chunk is done and verify finds no row still matching ``where``
     (or the backfill was cancelled: nothing failed, nothing verified, as in the DAG); 1 when a
     chunk fails or verify does, with the rows that still match printed. The last line always
-    says how many rows were written and how many of them still match ``where`` after their write.
+    says how many rows were written and, once verified, how many rows still match ``where``.
     """
     spec = find_spec(args.name, args.specs_dir)
     engine = _engine(spec, args)
-    show_still = counts_still(spec)
     try:
         chunks = plan_backfill(engine, spec, log=logging.getLogger("rowfill.plan"))
         print(f"{spec.name}: {len(chunks)} chunks to run on {pinned_spec(engine, spec).table}")
@@ -128,20 +127,20 @@ def cmd_run(args) -> int:
                                          logger=logging.getLogger("rowfill.run"), observers=standard_observers(engine, spec))
             except ChunkFailed as exc:
                 print(f"rowfill: {exc}", file=sys.stderr)
-                print(f"{backfill_summary(engine, spec.name).line(show_still)}; FAILED: {chunk.label} failed (see above)")
+                print(f"{backfill_summary(engine, spec.name).line()}; FAILED: {chunk.label} failed (see above)")
                 return 1
             if outcome.kind == "cancelled":
                 print(f"{spec.name}: {outcome.reason}; stopped, cursors kept")
-                print(f"{backfill_summary(engine, spec.name).line(show_still)}; cancelled, not verified")
+                print(f"{backfill_summary(engine, spec.name).line()}; cancelled, not verified")
                 return 0
         try:
             verified = verify_backfill(engine, spec)
         except VerificationFailed as exc:
             print(f"rowfill: verify failed: {exc}", file=sys.stderr)
-            print(f"{backfill_summary(engine, spec.name).line(show_still)}; verify FAILED (see above)")
+            print(f"{backfill_summary(engine, spec.name).line()}; verify FAILED (see above)")
             return 1
         checked = "no row matches `where` any more" if verified.remaining is not None else "every chunk done"
-        print(f"{backfill_summary(engine, spec.name).line(show_still)}; verified: {checked}")
+        print(f"{backfill_summary(engine, spec.name).line()}; verified: {checked}")
     finally:
         engine.dispose()
     return 0
