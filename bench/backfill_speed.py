@@ -293,7 +293,7 @@ class PhaseTimer:
     def instrument(self, runner: ChunkRunner) -> None:
         self.wrap(runner.store, "lock_position", "lock_position")
         self.wrap(runner.writer, "batch_end", "boundary")
-        # the runner writes through write_counts (rows written and still matching) where the writer has it
+        # the runner writes through apply (main before issue 10 item 5 had write_counts, counting rows still matching)
         self.wrap(runner.writer, "write_counts" if hasattr(runner.writer, "write_counts") else "apply", "update")
         self.wrap(runner.store, "advance", "advance")
         original = runner._batch

@@ -68,6 +68,7 @@ MOVES: dict[str, str] = {
     "reconnect": "rowfill.engine.reconnect",
     "lease": "rowfill.engine.lease",
     "readtypes": "rowfill.engine.readtypes",
+    "rowlocks": "rowfill.engine.rowlocks",
     # airflow: the only layer importing Airflow
     "factory": "rowfill.airflow.factory",
     "rollback_dag": "rowfill.airflow.rollback_dag",

@@ -57,6 +57,11 @@ def test_a_chunk_run_emits_rows_durations_and_throttle_waits(engine, tmp_path, s
     assert all(w >= 45 for w in waits), waits  # the 50 ms pause, seen from outside the throttle
 
 
+def scalar_on(engine, sql: str):
+    with engine.connect() as conn:
+        return conn.execute(text(sql)).scalar()
+
+
 @pytest.fixture(scope="module")
 def primary_with_paused_replica():
     """A primary and a real streaming replica (pg_basebackup) whose replay is paused, so it falls behind."""
@@ -73,6 +78,14 @@ def primary_with_paused_replica():
     try:
         with engine_from_url(replica.url).execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
             conn.execute(text("SELECT pg_wal_replay_pause()"))
+        # the replica's WAL receiver connects on its own time (slower on a busy machine): until the
+        # primary lists it as streaming there is no replica to measure, and early batches send no gauge
+        primary_engine = engine_from_url(primary.url)
+        try:
+            wait_until(lambda: scalar_on(primary_engine, "SELECT count(*) FROM pg_stat_replication "
+                                                         "WHERE state = 'streaming'") == 1, timeout=60)
+        finally:
+            primary_engine.dispose()
         yield primary
     finally:
         replica.stop("immediate")

@@ -1,7 +1,7 @@
 """Honest outcomes (issue 9, kind 4): `rowfill run` ends with the same verify as the DAG and exits
-non-zero when it fails, printing the rows that still match; every batch counts the rows it wrote
-apart from the rows whose new values still match `where`, and the summary, `rowfill status` and
-the run's last line show both."""
+non-zero when it fails, printing the rows that still match; verify's count of rows still matching
+`where` is kept on the backfill's row, and the summary, `rowfill status` and the run's last line
+show it beside the rows written, so "written" never passes for "done"."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from helpers import make_users, spec_for
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.report import backfill_summary
 from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.verify import VerificationFailed, verify_backfill
 from rowfill.ops.cli import main
 from rowfill.store.checkpoint import CheckpointStore
 
@@ -43,21 +44,23 @@ def test_rowfill_run_verifies_and_exits_non_zero_naming_the_rows_that_still_matc
     out, err = capsys.readouterr()
     assert "verify failed" in err and "2 rows" in err and "id 2, 4" in err  # the rows that still match, by key
     last = out.strip().splitlines()[-1]
-    assert last.startswith("people_full_name: 5 of ~5 rows walked, 5 written (2 still matching `where` after their write)")
+    assert last.startswith("people_full_name: 5 of ~5 rows walked, 5 written (verify: 2 rows still match `where`)")
     assert last.endswith("verify FAILED (see above)")
-    # every row was written once; the two whose new value is NULL are counted where they were written
+    # every row was written once; the two whose new value is NULL still match, as verify says
     assert rows(engine, "SELECT id, full_name FROM people ORDER BY id") == [
         (1, "Ada Byron"), (2, None), (3, "Alan Kay"), (4, None), (5, "Grace Hopper")]
     chunks = CheckpointStore(engine).chunks(spec.name)
-    assert [(c.status, c.rows_written, c.rows_still_matching) for c in chunks] == [("done", 3, 1), ("done", 2, 1)]
-    assert backfill_summary(engine, spec.name).to_dict()["rows_still_matching"] == 2
+    assert [(c.status, c.rows_written) for c in chunks] == [("done", 3), ("done", 2)]
+    summary = backfill_summary(engine, spec.name).to_dict()
+    assert summary["rows_still_matching"] == 2 and summary["verified_at"]
 
     # fixed by hand, the next run has nothing to write and verifies
     with engine.begin() as conn:
         conn.execute(text("UPDATE people SET full_name = first_name WHERE full_name IS NULL"))
     assert cli(db_url, spec, "run", "people_full_name") == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.endswith("verified: no row matches `where` any more")
+    assert "(verify: 0 rows still match `where`)" in last and last.endswith("verified: no row matches `where` any more")
+    assert backfill_summary(engine, spec.name).rows_still_matching == 0
 
 
 def test_a_run_that_verifies_exits_zero_and_shows_both_counts(engine, db_url, tmp_path, capsys):
@@ -65,8 +68,8 @@ def test_a_run_that_verifies_exits_zero_and_shows_both_counts(engine, db_url, tm
     spec = spec_for(tmp_path, chunk_rows=500, batch_rows=100)
     assert cli(db_url, spec, "run", "users_full_name") == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("users_full_name: 1,200 of ~1,200 rows walked, 1,200 written (0 still matching `where` "
-                           "after their write), 3/3 chunks done")
+    assert last.startswith("users_full_name: 1,200 of ~1,200 rows walked, 1,200 written (verify: 0 rows still match "
+                           "`where`), 3/3 chunks done")
     assert last.endswith("verified: no row matches `where` any more")
     assert rows(engine, "SELECT count(*) FROM users WHERE full_name IS DISTINCT FROM first_name || ' ' || last_name") == [(0,)]
 
@@ -100,7 +103,7 @@ def full_name(rows):
 
 
 @pytest.mark.parametrize("mode", ["set", "set with undo", "transform", "transform with undo"])
-def test_rows_still_matching_where_are_counted_per_batch(engine, db_url, tmp_path, monkeypatch, capsys, mode):
+def test_rows_still_matching_where_are_counted_by_verify_and_shown(engine, db_url, tmp_path, monkeypatch, capsys, mode):
     make_users(engine, 1_000)
     with engine.begin() as conn:  # every 7th user has no last name: the new full name is NULL and still matches
         conn.execute(text("ALTER TABLE users ALTER COLUMN last_name DROP NOT NULL"))
@@ -112,10 +115,10 @@ def test_rows_still_matching_where_are_counted_per_batch(engine, db_url, tmp_pat
     spec = spec_for(tmp_path, chunk_rows=400, batch_rows=64, **fields)
     for chunk in plan_backfill(engine, spec):
         ChunkRunner(engine, spec).run(chunk.chunk_no)
+    assert backfill_summary(engine, spec.name).rows_still_matching is None  # not verified yet: nothing claimed
+    with pytest.raises(VerificationFailed, match="142 rows"):
+        verify_backfill(engine, spec)
     chunks = CheckpointStore(engine).chunks(spec.name)
-    # the lowest chunk starts from the start of the key space (lo None), the table from id 1
-    expected = [sum(1 for i in range((c.lo or 0) + 1, c.hi + 1) if i % 7 == 0) for c in chunks]
-    assert [c.rows_still_matching for c in chunks] == expected and sum(expected) == 142
     assert [c.rows_written for c in chunks] == [400, 400, 200]
     assert rows(engine, "SELECT count(*) FROM users WHERE full_name IS NULL") == [(142,)]
     assert rows(engine, "SELECT count(*) FROM users WHERE full_name <> first_name || ' ' || last_name") == [(0,)]
@@ -123,20 +126,28 @@ def test_rows_still_matching_where_are_counted_per_batch(engine, db_url, tmp_pat
         assert rows(engine, "SELECT count(*) FROM rowfill.undo_users_full_name") == [(1_000,)]
 
     assert cli(db_url, spec, "status") == 0
-    assert "1,000 rows written (142 still matching `where` after their write)" in capsys.readouterr().out
-    assert cli(db_url, spec, "status", "--json", "--chunks") == 0
+    assert "1,000 rows written (verify: 142 rows still match `where`)" in capsys.readouterr().out
+    assert cli(db_url, spec, "status", "--json") == 0
     [data] = json.loads(capsys.readouterr().out)
-    assert data["rows_still_matching"] == 142 and [c["rows_still_matching"] for c in data["chunks"]] == expected
-    assert "142 still matching" in backfill_summary(engine, spec.name).line()
+    assert data["rows_still_matching"] == 142 and data["verified_at"]
+    assert "(verify: 142 rows still match `where`)" in backfill_summary(engine, spec.name).line()
+
+    # fixed by hand, the next verify finds none and says so everywhere
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE users SET full_name = first_name WHERE full_name IS NULL"))
+    assert verify_backfill(engine, spec).remaining == 0
+    assert backfill_summary(engine, spec.name).rows_still_matching == 0
 
 
-def test_sql_mode_status_does_not_claim_a_count_it_cannot_know(engine, db_url, tmp_path, capsys):
+def test_sql_mode_shows_what_verify_found(engine, db_url, tmp_path, capsys):
     make_users(engine, 300)
     spec = spec_for(tmp_path, set=None, chunk_rows=300,
                     sql="UPDATE users SET full_name = first_name WHERE id > :lo AND id <= :hi AND full_name IS NULL")
     assert cli(db_url, spec, "run", "users_full_name") == 0
-    out = capsys.readouterr().out
-    assert "still matching" not in out and out.strip().splitlines()[-1].endswith("verified: no row matches `where` any more")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "300 written (verify: 0 rows still match `where`)" in last
+    assert last.endswith("verified: no row matches `where` any more")
+    assert rows(engine, "SELECT count(*) FROM users WHERE full_name = first_name") == [(300,)]
 
 
 def test_existing_checkpoint_tables_get_the_outcome_columns(engine):
@@ -149,4 +160,6 @@ def test_existing_checkpoint_tables_get_the_outcome_columns(engine):
                           "VALUES ('old', 1, '0', '10', 10, 10)"))
     CheckpointStore(engine).ensure_schema()
     [row] = CheckpointStore(engine).chunks("old")
-    assert (row.rows_written, row.rows_still_matching, row.batch_rows_worked) == (10, 0, None)
+    assert (row.rows_written, row.batch_rows_worked) == (10, None)
+    assert CheckpointStore(engine).verified("old") == (None, None)
+    assert rows(engine, "SELECT to_regclass('rowfill.skipped_rows') IS NOT NULL") == [(True,)]

@@ -4,6 +4,7 @@ applies nothing twice."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -156,57 +157,68 @@ class RowLock:
         self.conn.close()
 
 
-def test_a_held_row_lock_makes_the_chunk_fail_fast_not_hang(engine, tmp_path):
+def test_a_row_held_past_locked_rows_wait_fails_the_chunk_naming_it_after_writing_the_rest(engine, tmp_path):
     make_users(engine, 1_000)
-    spec = spec_for(tmp_path, chunk_rows=1000, batch_rows=100, lock_timeout="200ms", batch_retries=2)
+    spec = spec_for(tmp_path, chunk_rows=1000, batch_rows=100, lock_timeout="200ms", locked_rows_wait="1s")
     [chunk] = plan_backfill(engine, spec)
     lock = RowLock(engine, 550)  # in the sixth batch (501..600)
     try:
-        started = time.monotonic()
         with pytest.raises(ChunkFailed) as caught:
             ChunkRunner(engine, spec).run(chunk.chunk_no)
-        elapsed = time.monotonic() - started
+        # every other row is written, the held one is not, and it is kept to come back to
+        assert scalar(engine, "SELECT count(*) FROM users WHERE full_name IS NOT NULL") == 999
+        assert scalar(engine, "SELECT count(*) FROM users WHERE id = 550 AND full_name IS NULL") == 1
+        assert scalar(engine, "SELECT string_agg(key::text, ',') FROM rowfill.skipped_rows") == "550"
     finally:
         lock.release()
-
-    assert elapsed < 5, f"the chunk waited {elapsed:.1f} s behind a row lock"
-    assert elapsed > 0.2 * 3 + 0.5 + 1.0 - 0.1  # three lock waits and two backoffs: it did retry
     message = str(caught.value)
-    assert "lock timeout" in message and "id 500" in message and "resumes from the checkpoint" in message
+    assert "stayed locked by other sessions for longer than locked_rows_wait (1.0 s): id 550" in message
+    assert "`locked_rows_wait`" in message and spec.source in message
 
     row = CheckpointStore(engine).chunk(spec.name, chunk.chunk_no)
-    assert row.status == "failed"
-    assert "lock timeout" in row.last_error
-    assert (row.cursor, row.rows_written, row.batches) == (500, 500, 5)
-    assert scalar(engine, "SELECT count(*) FROM users WHERE full_name IS NOT NULL") == 500
-    assert scalar(engine, "SELECT max(id) FROM users WHERE full_name IS NOT NULL") == 500
+    assert (row.status, row.cursor, row.rows_written, row.batches) == ("failed", 1000, 999, 10)
+    assert "id 550" in row.last_error
 
-    # with the lock gone, the retry picks up at the cursor and finishes
+    # with the lock gone, the retry writes the kept row and finishes
     again = ChunkRunner(engine, spec).run(chunk.chunk_no)
-    assert (again.status, again.batches, again.rows_written) == ("done", 5, 500)
+    assert (again.status, again.batches, again.rows_written) == ("done", 0, 1)
     assert scalar(engine, "SELECT count(*) FROM users WHERE full_name IS NULL") == 0
+    assert scalar(engine, "SELECT count(*) FROM rowfill.skipped_rows") == 0
     row = CheckpointStore(engine).chunk(spec.name, chunk.chunk_no)
-    assert (row.status, row.last_error, row.attempts) == ("done", None, 2)
+    assert (row.status, row.last_error, row.attempts, row.rows_written) == ("done", None, 2, 1000)
 
 
-def test_a_lock_released_during_the_retries_lets_the_chunk_finish(engine, tmp_path):
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_a_lock_released_while_the_chunk_comes_back_to_it_lets_the_chunk_finish(engine, tmp_path):
     make_users(engine, 1_000)
     spec = spec_for(tmp_path, chunk_rows=1000, batch_rows=100, lock_timeout="200ms", batch_retries=2)
     [chunk] = plan_backfill(engine, spec)
     lock = RowLock(engine, 550)
     releaser = threading.Timer(0.5, lock.release)
     releaser.start()
-    throttle = Throttle.for_spec(spec)
+    logger, lines = logging.getLogger("test.runner.lock_released"), Lines()
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
-        result = ChunkRunner(engine, spec, throttle=throttle).run(chunk.chunk_no)
+        result = ChunkRunner(engine, spec, logger=logger).run(chunk.chunk_no)
     finally:
         releaser.join()
         lock.release()
     assert (result.status, result.batches, result.rows_written) == ("done", 10, 1_000)
-    assert throttle.slept >= 0.5  # at least one backoff: the batch did meet the lock
+    # the batch met the lock, went around it, and came back to the row once it was free
+    assert any("1 skipped rows written now that they are free" in line for line in lines.lines)
     assert scalar(engine, "SELECT count(*) FROM users WHERE full_name IS NULL") == 0
     row = CheckpointStore(engine).chunk(spec.name, chunk.chunk_no)
-    assert (row.status, row.last_error, row.attempts) == ("done", None, 1)
+    assert (row.status, row.last_error, row.attempts, row.rows_written) == ("done", None, 1, 1_000)
 
 
 # -- exactly once ------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ class Narrowing:
         savepoint = self.conn.begin_nested()
         try:
             writer.batch_first = first
-            writer.write_counts(self.conn, lo, hi)
+            writer.apply(self.conn, lo, hi)
         except DBAPIError as exc:
             savepoint.rollback()
             if is_data_error(exc):
@@ -226,7 +226,7 @@ def narrow(engine: Engine, spec: Spec, writer, timeouts, lo, hi, error: DBAPIErr
             try:
                 if index:  # the rows before it, as the batch wrote them (a duplicate among them, say)
                     writer.batch_first = keys[0]
-                    writer.write_counts(conn, lo, before)
+                    writer.apply(conn, lo, before)
                 field = n.field(before, culprit, row_error)
             finally:
                 savepoint.rollback()

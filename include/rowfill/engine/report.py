@@ -24,37 +24,37 @@ class Summary:
     rows_per_second: float
     eta_seconds: float | None
     throttled_seconds: float = 0.0  # summed over chunks: paused, waiting on gates, backing off
-    rows_still_matching: int = 0  # of rows_written: rows whose new values still match `where`
+    # rows of the whole table still matching `where` at the last verify (None: not verified yet,
+    # or no `where` to check); see rowfill.engine.verify
+    rows_still_matching: int | None = None
+    verified_at: str | None = None  # ISO time of that verify
     chunks_stale: int = 0  # marked running, but the runner's lease ran out (rowfill.engine.lease): its process is gone
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def line(self, show_still: bool = False) -> str:
-        """One line for people; the rows still matching `where` appear when there are any, or when ``show_still``."""
+    def line(self) -> str:
+        """One line for people; what the last verify found, when there was one."""
         return (f"{self.backfill}: {self.rows_seen:,} of ~{self.rows_estimated:,} rows walked, "
-                f"{self.rows_written:,} written{still_text(self.rows_still_matching, show_still)}, "
+                f"{self.rows_written:,} written{still_text(self.rows_still_matching)}, "
                 f"{self.chunks_done}/{self.chunks} chunks done, "
                 + (f"{self.chunks_stale} stale (runner gone; the next attempt takes over), " if self.chunks_stale else "")
                 + f"{self.seconds:,.1f} s, {self.rows_per_second:,.0f} rows/s")
 
 
-def counts_still(spec) -> bool:
-    """Whether the spec's writes count rows still matching `where` (set and transform with a `where`)."""
-    return bool(spec.where) and spec.mode in ("set", "transform")
-
-
-def still_text(count: int, show: bool = False) -> str:
-    """`` (12 still matching `where` after their write)``: rows written that verify will find again."""
-    if not count and not show:
+def still_text(count: int | None) -> str:
+    """`` (verify: 12 rows still match `where`)``, or nothing before a verify (or without `where`)."""
+    if count is None:
         return ""
-    return f" ({count:,} still matching `where` after their write)"
+    return f" (verify: {count:,} rows still match `where`)"
 
 
-def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None, stale: frozenset[int] = frozenset()) -> Summary:
+def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None,
+              verified: tuple = (None, None), stale: frozenset[int] = frozenset()) -> Summary:
     """Totals over all chunks; duration and rate over the chunks of ``run_id`` when given.
 
-    ``stale``: chunks whose runner's lease ran out; while any is stale, no ETA is given (nothing runs them).
+    ``verified``: (rows still matching `where`, when) from the last verify; ``stale``: chunks whose
+    runner's lease ran out; while any is stale, no ETA is given (nothing runs them).
     """
     timed = [c for c in chunks if c.started_at and (run_id is None or c.run_id == run_id)]
     seconds = 0.0
@@ -78,10 +78,12 @@ def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None, stal
         rows_per_second=round(rate, 1),
         eta_seconds=None if stale else eta_seconds(seen, total, rate),
         throttled_seconds=round(sum(c.throttled_seconds for c in timed), 1),
-        rows_still_matching=sum(c.rows_still_matching for c in chunks),
+        rows_still_matching=verified[0],
+        verified_at=verified[1].isoformat() if verified[1] else None,
         chunks_stale=len(stale),
     )
 
 
 def backfill_summary(engine: Engine, name: str, run_id: str | None = None) -> Summary:
-    return summarize(name, CheckpointStore(engine).chunks(name), run_id, frozenset(stale_chunks(engine, name)))
+    store = CheckpointStore(engine)
+    return summarize(name, store.chunks(name), run_id, store.verified(name), frozenset(stale_chunks(engine, name)))

@@ -5,14 +5,18 @@ Per batch, one short transaction:
   2. lock this chunk's checkpoint row and read its cursor (a second runner of the same chunk waits
      here and then continues *after* what the first one committed);
   3. find the batch's upper key with an index-only range scan of ``batch_rows`` keys;
-  4. write the batch (``UPDATE ... WHERE key > lo AND key <= batch_hi AND (where)`` or the spec's sql);
+  4. write the batch (``UPDATE ... WHERE key > lo AND key <= batch_hi AND (where)`` or the spec's sql)
+     without waiting on rows the application holds: they are skipped, recorded and written later
+     in the chunk (``rowfill.engine.rowlocks``);
   5. advance the cursor; COMMIT.
 Write and cursor commit together, so a crash at any instant either keeps both or neither:
 nothing is lost and nothing is applied twice, even for ``points = points + 10``.
 
 When a batch fails:
-  - ``lock_timeout``, serialization failure, deadlock: rolled back and retried after a backoff,
-    at most ``batch_retries`` times;
+  - ``lock_timeout`` on the fast path (``rowfill.engine.rowlocks``): run again at once on the slow path,
+    which skips the rows others hold;
+  - ``lock_timeout`` otherwise, serialization failure, deadlock: rolled back and retried after a
+    backoff, at most ``batch_retries`` times;
   - ``statement_timeout``: the batch is split and retried at once, not counted as a retry
     (halved down to ``min_batch_rows``, then single rows). The size that worked is kept on the
     chunk's checkpoint row, so a resumed chunk starts there instead of timing out again; it
@@ -40,7 +44,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from rowfill.engine import lease, reconnect
+from rowfill.engine import lease, reconnect, rowlocks
 from rowfill.engine.blame import is_data_error, narrow
 from rowfill.engine.disconnects import describe
 from rowfill.engine.modes import writer_for
@@ -69,7 +73,6 @@ class ChunkResult:
     batches: int
     seconds: float
     cursor: object  # last key done (a JSON value, see rowfill.sql.keys)
-    rows_still_matching: int = 0  # of rows_written: new values that still match `where`
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -154,6 +157,9 @@ class ChunkRunner:
         self._current: tuple | None = None  # (lo, hi, keys, rows asked for) of the batch being written
         self._told_lock_first = False
         self._heartbeat: lease.Heartbeat | None = None
+        self._fast = False  # the batch being written is on the fast path
+        self.slow = False  # the next batch locks with SKIP LOCKED (after a lock timeout, or while rows are held)
+        self.skipped = rowlocks.SkippedKeys(spec.locked_rows_wait, clock)
 
     def run(self, chunk_no: int) -> ChunkResult:
         """Run the chunk from its checkpoint to its end (or a stop), holding its lease (``rowfill.engine.lease``) meanwhile."""
@@ -200,7 +206,7 @@ class ChunkRunner:
         done_before = row.rows_seen
         next_report = started + spec.progress_every
         cursor = row.cursor
-        still = 0
+        self._load_skipped(chunk_no, label)
         if row.batch_rows_worked:
             self.split_rows = row.batch_rows_worked
             self.log.info("%s: starting with batches of %d rows, the size that ran within statement_timeout (%s) "
@@ -213,13 +219,19 @@ class ChunkRunner:
                     self.log.info("%s: stopping at a batch boundary (%s); cursor %s kept", label, reason, cursor)
                     self.throttle.flush(reason)
                     reconnect.call(lambda: self.store.pause(spec.name, chunk_no), spec, "recording the stop", self.log)
-                    return ChunkResult(spec.name, chunk_no, "stopped", seen, written, batches, self.clock() - started, cursor, still)
+                    return ChunkResult(spec.name, chunk_no, "stopped", seen, written, batches, self.clock() - started, cursor)
                 t0 = self.clock()
+                if self.skipped.due():
+                    written += self._revisit(chunk_no, label)
+                    continue
                 outcome = self._batch_with_retries(chunk_no, label)
                 if outcome is None:
-                    break
-                cursor, b_seen, b_written, b_still = outcome
-                seen, written, batches, still = seen + b_seen, written + b_written, batches + 1, still + b_still
+                    if not self.skipped.count:
+                        break
+                    self._wait_for_skipped(label)  # the walk is done; only skipped keys are left
+                    continue
+                cursor, b_seen, b_written = outcome
+                seen, written, batches = seen + b_seen, written + b_written, batches + 1
                 now = self.clock()
                 self._tell_lock_first(label)
                 self._regrow(now - t0)
@@ -249,20 +261,24 @@ class ChunkRunner:
         final = reconnect.call(lambda: self.store.finish(spec.name, chunk_no), spec, f"recording {label} done", self.log)
         elapsed = self.clock() - started
         rate = seen / max(elapsed, 1e-9)
-        still_text = f" ({final.rows_still_matching:,} still matching `where` after their write)" \
-            if final.rows_still_matching else ""
-        self.log.info("%s: done, %s rows walked, %s written%s in %d batches, %.1f s, %s rows/s", label,
-                      f"{final.rows_seen:,}", f"{final.rows_written:,}", still_text, final.batches, elapsed, f"{rate:,.0f}")
-        return ChunkResult(spec.name, chunk_no, "done", seen, written, batches, elapsed, final.cursor, still)
+        self.log.info("%s: done, %s rows walked, %s written in %d batches, %.1f s, %s rows/s", label,
+                      f"{final.rows_seen:,}", f"{final.rows_written:,}", final.batches, elapsed, f"{rate:,.0f}")
+        return ChunkResult(spec.name, chunk_no, "done", seen, written, batches, elapsed, final.cursor)
 
     def _batch_with_retries(self, chunk_no: int, label: str):
         attempt = 0
         while True:
+            slow = self.slow
             try:
                 # a lost connection: the server rolled the batch back; it is written again from the cursor
                 return reconnect.call(lambda: self._batch(chunk_no), self.spec, f"writing a batch of {label}", self.log,
                                       note="the server rolled the batch back; it is written again from the checkpoint")
             except DBAPIError as exc:
+                if not slow and sqlstate(exc) == "55P03" and self._fast:
+                    self.slow = True  # the batch met a row someone holds: at once, around it
+                    self.log.info("%s: a row of the batch is locked by another session; writing the batch around the "
+                                  "rows others hold and coming back to them", label)
+                    continue
                 if is_data_error(exc) and self._current is not None:
                     self._blame(exc)  # raises RowError naming the row and the field, unless the batch no longer fails
                 elif is_statement_timeout(exc) and self._split(label, exc):
@@ -339,6 +355,7 @@ class ChunkRunner:
         w, name = self.writer, self.spec.name
         throttled = self.throttle.unrecorded
         self._current = None
+        self._fast = False
         with self.engine.begin() as conn:
             conn.execute(self.timeouts, self.timeout_params)
             position, hi, _status = self.store.lock_position(conn, name, chunk_no)
@@ -349,7 +366,73 @@ class ChunkRunner:
             if end is None:  # no keys left in range (rows deleted since planning)
                 end, seen = hi, 0
             self._current = (position, end, seen, asked)
-            written, still = w.write_counts(conn, position, end) if seen else (0, 0)
-            self.store.advance(conn, name, chunk_no, end, seen, written, throttled, still, self.split_rows)
+            written, skipped = (self._write(conn, position, end) if seen else (0, []))
+            if skipped:
+                rowlocks.record_skipped(conn, name, chunk_no, skipped)
+            self.store.advance(conn, name, chunk_no, end, seen, written, throttled, self.split_rows)
         self.throttle.recorded(throttled)
-        return end, seen, written, still
+        if w.skips_locked:
+            self.skipped.met(skipped)
+            self.slow = bool(skipped) or not w.single_statement  # back to the fast path once nothing is held
+        return end, seen, written
+
+    def _write(self, conn, lo, hi) -> tuple[int, list]:
+        """Write one batch: (rows written, keys skipped because others hold them). See ``rowfill.engine.rowlocks``."""
+        w = self.writer
+        if not w.skips_locked:  # sinks, the rollback's restore: as before, waiting up to lock_timeout
+            return w.apply(conn, lo, hi), []
+        rowlocks.short_lock_wait(conn)
+        if w.single_statement and not self.slow:
+            self._fast = True
+            return w.apply(conn, lo, hi), []
+        _, skipped = rowlocks.lock_batch(conn, w, lo, hi)
+        if not skipped:
+            return rowlocks.write_runs(conn, w, [rowlocks.Run(lo, hi, w.batch_first)]), []
+        return rowlocks.write_runs(conn, w, rowlocks.runs(lo, w.batch_first, hi, skipped)), [s[0] for s in skipped]
+
+    # -- rows others hold (rowfill.engine.rowlocks) ----------------------------------------------------
+    def _load_skipped(self, chunk_no: int, label: str) -> None:
+        """Skipped keys a previous attempt recorded: this attempt comes back to them too."""
+        if not self.writer.skips_locked:
+            return
+        with self.engine.connect() as conn:
+            keys = rowlocks.pending(conn, self.spec.name, chunk_no)
+        if keys:
+            self.skipped.met(keys)
+            self.log.info("%s: %d rows skipped earlier because other sessions held them are still to write", label, len(keys))
+
+    def _revisit(self, chunk_no: int, label: str) -> int:
+        """Write the skipped keys that are free now; fail the chunk when one is held past locked_rows_wait."""
+        name = self.spec.name
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.timeouts, self.timeout_params)
+                self.store.lock_position(conn, name, chunk_no)  # take turns with another runner of this chunk
+                rowlocks.short_lock_wait(conn)
+                keys = rowlocks.pending(conn, name, chunk_no, rowlocks.REVISIT_KEYS)
+                written, done, held = rowlocks.revisit(conn, self.writer, name, chunk_no, keys) if keys else (0, [], [])
+                if written:
+                    self.store.add_written(conn, name, chunk_no, written)
+        except DBAPIError as exc:
+            if sqlstate(exc) not in ("55P03", "40001", "40P01"):
+                raise
+            # the write met a lock beyond the rows it took (see rowfill.engine.rowlocks): rolled back, look again later
+            self.log.warning("%s: writing skipped rows hit %s; rolled back, trying again later", label,
+                             RETRYABLE_SQLSTATES[sqlstate(exc)])
+            keys, written, done, held = [None], 0, [], []
+        if keys:
+            self.skipped.revisited(done, held)
+        else:  # another runner of this chunk wrote them
+            self.skipped.clear()
+        if done:
+            self.log.info("%s: %d skipped rows written now that they are free (%d still held)", label, len(done),
+                          self.skipped.count)
+        if overdue := self.skipped.overdue():
+            raise self.skipped.too_long(self.spec, overdue)
+        return written
+
+    def _wait_for_skipped(self, label: str) -> None:
+        """The walk is done but rows others hold are left: wait for the next revisit, stoppable."""
+        seconds = self.skipped.seconds_to_next()
+        if seconds > 0:
+            self.throttle.wait(seconds, f"waiting for {self.skipped.count:,} rows other sessions hold")

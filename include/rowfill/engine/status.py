@@ -48,6 +48,11 @@ ORDER BY c.chunk_no
 """)
 
 
+# The backfill's own row: what the last verify found (to_jsonb reads stores older than those columns).
+_BACKFILL = text(f"SELECT to_jsonb(b) FROM {SCHEMA}.backfills b WHERE b.name = :n")
+# Rows skipped because other sessions held them, still to write (rowfill.engine.rowlocks).
+_SKIPPED = text(f"SELECT count(*) FROM {SCHEMA}.skipped_rows WHERE backfill = :n")
+
 _ERROR_CHARS = 500  # of last_error carried per chunk; enough to act on, small for a page of 1,000 chunks
 
 
@@ -77,7 +82,6 @@ class ChunkStatus:
     rows_per_second: float
     eta_seconds: float | None
     throttle: dict = field(default_factory=dict)
-    rows_still_matching: int = 0  # of rows_written: new values that still match `where`
     batch_rows_worked: int | None = None  # batch size after a statement_timeout split
     lease_age: float | None = None  # seconds since its runner last renewed its lease (stale: above the lease)
 
@@ -112,7 +116,10 @@ class BackfillStatus:
     last_error: str | None = None
     last_error_chunk: int | None = None
     throttle: dict = field(default_factory=dict)
-    rows_still_matching: int = 0
+    # rows of the whole table still matching `where` at the last verify (None: none yet); rowfill.engine.verify
+    rows_still_matching: int | None = None
+    verified_at: datetime | None = None
+    rows_skipped: int = 0  # rows other sessions held, still to write (rowfill.engine.rowlocks)
 
     @property
     def share(self) -> float:
@@ -153,7 +160,8 @@ def _eta(remaining: int, rate: float) -> float | None:
 
 
 def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SECONDS,
-                    with_samples: bool = True, with_leases: bool = True, lease: float = LEASE_SECONDS) -> BackfillStatus:
+                    with_samples: bool = True, with_leases: bool = True, lease: float = LEASE_SECONDS,
+                    with_skipped: bool = True) -> BackfillStatus:
     """Everything about one backfill in one query; a backfill never planned is 'not started'.
 
     A chunk marked running whose runner's lease is older than ``lease`` seconds is ``stale``:
@@ -176,7 +184,7 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             last_error=error[:_ERROR_CHARS] if error else None, worker=c.get("worker"), run_id=c.get("run_id"),
             map_index=c.get("map_index"), updated_at=_ts(c.get("updated_at")), rows_per_second=rate,
             eta_seconds=None, throttle={k: v for k, v in c.items() if k.startswith("throttle") and v is not None},
-            rows_still_matching=c.get("rows_still_matching") or 0, batch_rows_worked=c.get("batch_rows_worked"),
+            batch_rows_worked=c.get("batch_rows_worked"),
             lease_age=round(float(r.quiet), 1) if r.quiet is not None and c["status"] in ("running", "stale") else None,
         )
         chunk.eta_seconds = _eta(chunk.remaining, rate)
@@ -201,6 +209,8 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             for k, v in c.throttle.items():
                 throttle.setdefault(k, v)
     state = _state(chunks)
+    verified = conn.execute(_BACKFILL, {"n": name}).scalar() or {}
+    skipped = conn.execute(_SKIPPED, {"n": name}).scalar() if with_skipped else 0
     return BackfillStatus(
         backfill=name, state=state, chunks=chunks,
         rows_estimated=sum(c.est_rows for c in chunks), rows_seen=sum(c.rows_seen for c in chunks),
@@ -212,16 +222,20 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
         chunks_stale=sum(c.status == "stale" for c in chunks),
         last_progress_at=last, last_error=latest_error.last_error if latest_error else None,
         last_error_chunk=latest_error.chunk_no if latest_error else None, throttle=throttle,
-        rows_still_matching=sum(c.rows_still_matching for c in chunks),
+        rows_still_matching=verified.get("rows_still_matching"), verified_at=_ts(verified.get("verified_at")),
+        rows_skipped=skipped,
     )
 
 
 def statuses(engine: Engine, names: list[str], window: float = rates.WINDOW_SECONDS) -> dict[str, BackfillStatus]:
     """Status of several backfills on one database, over one connection."""
     with engine.connect() as conn:
-        chunks, samples, leases = conn.execute(
-            text("SELECT to_regclass(:c) IS NOT NULL, to_regclass(:s) IS NOT NULL, to_regclass(:l) IS NOT NULL"),
-            {"c": f"{SCHEMA}.chunks", "s": f"{SCHEMA}.samples", "l": f"{SCHEMA}.leases"}).one()
+        chunks, samples, leases, skipped = conn.execute(
+            text("SELECT to_regclass(:c) IS NOT NULL, to_regclass(:s) IS NOT NULL, to_regclass(:l) IS NOT NULL, "
+                 "to_regclass(:k) IS NOT NULL"),
+            {"c": f"{SCHEMA}.chunks", "s": f"{SCHEMA}.samples", "l": f"{SCHEMA}.leases",
+             "k": f"{SCHEMA}.skipped_rows"}).one()
         if not chunks:
             return {n: BackfillStatus(n, "not started", []) for n in names}
-        return {n: backfill_status(conn, n, window, with_samples=samples, with_leases=leases) for n in names}
+        return {n: backfill_status(conn, n, window, with_samples=samples, with_leases=leases, with_skipped=skipped)
+                for n in names}

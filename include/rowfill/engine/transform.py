@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 
 from rowfill.engine import readtypes
 from rowfill.engine.undo import UndoLog
-from rowfill.engine.writers import BatchBinds, BatchWriter, counting_sql, explain_text, still_slot
+from rowfill.engine.writers import BatchBinds, BatchWriter, explain_text
 from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Key, column_types, format_value
@@ -295,6 +295,8 @@ def array_param(values: list, sql_type: str, column: str, kind: str = ""):
 class TransformWriter(BatchWriter):
     """``transform:`` mode."""
 
+    skips_locked = True
+
     def build(self, conn):
         spec = self.spec
         self.fn = load_callable(spec.transform, spec, "transform")
@@ -313,8 +315,8 @@ class TransformWriter(BatchWriter):
             self.undo = UndoLog.for_spec(spec, self.key, self.out_columns, self.out_types)
 
     def _write_template(self, has_lo: bool) -> str:
-        """The write as a ``driver()`` template: rowfill's own SQL with ``@where``; it returns
-        (rows written, rows still matching ``where`` after their write)."""
+        """The write as a ``driver()`` template: rowfill's own SQL with ``@where``. With an undo log
+        it returns the rows written (a count); without, the UPDATE's row count says it."""
         t, key = self.spec.table.sql, self.key
         kn = [quote(f"__rowfill_k{i}") for i in range(1, len(key.columns) + 1)]
         vn = [quote(f"__rowfill_v{i}") for i in range(1, len(self.out_columns) + 1)]
@@ -329,9 +331,9 @@ class TransformWriter(BatchWriter):
                          for c, n, typ, kind in zip(self.out_columns, vn, self.out_casts, self.out_kinds))
         match = f"{self.qkey.row()} = {vrow} AND {self.qkey.range_text(has_lo, True)}{self.where_sql()}"
         if self.undo is None:
-            return counting_sql(f"UPDATE {t} SET {sets} FROM {source} WHERE {match}", self.spec)
+            return f"UPDATE {t} SET {sets} FROM {source} WHERE {match}"
         rng_where = key.range_text(has_lo, True) + self.where_sql()
-        return self.undo.recording_update(t, sets, source, match, rng_where, vrow, self.qkey, still=still_slot(self.spec))
+        return self.undo.recording_update(t, sets, source, match, rng_where, vrow, self.qkey)
 
     def _driver_write(self, has_lo: bool, binary: bool = True) -> str:
         """Driver SQL of the write; with ``binary`` the key and result arrays are sent in binary (faster)."""
@@ -390,9 +392,6 @@ class TransformWriter(BatchWriter):
         return keys + values, kept
 
     def apply(self, conn: Connection, lo, hi) -> int:
-        return self.write_counts(conn, lo, hi)[0]
-
-    def write_counts(self, conn: Connection, lo, hi) -> tuple[int, int]:
         self.prepare(conn)
         has_lo = lo is not None
         bounds = self.key.range_params(lo, hi)
@@ -400,12 +399,15 @@ class TransformWriter(BatchWriter):
             self.lock_rows(conn, lo, hi)
         rows = self.reader.read(conn, lo, hi, self.batch_first)
         if not rows:
-            return 0, 0
+            return 0
         columns, kept = self.results(rows)
         if not kept:
-            return 0, 0
-        _, [(written, still)] = driver_fetch(conn, self._driver_write(has_lo), {**self.encode(columns), **bounds})
-        return written, still
+            return 0
+        params = {**self.encode(columns), **bounds}
+        if self.undo is None:
+            return _driver_execute(conn, self._driver_write(has_lo), params, fetch=False)[2]
+        _, [(written,)] = driver_fetch(conn, self._driver_write(has_lo), params)
+        return written
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from rowfill.engine.writers import BatchWriter, SetWriter, explain_text, still_slot
+from rowfill.engine.writers import BatchWriter, SetWriter, explain_text
 from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Key, column_types, load_key
@@ -136,19 +136,18 @@ class UndoLog:
             )
 
     # -- recording ---------------------------------------------------------------------------
-    def _returning_insert(self, update_sql: str, okey: list[str], oold: list[str], t: str, still: str) -> str:
-        """The UPDATE's rows into the undo log; the statement returns (rows written, rows still
-        matching ``still``, the spec's ``where`` or FALSE, after their write). The INSERT runs
-        although the final SELECT does not read it: PostgreSQL runs every data-modifying WITH once."""
+    def _returning_insert(self, update_sql: str, okey: list[str], oold: list[str], t: str) -> str:
+        """The UPDATE's rows into the undo log; the statement returns the rows written. The INSERT
+        runs although the final SELECT does not read it: PostgreSQL runs every data-modifying WITH once."""
         kcols = ", ".join(quote(c) for c in self.key.columns)
         target = ", ".join([kcols, *(self.old(c) for c in self.columns), *(self.new(c) for c in self.columns)])
         returning = ", ".join([*(f"o.{k}" for k in okey), *(f"o.{o}" for o in oold), *(f"{t}.{quote(c)}" for c in self.columns)])
         refresh = ", ".join(f"{self.new(c)} = EXCLUDED.{self.new(c)}" for c in self.columns)
         picked = ", ".join([*okey, *oold, *(quote(c) for c in self.columns)])
-        return (f"u AS ({update_sql} RETURNING {returning}, ({still}) AS __rowfill_still), "
+        return (f"u AS ({update_sql} RETURNING {returning}), "
                 f"i AS (INSERT INTO {self.table.sql} ({target}) SELECT {picked} FROM u "
                 f"ON CONFLICT ({kcols}) DO UPDATE SET {refresh}) "
-                "SELECT count(*), count(*) FILTER (WHERE __rowfill_still) FROM u")
+                "SELECT count(*) FROM u")
 
     def _old_rows(self, t: str, rng_where: str, lock: bool, order: str) -> tuple[str, list[str], list[str]]:
         okey = [quote(f"__rowfill_k{i}") for i in range(1, len(self.key.columns) + 1)]
@@ -163,7 +162,7 @@ class UndoLog:
         refs = [f"{prefix}.{n}" for n in names]
         return refs[0] if len(refs) == 1 else "(" + ", ".join(refs) + ")"
 
-    def recording_set(self, t: str, assignments: str, rng_where: str, where: str, qkey: Key, still: str) -> str:
+    def recording_set(self, t: str, assignments: str, rng_where: str, where: str, qkey: Key) -> str:
         """``set`` mode: lock and read the previous values, UPDATE, and record both, in one statement.
 
         The CTE's row locks return the rows' latest committed versions, so the recorded previous
@@ -171,15 +170,14 @@ class UndoLog:
         """
         o, okey, oold = self._old_rows(t, rng_where, True, self.key.order_by())
         update = f"UPDATE {t} SET {assignments} FROM o WHERE {qkey.row()} = {self._row(okey, 'o')}{where}"
-        return f"WITH {o}, " + self._returning_insert(update, okey, oold, t, still)
+        return f"WITH {o}, " + self._returning_insert(update, okey, oold, t)
 
-    def recording_update(self, t: str, sets: str, source: str, match: str, rng_where: str, vrow: str, qkey: Key,
-                         still: str) -> str:
+    def recording_update(self, t: str, sets: str, source: str, match: str, rng_where: str, vrow: str, qkey: Key) -> str:
         """``transform`` mode (rows already locked): UPDATE from the arrays, recording previous and new values."""
         o, okey, oold = self._old_rows(t, rng_where, False, "")
         update = (f"UPDATE {t} SET {sets} FROM {source}, o "
                   f"WHERE {match} AND {self._row(okey, 'o')} = {vrow}")
-        return f"WITH {o}, " + self._returning_insert(update, okey, oold, t, still)
+        return f"WITH {o}, " + self._returning_insert(update, okey, oold, t)
 
     # -- restoring ---------------------------------------------------------------------------
     def restore_sql(self, t: str, rng: str) -> str:
@@ -206,13 +204,23 @@ class UndoSetWriter(SetWriter):
         self.undo = UndoLog.load(conn, self.spec)
         self.qkey = self.key.qualified(self.spec.table.sql)
 
-    def _counted(self, has_lo: bool) -> str:
-        """The recording write; like ``SetWriter._counted`` it returns (rows written, rows still matching)."""
+    @property
+    def single_statement(self) -> bool:
+        return False  # its write locks the rows it reads the previous values of: batches lock first (rowfill.engine.rowlocks)
+
+    def _write(self, has_lo: bool) -> str:
+        """The recording write; it returns the rows written."""
         def make():
             rng_where = self.key.range_text(has_lo, True) + self.where_sql()
             return self.driver(self.undo.recording_set(self.spec.table.sql, "@sets", rng_where, self.where_sql(),
-                                                       self.qkey, still=still_slot(self.spec)))
+                                                       self.qkey))
         return self.statement(("undo-write", has_lo), make)
+
+    def apply(self, conn, lo, hi) -> int:
+        self.prepare(conn)
+        if self.lock_first:
+            self.lock_rows(conn, lo, hi)
+        return conn.exec_driver_sql(self._write(lo is not None), self.key.range_params(lo, hi)).scalar()
 
 
 # -- the rollback as a backfill of its own ------------------------------------------------------

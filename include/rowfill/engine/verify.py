@@ -55,10 +55,15 @@ def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: str, slice_r
     ``statement_timeout``: a PostgreSQL duration for each slice's statements ("0" = none; each
     statement reads at most ``slice_rows`` keys). The table is the one pinned at planning
     (``rowfill.engine.resolve``; a changed relation raises SpecError on ``table``). Returns the number
-    of chunks and of rows still matching (0, or None when there is no ``where`` to check).
+    of chunks and of rows still matching (0, or None when there is no ``where`` to check). The
+    count is kept on the backfill's row (``rowfill.backfills.rows_still_matching``, with
+    ``verified_at``) for the summary, ``rowfill run`` and ``rowfill status``: it is what tells
+    rows written apart from rows done (a new value that is NULL leaves a row matching
+    ``where IS NULL``), counted once per run instead of in every batch.
     """
     spec = pinned_spec(engine, spec)
-    chunks = CheckpointStore(engine).chunks(spec.name)
+    store = CheckpointStore(engine)
+    chunks = store.chunks(spec.name)
     unfinished = [c for c in chunks if c.status != "done"]
     if unfinished:
         first = unfinished[0]
@@ -70,6 +75,7 @@ def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: str, slice_r
     if not chunks or not spec.where or spec.mode == "sink":  # a sink changes nothing `where` could see
         return Verification(len(chunks), None, [])
     found = matching(engine, spec, None, None, sample=5, rows=slice_rows, statement_timeout=statement_timeout)
+    store.note_verified(spec.name, found.rows)
     if found.rows:
         raise VerificationFailed(
             f"backfill {spec.name!r}: {found.rows:,} rows of {spec.table} still match where ({spec.where}), e.g. "

@@ -63,16 +63,17 @@ class BatchWriter:
     def apply(self, conn: Connection, lo, hi) -> int:
         raise NotImplementedError
 
-    def write_counts(self, conn: Connection, lo, hi) -> tuple[int, int]:
-        """(rows written, how many of them still match ``where`` after their write) for one batch.
-
-        The second count is what ``verify`` will find in the batch's range later (a new value that
-        is NULL, say); writers that cannot know it (``sql``, sinks, rollback) report 0.
-        """
-        return self.apply(conn, lo, hi), 0
-
-    # -- lock first (see rowfill.engine.lockfirst) -------------------------------------------------
+    # -- lock first (see rowfill.engine.lockfirst) and skip what others hold (see rowfill.engine.rowlocks) ---
     lock_first = False  # writers that read other relations set this in build()
+    # Writers whose batches may lock with SKIP LOCKED and be written as runs of keys between the
+    # skipped ones (rowfill.engine.rowlocks); sinks and the rollback's restore wait for locks as before.
+    skips_locked = False
+    rows_locked = False  # set by rowfill.engine.rowlocks while the batch's rows are locked already: lock_rows() does nothing
+
+    @property
+    def single_statement(self) -> bool:
+        """True when a batch is one UPDATE that takes its own row locks (the fast path of rowfill.engine.rowlocks)."""
+        return False
 
     def _lock(self, has_lo: bool) -> str:
         def make():
@@ -90,6 +91,8 @@ class BatchWriter:
         lock the UPDATE takes anyway; it lets the application insert rows referencing ours.
         """
         self.prepare(conn)
+        if self.rows_locked:
+            return 0
         return conn.exec_driver_sql(self._lock(lo is not None), self.key.range_params(lo, hi)).scalar()
 
     def explain(self, conn: Connection, lo, hi) -> list[tuple[str, str]]:
@@ -116,23 +119,6 @@ def explain_text(conn: Connection, sql, params: dict) -> str:
     return "\n".join(r[0] for r in rows)
 
 
-def still_slot(spec: Spec) -> str:
-    """What ``RETURNING`` evaluates on each written row's new values: the ``@where`` slot, or FALSE without ``where``."""
-    return "@where" if spec.where else "FALSE"
-
-
-def counting_sql(update_template: str, spec: Spec) -> str:
-    """An UPDATE template wrapped to return (rows written, rows still matching ``where`` after their write).
-
-    A ``driver()`` template in, a ``driver()`` template out: ``where`` goes in through its slot,
-    in parentheses, never pasted. ``RETURNING`` sees each row's new values, so a new value that
-    leaves the row matching ``where`` (``first_name || ' ' || NULL`` is NULL) is counted in the
-    batch that wrote it.
-    """
-    return (f"WITH u AS ({update_template} RETURNING {still_slot(spec)} AS __rowfill_still) "
-            "SELECT count(*), count(*) FILTER (WHERE __rowfill_still) FROM u")
-
-
 class SetWriter(BatchWriter):
     """``set:`` mode: one UPDATE over the batch's key range, re-checking ``where``.
 
@@ -142,6 +128,11 @@ class SetWriter(BatchWriter):
     """
 
     lock_reason: str | None = None
+    skips_locked = True
+
+    @property
+    def single_statement(self) -> bool:
+        return not self.lock_first
 
     def build(self, conn):
         self.lock_reason = lock_first_reason(conn, self.spec)
@@ -152,24 +143,20 @@ class SetWriter(BatchWriter):
         rng = self.key.range_text(has_lo, True)
         return f"UPDATE {self.spec.table.sql} SET @sets WHERE {rng}{self.where_sql()}"
 
-    def _counted(self, has_lo: bool) -> str:
-        return self.statement(("counted", has_lo), lambda: self.driver(counting_sql(self._update_template(has_lo), self.spec)))
+    def _write(self, has_lo: bool) -> str:
+        return self.statement(("write", has_lo), lambda: self.driver(self._update_template(has_lo)))
 
     def apply(self, conn: Connection, lo, hi) -> int:
-        return self.write_counts(conn, lo, hi)[0]
-
-    def write_counts(self, conn: Connection, lo, hi) -> tuple[int, int]:
         self.prepare(conn)
         if self.lock_first:
             self.lock_rows(conn, lo, hi)
-        written, still = conn.exec_driver_sql(self._counted(lo is not None), self.key.range_params(lo, hi)).one()
-        return written, still
+        return conn.exec_driver_sql(self._write(lo is not None), self.key.range_params(lo, hi)).rowcount
 
     def explain(self, conn, lo, hi):
         self.prepare(conn)
         bounds = self.key.range_params(lo, hi)
         out = [("lock", explain_text(conn, self._lock(lo is not None), bounds))] if self.lock_first else []
-        return out + [("write", explain_text(conn, self._counted(lo is not None), bounds))]
+        return out + [("write", explain_text(conn, self._write(lo is not None), bounds))]
 
 
 class BatchBinds:
@@ -208,6 +195,7 @@ class SqlWriter(BatchWriter):
 
     # The statement may read anything; its reads must see what committed before the rows were locked.
     lock_first = True
+    skips_locked = True
 
     def build(self, conn):
         self.binds = BatchBinds(self.key)

@@ -24,7 +24,7 @@ from rowfill.engine.database import check_reachable
 from rowfill.engine.disconnects import describe, is_connection_error
 from rowfill.engine.dryrun import dry_run
 from rowfill.engine.plan import plan_backfill
-from rowfill.engine.report import backfill_summary, counts_still
+from rowfill.engine.report import backfill_summary
 from rowfill.engine.resolve import pinned_spec, stored_table
 from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_target
 from rowfill.engine.runner import ChunkRunner
@@ -50,10 +50,10 @@ def _engine(spec, args):
     return engine
 
 
-def _summary_line(engine, spec, show_still: bool, after_failure: bool = False) -> str:
+def _summary_line(engine, spec, after_failure: bool = False) -> str:
     """The closing summary line. After a failure it is read once, without waiting for the database:
     when the failure was the database staying away, waiting again would only delay the error."""
-    read = lambda: backfill_summary(engine, spec.name).line(show_still)  # noqa: E731
+    read = lambda: backfill_summary(engine, spec.name).line()  # noqa: E731
     if not after_failure:
         return reconnect.call(read, spec, "reading the summary")
     try:
@@ -139,11 +139,10 @@ def cmd_run(args) -> int:
     Exit status: 0 when every chunk is done and verify finds no row still matching ``where``
     (or the backfill was cancelled: nothing failed, nothing verified, as in the DAG); 1 when a
     chunk fails or verify does, with the rows that still match printed. The last line always
-    says how many rows were written and how many of them still match ``where`` after their write.
+    says how many rows were written and, once verified, how many rows still match ``where``.
     """
     spec = find_spec(args.name, args.specs_dir)
     engine = _engine(spec, args)
-    show_still = counts_still(spec)
     try:
         chunks = plan_backfill(engine, spec, limit=max_map_length(), log=logging.getLogger("rowfill.plan"))
         table = reconnect.call(lambda: pinned_spec(engine, spec).table, spec, "reading the planned table")
@@ -155,20 +154,20 @@ def cmd_run(args) -> int:
                                          logger=logging.getLogger("rowfill.run"), observers=standard_observers(engine, spec))
             except ChunkFailed as exc:
                 print(f"rowfill: {exc}", file=sys.stderr)
-                print(f"{_summary_line(engine, spec, show_still, after_failure=True)}; FAILED: {chunk.label} failed (see above)")
+                print(f"{_summary_line(engine, spec, after_failure=True)}; FAILED: {chunk.label} failed (see above)")
                 return 1
             if outcome.kind == "cancelled":
                 print(f"{spec.name}: {outcome.reason}; stopped, cursors kept")
-                print(f"{_summary_line(engine, spec, show_still)}; cancelled, not verified")
+                print(f"{_summary_line(engine, spec)}; cancelled, not verified")
                 return 0
         try:
             verified = verify_backfill(engine, spec)
         except VerificationFailed as exc:
             print(f"rowfill: verify failed: {exc}", file=sys.stderr)
-            print(f"{_summary_line(engine, spec, show_still)}; verify FAILED (see above)")
+            print(f"{_summary_line(engine, spec)}; verify FAILED (see above)")
             return 1
         checked = "no row matches `where` any more" if verified.remaining is not None else "every chunk done"
-        print(f"{_summary_line(engine, spec, show_still)}; verified: {checked}")
+        print(f"{_summary_line(engine, spec)}; verified: {checked}")
     finally:
         engine.dispose()
     return 0

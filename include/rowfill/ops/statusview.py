@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from rowfill.engine.report import counts_still, still_text
+from rowfill.engine.report import still_text
 from rowfill.engine.status import BackfillStatus
 from rowfill.spec.durations import format_duration
 
@@ -50,7 +50,8 @@ def render_backfill(spec, s: BackfillStatus, show_chunks: bool = False, width: i
         f"{'':24} chunks: {s.chunks_done}/{len(s.chunks)} done, {s.chunks_running} running, "
         + (f"{s.chunks_stale} stale, " if s.chunks_stale else "")
         + f"{s.chunks_pending} waiting, {s.chunks_failed} failed; {s.rows_written:,} rows written"
-        f"{still_text(s.rows_still_matching, counts_still(spec))}",
+        f"{still_text(s.rows_still_matching)}"
+        + (f"; {s.rows_skipped:,} rows held by other sessions still to write" if s.rows_skipped else ""),
     ]
     if s.chunks_stale:
         stale = [c for c in s.chunks if c.status == "stale"]

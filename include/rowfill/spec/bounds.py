@@ -55,6 +55,8 @@ FIELDS: dict[str, Bound] = {
     "batch_retries": Bound(1000, "1000", "each retry of a batch waits up to 30s; 1000 of them is over 8 hours"),
     "pause": Bound(DAY, "24h", "a rest after every batch; to hold a backfill longer, `rowfill pause` it or give a window"),
     "lock_timeout": _PG_MS,
+    "locked_rows_wait": Bound(DAY, "24h", "a chunk waiting on rows another session holds keeps its worker slot; a row "
+                                          "locked for a day is a stuck session to end, not contention to wait out"),
     "statement_timeout": Bound((PG_INT_MAX // 2) / 1000, "1073741823ms (about 12.4 days)",
                                "each batch also gets an idle-in-transaction timeout of twice it, and PostgreSQL's "
                                "largest timeout is 2147483647ms"),

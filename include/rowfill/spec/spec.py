@@ -94,6 +94,8 @@ class Spec:
     returns: tuple[str, ...] = ()  # columns the transform writes back
     sink: str | None = None  # "module.path:function" receiving each batch instead of a database write
     undo: bool = False  # record previous values so `rowfill rollback` can restore them
+    # how long a chunk keeps coming back to rows other sessions hold before it fails (rowfill.engine.rowlocks)
+    locked_rows_wait: float = 600.0
 
     def __post_init__(self):
         if not self.key_columns:
@@ -192,6 +194,7 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "returns": ("columns", False),
     "sink": ("callable", False),
     "undo": ("bool", False),
+    "locked_rows_wait": ("duration", False),
 }
 
 

@@ -81,6 +81,18 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.leases (
     PRIMARY KEY (backfill, chunk_no)
 );
 """
+# Keys a batch could not lock without waiting, to come back to (rowfill.engine.rowlocks): the batch
+# records them in the transaction that advances its checkpoint.
+SKIPPED_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.skipped_rows (
+    backfill    text NOT NULL,
+    chunk_no    integer NOT NULL,
+    key         jsonb NOT NULL,           -- the key value, as rowfill.sql.keys stores key values
+    skipped_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (backfill, chunk_no, key),
+    FOREIGN KEY (backfill, chunk_no) REFERENCES {SCHEMA}.chunks (backfill, chunk_no) ON DELETE CASCADE
+);
+"""
 
 # Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves existing installs'
 # tables as they were, so each later column is added here, only when missing (a plain
@@ -88,8 +100,6 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.leases (
 UPGRADES = {
     "throttled_seconds": "double precision NOT NULL DEFAULT 0",  # time spent pausing, waiting on gates, backing off
     "throttle_state": "text",  # what a throttled or deferred chunk is waiting for right now
-    # rows the write changed whose new values still match `where` (verify will find them; 0 for sql/sink)
-    "rows_still_matching": "bigint NOT NULL DEFAULT 0",
     # batch size that ran within statement_timeout after a batch was split (NULL: no split in effect);
     # a resumed chunk starts from it instead of timing out again
     "batch_rows_worked": "integer",
@@ -104,6 +114,10 @@ BACKFILL_UPGRADES = {
     "table_schema": "text",
     "table_name": "text",
     "table_oid": "oid",
+    # what the last verify found (rowfill.engine.verify): rows of the whole table still matching `where`
+    # (NULL: not verified yet, or nothing to check), and when it looked
+    "rows_still_matching": "bigint",
+    "verified_at": "timestamptz",
 }
 
 
@@ -140,7 +154,6 @@ class ChunkRow:
     throttled_seconds: float = 0.0
     throttle_state: str | None = None
     first_key: Any = None
-    rows_still_matching: int = 0
     batch_rows_worked: int | None = None
 
     @property
@@ -173,12 +186,17 @@ class CheckpointStore:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
             conn.exec_driver_sql(DDL)
             conn.exec_driver_sql(_upgrade_sql())
+            conn.exec_driver_sql(SKIPPED_DDL)
 
     def lock_planning(self, conn: Connection, name: str) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(:n))"), {"k": _LOCK_KEY, "n": name})
 
     def register(self, conn: Connection, spec: Spec) -> None:
-        """Record the backfill's meaning; refuse to continue a plan made for a different meaning."""
+        """Record the backfill's meaning; refuse to continue a plan made for a different meaning.
+
+        Planning a new run forgets what the last verify found (``note_verified``), so no run shows
+        an earlier run's outcome as its own.
+        """
         meaning = spec.meaning
         existing = conn.execute(
             text(f"SELECT fingerprint FROM {SCHEMA}.backfills WHERE name = :n FOR UPDATE"), {"n": spec.name}
@@ -188,7 +206,11 @@ class CheckpointStore:
                 text(f"INSERT INTO {SCHEMA}.backfills (name, fingerprint, spec) VALUES (:n, :f, CAST(:s AS jsonb))"),
                 {"n": spec.name, "f": spec.fingerprint, "s": json.dumps(meaning)},
             )
-        elif existing != spec.fingerprint:
+        elif existing == spec.fingerprint:
+            # a new run: what the last verify found is no longer the outcome; this run's verify says it again
+            conn.execute(text(f"UPDATE {SCHEMA}.backfills SET rows_still_matching = NULL, verified_at = NULL "
+                              "WHERE name = :n AND verified_at IS NOT NULL"), {"n": spec.name})
+        else:
             raise PlanChanged(
                 f"{spec.source}: the backfill {spec.name!r} was planned for a different table/key/where/set/sql "
                 "than the spec says now. Finishing the old plan with the new meaning would mix two backfills. "
@@ -286,25 +308,44 @@ class CheckpointStore:
         return (lo if cursor is None else cursor), hi, status
 
     def advance(self, conn: Connection, name: str, chunk_no: int, cursor: Any, seen: int, written: int,
-                throttled: float = 0.0, still: int = 0, batch_rows_worked: int | None = None) -> None:
+                throttled: float = 0.0, batch_rows_worked: int | None = None) -> None:
         """Inside the batch transaction: move the cursor past the batch just written.
 
         ``throttled`` is the time the chunk was held back since the last batch; a batch that
-        commits is no longer waiting for anything, so the throttle state is cleared. ``still``:
-        rows of ``written`` that still match ``where``; ``batch_rows_worked``: the batch size in
-        effect after a statement_timeout split (None: none in effect).
+        commits is no longer waiting for anything, so the throttle state is cleared.
+        ``batch_rows_worked``: the batch size in effect after a statement_timeout split (None: none
+        in effect).
         """
         conn.execute(
             text(
                 f"UPDATE {SCHEMA}.chunks SET cursor = CAST(:cur AS jsonb), rows_seen = rows_seen + :s, "
-                "rows_written = rows_written + :w, rows_still_matching = rows_still_matching + :m, "
+                "rows_written = rows_written + :w, "
                 "batches = batches + 1, updated_at = now(), batch_rows_worked = :b, "
                 "throttled_seconds = throttled_seconds + :t, throttle_state = NULL "
                 "WHERE backfill = :n AND chunk_no = :c"
             ),
             {"n": name, "c": chunk_no, "cur": encode(cursor), "s": seen, "w": written, "t": throttled,
-             "m": still, "b": batch_rows_worked},
+             "b": batch_rows_worked},
         )
+
+    def add_written(self, conn: Connection, name: str, chunk_no: int, written: int) -> None:
+        """Inside a revisit of skipped keys (``rowfill.engine.rowlocks``): count the rows written; the cursor stays."""
+        conn.execute(text(f"UPDATE {SCHEMA}.chunks SET rows_written = rows_written + :w, updated_at = now() "
+                          "WHERE backfill = :n AND chunk_no = :c"), {"n": name, "c": chunk_no, "w": written})
+
+    def note_verified(self, name: str, still_matching: int | None) -> None:
+        """What verify found: rows of the whole table still matching ``where`` (None: nothing to check)."""
+        with self._short_txn() as conn:
+            conn.execute(text(f"UPDATE {SCHEMA}.backfills SET rows_still_matching = :m, verified_at = now() "
+                              "WHERE name = :n"), {"n": name, "m": still_matching})
+
+    def verified(self, name: str) -> tuple[int | None, datetime | None]:
+        """(rows still matching ``where`` at the last verify, when); (None, None) before any verify."""
+        with self.engine.connect() as conn:
+            row = conn.execute(text(f"SELECT to_jsonb(b) FROM {SCHEMA}.backfills b WHERE name = :n"), {"n": name}).scalar()
+        row = row or {}
+        at = row.get("verified_at")
+        return row.get("rows_still_matching"), datetime.fromisoformat(at) if at else None
 
     def note_throttle(self, name: str, chunk_no: int, state: str | None, seconds: float = 0.0) -> None:
         """Outside a batch: record why the chunk is held back (shown by `rowfill status`) and time throttled."""
