@@ -16,8 +16,7 @@ from helpers import write_spec
 from rowfill.engine.database import engine_from_url
 from rowfill.engine.disconnects import is_connection_error
 from rowfill.engine.reconnect import DatabaseUnreachable, call
-from rowfill.spec.spec import DEFAULT_RECONNECT_FOR
-from rowfill.spec.spec import load_spec
+from rowfill.spec.spec import DEFAULT_RECONNECT_FOR, load_spec
 from rowfill_dev.localpg import free_port
 
 ROWFILL = str(Path(sys.executable).parent / "rowfill")
