@@ -24,4 +24,4 @@ RUN pip install --no-cache-dir -c constraints.txt . \
     && rm -rf build include/*.egg-info \
     && mkdir -p /opt/airflow/auth \
     && chmod -R g+rwX /opt/airflow/auth \
-    && python -c "import rowfill.spec, rowfill.pools"
+    && python -c "import rowfill.spec.spec, rowfill.airflow.pools"

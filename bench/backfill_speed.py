@@ -2,7 +2,7 @@
 """How fast is an unthrottled rowfill backfill compared with one plain UPDATE of the same rows?
 
 One invocation:
-  1. starts a throwaway PostgreSQL (rowfill.localpg) with production durability (fsync, full page
+  1. starts a throwaway PostgreSQL (rowfill_dev.localpg) with production durability (fsync, full page
      writes, synchronous commit all on) in a temp dir, unless ``--db URL`` points at a server;
   2. builds an N-row users table (id bigint PK, first_name, last_name, email, full_name NULL),
      VACUUM ANALYZE, CHECKPOINT;
@@ -15,7 +15,7 @@ One invocation:
   6. checks both runs left the same table (no NULL left, every full_name right, same checksum);
      with ``--set-reads-table`` the expression also reads a 100-row ``<table>_teams`` table through a
      correlated subquery, so rowfill locks each batch's rows first and writes in a second statement
-     (see rowfill.lockfirst); the single UPDATE runs the same expression;
+     (see rowfill.engine.lockfirst); the single UPDATE runs the same expression;
   7. prints rows, seconds, rows/s, the ratio, the machine and the verdict against the target
      "rowfill unthrottled >= 90% of single UPDATE rows/s".
 
@@ -43,11 +43,12 @@ from pathlib import Path
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 
-from rowfill.checkpoint import CheckpointStore
-from rowfill.localpg import LocalPostgres
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.spec import parse_spec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))  # rowfill_dev: development tooling, not installed
+from rowfill.engine.plan import plan_backfill  # noqa: E402
+from rowfill.engine.runner import ChunkRunner  # noqa: E402
+from rowfill.spec.spec import parse_spec  # noqa: E402
+from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
+from rowfill_dev.localpg import LocalPostgres  # noqa: E402
 
 TARGET_PCT = 90.0
 SPEC_NAME = "bench_users_full_name"
@@ -325,7 +326,7 @@ class PhaseTimer:
 
 
 def make_engine(url: str, parallel: int) -> Engine:
-    """Like rowfill.db.engine_from_url (psycopg 3, pre-ping), with a pool for ``parallel`` runners + planning."""
+    """Like rowfill.engine.database.engine_from_url (psycopg 3, pre-ping), with a pool for ``parallel`` runners + planning."""
     u = make_url(url)
     if u.drivername in ("postgres", "postgresql"):
         u = u.set(drivername="postgresql+psycopg")
@@ -546,7 +547,7 @@ def main(argv=None) -> int:
         engine.dispose()
         if pg:
             if args.keep:
-                say(f"kept running: {pg.url}  (stop: python -m rowfill.localpg stop {pg.datadir})")
+                say(f"kept running: {pg.url}  (stop: PYTHONPATH=include python -m rowfill_dev.localpg stop {pg.datadir})")
             else:
                 pg.stop()
                 import shutil

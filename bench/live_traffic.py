@@ -48,11 +48,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from backfill_speed import DEFAULT_PG_SETTINGS, SET_EXPR, build_table, machine, make_engine, server, verify
-from rowfill.checkpoint import CheckpointStore
-from rowfill.localpg import LocalPostgres, _bindir
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.spec import Spec, parse_spec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))  # rowfill_dev: development tooling, not installed
+from rowfill.engine.plan import plan_backfill  # noqa: E402
+from rowfill.engine.runner import ChunkRunner  # noqa: E402
+from rowfill.spec.spec import Spec, parse_spec  # noqa: E402
+from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
+from rowfill_dev.localpg import LocalPostgres, _bindir  # noqa: E402
 
 SPEC_NAME = "bench_live_traffic"
 SLOW_MS = 100.0

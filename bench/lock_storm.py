@@ -2,7 +2,7 @@
 """Do live writers wait behind rowfill when the application holds rows the backfill must write?
 
 Issue 10, item 5. One invocation:
-  1. starts a throwaway PostgreSQL (rowfill.localpg, production durability) unless ``--db URL``;
+  1. starts a throwaway PostgreSQL (rowfill_dev.localpg, production durability) unless ``--db URL``;
   2. builds an N-row table ``storm(id bigint PK, points int, bf int)`` (bf 0 = not backfilled);
   3. the application takes ``--held`` scattered rows (seeded random ids) with
      ``SELECT ... FOR UPDATE`` in one transaction and holds them for ``--hold`` seconds;
@@ -42,12 +42,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 import rowfill
-from rowfill.checkpoint import CheckpointStore
-from rowfill.errors import ChunkFailed
-from rowfill.localpg import LocalPostgres
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.spec import parse_spec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))  # rowfill_dev: development tooling, not installed
+from rowfill.engine.plan import plan_backfill  # noqa: E402
+from rowfill.engine.runner import ChunkRunner  # noqa: E402
+from rowfill.errors import ChunkFailed  # noqa: E402
+from rowfill.spec.spec import parse_spec  # noqa: E402
+from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
+from rowfill_dev.localpg import LocalPostgres  # noqa: E402
 
 TARGET_MAX_MS = 100.0
 PG_SETTINGS = {"fsync": "on", "full_page_writes": "on", "synchronous_commit": "on", "shared_buffers": "512MB",

@@ -17,17 +17,19 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from sqlalchemy import text
 
-from rowfill.checkpoint import CheckpointStore
-from rowfill.db import engine_from_url
-from rowfill.localpg import LocalPostgres
-from rowfill.plan import DEFAULT_MAX_MAP_LENGTH, plan_backfill
-from rowfill.spec import parse_spec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))  # rowfill_dev: development tooling, not installed
+from rowfill.engine.database import engine_from_url  # noqa: E402
+from rowfill.engine.plan import DEFAULT_MAX_MAP_LENGTH, plan_backfill  # noqa: E402
+from rowfill.spec.spec import parse_spec  # noqa: E402
+from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
+from rowfill_dev.localpg import LocalPostgres  # noqa: E402
 
 
 def spec(name: str, table: str, chunk_rows: int, planning: str):

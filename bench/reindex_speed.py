@@ -27,15 +27,16 @@ from pathlib import Path
 import yaml
 from sqlalchemy import text
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))  # rowfill_dev: development tooling, not installed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backfill_speed import DEFAULT_PG_SETTINGS, checkpoint, flush_backend_stats, machine, make_engine, server, wal_delta, wal_position  # noqa: E402
 
-from rowfill.checkpoint import CheckpointStore  # noqa: E402
+from rowfill.engine.plan import plan_backfill  # noqa: E402
+from rowfill.engine.runner import ChunkRunner  # noqa: E402
 from rowfill.examples.seed import SEARCH_INDEX, seed_products  # noqa: E402
-from rowfill.localpg import LocalPostgres  # noqa: E402
-from rowfill.plan import plan_backfill  # noqa: E402
-from rowfill.runner import ChunkRunner  # noqa: E402
-from rowfill.spec import parse_spec  # noqa: E402
+from rowfill.spec.spec import parse_spec  # noqa: E402
+from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
+from rowfill_dev.localpg import LocalPostgres  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 say = (lambda *a: print(*a, file=sys.stderr, flush=True))

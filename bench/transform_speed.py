@@ -37,16 +37,17 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))  # rowfill_dev: development tooling, not installed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backfill_speed import DEFAULT_PG_SETTINGS, checkpoint, machine, make_engine, median, server  # noqa: E402
 
-from rowfill.checkpoint import CheckpointStore  # noqa: E402
+from rowfill.engine.plan import plan_backfill  # noqa: E402
+from rowfill.engine.runner import ChunkRunner  # noqa: E402
 from rowfill.examples import loyalty  # noqa: E402
 from rowfill.examples.seed import seed_loyalty  # noqa: E402
-from rowfill.localpg import LocalPostgres  # noqa: E402
-from rowfill.plan import plan_backfill  # noqa: E402
-from rowfill.runner import ChunkRunner  # noqa: E402
-from rowfill.spec import parse_spec  # noqa: E402
+from rowfill.spec.spec import parse_spec  # noqa: E402
+from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
+from rowfill_dev.localpg import LocalPostgres  # noqa: E402
 
 TARGET_PCT = 40.0
 ROOT = Path(__file__).resolve().parents[1]

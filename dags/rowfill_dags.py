@@ -4,6 +4,6 @@ Invalid specs are reported by rowfill_spec_errors.py. (The words "airflow" and "
 docstring are what Airflow's safe-mode file discovery looks for; keep them.)
 """
 
-from rowfill.factory import build_dags
+from rowfill.airflow.factory import build_dags
 
 globals().update(build_dags())

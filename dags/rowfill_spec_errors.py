@@ -5,6 +5,6 @@ error; this way one bad spec never stops the good ones. (Safe-mode discovery nee
 "airflow" and "dag" here.)
 """
 
-from rowfill.factory import raise_spec_errors
+from rowfill.airflow.factory import raise_spec_errors
 
 raise_spec_errors()

@@ -2,7 +2,7 @@
 
 from airflow.plugins_manager import AirflowPlugin
 
-from rowfill.web import create_app
+from rowfill.airflow.web import create_app
 
 
 class RowfillPlugin(AirflowPlugin):

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-from rowfill.stacksecrets import COMPOSE, ensure_secrets, read_secrets  # noqa: E402
+from rowfill_dev.stacksecrets import COMPOSE, ensure_secrets, read_secrets  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

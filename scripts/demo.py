@@ -21,15 +21,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "include"))  # rowfill_dev: development tooling, not installed
 
 from seed import seed  # noqa: E402
 
-from rowfill.durations import format_duration  # noqa: E402
-from rowfill.cli import progress_bar  # noqa: E402
-from rowfill.db import engine_from_url  # noqa: E402
-from rowfill.devstack import AirflowStack  # noqa: E402
-from rowfill.localpg import LocalPostgres, free_port  # noqa: E402
-from rowfill.status import statuses  # noqa: E402
+from rowfill.engine.database import engine_from_url  # noqa: E402
+from rowfill.engine.status import statuses  # noqa: E402
+from rowfill.ops.cli import progress_bar  # noqa: E402
+from rowfill.spec.durations import format_duration  # noqa: E402
+from rowfill_dev.devstack import AirflowStack  # noqa: E402
+from rowfill_dev.localpg import LocalPostgres, free_port  # noqa: E402
 
 DEMO = ROOT / ".demo"
 STATE = DEMO / "state.json"

@@ -13,8 +13,8 @@ import time
 
 from sqlalchemy import text
 
-from rowfill.checkpoint import CheckpointStore
-from rowfill.db import engine_from_url
+from rowfill.engine.database import engine_from_url
+from rowfill.store.checkpoint import CheckpointStore
 
 DEMO_BACKFILLS = ("users_full_name", "users_copy_v2")
 

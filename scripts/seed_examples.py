@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from rowfill.db import engine_from_url
+from rowfill.engine.database import engine_from_url
 from rowfill.examples.seed import seed_loyalty, seed_products
 
 

@@ -157,11 +157,11 @@ def trace_one_batch(batches: int = 10) -> int:
     import yaml
     from sqlalchemy import text
 
-    from rowfill.db import engine_from_url
-    from rowfill.localpg import LocalPostgres
-    from rowfill.plan import plan_backfill
-    from rowfill.runner import ChunkRunner
-    from rowfill.spec import load_spec
+    from rowfill.engine.database import engine_from_url
+    from rowfill.engine.plan import plan_backfill
+    from rowfill.engine.runner import ChunkRunner
+    from rowfill.spec.spec import load_spec
+    from rowfill_dev.localpg import LocalPostgres
 
     tmp = Path(tempfile.mkdtemp(prefix="rowfill-structure-"))
     pg = LocalPostgres(tmp / "data").start()
@@ -186,7 +186,7 @@ def trace_one_batch(batches: int = 10) -> int:
             if event != "call":
                 return
             module = frame.f_globals.get("__name__", "")
-            if frame.f_code.co_name == "_batch_with_retries" and module == "rowfill.runner":
+            if frame.f_code.co_name == "_batch_with_retries" and module == "rowfill.engine.runner":
                 if seen:
                     counts.append(len(seen))
                     crossed.clear()

@@ -1,7 +1,7 @@
 """Shared fixtures: one throwaway PostgreSQL cluster per test session, one fresh database per test.
 
 Tests never use a database the machine already runs; they start their own cluster (see
-``rowfill.localpg``) so they behave the same on a laptop, in CI and on a fresh machine.
+``rowfill_dev.localpg``) so they behave the same on a laptop, in CI and on a fresh machine.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ os.environ.pop("ROWFILL_DATABASE_URL", None)
 import pytest
 
 from helpers import create_database
-from rowfill.db import engine_from_url
-from rowfill.localpg import LocalPostgres
+from rowfill.engine.database import engine_from_url
+from rowfill_dev.localpg import LocalPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
 _db_counter = itertools.count()

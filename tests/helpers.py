@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 from sqlalchemy import text
 
-from rowfill.db import engine_from_url
-from rowfill.spec import load_spec
+from rowfill.engine.database import engine_from_url
+from rowfill.spec.spec import load_spec
 
 
 def make_users(engine, n: int, *, step: int = 1, start: int = 1, table: str = "users") -> None:

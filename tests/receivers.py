@@ -16,7 +16,7 @@ from aiosmtpd.controller import Controller
 
 logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP line at INFO
 
-from rowfill.localpg import free_port
+from rowfill_dev.localpg import free_port
 
 
 class Mailbox:

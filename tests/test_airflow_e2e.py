@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import text
 
 from helpers import create_database, make_users, write_spec
-from rowfill.checkpoint import CheckpointStore
-from rowfill.db import engine_from_url
-from rowfill.devstack import AirflowStack
-from rowfill.localpg import free_port
+from rowfill.engine.database import engine_from_url
+from rowfill.store.checkpoint import CheckpointStore
+from rowfill_dev.devstack import AirflowStack
+from rowfill_dev.localpg import free_port
 
 pytestmark = pytest.mark.airflow
 

@@ -13,13 +13,14 @@ from sqlalchemy import text
 
 from helpers import make_users, spec_for, write_spec
 from receivers import SmtpReceiver, WebhookReceiver
-from rowfill import alerts
-from rowfill.checkpoint import CheckpointStore
+from rowfill.airflow import alerts
+from rowfill.airflow.notifiers import Alert, deliver
+from rowfill.airflow.stall import StallTracker, StallTrigger
+from rowfill.engine.plan import plan_backfill
 from rowfill.errors import SpecErrors
-from rowfill.notifiers import Alert, deliver, parse_alerts
-from rowfill.spec import load_spec
-from rowfill.plan import plan_backfill
-from rowfill.stall import StallTracker, StallTrigger
+from rowfill.spec.alert_targets import parse_alerts
+from rowfill.spec.spec import load_spec
+from rowfill.store.checkpoint import CheckpointStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,7 +195,7 @@ def test_deadline_alert_is_attached_only_when_an_expected_duration_is_given(tmp_
     timed, untimed = bag.dags["rowfill_timed"], bag.dags["rowfill_untimed"]
     [deadline] = timed.deadline
     assert deadline.interval.total_seconds() == 7200
-    assert deadline.callback.path == "rowfill.alerts.run_overdue"
+    assert deadline.callback.path == "rowfill.airflow.alerts.run_overdue"
     assert deadline.callback.kwargs == {"spec_source": str((tmp_path / "timed.yaml").resolve())}
     assert not untimed.deadline
     assert "watchdog" not in untimed.task_ids
@@ -217,8 +218,8 @@ def test_a_chunk_lost_with_its_worker_is_found_by_run_and_map_index(tmp_path, db
     task (no chunk attached): the checkpoint's run id and map index still name the chunk."""
     from types import SimpleNamespace
 
-    from rowfill.observers import remember_task_instance
-    from rowfill.plan import plan_backfill
+    from rowfill.airflow.observers import remember_task_instance
+    from rowfill.engine.plan import plan_backfill
 
     make_users(engine, 2_000)
     spec = spec_for(tmp_path, chunk_rows=1_000, alerts=[{"webhook": {"url": hook.url}}])

@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import text
 
 from helpers import spec_for
-from rowfill.checkpoint import CheckpointStore
-from rowfill.cli import main
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
 from rowfill.errors import ChunkFailed
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
+from rowfill.ops.cli import main
+from rowfill.store.checkpoint import CheckpointStore
 
 # Every row is fine except the bad one, which breaks exactly one column's write.
 # kind -> (column set, its expression, the bad row's data, SQLSTATE)
@@ -143,7 +143,7 @@ def test_a_transform_result_that_does_not_fit_names_the_returns_column(engine, t
 def test_the_cli_status_and_the_alert_name_the_row_and_the_field(engine, db_url, tmp_path, monkeypatch, capsys):
     """What the field case does: `rowfill run` prints it; `rowfill status` and the chunk-failure alert
     (built from the task's exception, as Airflow hands it over) carry the same words."""
-    from rowfill import alerts
+    from rowfill.airflow import alerts
 
     make_items(engine, KEYS["single"], "qty = 0")
     spec = items_spec(tmp_path, KEYS["single"], "division by zero", "set", retries=0)

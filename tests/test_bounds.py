@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import text
 
 from helpers import make_users, spec_for, write_spec
-from rowfill import bounds, cli
-from rowfill.control import BadKnob, parse_knob
+from rowfill.engine.control import BadKnob, parse_knob
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
 from rowfill.errors import SpecErrors
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.spec import load_spec
+from rowfill.ops import cli
+from rowfill.spec import bounds
+from rowfill.spec.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATIONS = {"pause", "lock_timeout", "statement_timeout", "retry_delay", "max_retry_delay", "progress_every",
@@ -132,7 +133,7 @@ def test_a_knob_of_infinity_from_json_is_refused_not_a_crash():
 
 
 def test_the_trigger_form_has_the_bounds_too(tmp_path):
-    from rowfill.runparams import run_overrides, trigger_params
+    from rowfill.airflow.runparams import run_overrides, trigger_params
 
     spec = spec_for(tmp_path)
     assert trigger_params(spec)["batch_rows"].schema["maximum"] == 2**31 - 1

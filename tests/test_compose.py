@@ -2,7 +2,7 @@
 
 The compose stack cannot be started here, so these tests hold it to what the rest of the project
 already knows: the services the README documents, the Airflow settings shared with ``make demo``
-and the end-to-end tests (include/airflow.env, rowfill.devstack), the paths it mounts, the pools
+and the end-to-end tests (include/airflow.env, rowfill_dev.devstack), the paths it mounts, the pools
 the specs need, and the Airflow version pinned in constraints.txt. Variables like
 ``${AIRFLOW_API_PORT:-8080}`` are read at their defaults, never from the environment; required
 ones, ``${AIRFLOW_JWT_SECRET:?message}``, as the placeholder ``<AIRFLOW_JWT_SECRET>``.
@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from rowfill import stacksecrets
-from rowfill.devstack import AirflowStack, read_env_file
-from rowfill.pools import pools_for
-from rowfill.spec import load_specs
+from rowfill.airflow.pools import pools_for
+from rowfill.spec.spec import load_specs
+from rowfill_dev import stacksecrets
+from rowfill_dev.devstack import AirflowStack, read_env_file
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -42,7 +42,7 @@ API_SERVER = "airflow-apiserver"
 WORKER = "airflow-worker"
 INIT = "airflow-init"
 
-# What rowfill.devstack sets that only makes sense for one deployment (paths, database, executor,
+# What rowfill_dev.devstack sets that only makes sense for one deployment (paths, database, executor,
 # ports, where the API is). Everything else it sets must be the same in compose.
 DEPLOYMENT_SPECIFIC = {
     "AIRFLOW_HOME",
@@ -57,7 +57,7 @@ DEPLOYMENT_SPECIFIC = {
     "AIRFLOW_CONN_ROWFILL_AIRFLOW_API",  # same but for host and port: test_api_connection_...
     "AIRFLOW_CONN_APP_DB",
     "ROWFILL_SPECS_DIR",
-    # Secrets: made per deployment (rowfill.stacksecrets), required from the environment by
+    # Secrets: made per deployment (rowfill_dev.stacksecrets), required from the environment by
     # compose; test_secrets_come_from_the_environment_and_match_the_local_ones checks them.
     *stacksecrets.AIRFLOW_SETTINGS.values(),
 }
@@ -326,14 +326,14 @@ def test_local_runs_and_compose_agree_on_deployment_independent_settings(airflow
     shared = read_env_file(ROOT / SHARED_ENV)
     assert shared, f"{SHARED_ENV} is empty"
     for key, value in shared.items():
-        assert devstack_env.get(key) == value, f"rowfill.devstack gives {key}={devstack_env.get(key)!r}, {SHARED_ENV} {value!r}"
+        assert devstack_env.get(key) == value, f"rowfill_dev.devstack gives {key}={devstack_env.get(key)!r}, {SHARED_ENV} {value!r}"
     independent = {k: v for k, v in devstack_env.items() if k not in DEPLOYMENT_SPECIFIC}
     assert set(shared) <= set(independent)
     for name, svc in airflow_services.items():
         env = effective_env(svc)
         differ = {k: (v, env.get(k)) for k, v in independent.items() if env.get(k) != v}
         assert not differ, (
-            f"{name} differs from the local runs (rowfill.devstack) on {differ} (local, compose); "
+            f"{name} differs from the local runs (rowfill_dev.devstack) on {differ} (local, compose); "
             f"put settings both need in {SHARED_ENV}")
 
 

@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import text
 
 from helpers import Lines, make_users, spec_for
-from rowfill.checkpoint import CheckpointStore
-from rowfill.chunk_task import run_chunk
-from rowfill.cli import main
-from rowfill.control import BadKnob, ControlStore, parse_assignments
-from rowfill.plan import plan_backfill
-from rowfill.runner import BatchObserver
-from rowfill.triggers import ControlTrigger
+from rowfill.airflow.triggers import ControlTrigger
+from rowfill.engine.chunk_task import run_chunk
+from rowfill.engine.control import BadKnob, ControlStore, parse_assignments
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import BatchObserver
+from rowfill.ops.cli import main
+from rowfill.store.checkpoint import CheckpointStore
 
 
 class Batches(BatchObserver):
@@ -242,8 +242,8 @@ def test_control_commands_name_unknown_backfills(db_url, tmp_path, capsys):
 
 
 def test_the_progress_page_buttons_pause_and_resume_through_the_same_control(engine, tmp_path):
-    from rowfill.control import ControlStore
-    from rowfill.web import control_hook
+    from rowfill.airflow.web import control_hook
+    from rowfill.engine.control import ControlStore
 
     spec = spec_for(tmp_path)
     hook = control_hook()
@@ -270,7 +270,7 @@ def test_rowfill_run_honours_cancel_and_resume(engine, db_url, tmp_path, capsys)
 
 def test_existing_checkpoint_tables_get_the_new_columns(engine):
     """Installs from before the throttle kept their rowfill.chunks; planning adds what is missing."""
-    from rowfill.checkpoint import DDL
+    from rowfill.store.checkpoint import DDL
 
     with engine.begin() as conn:
         conn.exec_driver_sql(DDL)  # the tables as the first release created them

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from helpers import make_users, write_spec
-from rowfill.checkpoint import CheckpointStore
+from rowfill.store.checkpoint import CheckpointStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

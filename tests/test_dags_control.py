@@ -12,8 +12,8 @@ from pathlib import Path
 from sqlalchemy import text
 
 from helpers import make_users, write_spec
-from rowfill.checkpoint import CheckpointStore
-from rowfill.control import ControlStore
+from rowfill.engine.control import ControlStore
+from rowfill.store.checkpoint import CheckpointStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def test_a_dry_run_plans_and_reports_but_writes_nothing(tmp_path, db_url, engine
 
     assert run.state == "success"
     assert states(run) == {"plan": ["success"], "chunk": ["skipped"], "verify": ["skipped"], "summary": ["success"]}
-    report = xcom(run, "summary")  # the dry-run report (rowfill.dryrun), as `rowfill plan` prints it
+    report = xcom(run, "summary")  # the dry-run report (rowfill.engine.dryrun), as `rowfill plan` prints it
     assert report["backfill"] == "users_full_name" and len(report["chunks"]) == 3
     assert report["rows_to_walk"] == 5_000 and report["rows_to_change"] == 5_000
     assert report["sample_rows"] > 0 and report["estimated_seconds"] is not None  # a timed sample batch, rolled back

@@ -1,4 +1,4 @@
-"""Which errors mean "the connection is gone" (rowfill.disconnects), from real errors of a real server,
+"""Which errors mean "the connection is gone" (rowfill.engine.disconnects), from real errors of a real server,
 and the spec field that says how long to reconnect (``reconnect_for``)."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from helpers import write_spec
-from rowfill.db import engine_from_url
-from rowfill.disconnects import is_connection_error
-from rowfill.localpg import free_port
-from rowfill.reconnect import DEFAULT_RECONNECT_FOR, DatabaseUnreachable, call
-from rowfill.spec import load_spec
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.disconnects import is_connection_error
+from rowfill.engine.reconnect import DatabaseUnreachable, call
+from rowfill.spec.spec import DEFAULT_RECONNECT_FOR, load_spec
+from rowfill_dev.localpg import free_port
 
 ROWFILL = str(Path(sys.executable).parent / "rowfill")
 

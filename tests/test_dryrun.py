@@ -9,12 +9,12 @@ import json
 from sqlalchemy import text
 
 from helpers import example_spec, make_users, spec_for
-from rowfill import cli
-from rowfill.checkpoint import CheckpointStore
-from rowfill.dryrun import dry_run
+from rowfill.engine.dryrun import dry_run
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
 from rowfill.examples.seed import seed_loyalty
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
+from rowfill.ops import cli
+from rowfill.store.checkpoint import CheckpointStore
 
 
 def scalar(engine, sql: str, **params):

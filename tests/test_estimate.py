@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-import rowfill.plan
+import rowfill.engine.plan
 from helpers import make_users, spec_for
-from rowfill.estimate import split_key_range
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
+from rowfill.engine.estimate import split_key_range
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
 
 
 def contiguous(bounds) -> bool:
@@ -70,7 +70,7 @@ def test_estimated_planning_gives_chunks_near_chunk_rows_and_covers_every_row(en
 
 def test_auto_planning_switches_to_estimates_above_the_exact_limit(engine, tmp_path, monkeypatch):
     make_users(engine, 50_000)
-    monkeypatch.setattr(rowfill.plan, "EXACT_PLAN_MAX_ROWS", 10_000)
+    monkeypatch.setattr(rowfill.engine.plan, "EXACT_PLAN_MAX_ROWS", 10_000)
     spec = spec_for(tmp_path, chunk_rows=5_000)
     chunks = plan_backfill(engine, spec, limit=4)
     assert len(chunks) == 4  # estimated planning cuts straight to the limit instead of merging a walk

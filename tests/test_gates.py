@@ -15,14 +15,14 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from helpers import create_database, make_users, spec_for, wait_until
-from rowfill.checkpoint import CheckpointStore
-from rowfill.db import engine_from_url
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.probes import GateCritical
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.throttle import Throttle
 from rowfill.errors import ChunkFailed
-from rowfill.gates import GateCritical
-from rowfill.localpg import LocalPostgres
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.throttle import Throttle
+from rowfill.store.checkpoint import CheckpointStore
+from rowfill_dev.localpg import LocalPostgres
 
 
 class Background:

@@ -13,13 +13,14 @@ import sys
 import pytest
 import yaml
 
-from rowfill import cli
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.spec import load_spec
-from rowfill.sqlnames import quote
-from rowfill.undo import RestoreWriter, finish_rollback, plan_rollback, rollback_spec, rollback_target
-from rowfill.verify import verify_backfill
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_target
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.undo import RestoreWriter, rollback_spec
+from rowfill.engine.verify import verify_backfill
+from rowfill.ops import cli
+from rowfill.spec.spec import load_spec
+from rowfill.sql.sqlnames import quote
 
 ROWS = 1_250
 CANARY_ROWS = 7

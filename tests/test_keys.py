@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import text
 
 from helpers import spec_for
-from rowfill.checkpoint import CheckpointStore
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.verify import verify_backfill
 from rowfill.errors import SpecError
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.verify import verify_backfill
+from rowfill.store.checkpoint import CheckpointStore
 
 
 def scalar(engine, sql: str, **params):

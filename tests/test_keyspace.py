@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import text
 
 from helpers import spec_for
-from rowfill.checkpoint import CheckpointStore
-from rowfill.chunk_task import run_chunk
-from rowfill.plan import plan_backfill
-from rowfill.verify import VerificationFailed, verify_backfill
+from rowfill.engine.chunk_task import run_chunk
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.verify import VerificationFailed, verify_backfill
+from rowfill.store.checkpoint import CheckpointStore
 
 
 def sql(engine, statement: str, **params):
@@ -286,7 +286,7 @@ def test_verify_counts_every_matching_row_of_the_table_in_slices_and_names_the_f
 
 
 def test_a_dry_run_shows_the_done_chunks_a_run_would_walk_again_and_changes_nothing(engine, tmp_path):
-    from rowfill.dryrun import dry_run
+    from rowfill.engine.dryrun import dry_run
 
     sql(engine, "CREATE TABLE items (id bigint PRIMARY KEY, filled int, points int NOT NULL DEFAULT 0)")
     sql(engine, "INSERT INTO items (id) SELECT g * 2 FROM generate_series(1, 100) g")

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import text
 
 from helpers import spec_for, wait_until
-from rowfill.checkpoint import CheckpointStore
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill import rowlocks
-from rowfill.writers import writer_for
+from rowfill.engine import rowlocks
+from rowfill.engine.modes import writer_for
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill.store.checkpoint import CheckpointStore
 
 SUM_OF_ORDERS = "(SELECT coalesce(sum(o.amount), 0) FROM orders o WHERE o.user_id = users.id)"
 
@@ -65,7 +65,7 @@ SPECS = {
 @pytest.mark.parametrize("mode", SPECS)
 def test_a_value_read_from_another_table_includes_what_the_application_committed_while_the_batch_waited(engine, tmp_path, mode):
     """The application adds an order and touches the user in one transaction, which is open when the
-    batch reaches that user. The batch goes around the held user (rowfill.rowlocks), comes back to it
+    batch reaches that user. The batch goes around the held user (rowfill.engine.rowlocks), comes back to it
     once the application commits, and must then count the new order."""
     make_users_and_orders(engine)
     spec = spec_for(tmp_path, name="users_points", table="public.users", where="points IS NULL",
@@ -142,7 +142,7 @@ def test_without_the_temp_privilege_set_locks_first_and_writes_the_right_values(
     """The probe needs a temporary view; a role that may not create one still gets right data."""
     from sqlalchemy.engine import make_url
 
-    from rowfill.db import engine_from_url
+    from rowfill.engine.database import engine_from_url
 
     make_users_and_orders(engine, users=50, orders=200)
     database = make_url(db_url).database
@@ -191,7 +191,7 @@ def test_lock_skip_locked_and_write_touch_only_the_batch_whatever_the_user_text(
         if locks:
             assert "read public.orders" in writer.lock_reason
         assert writer.lock_rows(conn, 100, 150) == 50  # the batch's rows, all matching `where`
-        # the lock that skips rows others hold (rowfill.rowlocks) takes the same 50, none held
+        # the lock that skips rows others hold (rowfill.engine.rowlocks) takes the same 50, none held
         assert rowlocks.lock_batch(conn, writer, 100, 150) == (50, [])
         assert writer.apply(conn, 100, 150) == 50
     with engine.connect() as conn:

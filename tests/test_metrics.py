@@ -14,12 +14,12 @@ from sqlalchemy import text
 from helpers import make_users, spec_for
 from helpers import wait_until
 from receivers import StatsdReceiver
-from rowfill.db import engine_from_url
-from rowfill.localpg import LocalPostgres, free_port
-from rowfill.metrics import BatchMetrics
-from rowfill.observers import standard_observers
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
+from rowfill.airflow.metrics import BatchMetrics
+from rowfill.airflow.observers import standard_observers
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill_dev.localpg import LocalPostgres, free_port
 
 
 @pytest.fixture

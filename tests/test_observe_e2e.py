@@ -29,13 +29,13 @@ from sqlalchemy import text
 
 from helpers import create_database, make_users, wait_until, write_spec
 from receivers import SmtpReceiver, StatsdReceiver, WebhookReceiver
-from rowfill.checkpoint import CheckpointStore
-from rowfill.db import engine_from_url
-from rowfill.devstack import AirflowStack
-from rowfill.localpg import free_port
-from rowfill.plan import plan_backfill
-from rowfill.spec import load_spec
-from rowfill.status import statuses
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.status import statuses
+from rowfill.spec.spec import load_spec
+from rowfill.store.checkpoint import CheckpointStore
+from rowfill_dev.devstack import AirflowStack
+from rowfill_dev.localpg import free_port
 
 pytestmark = pytest.mark.airflow
 

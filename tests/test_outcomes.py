@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import text
 
 from helpers import make_users, spec_for
-from rowfill.checkpoint import CheckpointStore
-from rowfill.cli import main
-from rowfill.plan import plan_backfill
-from rowfill.report import backfill_summary
-from rowfill.runner import ChunkRunner
-from rowfill.verify import VerificationFailed, verify_backfill
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.report import backfill_summary
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.verify import VerificationFailed, verify_backfill
+from rowfill.ops.cli import main
+from rowfill.store.checkpoint import CheckpointStore
 
 
 def cli(db_url, spec, *args) -> int:
@@ -151,7 +151,7 @@ def test_sql_mode_shows_what_verify_found(engine, db_url, tmp_path, capsys):
 
 
 def test_existing_checkpoint_tables_get_the_outcome_columns(engine):
-    from rowfill.checkpoint import DDL
+    from rowfill.store.checkpoint import DDL
 
     with engine.begin() as conn:
         conn.exec_driver_sql(DDL)  # the tables as the first release created them

@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import text
 
 from helpers import make_users, spec_for, write_spec
-from rowfill.checkpoint import CheckpointStore
+from rowfill.engine.plan import merge_to_limit, plan_backfill
+from rowfill.engine.runner import ChunkRunner
 from rowfill.errors import PlanChanged, SpecError
-from rowfill.plan import merge_to_limit, plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.spec import load_spec
+from rowfill.spec.spec import load_spec
+from rowfill.store.checkpoint import CheckpointStore
 
 
 def rows_between(engine, lo: int | None, hi: int, table: str = "users") -> int:

@@ -13,15 +13,15 @@ import time
 from sqlalchemy import text
 
 from helpers import make_users, spec_for, write_spec
-from rowfill import rates
-from rowfill.checkpoint import CheckpointStore
-from rowfill.cli import main as cli
-from rowfill.db import engine_from_url
+from rowfill.airflow.observers import standard_observers
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.status import statuses
 from rowfill.errors import ChunkFailed
-from rowfill.observers import standard_observers
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.status import statuses
+from rowfill.ops.cli import main as cli
+from rowfill.store import rates
+from rowfill.store.checkpoint import CheckpointStore
 
 
 def status_of(engine, name="users_full_name"):
@@ -160,7 +160,7 @@ def test_status_watch_refreshes_until_stopped(engine, db_url, tmp_path):
     make_users(engine, 2_000)
     write_spec(tmp_path)
     plan_backfill(engine, spec_for(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "rowfill.cli", "--specs-dir", str(tmp_path), "--db", db_url,
+    proc = subprocess.Popen([sys.executable, "-m", "rowfill.ops.cli", "--specs-dir", str(tmp_path), "--db", db_url,
                              "status", "--watch", "0.3"], stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(4)

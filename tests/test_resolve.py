@@ -11,15 +11,15 @@ import pytest
 from sqlalchemy import text
 
 from helpers import write_spec
-from rowfill import cli
-from rowfill.chunk_task import run_chunk
-from rowfill.checkpoint import CheckpointStore
-from rowfill.db import engine_from_url
-from rowfill.dryrun import dry_run
+from rowfill.engine.chunk_task import run_chunk
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.dryrun import dry_run
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.verify import verify_backfill
 from rowfill.errors import PlanChanged, SpecError
-from rowfill.plan import plan_backfill
-from rowfill.spec import load_spec
-from rowfill.verify import verify_backfill
+from rowfill.ops import cli
+from rowfill.spec.spec import load_spec
+from rowfill.store.checkpoint import CheckpointStore
 
 
 def sql(engine, statement: str, **params):
@@ -230,7 +230,7 @@ def legacy_plan(engine, spec, table: str) -> None:
     """What an earlier rowfill stored: `orders` read as public.orders, no table columns, chunk 1 from min - 1."""
     import dataclasses
 
-    from rowfill.sqlnames import TableName
+    from rowfill.sql.sqlnames import TableName
 
     old = dataclasses.replace(spec, table=TableName("public", "orders"))
     CheckpointStore(engine).ensure_schema()

@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import text
 
 from helpers import create_database, make_users, write_spec
-from rowfill.checkpoint import CheckpointStore
-from rowfill.db import engine_from_url
-from rowfill.localpg import LocalPostgres
+from rowfill.engine.database import engine_from_url
+from rowfill.store.checkpoint import CheckpointStore
+from rowfill_dev.localpg import LocalPostgres
 
 ROWFILL = str(Path(sys.executable).parent / "rowfill")
 N = 20_000
@@ -201,10 +201,10 @@ def status_json(url: str, specs: Path) -> dict:
 
 
 def test_a_killed_runner_shows_stale_and_the_next_run_takes_its_chunk_over(pg, target):
-    from rowfill import web
-    from rowfill.report import backfill_summary
-    from rowfill.spec import load_spec
-    from rowfill.status import statuses
+    from rowfill.airflow import web
+    from rowfill.engine.report import backfill_summary
+    from rowfill.engine.status import statuses
+    from rowfill.spec.spec import load_spec
 
     url, engine, specs = target
     path = spec_file(specs)
@@ -219,7 +219,7 @@ def test_a_killed_runner_shows_stale_and_the_next_run_takes_its_chunk_over(pg, t
     chunk_no = running[0]["chunk_no"]
 
     # Let the lease run out without waiting for it: the heartbeat stopped with the process, so
-    # its last renewal is what ages; move it back past the lease (rowfill.lease.LEASE_SECONDS).
+    # its last renewal is what ages; move it back past the lease (rowfill.engine.lease.LEASE_SECONDS).
     with admin(url) as conn:
         moved = conn.execute("UPDATE rowfill.leases SET heartbeat_at = heartbeat_at - interval '1 minute' "
                              "WHERE backfill = 'add_points' AND worker = 'old-runner'").rowcount

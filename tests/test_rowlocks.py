@@ -1,4 +1,4 @@
-"""Never make live writers wait behind a batch (issue 10, item 5; rowfill.rowlocks).
+"""Never make live writers wait behind a batch (issue 10, item 5; rowfill.engine.rowlocks).
 
 Rows another session holds are skipped without waiting, recorded in ``rowfill.skipped_rows`` with
 the checkpoint, and written once they are free; every row exactly once, whatever the key type
@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import text
 
 from helpers import spec_for, wait_until
-from rowfill.checkpoint import CheckpointStore
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill.store.checkpoint import CheckpointStore
 
 N = 600
 
@@ -185,10 +185,10 @@ def test_a_live_write_to_a_row_of_the_batch_completes_while_the_application_hold
 
 CHILD = """
 import sys
-from rowfill.db import engine_from_url
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.spec import load_spec
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill.spec.spec import load_spec
 
 engine = engine_from_url(sys.argv[1])
 spec = load_spec(sys.argv[2])

@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy import text
 
 from helpers import make_users, spec_for
-from rowfill.checkpoint import CheckpointStore
-from rowfill.db import engine_from_url
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.throttle import Throttle
 from rowfill.errors import ChunkFailed
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.throttle import Throttle
+from rowfill.store.checkpoint import CheckpointStore
 
 
 def scalar(engine, sql: str, **params):
@@ -225,10 +225,10 @@ def test_a_lock_released_while_the_chunk_comes_back_to_it_lets_the_chunk_finish(
 
 CHILD = """
 import sys
-from rowfill.db import engine_from_url
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.spec import load_spec
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill.spec.spec import load_spec
 
 url, spec_path = sys.argv[1], sys.argv[2]
 engine = engine_from_url(url)
@@ -314,8 +314,8 @@ def test_two_runners_on_the_same_chunk_apply_each_row_once(engine, db_url, tmp_p
 
 
 def test_a_dead_database_is_reported_with_the_spec_file_and_connection(tmp_path):
-    from rowfill.db import DatabaseUnavailable, check_reachable, engine_from_url
-    from rowfill.localpg import free_port
+    from rowfill.engine.database import DatabaseUnavailable, check_reachable, engine_from_url
+    from rowfill_dev.localpg import free_port
 
     spec = spec_for(tmp_path)
     engine = engine_from_url(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rowfill import stacksecrets
-from rowfill.devstack import AirflowStack
+from rowfill_dev import stacksecrets
+from rowfill_dev.devstack import AirflowStack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_no_shipped_file_fixes_a_secret():
         rel = path.relative_to(ROOT).as_posix()
         problems += [f"{rel}:{number}: {key} has the fixed value {value!r}" for number, key, value in fixed_secrets(rel, text)]
     assert not problems, ("secrets with a value in the repository (anyone with the file has them; generate them "
-                          "per deployment instead, see rowfill.stacksecrets):\n" + "\n".join(problems))
+                          "per deployment instead, see rowfill_dev.stacksecrets):\n" + "\n".join(problems))
 
 
 @pytest.mark.parametrize("path, template, value", [

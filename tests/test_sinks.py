@@ -15,18 +15,18 @@ import pytest
 from sqlalchemy import text
 
 from helpers import example_spec
-from rowfill.checkpoint import CheckpointStore
-from rowfill.db import engine_from_url
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.verify import verify_backfill
 from rowfill.errors import ChunkFailed
 from rowfill.examples.seed import seed_products
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.verify import verify_backfill
+from rowfill.store.checkpoint import CheckpointStore
 
 SINK = """
 import json, os
 from sqlalchemy import text
-from rowfill.db import engine_from_url
+from rowfill.engine.database import engine_from_url
 
 LOG = {log!r}
 URL = {url!r}
@@ -106,10 +106,10 @@ def test_a_sink_that_fails_keeps_the_checkpoint_before_its_batch_and_the_retry_r
 
 CRASHING = """
 import sys
-from rowfill.db import engine_from_url
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.spec import load_spec
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
+from rowfill.spec.spec import load_spec
 sys.path.insert(0, sys.argv[3])
 engine = engine_from_url(sys.argv[1])
 spec = load_spec(sys.argv[2])

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from rowfill.errors import SpecError, SpecErrors
-from rowfill.spec import DEFAULT_SPECS_DIR, FIELDS, find_spec, load_spec, load_specs, specs_dir
-from rowfill.sqlnames import TableName
+from rowfill.spec.spec import DEFAULT_SPECS_DIR, FIELDS, find_spec, load_spec, load_specs, specs_dir
+from rowfill.sql.sqlnames import TableName
 
 GOOD = {
     "name": "users_full_name",
@@ -301,7 +301,7 @@ def test_find_spec_reports_a_broken_spec_by_its_own_errors(tmp_path):
         find_spec("ghost", tmp_path)
 
 
-# -- SQL fields: read with one tokenizer (rowfill.sqltext) -------------------------------------------
+# -- SQL fields: read with one tokenizer (rowfill.sql.sqltext) -------------------------------------------
 
 # (id, changes to GOOD, field, text the problem must contain): refused before any database is asked
 SQL_REFUSED = [

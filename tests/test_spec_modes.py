@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from rowfill.errors import SpecErrors
-from rowfill.spec import load_spec
+from rowfill.spec.spec import load_spec
 
 BASE = {"name": "job", "connection": "app_db", "table": "public.users", "key": "id"}
 TRANSFORM = {"transform": "rowfill.examples.loyalty:loyalty_points", "returns": ["loyalty_points"],

@@ -20,14 +20,16 @@ import pytest
 from sqlalchemy import text
 
 from helpers import spec_for
-from rowfill.checkpoint import CheckpointStore
-from rowfill.dryrun import dry_run
+from rowfill.engine.dryrun import dry_run
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.probes import GateKeeper, LatencyProbe
+from rowfill.engine.rollback import finish_rollback, plan_rollback
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.undo import RestoreWriter, rollback_spec
+from rowfill.engine.verify import verify_backfill
 from rowfill.errors import ChunkFailed, SpecError, SpecErrors
-from rowfill.gates import GateKeeper, LatencyProbe, parse_gates, parse_latency
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.undo import RestoreWriter, finish_rollback, plan_rollback, rollback_spec
-from rowfill.verify import verify_backfill
+from rowfill.spec.gates import parse_gates, parse_latency
+from rowfill.store.checkpoint import CheckpointStore
 
 N = 1_000
 BATCH = 100
@@ -365,7 +367,7 @@ def test_no_text_rowfill_accepts_escapes_its_parentheses(engine):
     only rows inside the statement's range, or fails as a whole."""
     from itertools import product
 
-    from rowfill.sqltext import SqlTextError, driver, expression, from_continuation
+    from rowfill.sql.sqltext import SqlTextError, driver, expression, from_continuation
 
     templates = {
         "set": "UPDATE tt SET v = @expr WHERE id BETWEEN 1 AND 10 RETURNING id",

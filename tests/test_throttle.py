@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import text
 
 from helpers import Lines, make_users, spec_for
-from rowfill.checkpoint import CheckpointStore
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import BatchObserver, ChunkRunner
+from rowfill.engine.throttle import Throttle
 from rowfill.errors import SpecErrors
-from rowfill.plan import plan_backfill
-from rowfill.runner import BatchObserver, ChunkRunner
-from rowfill.throttle import Throttle
+from rowfill.store.checkpoint import CheckpointStore
 
 
 class Sleeps:

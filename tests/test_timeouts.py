@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import text
 
 from helpers import Lines, spec_for
-from rowfill.checkpoint import CheckpointStore
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import BatchObserver, ChunkRunner, split_size
 from rowfill.errors import ChunkFailed
-from rowfill.plan import plan_backfill
-from rowfill.runner import BatchObserver, ChunkRunner, split_size
+from rowfill.store.checkpoint import CheckpointStore
 
 
 class Sizes(BatchObserver):

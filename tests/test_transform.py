@@ -16,13 +16,13 @@ import pytest
 from sqlalchemy import text
 
 from helpers import example_spec, spec_for
-from rowfill.checkpoint import CheckpointStore
-from rowfill.db import engine_from_url
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
 from rowfill.errors import ChunkFailed, SpecError
 from rowfill.examples.loyalty import REFERENCE_SQL
 from rowfill.examples.seed import seed_loyalty
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
+from rowfill.store.checkpoint import CheckpointStore
 
 MISMATCHES = f"SELECT count(*) FROM public.users u JOIN ({REFERENCE_SQL}) r USING (id) WHERE u.loyalty_points IS DISTINCT FROM r.points"
 

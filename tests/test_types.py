@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import text
 
 from helpers import spec_for
-from rowfill.checkpoint import CheckpointStore
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
 from rowfill.errors import ChunkFailed
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
+from rowfill.store.checkpoint import CheckpointStore
 
 VALUES: dict[int, object] = {}  # id -> what the transform returns for that row
 

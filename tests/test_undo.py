@@ -17,13 +17,14 @@ import pytest
 from sqlalchemy import text
 
 from helpers import example_spec, make_users, spec_for
-from rowfill import cli
-from rowfill.checkpoint import CheckpointStore
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.rollback import finish_rollback, plan_rollback
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.undo import NoUndo, RestoreWriter, rollback_spec
 from rowfill.errors import ChunkFailed, RowfillError
 from rowfill.examples.seed import seed_loyalty
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.undo import NoUndo, RestoreWriter, finish_rollback, plan_rollback, rollback_spec
+from rowfill.ops import cli
+from rowfill.store.checkpoint import CheckpointStore
 
 
 def scalar(engine, sql: str, **params):
@@ -189,11 +190,12 @@ def test_the_rollback_command_asks_before_it_changes_anything(engine, db_url, tm
 
 CHILD = """
 import sys
-from rowfill.db import engine_from_url
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.spec import load_spec
-from rowfill.undo import RestoreWriter, finish_rollback, plan_rollback, rollback_spec
+from rowfill.engine.database import engine_from_url
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.rollback import finish_rollback, plan_rollback
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.undo import RestoreWriter, rollback_spec
+from rowfill.spec.spec import load_spec
 
 url, spec_path, what = sys.argv[1:4]
 engine = engine_from_url(url)

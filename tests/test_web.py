@@ -9,9 +9,9 @@ import re
 from sqlalchemy import text
 
 from helpers import make_users, spec_for, write_spec
-from rowfill.plan import plan_backfill
-from rowfill.runner import ChunkRunner
-from rowfill.web import collect, render_fragment, render_page
+from rowfill.airflow.web import collect, render_fragment, render_page
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import ChunkRunner
 
 
 def test_the_page_shows_progress_chunk_map_and_an_escaped_error_with_its_task_link(engine, db_url, tmp_path, monkeypatch):
@@ -35,7 +35,7 @@ def test_the_page_shows_progress_chunk_map_and_an_escaped_error_with_its_task_li
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     link = "/airflow/dags/rowfill_users_full_name/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/tasks/chunk/mapped/1"
     assert f"<a class='ti' href='{link}' target='_top'>" in page
-    # live control is installed (rowfill.control): a failed backfill still offers pause
+    # live control is installed (rowfill.engine.control): a failed backfill still offers pause
     assert "data-action='pause'" in render_fragment([entry])
 
 
@@ -56,8 +56,8 @@ import secrets  # noqa: E402
 
 import pytest  # noqa: E402
 
-from rowfill.control import ControlStore  # noqa: E402
-from rowfill.sameorigin import same_origin  # noqa: E402
+from rowfill.airflow.sameorigin import same_origin  # noqa: E402
+from rowfill.engine.control import ControlStore  # noqa: E402
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def specs(engine, db_url, tmp_path, monkeypatch):
 def client_for(token: str | None):
     from fastapi.testclient import TestClient
 
-    from rowfill.web import create_app
+    from rowfill.airflow.web import create_app
 
     return TestClient(create_app(), cookies={"_token": token} if token else None)
 

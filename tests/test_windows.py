@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import text
 
 from helpers import make_users, spec_for
-from rowfill.checkpoint import CheckpointStore
-from rowfill.chunk_task import run_chunk
+from rowfill.engine.chunk_task import run_chunk
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.runner import BatchObserver
 from rowfill.errors import SpecErrors
-from rowfill.plan import plan_backfill
-from rowfill.runner import BatchObserver
-from rowfill.windows import Windows, parse_windows
+from rowfill.spec.windows import Windows, parse_windows
+from rowfill.store.checkpoint import CheckpointStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = timezone.utc
@@ -83,7 +83,7 @@ def test_bad_windows_are_spec_errors_naming_the_field(tmp_path, window, message)
 def test_unquoted_yaml_times_are_read_as_times(tmp_path):
     path = tmp_path / "w.yaml"
     path.write_text("connection: app_db\ntable: users\nkey: id\nset: {x: '1'}\nwindow: {start: 01:30, end: 06:00}\n")
-    from rowfill.spec import load_spec
+    from rowfill.spec.spec import load_spec
 
     [w] = load_spec(path).window
     assert (w.start.hour, w.start.minute, w.end.hour) == (1, 30, 6)

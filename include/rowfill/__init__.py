@@ -1,20 +1,17 @@
 """rowfill: batched, throttled, resumable, exactly-once data backfills for PostgreSQL on Airflow 3.
 
-The package is small on purpose; each module is one idea:
+The package is layered; a layer imports only the layers below it (README "Layout", checked by
+``tests/test_layers.py``):
 
-- ``spec``       a backfill spec (YAML) and its validation
-- ``sqlnames``   quoting of identifiers (table, key, columns)
-- ``keys``       key columns of any orderable type, row-value comparisons, key values as JSON
-- ``plan``       splitting the key space into chunks by walking the key's index
-- ``checkpoint`` the checkpoint store in the target database
-- ``runner``     the batches inside one chunk
-- ``writers``    what a batch writes, per mode (``set``, ``sql``); ``transform`` (Python functions),
-                 ``sinks`` (batches sent elsewhere), ``undo`` (undo log and rollback) add modes
-- ``dryrun``     ``rowfill plan``: what a run would do, changing nothing
-- ``throttle``   how long to breathe between batches
-- ``factory``    spec -> Airflow DAG; ``rollback_dag`` the rollback DAG of ``undo: true`` specs
-- ``alerts``     messages for people when something goes wrong
-- ``cli``        the ``rowfill`` command
+- ``ops``      the ``rowfill`` command and its terminal views
+- ``airflow``  DAG factory, operators, triggers, callbacks and notifiers, the UI plugin; the only
+               layer that imports Airflow
+- ``engine``   planning, the chunk runner, the writers of each mode, pacing, verifying, reporting
+- ``store``    rowfill's own tables in the target database: checkpoints, rate samples
+- ``spec``     a backfill spec (YAML): loading, validation and the value types of its fields
+- ``sql``      SQL as text: identifiers, the one reader of user SQL, key SQL
+
+``errors`` (at the root) holds the exceptions every layer raises.
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """A sink example: send products to an external search index, here a folder of JSON-lines files.
 
 Each batch becomes one file named by its batch id, written to a temporary name and renamed into
-place, so a batch sent again after a crash (sinks are at-least-once; see rowfill.sinks) replaces
+place, so a batch sent again after a crash (sinks are at-least-once; see rowfill.engine.sinks) replaces
 its own file instead of adding duplicates: the same idea as upserting documents by id in a real
 search engine. The folder is ``$ROWFILL_SEARCH_EXPORT_DIR`` (default /tmp/rowfill-search-export).
 """

@@ -1,0 +1,52 @@
+"""Engines for the target database from the spec's Airflow connection (or a URL that overrides it).
+
+Inside Airflow a spec's ``connection`` names an Airflow connection; the ``rowfill`` command and the
+tests may give a URL instead (``--db`` or ``ROWFILL_DATABASE_URL``), which wins. Engines from a URL
+and the reachability check are ``rowfill.engine.database``.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from sqlalchemy.engine import Engine
+
+from rowfill.engine.database import check_reachable, engine_from_url
+from rowfill.spec.spec import Spec
+
+# Connection extras that psycopg understands and SQLAlchemy URLs built by the hook would drop.
+_LIBPQ_EXTRAS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "connect_timeout", "options")
+
+
+def engine_from_airflow(conn_id: str) -> Engine:
+    """Build the engine from the Airflow connection, keeping the extras the hook's URL loses."""
+    # Imported here: the `rowfill` command with --db (or ROWFILL_DATABASE_URL) never pays for
+    # importing Airflow's Postgres provider.
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id=conn_id)
+    conn = hook.get_connection(conn_id)
+    extra = conn.extra_dejson or {}
+    connect_args = {"application_name": "rowfill", "connect_timeout": 10}
+    connect_args.update({k: extra[k] for k in _LIBPQ_EXTRAS if k in extra})
+    return hook.get_sqlalchemy_engine(engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args})
+
+
+def engine_for(connection: str, url: str | None = None) -> Engine:
+    """URL given (or ROWFILL_DATABASE_URL) wins; otherwise the Airflow connection of the spec."""
+    url = url or os.environ.get("ROWFILL_DATABASE_URL")
+    return engine_from_url(url) if url else engine_from_airflow(connection)
+
+
+@contextmanager
+def target_engine(spec: Spec):
+    """An engine on the spec's target database for the length of one task, checked reachable
+    first, riding out a restart for the spec's ``reconnect_for`` (``DatabaseUnavailable`` names the spec
+    file and its ``connection`` field), disposed after."""
+    engine = engine_for(spec.connection)
+    try:
+        check_reachable(engine, spec.connection, spec.source, spec.reconnect_for)
+        yield engine
+    finally:
+        engine.dispose()

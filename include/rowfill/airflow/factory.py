@@ -1,0 +1,168 @@
+"""Spec -> DAG. Loading and validating YAML is ``spec``'s job; this module only assembles tasks.
+
+Shape of every backfill DAG::
+
+    plan  ->  chunk[1..N] (mapped, pool + max_active_tis_per_dagrun)  ->  verify  ->  summary
+
+Bad specs do not stop good ones: their errors become an import error of a separate DAG file
+(shown in Airflow's UI banner and ``airflow dags list-import-errors``), while the good specs'
+DAGs load and run normally. "Bad" includes a spec that loads but whose DAG cannot be built (a
+duration too long for Python's timedelta, anything Airflow rejects): each spec's DAGs are built
+and checked the way Airflow will check them, on their own, so an exception there is that spec's
+error and not the whole file's (``build_all``).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference
+from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+
+from rowfill.airflow import alerts
+from rowfill.airflow.chunk_settings import mapped_chunk_settings, spec_timedelta
+from rowfill.airflow.operators import (
+    BackfillChunkOperator,
+    BackfillSummaryOperator,
+    PlanChunksOperator,
+    VerifyBackfillOperator,
+)
+from rowfill.airflow.rollback_dag import build_rollback_dag, clashes, rollback_dag_id
+from rowfill.airflow.runparams import trigger_params
+from rowfill.airflow.stall import StallWatchdogOperator
+from rowfill.errors import SpecError, SpecErrors
+from rowfill.spec.spec import Spec, load_specs
+
+
+def _doc(spec: Spec) -> str:
+    if spec.transform or spec.sink:
+        fn = spec.transform or spec.sink
+        what = (f"Python {'transform' if spec.transform else 'sink'} `{fn}` receives "
+                f"{', '.join(f'`{n}`' for n in spec.select) or 'every column'} per row"
+                + (f" and returns `{', '.join(spec.returns)}`" if spec.returns else "") + ".")
+    else:
+        what = ("\n".join(f"- `{c}` = `{e}`" for c, e in spec.set.items()) if spec.set else f"```sql\n{spec.sql}\n```")
+    if spec.undo:
+        what += f"\n\nPrevious values are kept (`undo: true`): the DAG `rowfill_{spec.name}_rollback` restores them."
+    return (
+        f"### rowfill backfill `{spec.name}`\n\n{spec.description}\n\n"
+        f"**Table** `{spec.table}` walked by `{spec.key}`"
+        f"{f', rows where `{spec.where}`' if spec.where else ''}.\n\n{what}\n\n"
+        f"Chunks of {spec.chunk_rows:,} rows, batches of {spec.batch_rows:,} rows, pause {spec.pause}s, "
+        f"at most {spec.max_parallel_chunks} chunks at once in pool `{spec.pool_name}`.\n\n"
+        f"Spec: `{spec.source}`. A failed chunk resumes from its checkpoint when you clear it."
+    )
+
+
+def _schedule(spec: Spec):
+    """Cron schedules wait for their next off-peak time; enabling a DAG at noon must not start a backfill at noon."""
+    if spec.schedule and not spec.schedule.startswith("@"):
+        # run_immediately=False still runs the last slot if it was within 10% of the period;
+        # a zero buffer means "wait for the next slot", always.
+        return CronTriggerTimetable(spec.schedule, timezone="UTC", run_immediately=timedelta(0))
+    return spec.schedule
+
+
+def build_dag(spec: Spec) -> DAG:
+    with DAG(
+        dag_id=spec.dag_id,
+        description=(spec.description or f"rowfill backfill of {spec.table}")[:200],
+        schedule=_schedule(spec),
+        catchup=False,
+        max_active_runs=1,
+        tags=["rowfill", *spec.tags],
+        doc_md=_doc(spec),
+        on_success_callback=alerts.on_run_outcome(spec, "success"),
+        on_failure_callback=alerts.on_run_outcome(spec, "failure"),
+        default_args={"owner": "rowfill"},
+        deadline=_deadline(spec),
+        params=trigger_params(spec),
+        auto_register=False,  # only what build_all hands back is a DAG: never one that failed halfway
+    ) as dag:
+        plan = PlanChunksOperator(task_id="plan", spec=spec, retries=2, retry_delay=timedelta(seconds=20))
+        chunks = BackfillChunkOperator.partial(
+            task_id="chunk", on_failure_callback=alerts.on_chunk_failure(spec), **mapped_chunk_settings(spec),
+        ).expand(chunk=plan.output)
+        # none_failed: when every chunk is already done the mapped task is skipped, and the
+        # run should still verify and report instead of skipping to the end.
+        verify = VerifyBackfillOperator(task_id="verify", spec=spec, trigger_rule="none_failed")
+        summary = BackfillSummaryOperator(task_id="summary", spec=spec, trigger_rule="none_failed")
+        chunks >> verify >> summary
+        if spec.stall_after:
+            # Next to the chunks, not after them; deferred at once, so it holds no worker or chunk pool slot.
+            plan >> StallWatchdogOperator(task_id="watchdog", spec=spec, retries=2, retry_delay=timedelta(seconds=10))
+    return dag
+
+
+def _deadline(spec: Spec):
+    """The expected-duration alert as an Airflow 3 Deadline Alert: the scheduler notices the miss, the
+    triggerer runs the callback, even if the run is stuck where no task of ours could report it."""
+    if not spec.expected_duration:
+        return None
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=spec_timedelta(spec, "expected_duration"),
+                         callback=AsyncCallback(alerts.run_overdue, kwargs={"spec_source": str(Path(spec.source).resolve())}))
+
+
+def spec_dags(spec: Spec, taken: set[str] = frozenset()) -> dict[str, DAG]:
+    """The DAGs of one spec (backfill and, with ``undo: true``, rollback) by DAG id, built and checked
+    as Airflow's DAG processor will check them (``DAG.validate`` and serialization;
+    ``airflow/dag_processing/dagbag.py``, ``processor.py``), so a DAG Airflow would drop never gets
+    that far. ``taken``: every spec's backfill DAG id; a rollback DAG whose id is taken is left out
+    (``rollback_dag.clashes`` reports it).
+
+    Raises SpecErrors naming the spec file for anything that goes wrong, and the field when the
+    failure is one that knows it (``spec_timedelta``).
+    """
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    try:
+        built = {spec.dag_id: build_dag(spec)}
+        if spec.undo and rollback_dag_id(spec) not in taken:
+            built[rollback_dag_id(spec)] = build_rollback_dag(spec)
+        for dag in built.values():
+            dag.validate()
+            DagSerialization.to_dict(dag)
+    except SpecErrors:
+        raise
+    except SpecError as exc:
+        raise SpecErrors([exc]) from exc
+    except Exception as exc:  # noqa: BLE001 - whatever it is, it is this spec's, not every spec's
+        problem = " ".join(str(exc).split())[:500] or "(no message)"
+        raise SpecErrors([SpecError(spec.source, None, f"Airflow rejects its DAG ({type(exc).__name__}: {problem}); "
+                                                       "change the spec so Airflow accepts it")]) from exc
+    return built
+
+
+def build_all(directory=None) -> tuple[dict[str, DAG], list[SpecError]]:
+    """Every good spec's DAGs by DAG id, and the errors of every bad spec: those that do not load
+    and those whose DAGs cannot be built (``spec_dags``). Each spec is built on its own, so one that
+    fails becomes its own error while the other specs' DAGs stay. Never raises for a spec."""
+    specs, errors = load_specs(directory)
+    taken = {s.dag_id for s in specs}
+    dags: dict[str, DAG] = {}
+    for spec in specs:
+        try:
+            dags.update(spec_dags(spec, taken))
+        except SpecErrors as exc:
+            errors.extend(exc.errors)
+    return dags, [*errors, *clashes(specs)]
+
+
+def build_dags(directory=None) -> dict[str, DAG]:
+    """Every good spec's DAG, for ``dags/rowfill_dags.py``; bad specs are reported by
+    ``raise_spec_errors`` from a file of their own (see ``build_all``)."""
+    return build_all(directory)[0]
+
+
+def raise_spec_errors(directory=None) -> None:
+    """Raise all bad specs' errors at once, for ``dags/rowfill_spec_errors.py``.
+
+    Airflow marks every DAG of a file that has an import error as stale and refuses to trigger
+    it, so the errors must come from a different DAG file than the good DAGs: there they show in
+    the UI's import-error banner and in ``airflow dags list-import-errors`` without hiding anything.
+    The DAGs built here to find build errors are thrown away (they are not auto-registered).
+    """
+    errors = build_all(directory)[1]
+    if errors:
+        raise SpecErrors(errors)

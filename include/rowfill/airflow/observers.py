@@ -1,0 +1,28 @@
+"""The batch observers every chunk run gets, and the task-instance bookkeeping the UI links need.
+
+Kept out of the runner so the batch loop stays about data: observers learn of each committed batch
+(``runner.BatchObserver``) and record rates (``rates``) and metrics (``metrics``) on the side.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from rowfill.airflow.metrics import BatchMetrics
+from rowfill.store.checkpoint import SCHEMA
+from rowfill.store.rates import RateRecorder
+
+
+def standard_observers(engine, spec) -> list:
+    # BatchMetrics last: it measures the gap between batches from the moment the others are done.
+    return [RateRecorder(engine), BatchMetrics(engine, lag_every=spec.progress_every)]
+
+
+def remember_task_instance(engine, backfill: str, chunk_no: int, map_index: int | None) -> None:
+    """Note the Airflow map index of this attempt: with the run id it names the task instance to clear."""
+    if map_index is None:
+        return
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config('lock_timeout', '10s', true)"))
+        conn.execute(text(f"UPDATE {SCHEMA}.chunks SET map_index = :m WHERE backfill = :n AND chunk_no = :c"),
+                     {"m": map_index, "n": backfill, "c": chunk_no})

@@ -1,0 +1,120 @@
+"""Airflow task semantics for rowfill; the SQL lives in the library modules these call.
+
+Each operator holds the validated spec it was built from (workers re-parse the DAG file, so the
+spec is read from the same YAML the DAG was made of) and opens its own engine for the duration
+of one task: no state is shared between tasks except through the checkpoint store and XCom.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
+
+from rowfill.airflow import task_control
+from rowfill.airflow.chunk_settings import max_map_length
+from rowfill.airflow.connections import target_engine
+from rowfill.airflow.pools import check_pool
+from rowfill.engine import reconnect
+from rowfill.engine.dryrun import dry_run
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.report import backfill_summary
+from rowfill.engine.resolve import pinned_spec
+from rowfill.engine.verify import verify_backfill
+from rowfill.spec.spec import Spec
+
+
+def is_dry_run(context) -> bool:
+    return bool((context.get("params") or {}).get("dry_run"))
+
+
+def skip_if_dry_run(context) -> None:
+    if is_dry_run(context):
+        raise AirflowSkipException("dry run: nothing was changed")
+
+
+def dry_run_task(spec: Spec, context, log) -> list:
+    """The plan task of a ``dry_run`` trigger: log the report, push it to XCom, map no chunk."""
+    with target_engine(spec) as engine:
+        report = dry_run(engine, spec, limit=max_map_length())
+    log.info("%s", report.render())
+    context["ti"].xcom_push(key="dry_run", value=report.to_dict())
+    return []
+
+
+class SpecOperator(BaseOperator):
+    """An operator made from one validated spec; every rowfill task is one."""
+
+    def __init__(self, *, spec: Spec, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+
+
+class PlanChunksOperator(SpecOperator):
+    """Plan (or resume) the chunks; the returned list is what the chunk task is mapped over."""
+
+    ui_color = "#e8f1fb"
+
+    def execute(self, context):
+        spec = self.spec
+        if is_dry_run(context):
+            return dry_run_task(spec, context, self.log)
+        check_pool(spec, self.log)
+        with target_engine(spec) as engine:
+            if (early := task_control.before_plan(engine, spec, context, self.log)) is not None:
+                return early
+            chunks = plan_backfill(engine, spec, limit=max_map_length(), log=self.log)
+        est = sum(c.est_rows for c in chunks)
+        self.log.info("%s: %d chunks to run (~%s rows in their ranges), at most %d at once in pool %r",
+                      spec.name, len(chunks), f"{est:,}", spec.max_parallel_chunks, spec.pool_name)
+        return [c.to_xcom() for c in chunks]
+
+
+class BackfillChunkOperator(SpecOperator):
+    """One mapped instance per chunk: batches from the chunk's checkpoint cursor to its upper bound."""
+
+    ui_color = "#dff5e1"
+
+    def __init__(self, *, chunk: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.chunk = chunk
+
+    def execute(self, context):
+        return task_control.attempt(self, context)
+
+    def execute_complete(self, context, event=None):
+        """Back from the triggerer (window opened, backfill resumed or cancelled): go again from the cursor."""
+        return task_control.attempt(self, context, event)
+
+
+class VerifyBackfillOperator(SpecOperator):
+    """Fail loudly if a chunk is unfinished or rows anywhere in the table still match ``where``."""
+
+    ui_color = "#fff4d6"
+
+    def execute(self, context):
+        skip_if_dry_run(context)
+        with target_engine(self.spec) as engine:
+            task_control.before_verify(engine, self.spec, context)
+            result = verify_backfill(engine, self.spec)
+        if result.remaining is None:
+            self.log.info("%s: all %d chunks done (no `where` to re-check)", self.spec.name, result.chunks)
+        else:
+            self.log.info("%s: all %d chunks done; no row of the table matches `where` any more", self.spec.name, result.chunks)
+        return {"chunks": result.chunks, "remaining": result.remaining}
+
+
+class BackfillSummaryOperator(SpecOperator):
+    """Rows, duration and rate of the backfill, pushed to XCom for people and downstream tools."""
+
+    ui_color = "#efe6fb"
+
+    def execute(self, context):
+        if (dry := task_control.dry_run_summary(context)) is not None:
+            return dry  # the dry run's report, as the plan task made it
+        with target_engine(self.spec) as engine:
+            # the table planned on, still the same relation
+            spec = reconnect.call(lambda: pinned_spec(engine, self.spec), self.spec, "checking the planned table", self.log)
+            summary = reconnect.call(lambda: backfill_summary(engine, spec.name, run_id=context["run_id"]), spec,
+                                     "reading the summary", self.log)
+            self.log.info("%s (table %s)", summary.line(), spec.table)
+            return task_control.annotate_summary(engine, spec, {**summary.to_dict(), "table": str(spec.table)}, self.log)

@@ -1,0 +1,74 @@
+"""Airflow pools for rowfill: which ones the specs need, and a loud check that they exist.
+
+Airflow 3 leaves a task whose pool does not exist in ``scheduled`` forever, without an error,
+and tasks cannot create pools. So pools are created at deploy time from ``include/pools.json``
+(``airflow pools import``), and the plan task checks through Airflow's REST API that the pool is
+there, failing with the exact command to run when it is not.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from rowfill.errors import RowfillError
+from rowfill.spec.spec import Spec
+
+API_CONNECTION = "rowfill_airflow_api"
+POOLS_FILE = Path(__file__).resolve().parents[2] / "pools.json"  # include/pools.json
+
+
+class PoolMissing(RowfillError):
+    pass
+
+
+def pools_for(specs: list[Spec]) -> dict[str, dict]:
+    """The pools file content for these specs: one pool per target database, sized for its backfills."""
+    pools: dict[str, dict] = {}
+    for spec in specs:
+        entry = pools.setdefault(spec.pool_name, {"slots": 0, "description": f"rowfill chunks writing to connection {spec.connection}", "include_deferred": False})
+        entry["slots"] = max(entry["slots"], spec.max_parallel_chunks)
+    return dict(sorted(pools.items()))
+
+
+def create_command(spec: Spec) -> str:
+    return f"airflow pools set {spec.pool_name} {spec.max_parallel_chunks} 'rowfill chunks writing to connection {spec.connection}'"
+
+
+def check_pool(spec: Spec, log) -> bool | None:
+    """True/False when the API answered, None when it could not be asked (then we only warn)."""
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(API_CONNECTION)
+    except Exception:
+        log.warning(
+            "Cannot check that pool %r exists: no Airflow connection %r (an http connection to the API server "
+            "with a user allowed to read pools). If the pool is missing, chunk tasks stay 'scheduled' forever; "
+            "create it with: %s", spec.pool_name, API_CONNECTION, create_command(spec))
+        return None
+    base = f"{conn.schema or 'http'}://{conn.host}{':' + str(conn.port) if conn.port else ''}".rstrip("/")
+    try:
+        token = _post_json(f"{base}/auth/token", {"username": conn.login, "password": conn.password})["access_token"]
+        req = urllib.request.Request(f"{base}/api/v2/pools/{spec.pool_name}", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10):
+            return True
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise PoolMissing(
+                f"Airflow pool {spec.pool_name!r} does not exist, so the chunk tasks of {spec.dag_id} would wait in "
+                f"'scheduled' forever. Create it, then clear this task: {create_command(spec)} "
+                f"(or import all rowfill pools: airflow pools import include/pools.json)"
+            ) from exc
+        log.warning("Could not check pool %r through the Airflow API (%s %s); continuing", spec.pool_name, exc.code, exc.reason)
+    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+        log.warning("Could not check pool %r through the Airflow API at %s (%s); continuing", spec.pool_name, base, exc)
+    return None
+
+
+def _post_json(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())

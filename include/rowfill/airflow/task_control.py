@@ -1,0 +1,103 @@
+"""How the Airflow tasks honour windows, pause/cancel, trigger parameters and dry runs.
+
+The operators stay thin and call in here; the decisions themselves live in ``chunk_task``
+(free of Airflow) and this module only turns them into Airflow outcomes:
+
+- a chunk that must wait **defers** to the triggerer (``triggers.ControlTrigger``): it gives back
+  its worker slot and its pool slot, keeps its cursor, and resumes in ``execute_complete``;
+- a **cancelled** backfill's chunks end *skipped* (cursor kept), verify is skipped, the summary
+  says "cancelled" and the run ends without a failure;
+- a **critical gate** fails the chunk without Airflow retries (retrying into a database in
+  trouble is what ``critical`` is there to prevent); clear the task once it has recovered;
+- a **dry run** plans read-only, reports, and maps no chunk at all.
+"""
+
+from __future__ import annotations
+
+from datetime import timezone
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from rowfill.airflow.connections import target_engine
+from rowfill.airflow.observers import remember_task_instance, standard_observers
+from rowfill.airflow.runparams import is_dry_run, run_overrides
+from rowfill.airflow.triggers import ControlTrigger
+from rowfill.engine import reconnect
+from rowfill.engine.chunk_task import run_chunk
+from rowfill.engine.control import ControlStore, stop_reason
+from rowfill.engine.probes import GateCritical
+from rowfill.errors import ChunkFailed, SpecError
+
+POLL_INTERVAL = 5.0  # seconds between control-row reads of a deferred chunk
+
+
+def _control(engine, spec):
+    """The backfill's control row, read through a database restart (``rowfill.engine.reconnect``)."""
+    return reconnect.call(lambda: ControlStore(engine).get(spec.name), spec, "reading pause/cancel")
+
+
+def _params(context) -> dict:
+    return dict(context.get("params") or {})
+
+
+def attempt(op, context, event=None):
+    spec, chunk = op.spec, op.chunk
+    if event:
+        op.log.info("%s: back from waiting (%s)", chunk["label"], event.get("event") if isinstance(event, dict) else event)
+    with target_engine(spec) as engine:
+        map_index = getattr(context.get("ti"), "map_index", None)
+        reconnect.call(lambda: remember_task_instance(engine, spec.name, chunk["chunk_no"], map_index), spec,
+                       "recording the task instance", op.log)
+        try:
+            outcome = run_chunk(engine, spec, chunk["chunk_no"], label=chunk["label"], run_id=context["run_id"],
+                                logger=op.log, overrides=run_overrides(_params(context), spec),
+                                observers=standard_observers(engine, spec))
+        except ChunkFailed as exc:
+            if isinstance(exc.__cause__, GateCritical):
+                raise AirflowFailException(str(exc)) from exc
+            raise
+        except SpecError as exc:  # e.g. the table changed since planning: retrying cannot help
+            raise AirflowFailException(str(exc)) from exc
+    if outcome.kind == "cancelled":
+        raise AirflowSkipException(f"{chunk['label']}: {outcome.reason}; cursor kept. `rowfill resume {spec.name}` "
+                                   "and trigger the DAG again to continue.")
+    if outcome.kind == "defer":
+        until = outcome.until.astimezone(timezone.utc).isoformat() if outcome.until else None
+        op.defer(trigger=ControlTrigger(spec.connection, spec.name, until=until, wait_for_resume=until is None,
+                                        poll_interval=POLL_INTERVAL),
+                 method_name="execute_complete")
+    result = outcome.result
+    return {"chunk_no": result.chunk_no, "status": result.status, "rows_seen": result.rows_seen,
+            "rows_written": result.rows_written, "batches": result.batches, "seconds": round(result.seconds, 3)}
+
+
+def before_plan(engine, spec, context, log):
+    """A cancelled backfill plans nothing (dry runs never get here: see operators). None = plan as usual."""
+    control = _control(engine, spec)
+    if control.state == "cancelled":
+        raise AirflowSkipException(f"backfill {spec.name} is {stop_reason(control)}; nothing planned. "
+                                   f"`rowfill resume {spec.name}` to run it again.")
+    return None
+
+
+def before_verify(engine, spec, context) -> None:
+    if is_dry_run(_params(context)):
+        raise AirflowSkipException("dry run: nothing was written, nothing to verify")
+    control = _control(engine, spec)
+    if control.state == "cancelled":
+        raise AirflowSkipException(f"backfill {spec.name} is {stop_reason(control)}; unfinished chunks keep their "
+                                   "cursors, so there is nothing to verify yet")
+
+
+def dry_run_summary(context):
+    if not is_dry_run(_params(context)):
+        return None
+    return context["ti"].xcom_pull(task_ids="plan", key="dry_run")
+
+
+def annotate_summary(engine, spec, summary: dict, log) -> dict:
+    control = _control(engine, spec)
+    summary["control"] = control.state
+    if control.state != "running":
+        log.info("%s: %s", spec.name, stop_reason(control))
+    return summary

@@ -1,0 +1,75 @@
+"""The trigger a waiting chunk defers to: it frees the worker slot while the chunk waits.
+
+One trigger covers both reasons a chunk waits: until its off-peak window opens (``until``), or
+until someone resumes a paused backfill (``wait_for_resume``). Either way it also watches the
+backfill's control row, so a ``rowfill cancel`` ends the wait at once instead of at the next
+window. It runs in Airflow's triggerer: the database is read in a thread (psycopg is not async
+here), every ``poll_interval`` seconds. Only chunks that would otherwise be running are
+deferred (deferred tasks still count toward ``max_active_tis_per_dagrun``), so a backfill has at
+most ``max_parallel_chunks`` of these polling its database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from rowfill.airflow.connections import engine_for
+from rowfill.engine.control import ControlStore
+
+
+def read_state(engine, backfill: str) -> str:
+    return ControlStore(engine).get(backfill).state
+
+
+class ControlTrigger(BaseTrigger):
+    def __init__(self, connection: str, backfill: str, until: str | None = None, wait_for_resume: bool = False,
+                 poll_interval: float = 5.0):
+        super().__init__()
+        self.connection = connection
+        self.backfill = backfill
+        self.until = until  # ISO timestamp, UTC
+        self.wait_for_resume = wait_for_resume
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("rowfill.airflow.triggers.ControlTrigger", {
+            "connection": self.connection, "backfill": self.backfill, "until": self.until,
+            "wait_for_resume": self.wait_for_resume, "poll_interval": self.poll_interval,
+        })
+
+    def _deadline(self) -> datetime | None:
+        return datetime.fromisoformat(self.until) if self.until else None
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        deadline = self._deadline()
+        engine = None
+        try:
+            while True:
+                state = None
+                try:
+                    if engine is None:
+                        engine = await asyncio.to_thread(engine_for, self.connection)
+                    state = await asyncio.to_thread(read_state, engine, self.backfill)
+                except Exception as exc:  # noqa: BLE001 - the database may be down for a while; keep waiting
+                    self.log.warning("rowfill: cannot read the control row of %s yet: %s", self.backfill, exc)
+                if state == "cancelled":
+                    yield TriggerEvent({"event": "cancelled"})
+                    return
+                if self.wait_for_resume and state == "running":
+                    yield TriggerEvent({"event": "resumed"})
+                    return
+                now = datetime.now(timezone.utc)
+                if deadline is not None and now >= deadline and not self.wait_for_resume:
+                    yield TriggerEvent({"event": "window_open", "at": now.isoformat()})
+                    return
+                delay = self.poll_interval
+                if deadline is not None and not self.wait_for_resume:
+                    delay = max(0.05, min(delay, (deadline - now).total_seconds()))
+                await asyncio.sleep(delay)
+        finally:
+            if engine is not None:
+                engine.dispose()

@@ -1,0 +1,146 @@
+"""One go of a chunk task: decide whether it may write now, run it, and say what should happen next.
+
+Kept free of Airflow so the same decisions drive the Airflow operator (which defers to the
+triggerer), ``rowfill run`` (which waits in-process) and the tests (which drive the clock):
+
+- cancelled → ``cancelled``: nothing is written, the cursor stays where it is;
+- paused → ``defer`` until resumed;
+- outside every window → ``defer`` until the next window opens;
+- otherwise check that the table is still the relation planned (``rowfill.engine.resolve``: a ``table``
+  SpecError, nothing written, if not) and run from the cursor; the runner stops at a batch boundary when the backfill is
+  paused or cancelled, or when the window closes, and the outcome says which.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+from sqlalchemy.engine import Engine
+
+from rowfill.engine import reconnect
+from rowfill.engine.control import ControlStore, LiveControl, stop_reason
+from rowfill.engine.resolve import pinned_spec
+from rowfill.engine.runner import BatchObserver, ChunkResult, ChunkRunner
+from rowfill.engine.throttle import Throttle
+from rowfill.spec.spec import Spec
+from rowfill.spec.windows import Clock, Windows, utcnow
+from rowfill.store.checkpoint import CheckpointStore
+
+log = logging.getLogger("rowfill.chunk")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # done | defer | cancelled
+    reason: str
+    until: datetime | None = None  # defer: when the window opens; None = until resumed
+    result: ChunkResult | None = None
+
+
+def _when(moment: datetime, windows: Windows) -> str:
+    zone = windows.windows[0].tz if windows else None
+    local = moment.astimezone(zone) if zone else moment
+    return f"{local:%Y-%m-%d %H:%M:%S %Z}"
+
+
+def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = None, run_id: str | None = None,
+              logger: logging.Logger | None = None, overrides: dict | None = None, clock: Clock = utcnow,
+              sleep: Callable[[float], None] = time.sleep, observers: list[BatchObserver] = ()) -> Outcome:
+    logger = logger or log
+    label = label or f"chunk {chunk_no}"
+    controls = ControlStore(engine)
+    store = CheckpointStore(engine)
+    # every read and write here is retried through a restart of the database (rowfill.engine.reconnect)
+    control = reconnect.call(lambda: (controls.ensure(), controls.get(spec.name))[1], spec,
+                             "reading the backfill's control state", logger)
+    windows = Windows(spec.window)
+
+    def hold(state: str) -> None:
+        reconnect.call(lambda: store.note_throttle(spec.name, chunk_no, state), spec, "recording why the chunk waits", logger)
+
+    if control.state == "cancelled":
+        reason = stop_reason(control)
+        hold(reason)
+        logger.info("%s: backfill %s is %s; not starting, cursor kept", label, spec.name, reason)
+        return Outcome("cancelled", reason)
+    if control.state == "paused":
+        reason = stop_reason(control)
+        hold(reason)
+        logger.info("%s: backfill %s is %s; waiting for `rowfill resume %s` without holding a worker slot",
+                    label, spec.name, reason, spec.name)
+        return Outcome("defer", reason)
+    now = clock()
+    if not windows.is_open(now):
+        opens = windows.next_open(now)
+        reason = f"outside the window ({windows}); opens at {_when(opens, windows)}"
+        hold(reason)
+        logger.info("%s: %s; waiting without holding a worker slot", label, reason)
+        return Outcome("defer", reason, until=opens)
+
+    # the table pinned at planning, after checking it is still the same relation: every statement of
+    # the chunk (writes, gates, the throttle's probes) names it schema-qualified
+    spec = reconnect.call(lambda: pinned_spec(engine, spec), spec, "checking the planned table", logger)
+    throttle = Throttle.for_spec(spec, sleep, engine=engine, logger=logger)
+    live = LiveControl(controls, spec, throttle, overrides=overrides, logger=logger, label=label)
+    live.start(control)
+    stopped: dict[str, str] = {}
+    if windows:
+        logger.info("%s: inside the window (%s) until %s", label, windows, _when(windows.closes_at(now), windows))
+
+    def should_stop() -> str | None:
+        state = live.poll()
+        if state.state != "running":
+            stopped["kind"] = state.state
+            return stop_reason(state)
+        if windows and not windows.is_open(clock()):
+            stopped["kind"] = "window"
+            return f"the window ({windows}) closed"
+        return None
+
+    runner = ChunkRunner(engine, spec, throttle=throttle, logger=logger, label=label, run_id=run_id,
+                         should_stop=should_stop, observers=list(observers))
+    result = runner.run(chunk_no)
+    if result.status == "done":
+        return Outcome("done", "done", result=result)
+    kind = stopped.get("kind")
+    if kind == "cancelled":
+        reason = stop_reason(live.control)
+        hold(reason)
+        return Outcome("cancelled", reason, result=result)
+    if kind == "paused":
+        reason = stop_reason(live.control)
+        hold(reason)
+        return Outcome("defer", reason, result=result)
+    opens = windows.next_open(clock())
+    reason = f"outside the window ({windows}); opens at {_when(opens, windows)}"
+    hold(reason)
+    logger.info("%s: %s; cursor %s kept", label, reason, result.cursor)
+    return Outcome("defer", reason, until=opens, result=result)
+
+
+def run_chunk_here(engine: Engine, spec: Spec, chunk_no: int, *, poll: float = 5.0, clock: Clock = utcnow,
+                   sleep: Callable[[float], None] = time.sleep, **kw) -> Outcome:
+    """``run_chunk`` until it is done or cancelled, waiting in this process instead of deferring."""
+    logger = kw.get("logger") or log
+    while True:
+        outcome = run_chunk(engine, spec, chunk_no, clock=clock, sleep=sleep, **kw)
+        if outcome.kind != "defer":
+            return outcome
+        if outcome.until is not None:
+            seconds = (outcome.until - clock()).total_seconds()
+            logger.info("sleeping %.0f s until the window opens", max(seconds, 0))
+            while (seconds := (outcome.until - clock()).total_seconds()) > 0:
+                if _control_state(engine, spec, logger) == "cancelled":
+                    break
+                sleep(min(seconds, poll))
+        else:
+            while _control_state(engine, spec, logger) == "paused":
+                sleep(poll)
+
+
+def _control_state(engine: Engine, spec: Spec, logger: logging.Logger) -> str:
+    return reconnect.call(lambda: ControlStore(engine).get(spec.name).state, spec, "waiting for resume", logger)

@@ -1,0 +1,314 @@
+"""Live control of a backfill: pause, resume, cancel and knobs, changed while it runs.
+
+The state lives in the target database next to the checkpoints (``rowfill.controls``, one row
+per backfill), because that is the one place every worker, the triggerer and the ``rowfill``
+command can all reach, and it outlives worker restarts and DAG runs. Running chunks read their
+row between batches (one primary-key lookup) and log every change when it takes effect.
+
+- ``paused``: running chunks stop at the next batch boundary and defer (no worker slot) until
+  ``rowfill resume``; chunks that start while paused defer at once.
+- ``cancelled``: chunks stop at the next batch boundary, keep their cursors and end *skipped*;
+  verify is skipped, the summary says "cancelled", the run ends without failing. It stays
+  cancelled (later runs skip too) until ``rowfill resume``.
+- knobs: ``batch_rows``, ``pause``, ``pause_ratio``, ``target_batch_time``, ``min_batch_rows``,
+  ``max_batch_rows``, ``latency_limit`` and gate thresholds (``replica_lag.wait``, ...). They
+  override the spec and the run's trigger parameters until cleared with ``rowfill set NAME --reset``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from rowfill.engine.disconnects import describe, is_connection_error
+from rowfill.errors import RowfillError
+from rowfill.spec.bounds import FIELDS as BOUNDS
+from rowfill.spec.bounds import LATENCY_LIMIT
+from rowfill.spec.durations import parse_duration
+from rowfill.spec.gates import KINDS, threshold
+from rowfill.store.checkpoint import SCHEMA, _LOCK_KEY, CheckpointStore
+
+log = logging.getLogger("rowfill.control")
+
+STATES = ("running", "paused", "cancelled")
+
+DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.controls (
+    backfill   text PRIMARY KEY,
+    state      text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'paused', 'cancelled')),
+    knobs      jsonb NOT NULL DEFAULT '{{}}',
+    version    bigint NOT NULL DEFAULT 0,
+    note       text,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+class BadKnob(RowfillError):
+    pass
+
+
+@dataclass(frozen=True)
+class Control:
+    backfill: str
+    state: str = "running"
+    knobs: dict = field(default_factory=dict)
+    version: int = 0
+    note: str | None = None
+    changed_at: datetime | None = None
+
+
+# -- knobs -----------------------------------------------------------------------------------
+
+_SIMPLE_KNOBS = {
+    "batch_rows": "rows", "min_batch_rows": "rows", "max_batch_rows": "rows",
+    "pause": "duration", "pause_ratio": "ratio", "target_batch_time": "duration_or_off", "latency_limit": "positive_duration",
+}
+
+
+def knob_names() -> list[str]:
+
+    return [*_SIMPLE_KNOBS, *(f"{g}.{w}" for g in KINDS for w in ("wait", "critical"))]
+
+
+def parse_knob(name: str, value) -> float | int | None:
+    """One knob from the command line (``pause=50ms``) or JSON, validated like the spec field."""
+    raw = value.strip() if isinstance(value, str) else value
+    try:
+        kind = _SIMPLE_KNOBS.get(name)
+        bound = BOUNDS.get(name)  # the spec field's upper bound (rowfill.spec.bounds); latency_limit is latency_probe.limit
+        if kind == "rows":
+            rows = int(raw)
+            if rows < 1 or (isinstance(raw, float) and rows != raw):
+                raise ValueError
+            return bound.check(rows)
+        if kind == "duration":
+            return parse_duration(raw, bound)
+        if kind == "ratio":
+            ratio = float(raw)
+            if not 0 <= ratio <= 100:
+                raise ValueError
+            return ratio
+        if kind == "duration_or_off":
+            return None if raw in ("off", None) else parse_duration(raw, bound)
+        if kind == "positive_duration":
+            seconds = parse_duration(raw, LATENCY_LIMIT)
+            if seconds <= 0:
+                raise ValueError
+            return seconds
+        gate, _, which = name.partition(".")
+        if gate in KINDS and which in ("wait", "critical"):
+            if raw in ("off", None):
+                return None
+            unit = KINDS[gate][0]
+            if unit != "seconds" and isinstance(raw, str):
+                raw = float(raw)
+            return threshold(unit, raw, name)
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf) of a JSON Infinity
+        detail = f": {exc}" if str(exc) else ""
+        raise BadKnob(f"knob {name}={value!r} is not valid{detail}; e.g. batch_rows=2000, pause=50ms, pause_ratio=0.5, "
+                      "target_batch_time=300ms, latency_limit=20ms, replica_lag.wait=5s, active_backends.critical=100") from None
+    raise BadKnob(f"unknown knob {name!r}; live knobs are: {', '.join(knob_names())}")
+
+
+def parse_assignments(items: list[str]) -> dict:
+    knobs = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq:
+            raise BadKnob(f"{item!r}: write knobs as name=value, e.g. batch_rows=2000 pause=50ms")
+        knobs[name.strip()] = parse_knob(name.strip(), value)
+    return knobs
+
+
+def spec_knobs(spec) -> dict:
+    """The knob values a spec starts from: what clearing a live knob goes back to."""
+    base = {"batch_rows": spec.batch_rows, "pause": spec.pause, "pause_ratio": getattr(spec, "pause_ratio", 0.0),
+            "target_batch_time": getattr(spec, "target_batch_time", None)}
+    if getattr(spec, "min_batch_rows", None):
+        base["min_batch_rows"] = spec.min_batch_rows
+    if getattr(spec, "max_batch_rows", None):
+        base["max_batch_rows"] = spec.max_batch_rows
+    if getattr(spec, "latency_probe", None):
+        base["latency_limit"] = spec.latency_probe.limit
+    gates = getattr(spec, "gates", None) or {}
+    for name in KINDS:
+        gate = gates.get(name)
+        base[f"{name}.wait"] = gate.wait if gate else None
+        base[f"{name}.critical"] = gate.critical if gate else None
+    return base
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+class ControlStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._exists = False
+
+    def ensure(self) -> None:
+        """The controls table, and the checkpoint tables beside it (a backfill may be paused before it ever ran)."""
+        CheckpointStore(self.engine).ensure_schema()
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            conn.exec_driver_sql(DDL)
+        self._exists = True
+
+    def _table_exists(self, conn) -> bool:
+        if not self._exists:
+            self._exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.controls"}).scalar() is not None
+        return self._exists
+
+    def get(self, name: str) -> Control:
+        """The backfill's control row; a backfill nobody touched is running with no knobs."""
+        with self.engine.connect() as conn:
+            if not self._table_exists(conn):
+                return Control(name)
+            row = conn.execute(
+                text(f"SELECT state, knobs, version, note, changed_at FROM {SCHEMA}.controls WHERE backfill = :n"), {"n": name}
+            ).first()
+        return Control(name, *row) if row else Control(name)
+
+    def _write(self, name: str, *, state: str | None = None, knobs: dict | None = None, replace_knobs: bool = False,
+               note: str | None = None) -> Control:
+        self.ensure()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                text(
+                    f"INSERT INTO {SCHEMA}.controls AS c (backfill, state, knobs, version, note) "
+                    "VALUES (:n, coalesce(:s, 'running'), CAST(:k AS jsonb), 1, :note) "
+                    "ON CONFLICT (backfill) DO UPDATE SET state = coalesce(:s, c.state), "
+                    "knobs = CASE WHEN :replace THEN CAST(:k AS jsonb) ELSE jsonb_strip_nulls(c.knobs || CAST(:k AS jsonb)) END, "
+                    "version = c.version + 1, note = coalesce(:note, c.note), changed_at = now() "
+                    "RETURNING state, knobs, version, note, changed_at"
+                ),
+                {"n": name, "s": state, "k": json.dumps(knobs or {}), "replace": replace_knobs, "note": note},
+            ).one()
+        return Control(name, *row)
+
+    def pause(self, name: str, reason: str | None = None) -> Control:
+        return self._write(name, state="paused", note=_note("paused with `rowfill pause`", reason))
+
+    def resume(self, name: str, reason: str | None = None) -> Control:
+        return self._write(name, state="running", note=_note("resumed with `rowfill resume`", reason))
+
+    def cancel(self, name: str, reason: str | None = None) -> Control:
+        return self._write(name, state="cancelled", note=_note("cancelled with `rowfill cancel`", reason))
+
+    def set_knobs(self, name: str, knobs: dict, note: str | None = None) -> Control:
+        """Merge knobs. A value of None means "off" (a gate threshold or target_batch_time switched off)."""
+        stored = {k: (_OFF if v is None else v) for k, v in knobs.items()}
+        return self._write(name, knobs=stored)
+
+    def unset_knobs(self, name: str, names: list[str]) -> Control:
+        """Drop knobs: those values go back to the spec's (or the run's trigger parameters)."""
+        current = dict(self.get(name).knobs or {})
+        for knob in names:
+            current.pop(knob, None)
+        return self._write(name, knobs=current, replace_knobs=True)
+
+    def reset_knobs(self, name: str) -> Control:
+        return self._write(name, knobs={}, replace_knobs=True)
+
+
+def _note(what: str, reason: str | None) -> str:
+    return f"{what}: {reason}" if reason else what
+
+
+# A knob switched "off" must be stored (it overrides the spec), but JSON null is what
+# jsonb_strip_nulls drops: store a marker instead.
+_OFF = "off"
+
+
+def knob_value(name: str, stored):
+    return None if stored == _OFF else stored
+
+
+def stop_reason(control: Control) -> str | None:
+    if control.state == "running":
+        return None
+    note = control.note if control.note and control.note.startswith(control.state) else control.state
+    return note
+
+
+class LiveControl:
+    """What a running chunk reads between batches: its control row, applied to its throttle."""
+
+    def __init__(self, store: ControlStore, spec, throttle, *, overrides: dict | None = None,
+                 logger: logging.Logger | None = None, label: str = "chunk"):
+        self.store = store
+        self.spec = spec
+        self.throttle = throttle
+        self.overrides = dict(overrides or {})  # this run's trigger parameters
+        self.log = logger or log
+        self.label = label
+        self.base = spec_knobs(spec)
+        self.applied = dict(self.base)
+        self.version: int | None = None
+        self.control = Control(spec.name)
+
+    def start(self, control: Control) -> None:
+        if self.overrides:
+            changes = self.throttle.apply(self.overrides)
+            self.applied.update(self.overrides)
+            if changes:
+                self.log.info("%s: this run's trigger parameters: %s", self.label, ", ".join(changes))
+        self._take(control, first=True)
+
+    def poll(self) -> Control:
+        try:
+            control = self.store.get(self.spec.name)
+        except Exception as exc:  # noqa: BLE001 - a control hiccup must not fail a batch; keep the last state
+            if is_connection_error(exc):  # a restart: the runner reconnects and reads again (rowfill.engine.reconnect)
+                raise
+            self.log.warning("%s: could not read live controls (%s); keeping the last ones", self.label, describe(exc))
+            return self.control
+        if control.version != self.version:
+            self._take(control)
+        return control
+
+    def _take(self, control: Control, first: bool = False) -> None:
+        self.control, self.version = control, control.version
+        wanted = {**self.base, **self.overrides, **{k: knob_value(k, v) for k, v in (control.knobs or {}).items()}}
+        diff = {k: v for k, v in wanted.items() if self.applied.get(k) != v}
+        if diff:
+            changes = self.throttle.apply(diff)
+            self.applied.update(diff)
+            if changes:
+                when = "live knobs in force" if first else "live change takes effect"
+                self.log.info("%s: %s: %s", self.label, when, ", ".join(changes))
+        if not first and control.state != "running":
+            self.log.info("%s: %s", self.label, stop_reason(control))
+
+
+class WebControl:
+    """Pause/resume for the progress page's buttons (``rowfill.airflow.web`` looks up ``web_control``)."""
+
+    def state(self, engine: Engine, spec) -> str:
+        return ControlStore(engine).get(spec.name).state
+
+    def states(self, engine: Engine, specs) -> dict[str, str]:
+        """All backfills of one database in one query, so the page stays one query per backfill."""
+        names = [s.name for s in specs]
+        with engine.connect() as conn:
+            found = dict(conn.execute(
+                text(f"SELECT backfill, state FROM {SCHEMA}.controls WHERE backfill = ANY(:n) "
+                     f"AND to_regclass('{SCHEMA}.controls') IS NOT NULL"), {"n": names}).all()) \
+                if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.controls"}).scalar() else {}
+        return {name: found.get(name, "running") for name in names}
+
+    def pause(self, engine: Engine, spec, user: str) -> Control:
+        return ControlStore(engine).pause(spec.name, reason=f"from the Airflow UI by {user}")
+
+    def resume(self, engine: Engine, spec, user: str) -> Control:
+        return ControlStore(engine).resume(spec.name, reason=f"from the Airflow UI by {user}")
+
+
+web_control = WebControl()

@@ -1,0 +1,170 @@
+"""Planning: split the key space into chunks by walking the key's index, and resume old plans.
+
+Boundaries come from the rows that exist (keyset walk: "the key of the Nth row after X"), not
+from min/max arithmetic, so sparse keys and gaps give neither empty chunks nor huge ones.
+A plan is stored in the checkpoint table, so a later run plans keys beyond the last planned
+chunk, hands back the chunks that are not done yet, and (``set``/``transform`` with ``where``)
+reopens done chunks that hold rows matching ``where`` again. The lowest chunk starts "from the
+start" of the key space, so the chunks always cover every key, below the first and above the last.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import Connection, Engine
+
+from rowfill.engine import reconnect
+from rowfill.engine.estimate import EXACT_PLAN_MAX_ROWS, estimated_rows, sampled_boundaries
+from rowfill.engine.resolve import pin
+from rowfill.engine.schema_check import check_target
+from rowfill.engine.sqltarget import check_sql_target
+from rowfill.engine.sweep import chunks_to_resweep
+from rowfill.engine.undo import prepare_forward_plan  # undo log; no backfill while its rollback runs
+from rowfill.spec.spec import Spec
+from rowfill.sql.keys import Boundary, Key, chunk_label, load_key
+from rowfill.store.checkpoint import CheckpointStore, ChunkRow
+
+DEFAULT_MAX_MAP_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    """What the chunk task receives through XCom: an identity and a label, not the progress itself."""
+
+    backfill: str
+    chunk_no: int
+    of: int
+    lo: Any  # key values as JSON values (see rowfill.sql.keys); lo None = from the start
+    hi: Any
+    est_rows: int
+    key: str
+    first: Any = None  # the chunk's first key when planned
+
+    @property
+    def label(self) -> str:
+        return chunk_label(self.key, self.chunk_no, self.of, self.lo, self.hi, self.first)
+
+    def to_xcom(self) -> dict:
+        return {"backfill": self.backfill, "chunk_no": self.chunk_no, "of": self.of, "lo": self.lo,
+                "hi": self.hi, "est_rows": self.est_rows, "key": self.key, "label": self.label}
+
+
+def walk_boundaries(conn: Connection, spec: Spec, after: Any, chunk_rows: int, key: Key | None = None,
+                    table_sql: str | None = None) -> list[tuple]:
+    """(lo, hi, rows, first) for consecutive chunks of ``chunk_rows`` keys after ``after`` (None = from the start).
+
+    Each step is one index-only range scan of ``chunk_rows`` entries, so planning reads the key
+    index once in total and never the table. The first chunk of a new plan starts open (lo None)
+    for every key type: no "minimum minus one", which overflows at the type's minimum and would
+    leave keys inserted below today's minimum outside every chunk.
+    """
+    key = key or load_key(conn, spec, table_sql)
+    boundary = Boundary(key, table_sql or spec.table.sql)  # the batches' own walk (rowfill.sql.keys.Boundary)
+    bounds = []
+    while True:
+        first, hi, rows = boundary.next(conn, after, None, chunk_rows)
+        if not rows:
+            return bounds
+        bounds.append((after, hi, rows, first))
+        if rows < chunk_rows:
+            return bounds
+        after = hi
+
+
+def find_boundaries(conn: Connection, spec: Spec, after: Any, room: int) -> list[tuple]:
+    """Exact index walk for ordinary tables; estimated boundaries for huge ones (see ``estimate``).
+
+    Estimation cuts a single integer key (the huge-table case in practice); other keys are walked.
+    """
+    key = load_key(conn, spec)
+    mode = spec.planning if key.integer else "exact"
+    if mode == "auto":
+        rows = estimated_rows(conn, spec)
+        mode = "estimated" if rows is not None and rows > EXACT_PLAN_MAX_ROWS else "exact"
+    if mode == "estimated":
+        return sampled_boundaries(conn, spec, after, spec.chunk_rows, room)
+    return walk_boundaries(conn, spec, after, spec.chunk_rows, key=key)
+
+
+def merge_to_limit(bounds: list[tuple], limit: int) -> list[tuple]:
+    """Grow chunks (merge neighbours) until there are at most ``limit``; Airflow refuses longer maps."""
+    if limit <= 0:
+        return []
+    if len(bounds) <= limit:
+        return bounds
+    group = math.ceil(len(bounds) / limit)
+    merged = []
+    for i in range(0, len(bounds), group):
+        part = bounds[i : i + group]
+        merged.append((part[0][0], part[-1][1], sum(b[2] for b in part), *part[0][3:]))
+    return merged
+
+
+def plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=None) -> list[PlannedChunk]:
+    """``_plan_backfill``, run again from the start if the connection is lost (``rowfill.engine.reconnect``).
+
+    Planning's transactions are all-or-nothing and each re-reads the stored plan, so a second go
+    after a restart continues from whatever the first one committed.
+    """
+    return reconnect.call(lambda: _plan_backfill(engine, spec, limit=limit, log=log), spec, "planning", log)
+
+
+def _plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=None) -> list[PlannedChunk]:
+    """Chunks still to do: the unfinished ones of the stored plan, done ones that hold rows matching
+    ``where`` again (re-sweep), and new chunks for keys beyond the last planned one.
+
+    Together the chunks cover the whole key space: the lowest starts "from the start" and new
+    ones are added above the highest. A partly done chunk keeps its cursor (the runner reads it).
+    The table is resolved and pinned first (``rowfill.engine.resolve``): a table that is not the relation
+    the stored plan was made on is refused (SpecError on ``table``) before anything is written.
+    Raises SpecError / PlanChanged / RowfillError as the checks do; returns at most ``limit`` chunks
+    (Airflow's default max_map_length, 1024, unless given: the Airflow tasks and the ``rowfill`` command
+    pass the configured one, ``rowfill.airflow.chunk_settings.max_map_length``).
+    """
+    limit = DEFAULT_MAX_MAP_LENGTH if limit is None else limit
+    store = CheckpointStore(engine)
+    store.ensure_schema()
+    with engine.begin() as conn:
+        store.lock_planning(conn, spec.name)
+        resolved = pin(conn, spec)
+        target = check_target(conn, resolved)
+        check_sql_target(conn, resolved, target.key)
+        prepare_forward_plan(conn, store, resolved)
+        if store.open_lowest(conn, spec.name) and log:
+            log.info("plan: the lowest chunk now starts from the start of the key space (it started at a key before)")
+        stored = store.chunks(spec.name, conn)
+    # Outside the planning transaction: many short statements, none holding a snapshot for long.
+    resweep = chunks_to_resweep(engine, resolved, stored, log)
+    with engine.begin() as conn:
+        store.lock_planning(conn, spec.name)
+        resolved = pin(conn, resolved)  # still the same relation (and registered, if reset meanwhile)
+        store.reopen(conn, spec.name, resweep)
+        existing = store.chunks(spec.name, conn)
+        open_chunks = [c for c in existing if c.status != "done"]
+        after = existing[-1].hi if existing else None  # chunks are numbered in key order
+        room = limit - len(open_chunks)
+        new = find_boundaries(conn, resolved, after, max(room, 0))
+        if len(new) > room and log and room > 0:
+            log.info("plan: %d new chunks of %d rows exceed the room of %d under max_map_length=%d; growing chunks",
+                     len(new), spec.chunk_rows, room, limit)
+        if room <= 0 and new and log:
+            log.warning("plan: %d unfinished chunks already fill max_map_length=%d; keys after %s are planned next run",
+                        len(open_chunks), limit, after)
+        new = merge_to_limit(new, room)
+        store.add_chunks(conn, spec.name, len(existing) + 1, new)
+        chunks = store.chunks(spec.name, conn)
+    total = len(chunks)
+    todo = [PlannedChunk(spec.name, c.chunk_no, total, c.lo, c.hi, c.est_rows, spec.key, c.first_key)
+            for c in chunks if c.status != "done"]
+    if len(todo) > limit and log:
+        log.warning("plan: %d unfinished chunks exceed max_map_length=%d; running the first %d, the rest next run",
+                    len(todo), limit, limit)
+    return todo[:limit]
+
+
+def describe(chunks: list[ChunkRow]) -> str:
+    done = sum(c.status == "done" for c in chunks)
+    return f"{len(chunks)} chunks, {done} done"

@@ -1,0 +1,251 @@
+"""Database health gates, measured: checked between batches, they hold a chunk back while the database is busy.
+
+Each gate measures one number on the target database (replica lag, active backends, the age of
+the oldest transaction holding a lock on the target table, sessions waiting for locks on it, or
+the user's own SQL probe). Above its ``wait`` threshold the chunk waits and checks again with
+backoff, saying why; above its ``critical`` threshold the chunk stops at the batch boundary and
+fails, naming the gate. The numbers come from the primary's own statistics views, so a gate
+needs no agent on the replicas.
+
+The live-latency probe is different in kind: it is not a load number but what the application
+feels. A side connection runs the user's representative query a few times a second, during the
+batches as well as between them, and the throttle backs off when the worst latency since the
+last batch exceeds the limit (see ``throttle``). The gates' thresholds and the probe's limit are
+spec values (``rowfill.spec.gates``); this module measures them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Callable
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from rowfill.errors import RowfillError
+from rowfill.spec.durations import format_duration
+from rowfill.spec.gates import GateSpec, LatencySpec
+from rowfill.sql.sqltext import probe
+
+log = logging.getLogger("rowfill.gates")
+
+_SQL = {
+    # The worst of the three lags: replay stops while write/flush continue when replay is paused or slow.
+    "replica_lag": "SELECT coalesce(max(extract(epoch FROM greatest(write_lag, flush_lag, replay_lag))), 0)::float8, "
+                   "NULL FROM pg_stat_replication",
+    "active_backends": "SELECT count(*)::float8, NULL FROM pg_stat_activity WHERE state = 'active' "
+                       "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    "long_transaction": "SELECT extract(epoch FROM clock_timestamp() - a.xact_start)::float8, "
+                        "'pid ' || a.pid || ', ' || coalesce(a.state, '?') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                        "WHERE l.relation = CAST(:table AS regclass) AND l.granted AND a.pid <> pg_backend_pid() "
+                        "AND a.xact_start IS NOT NULL ORDER BY a.xact_start LIMIT 1",
+    "lock_waiters": "SELECT count(DISTINCT a.pid)::float8, NULL FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+                    "WHERE l.relation = CAST(:table AS regclass) AND a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()",
+}
+
+
+@lru_cache(maxsize=64)
+def probe_sql(sql: str) -> str:
+    """A probe's SQL as driver SQL (``rowfill.sql.sqltext``): its colons and ``%`` reach PostgreSQL as written."""
+    return probe(sql).driver()
+
+
+class GateCritical(RowfillError):
+    """A gate passed its critical threshold: stop writing and let a person look."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    gate: GateSpec
+    value: float
+    detail: str | None = None
+
+    def _text(self, threshold: float, word: str) -> str:
+        what = self.gate.what + (f" ({self.detail})" if self.detail else "")
+        return f"{word}{what} {self.gate.show(self.value)} > {self.gate.show(threshold)}"
+
+    @property
+    def over_critical(self) -> bool:
+        return self.gate.critical is not None and self.value > self.gate.critical
+
+    @property
+    def over_wait(self) -> bool:
+        return self.gate.wait is not None and self.value > self.gate.wait
+
+    def why_wait(self) -> str:
+        return self._text(self.gate.wait, "")
+
+    def why_critical(self) -> str:
+        return self._text(self.gate.critical, "")
+
+
+# -- spec parsing ----------------------------------------------------------------------------
+
+# -- checking --------------------------------------------------------------------------------
+
+
+class GateKeeper:
+    """Measures every gate in one round trip per gate and holds the chunk while any is above ``wait``.
+
+    Thresholds are mutable (``set_threshold``) so live knobs take effect at the next check.
+    """
+
+    def __init__(self, engine: Engine, gates: dict[str, GateSpec], table: str, *, interval: float = 1.0,
+                 max_backoff: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.engine = engine
+        self.gates = dict(gates)
+        self.table = table
+        self.interval = interval
+        self.max_backoff = max_backoff
+        self.clock = clock
+        self._last: float | None = None
+        self._checked_rights = False
+
+    def set_threshold(self, name: str, which: str, value: float | None) -> None:
+        gate = self.gates.get(name) or GateSpec(name)
+        self.gates[name] = replace(gate, **{which: value})
+        self._last = None  # a changed threshold is checked before the next batch, not a second later
+
+    def active(self) -> bool:
+        return any(g.wait is not None or g.critical is not None for g in self.gates.values())
+
+    def due(self) -> bool:
+        return self._last is None or self.clock() - self._last >= self.interval
+
+    def measure(self) -> list[Reading]:
+        readings = []
+        with self.engine.connect() as conn:
+            if not self._checked_rights:
+                self._warn_if_blind(conn)
+            for gate in self.gates.values():
+                if gate.wait is None and gate.critical is None:
+                    continue
+                if gate.name == "probe" and not gate.sql:
+                    continue
+                if gate.name == "probe":
+                    value, detail = conn.exec_driver_sql(probe_sql(gate.sql), {}).scalar(), None
+                else:
+                    row = conn.execute(text(_SQL[gate.name]), {"table": self.table}).first()
+                    value, detail = (row[0], row[1]) if row else (0.0, None)
+                readings.append(Reading(gate, float(value or 0), detail))
+            conn.rollback()
+        self._last = self.clock()
+        return readings
+
+    def _warn_if_blind(self, conn) -> None:
+        """Without pg_monitor, other sessions' lags and transaction starts read as NULL: say so once."""
+        self._checked_rights = True
+        needs = {"replica_lag", "long_transaction", "lock_waiters", "active_backends"} & set(self.gates)
+        if not needs:
+            return
+        sees = conn.execute(text(
+            "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') FROM pg_roles WHERE rolname = current_user"
+        )).scalar()
+        if not sees:
+            user = conn.execute(text("SELECT current_user")).scalar()
+            log.warning("gates %s cannot see other sessions' details as %r; grant it pg_monitor "
+                        "(GRANT pg_monitor TO %s) or these gates read 0 and never hold the backfill",
+                        ", ".join(sorted(needs)), user, user)
+
+    def hold(self, wait: Callable[[float, str], None], should_stop: Callable[[], str | None],
+             logger: logging.Logger, label: str) -> str | None:
+        """Block while any gate is above ``wait``; raise GateCritical above ``critical``.
+
+        Returns a stop reason if ``should_stop`` fires while waiting (pause, window end), else None.
+        """
+        attempt, waited = 0, 0.0
+        while True:
+            readings = self.measure()
+            critical = [r for r in readings if r.over_critical]
+            if critical:
+                r = critical[0]
+                raise GateCritical(
+                    f"gate {r.gate.name} critical: {r.why_critical()}; stopped at a batch boundary so the database can "
+                    f"recover. Once it has, clear the chunk task (or raise gates.{r.gate.name}.critical, live: "
+                    f"`rowfill set NAME {r.gate.name}.critical=...`)."
+                )
+            over = [r for r in readings if r.over_wait]
+            if not over:
+                if attempt:
+                    logger.info("%s: gates clear after waiting %s; continuing", label, format_duration(waited))
+                return None
+            delay = min(self.max_backoff, 2.0 ** attempt)
+            wait(delay, "waiting: " + "; ".join(r.why_wait() for r in over))
+            waited += delay
+            attempt += 1
+            if reason := should_stop():
+                return reason
+
+
+class LatencyProbe:
+    """Times a representative live query from a side connection, a few times a second, in a thread.
+
+    It runs during batches too: the latency live traffic sees while a batch holds its locks and
+    writes its WAL is exactly what the probe must catch.
+    """
+
+    def __init__(self, engine: Engine, spec: LatencySpec):
+        self.engine = engine
+        self.sql = probe_sql(spec.sql)
+        self.limit = spec.limit
+        self.every = spec.every
+        self._samples: list[float] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="rowfill-latency-probe", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def take(self) -> list[float]:
+        """Latencies measured since the last call."""
+        with self._lock:
+            samples, self._samples = self._samples, []
+        return samples
+
+    def measure_once(self, conn) -> float:
+        """One probe in its own transaction, committed: with ``txid_current()`` in the probe, the
+        commit waits for its WAL flush, which is what live writers wait on while a batch writes WAL.
+
+        A probe stuck behind something is a latency too: it is capped (``SET LOCAL``, so the pooled
+        connection goes back unchanged) and the cap counts as its latency.
+        """
+        conn.execute(self._timeout, {"t": f"{max(int(self.limit * 20 * 1000), 1000)}ms"})
+        t0 = time.perf_counter()
+        conn.exec_driver_sql(self.sql, {}).fetchall()
+        conn.commit()
+        return time.perf_counter() - t0
+
+    _timeout = text("SELECT set_config('statement_timeout', :t, true)")
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self.engine.connect() as conn:
+                    while not self._stop.is_set():
+                        try:
+                            latency = self.measure_once(conn)
+                        except Exception:
+                            conn.rollback()
+                            latency = max(self.limit * 20, 1.0)
+                            self.errors += 1
+                        with self._lock:
+                            self._samples.append(latency)
+                        self._stop.wait(max(0.0, self.every - latency))
+            except Exception:  # connection lost: try again shortly
+                self.errors += 1
+                self._stop.wait(1.0)

@@ -1,0 +1,94 @@
+"""Planning and finishing a rollback: the undo log (``rowfill.engine.undo``) walked like a backfill.
+
+``plan_rollback`` stops the forward backfill by forgetting its progress and plans the undo log's
+chunks; the chunks run through the chunk runner with ``undo.RestoreWriter``; ``finish_rollback``
+checks every chunk is done and the undo log empty, and frees the backfill to run again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.resolve import pinned_relation, pinned_spec, record
+from rowfill.engine.undo import NoUndo, no_undo_message, rollback_name, rollback_spec, undo_exists, undo_table
+from rowfill.errors import RowfillError
+from rowfill.spec.spec import Spec
+from rowfill.sql.sqlnames import clause
+from rowfill.store.checkpoint import SCHEMA, CheckpointStore
+
+
+class RollbackIncomplete(RowfillError):
+    pass
+
+
+def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=None):
+    """Plan (or resume) the rollback, and stop the forward backfill by forgetting its progress.
+
+    Forgetting the forward plan is what makes an in-flight chunk of it stop: its next batch finds
+    no checkpoint row (a batch already running finishes first; the chunk row lock orders the two).
+    """
+    if not spec.undo:
+        raise NoUndo(no_undo_message(spec))
+    store = CheckpointStore(engine)
+    store.ensure_schema()
+    rb = rollback_spec(spec)
+    with engine.begin() as conn:
+        if not undo_exists(conn, spec):
+            raise NoUndo(f"backfill {spec.name!r} has `undo: true` but no undo log {undo_table(spec.name)} yet: it "
+                         "never ran, so there is nothing to roll back.")
+        # Under the backfill's planning lock: forget its progress (deleting its chunk rows waits for a batch
+        # that is running, and makes the next one stop) and mark the rollback as started, in one commit.
+        # After this no undo record can be added, so the plan below sees all of them.
+        store.lock_planning(conn, spec.name)
+        # the table to restore: the one the backfill was planned on (OID checked), kept on the rollback's
+        # own row because the backfill's row goes now
+        target = pinned_relation(conn, spec, (spec.name, rb.name))
+        conn.execute(text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n"), {"n": spec.name})
+        store.register(conn, rb)
+        record(conn, rb.name, target)
+    return plan_backfill(engine, rb, limit=limit, log=log)
+
+
+def rollback_target(engine: Engine, spec: Spec) -> Spec:
+    """The backfill's spec with the table a rollback restores: pinned when the rollback was planned (OID checked)."""
+    return pinned_spec(engine, spec, (rollback_name(spec.name), spec.name))
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    backfill: str
+    chunks: int
+    walked: int
+    restored: int
+    left_alone: int
+
+    def line(self) -> str:
+        return (f"{self.backfill}: rollback done, {self.restored:,} rows restored to their previous values"
+                + (f", {self.left_alone:,} left alone because the application changed them after the backfill"
+                   if self.left_alone else ""))
+
+
+def finish_rollback(engine: Engine, spec: Spec) -> RollbackResult:
+    """Every rollback chunk done and the undo log empty; otherwise say what is left and how to finish."""
+    rb = rollback_spec(spec)
+    store = CheckpointStore(engine)
+    chunks = store.chunks(rb.name)
+    unfinished = [c for c in chunks if c.status != "done"]
+    if unfinished:
+        raise RollbackIncomplete(f"rollback of {spec.name!r}: {len(unfinished)} of {len(chunks)} chunks are not done "
+                                 f"(first: chunk {unfinished[0].chunk_no}, {unfinished[0].status}); run it again to resume.")
+    with engine.connect() as conn:
+        left = conn.execute(clause(f"SELECT count(*) FROM {rb.table.sql}")).scalar() if undo_exists(conn, spec) else 0
+    if left:
+        store.reset(rb.name)  # so the next rollback walks the whole (small) undo log again
+        raise RollbackIncomplete(
+            f"rollback of {spec.name!r}: {left:,} undo records were written while the rollback ran (was a chunk of the "
+            f"backfill still running?). Their rows still hold the backfill's values; run the rollback again to restore them.")
+    walked = sum(c.rows_seen for c in chunks)
+    restored = sum(c.rows_written for c in chunks)
+    store.reset(rb.name)  # finished: the backfill may run again
+    return RollbackResult(spec.name, len(chunks), walked, restored, walked - restored)

@@ -1,0 +1,310 @@
+"""Never make live writers wait behind a batch: rows the application holds are skipped, recorded, revisited.
+
+A batch that meets a row the application has locked must not sit on the row locks it already
+took while it waits for that one: every live write to one of *those* rows would wait too (issue
+10: up to 1.2 s behind a 2 s ``lock_timeout``). So:
+
+- **Fast path** (a plain ``set`` that needs no lock statement, see ``rowfill.engine.lockfirst``): the
+  batch's single UPDATE runs with ``lock_timeout`` = ``SHORT_LOCK_WAIT``. Without contention it
+  costs nothing. When it meets a held row it gives up after that wait, the batch rolls back (the
+  locks it took go with it) and the same batch runs again at once on the slow path.
+- **Slow path** (every batch of writers that lock first anyway — ``set`` reading other
+  relations, ``sql``, transforms, ``undo`` — and a plain ``set`` batch after a lock timeout):
+  ``SELECT ... FOR NO KEY UPDATE SKIP LOCKED`` in key order takes the batch's rows that match
+  ``where`` without waiting for any. The rows it could not take are the *skipped* keys; the
+  batch is written as the runs of keys between them (``Runs``), each with the writer's own
+  range write, so exactly the rows obtained are written, in the same transaction. The skipped
+  keys go into ``rowfill.skipped_rows`` in the transaction that advances the checkpoint, so a
+  crash never loses one. Every write still runs under ``SHORT_LOCK_WAIT``.
+- **Revisits**: the chunk comes back to its skipped keys between batches and after its walk,
+  with backoff (``REVISIT_FIRST`` doubling to ``REVISIT_MAX``), writes those it can lock now
+  (each as the range holding just that key) and deletes them from ``rowfill.skipped_rows``.
+  A chunk is not done while it has skipped keys. A key still held after ``locked_rows_wait``
+  (counted from when this attempt first met it) fails the chunk (``RowsLockedTooLong``),
+  naming keys; a retry revisits them again.
+
+``SKIP LOCKED`` and lock waits: PostgreSQL docs, SELECT, "The Locking Clause"; ``lock_timeout``:
+19.11 "Client Connection Defaults". Measured with ``bench/lock_storm.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from rowfill.errors import RowfillError
+from rowfill.spec.durations import format_duration
+from rowfill.sql.keys import Key, decode, format_value
+from rowfill.store.checkpoint import SCHEMA
+
+# How long a batch's write may wait for one row lock before the batch gives up its own locks and
+# goes around it: the longest a live writer waits behind us, beyond the batch's own running time.
+# 20 ms is several times a point update's lock hold on a healthy primary and well under issue 10's
+# 100 ms target (bench/lock_storm.py); shorter would send batches to the slow path on noise.
+SHORT_LOCK_WAIT = 0.020
+
+REVISIT_FIRST = 0.05  # seconds before the first revisit of skipped keys; doubles while none comes free
+REVISIT_MAX = 5.0  # seconds: the longest gap between revisits, so a released row is written soon after
+REVISIT_KEYS = 1_000  # skipped keys looked at per revisit transaction (each is written as its own range)
+SAMPLE_KEYS = 10  # keys named in the error when locked_rows_wait runs out
+
+
+_SHORT = text("SELECT set_config('lock_timeout', :t, true)")
+
+
+class RowsLockedTooLong(RowfillError):
+    """Rows of the chunk stayed locked by other sessions for longer than ``locked_rows_wait``."""
+
+
+def short_lock_wait(conn: Connection) -> None:
+    """Inside a batch transaction: from here on, wait at most ``SHORT_LOCK_WAIT`` for any lock."""
+    conn.execute(_SHORT, {"t": f"{int(SHORT_LOCK_WAIT * 1000)}ms"})
+
+
+def _in_list(key: Key, row: str) -> str:
+    """``row IN (the keys of the JSON array :keys, each cast to its column's type)``."""
+    if key.composite:
+        casts = ", ".join(f"CAST(e.value ->> {i} AS {typ})" for i, typ in enumerate(key.types))
+    else:
+        casts = f"CAST(e.value #>> '{{}}' AS {key.types[0]})"
+    return f"{row} IN (SELECT {casts} FROM jsonb_array_elements(CAST(:keys AS jsonb)) AS e)"
+
+
+def _neighbour(key: Key, t: str, mine: str, op: str, bound: str | None) -> str:
+    """The key of table ``t`` just below (``op`` '<') or above ('>') the key ``mine`` (SQL), as JSON text."""
+    there = Key(key.columns, key.types, "__rowfill_p")
+    limit = f" AND {bound}" if bound else ""
+    return (f"(SELECT {there.json_sql()} FROM {t} AS __rowfill_p WHERE {there.row()} {op} {mine}{limit} "
+            f"ORDER BY {there.order_by(desc=op == '<')} LIMIT 1)")
+
+
+def _locked_cte(writer, scope: str) -> str:
+    key, t = writer.key, writer.spec.table.sql
+    cols = ", ".join(f"{r} AS __rowfill_k{i}" for i, r in enumerate(key.refs(), 1))
+    return (f"__rowfill_l AS MATERIALIZED (SELECT {cols} FROM {t} WHERE {scope}{writer.where_sql()} "
+            f"ORDER BY {key.order_by()} FOR NO KEY UPDATE SKIP LOCKED)")
+
+
+def _not_obtained(writer) -> str:
+    key, t = writer.key, writer.spec.table.sql
+    got = ", ".join(f"__rowfill_l.__rowfill_k{i}" for i in range(1, len(key.columns) + 1))
+    return f"NOT EXISTS (SELECT 1 FROM __rowfill_l WHERE ({got}) = ({', '.join(key.qualified(t).refs())}))"
+
+
+def batch_lock_sql(writer, has_lo: bool) -> str:
+    """Lock the batch's rows that match ``where`` without waiting; return (rows locked, skipped keys).
+
+    The skipped keys come as a JSON array of ``[key, key before it in the batch, key after it in
+    the batch]`` (JSON null where there is none), in key order. The locked count is read in the
+    same statement, which makes PostgreSQL run the locking CTE to its end.
+    """
+    def make():
+        key, t = writer.key, writer.spec.table.sql
+        rng = key.range_text(has_lo, True)
+        q = key.qualified(t)
+        p = Key(key.columns, key.types, "__rowfill_p")
+        below = _neighbour(key, t, q.row(), "<", p.range_text(True, False) if has_lo else None)
+        above = _neighbour(key, t, q.row(), ">", p.range_text(False, True))
+        skipped = (f"SELECT jsonb_build_array(CAST({q.json_sql()} AS jsonb), CAST({below} AS jsonb), "
+                   f"CAST({above} AS jsonb)) AS s FROM {t} WHERE {rng}{writer.where_sql()} AND {_not_obtained(writer)} "
+                   f"ORDER BY {q.order_by()}")
+        return writer.driver(f"WITH {_locked_cte(writer, rng)} SELECT (SELECT count(*) FROM __rowfill_l), "
+                             f"(SELECT CAST(jsonb_agg(s) AS text) FROM ({skipped}) AS __rowfill_s)")
+    return writer.statement(("skip-locked", has_lo), make)
+
+
+def revisit_lock_sql(writer) -> str:
+    """Lock the listed keys' rows that match ``where`` without waiting; return (obtained, still held).
+
+    Obtained: a JSON array of ``[key, the table's key just below it]``; still held: a JSON array of
+    keys that match ``where`` but could not be locked. Keys in neither are gone or no longer match.
+    """
+    def make():
+        key, t = writer.key, writer.spec.table.sql
+        q = key.qualified(t)
+        scope = _in_list(key, q.row())
+        got = Key(tuple(f"__rowfill_k{i}" for i in range(1, len(key.columns) + 1)), key.types, "__rowfill_l")
+        below = _neighbour(key, t, got.row(), "<", None)
+        obtained = (f"SELECT jsonb_build_array(CAST({got.json_sql()} AS jsonb), CAST({below} AS jsonb)) AS s "
+                    "FROM __rowfill_l")
+        held = (f"SELECT CAST({q.json_sql()} AS jsonb) AS s FROM {t} WHERE {scope}{writer.where_sql()} "
+                f"AND {_not_obtained(writer)}")
+        return writer.driver(f"WITH {_locked_cte(writer, scope)} SELECT "
+                             f"(SELECT CAST(jsonb_agg(s) AS text) FROM ({obtained}) AS __rowfill_o), "
+                             f"(SELECT CAST(jsonb_agg(s) AS text) FROM ({held}) AS __rowfill_h)")
+    return writer.statement(("revisit", ), make)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Keys ``(lo, hi]`` of a batch, none of them skipped; ``first`` is its first key (for ``:first``)."""
+
+    lo: Any
+    hi: Any
+    first: Any
+
+
+def runs(lo, first, hi, skipped: list) -> list[Run]:
+    """The ranges of a batch ``(lo, hi]`` (first key ``first``) between its skipped keys.
+
+    ``skipped``: ``[key, key before it, key after it]`` per skipped key, in key order (before/after
+    within the batch, None where there is none). Two skipped keys in a row leave no range between.
+    """
+    out, start, start_first = [], lo, first
+    for s, before, after in skipped:
+        if before is not None and before != start:
+            out.append(Run(start, before, start_first))
+        start, start_first = s, after
+    if start != hi and start_first is not None:
+        out.append(Run(start, hi, start_first))
+    return out
+
+
+def write_runs(conn: Connection, writer, pieces: list[Run]) -> int:
+    """Write each run with the writer's own range write; the rows are locked already, so its lock statement is skipped."""
+    written = 0
+    writer.rows_locked = True
+    try:
+        for piece in pieces:
+            writer.batch_first = piece.first
+            written += writer.apply(conn, piece.lo, piece.hi)
+    finally:
+        writer.rows_locked = False
+    return written
+
+
+def batch_count_sql(writer, has_lo: bool) -> str:
+    """Lock the batch's rows that match ``where`` without waiting; return (rows locked, rows matching).
+
+    The common case, nobody holding a row of the batch, costs this one statement: the lock plus
+    a count of the same range in the same snapshot. Only when the counts differ does
+    ``batch_lock_sql`` find which keys were skipped (locking again what this transaction holds
+    already costs no wait).
+    """
+    def make():
+        key, t = writer.key, writer.spec.table.sql
+        rng = key.range_text(has_lo, True)
+        scan = f"FROM {t} WHERE {rng}{writer.where_sql()}"
+        return writer.driver(f"SELECT (SELECT count(*) FROM (SELECT 1 {scan} ORDER BY {key.order_by()} "
+                             f"FOR NO KEY UPDATE SKIP LOCKED) AS __rowfill_l), (SELECT count(*) {scan})")
+    return writer.statement(("skip-locked-count", has_lo), make)
+
+
+def lock_batch(conn: Connection, writer, lo, hi) -> tuple[int, list]:
+    """The slow path's lock: (rows locked, skipped ``[key, before, after]`` as decoded key values)."""
+    params = writer.key.range_params(lo, hi)
+    locked, matching = conn.exec_driver_sql(batch_count_sql(writer, lo is not None), params).one()
+    if locked >= matching:
+        return locked, []
+    locked, skipped = conn.exec_driver_sql(batch_lock_sql(writer, lo is not None), params).one()
+    return locked, _values(skipped)
+
+
+def _values(raw: str | None) -> list:
+    """A JSON array from the database as rowfill.sql.keys reads key values (exact digits for numeric keys)."""
+    return decode(raw) if raw else []
+
+
+def _json(v) -> str:
+    return json.dumps(v)
+
+
+def record_skipped(conn: Connection, backfill: str, chunk_no: int, keys: list) -> None:
+    """Inside the batch transaction (with the checkpoint advance): remember keys to come back to."""
+    if keys:
+        conn.execute(text(f"INSERT INTO {SCHEMA}.skipped_rows (backfill, chunk_no, key) "
+                          "SELECT :n, :c, e FROM jsonb_array_elements(CAST(:k AS jsonb)) AS e ON CONFLICT DO NOTHING"),
+                     {"n": backfill, "c": chunk_no, "k": json.dumps(keys)})
+
+
+def pending(conn: Connection, backfill: str, chunk_no: int, limit: int | None = None) -> list:
+    """Skipped keys of a chunk still to write (key values as rowfill.sql.keys reads them)."""
+    rows = conn.execute(text(f"SELECT CAST(key AS text) FROM {SCHEMA}.skipped_rows WHERE backfill = :n AND chunk_no = :c "
+                             "ORDER BY skipped_at, key LIMIT :l"), {"n": backfill, "c": chunk_no, "l": limit})
+    return [decode(r) for r in rows.scalars()]
+
+
+def forget(conn: Connection, backfill: str, chunk_no: int, keys: list) -> None:
+    if keys:
+        conn.execute(text(f"DELETE FROM {SCHEMA}.skipped_rows WHERE backfill = :n AND chunk_no = :c "
+                          "AND key IN (SELECT e FROM jsonb_array_elements(CAST(:k AS jsonb)) AS e)"),
+                     {"n": backfill, "c": chunk_no, "k": json.dumps(keys)})
+
+
+def revisit(conn: Connection, writer, backfill: str, chunk_no: int, keys: list) -> tuple[int, list, list]:
+    """Inside a batch transaction: write the listed skipped keys whose rows can be locked now.
+
+    Returns (rows written, keys done, keys still held). Keys done (written, gone, or no longer
+    matching ``where``) are deleted from ``rowfill.skipped_rows``; each obtained key is written as
+    the range from the table's key just below it up to it, which holds that key alone.
+    """
+    writer.prepare(conn)
+    obtained, held = conn.exec_driver_sql(revisit_lock_sql(writer), {"keys": json.dumps(keys)}).one()
+    obtained, held = _values(obtained), _values(held)
+    written = write_runs(conn, writer, [Run(below, k, k) for k, below in obtained])
+    still = {_json(k) for k in held}
+    done = [k for k in keys if _json(k) not in still]
+    forget(conn, backfill, chunk_no, done)
+    return written, done, held
+
+
+@dataclass
+class SkippedKeys:
+    """A chunk's skipped keys as the runner sees them: when each was first met, when to look again.
+
+    ``clock`` is monotonic seconds; ``wait`` is the spec's ``locked_rows_wait``.
+    """
+
+    wait: float
+    clock: Any = time.monotonic
+    first_met: dict = field(default_factory=dict)  # key JSON -> when this attempt first met it
+    next_at: float = 0.0
+    gap: float = REVISIT_FIRST
+
+    def met(self, keys: list) -> None:
+        now = self.clock()
+        for k in keys:
+            self.first_met.setdefault(_json(k), now)
+        if keys and not self.next_at:
+            self.next_at = now + self.gap
+
+    @property
+    def count(self) -> int:
+        return len(self.first_met)
+
+    def due(self) -> bool:
+        return bool(self.first_met) and self.clock() >= self.next_at
+
+    def seconds_to_next(self) -> float:
+        return max(self.next_at - self.clock(), 0.0)
+
+    def revisited(self, done: list, held: list) -> None:
+        """After a revisit: forget keys done; back off while nothing came free, start over when something did."""
+        for k in done:
+            self.first_met.pop(_json(k), None)
+        self.met(held)  # keys met again first in this attempt (e.g. loaded at start) start their clock
+        self.gap = REVISIT_FIRST if done else min(self.gap * 2, REVISIT_MAX)
+        self.next_at = self.clock() + self.gap if self.first_met else 0.0
+
+    def clear(self) -> None:
+        self.first_met.clear()
+        self.gap, self.next_at = REVISIT_FIRST, 0.0
+
+    def overdue(self) -> list:
+        """Keys held longer than ``wait`` since first met (JSON texts, key order not guaranteed)."""
+        now = self.clock()
+        return [k for k, since in self.first_met.items() if now - since > self.wait]
+
+    def too_long(self, spec, overdue: list) -> RowsLockedTooLong:
+        sample = ", ".join(format_value(decode(k)) for k in sorted(overdue)[:SAMPLE_KEYS])
+        more = f" and {len(overdue) - SAMPLE_KEYS:,} more" if len(overdue) > SAMPLE_KEYS else ""
+        return RowsLockedTooLong(
+            f"{len(overdue):,} rows stayed locked by other sessions for longer than locked_rows_wait "
+            f"({format_duration(self.wait)}): {spec.key} {sample}{more}. Everything else in the chunk is written and "
+            f"these keys are kept in {SCHEMA}.skipped_rows; a retry of the chunk writes them once they are free. "
+            f"Find who holds them (pg_locks, pg_stat_activity), or raise `locked_rows_wait` in {spec.source}")

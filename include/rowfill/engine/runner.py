@@ -1,0 +1,438 @@
+"""The chunk runner: walk one key range in small committed batches, each advancing the checkpoint.
+
+Per batch, one short transaction:
+  1. ``SET LOCAL lock_timeout / statement_timeout`` so a batch never waits long behind live locks;
+  2. lock this chunk's checkpoint row and read its cursor (a second runner of the same chunk waits
+     here and then continues *after* what the first one committed);
+  3. find the batch's upper key with an index-only range scan of ``batch_rows`` keys;
+  4. write the batch (``UPDATE ... WHERE key > lo AND key <= batch_hi AND (where)`` or the spec's sql)
+     without waiting on rows the application holds: they are skipped, recorded and written later
+     in the chunk (``rowfill.engine.rowlocks``);
+  5. advance the cursor; COMMIT.
+Write and cursor commit together, so a crash at any instant either keeps both or neither:
+nothing is lost and nothing is applied twice, even for ``points = points + 10``.
+
+When a batch fails:
+  - ``lock_timeout`` on the fast path (``rowfill.engine.rowlocks``): run again at once on the slow path,
+    which skips the rows others hold;
+  - ``lock_timeout`` otherwise, serialization failure, deadlock: rolled back and retried after a
+    backoff, at most ``batch_retries`` times;
+  - ``statement_timeout``: the batch is split and retried at once, not counted as a retry
+    (halved down to ``min_batch_rows``, then single rows). The size that worked is kept on the
+    chunk's checkpoint row, so a resumed chunk starts there instead of timing out again; it
+    doubles back after each batch that took under a quarter of the timeout. Only a single row
+    that alone times out (after ``batch_retries``) fails the chunk, naming its key;
+  - a data error (SQLSTATE class 22 or 23): the batch is narrowed to the row and the spec field
+    to blame (``rowfill.engine.blame``) and the chunk fails naming both; nothing of the batch is written;
+  - a lost connection (a restart, ``pg_terminate_backend``; ``rowfill.engine.disconnects``): the server
+    rolled the batch back; it is written again from the cursor once reconnected, for up to the
+    spec's ``reconnect_for`` (``rowfill.engine.reconnect``), not counted as a retry.
+While it runs, the runner holds the chunk's lease (``rowfill.engine.lease``), so a chunk whose process is
+gone shows as stale and the next attempt takes it over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from rowfill.engine import lease, reconnect, rowlocks
+from rowfill.engine.blame import is_data_error, narrow
+from rowfill.engine.disconnects import describe
+from rowfill.engine.modes import writer_for
+from rowfill.engine.progress import progress_line
+from rowfill.engine.throttle import Throttle
+from rowfill.engine.writers import BatchWriter
+from rowfill.errors import ChunkFailed, RowfillError
+from rowfill.spec.durations import format_duration
+from rowfill.spec.spec import Spec
+from rowfill.sql.keys import chunk_label, format_value
+from rowfill.store.checkpoint import CheckpointStore, ChunkRow
+
+log = logging.getLogger("rowfill.runner")
+
+# lock_not_available, query_canceled (statement_timeout), serialization_failure, deadlock_detected
+RETRYABLE_SQLSTATES = {"55P03": "lock_timeout", "57014": "statement_timeout", "40001": "serialization failure", "40P01": "deadlock"}
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    backfill: str
+    chunk_no: int
+    status: str  # done | stopped
+    rows_seen: int
+    rows_written: int
+    batches: int
+    seconds: float
+    cursor: object  # last key done (a JSON value, see rowfill.sql.keys)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def is_statement_timeout(exc: BaseException) -> bool:
+    """57014 is also a cancel by pg_cancel_backend; only the timeout says the batch was too big."""
+    return sqlstate(exc) == "57014" and "statement timeout" in str(getattr(exc, "orig", None) or exc)
+
+
+def split_size(rows: int, floor: int) -> int | None:
+    """The next smaller batch after a statement_timeout: half, not below ``floor``; from ``floor``, one row.
+
+    None when ``rows`` is already a single row: there is nothing left to split.
+    """
+    if rows <= 1:
+        return None
+    if rows > floor:
+        return max(rows // 2, floor)
+    return 1
+
+
+class RowTimeout(RowfillError):
+    """One row alone takes longer than statement_timeout to write."""
+
+
+def worker_name() -> str:
+    """Recorded on the chunk row; ROWFILL_WORKER_NAME tells apart workers that share a host."""
+    return os.environ.get("ROWFILL_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+class BatchObserver:
+    """Something that wants to know about every committed batch (metrics, live progress, tests)."""
+
+    def batch_done(self, *, spec: Spec, chunk_no: int, seconds: float, seen: int, written: int, cursor) -> None:
+        pass
+
+
+def _timeouts(spec: Spec) -> tuple:
+    # idle_in_transaction_session_timeout: a runner that hangs mid-batch (paused VM, lost
+    # network) must not keep its chunk row locked for the retry that replaces it.
+    sql = text(
+        "SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true), "
+        "set_config('idle_in_transaction_session_timeout', :it, true)"
+    )
+    params = {"lt": f"{int(spec.lock_timeout * 1000)}ms", "st": f"{int(spec.statement_timeout * 1000)}ms",
+              "it": f"{int(max(spec.statement_timeout * 2, 60) * 1000)}ms"}
+    return sql, params
+
+
+class ChunkRunner:
+    def __init__(
+        self,
+        engine: Engine,
+        spec: Spec,
+        *,
+        throttle: Throttle | None = None,
+        logger: logging.Logger | None = None,
+        label: str | None = None,
+        run_id: str | None = None,
+        should_stop: Callable[[], str | None] = lambda: None,
+        observers: list[BatchObserver] = (),
+        clock: Callable[[], float] = time.monotonic,
+        writer: BatchWriter | None = None,
+    ):
+        self.engine = engine
+        self.spec = spec
+        self.store = CheckpointStore(engine)
+        self.throttle = throttle or Throttle.for_spec(spec, engine=engine)
+        self.log = logger or log
+        self.label = label
+        self.run_id = run_id
+        # a pause/cancel read that loses its connection is retried like a batch (rowfill.engine.reconnect)
+        self.should_stop = lambda: reconnect.call(should_stop, spec, "reading pause, cancel and live knobs", self.log)
+        self.clock = clock
+        self.writer = writer or writer_for(spec)
+        self.observers = list(observers)
+        self.timeouts, self.timeout_params = _timeouts(spec)
+        self.split_rows: int | None = None  # batch size after a statement_timeout split (None: no split)
+        self._current: tuple | None = None  # (lo, hi, keys, rows asked for) of the batch being written
+        self._told_lock_first = False
+        self._heartbeat: lease.Heartbeat | None = None
+        self._fast = False  # the batch being written is on the fast path
+        self.slow = False  # the next batch locks with SKIP LOCKED (after a lock timeout, or while rows are held)
+        self.skipped = rowlocks.SkippedKeys(spec.locked_rows_wait, clock)
+
+    def run(self, chunk_no: int) -> ChunkResult:
+        """Run the chunk from its checkpoint to its end (or a stop), holding its lease (``rowfill.engine.lease``) meanwhile."""
+        try:
+            return self._run(chunk_no)
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+                self._heartbeat = None
+
+    def _claim(self, chunk_no: int) -> ChunkRow:
+        """Claim the chunk (taking it over from a runner that is gone) and keep its lease from now on."""
+        me = worker_name()
+        row = reconnect.call(lambda: lease.claim(self.store, self.spec.name, chunk_no, me, self.run_id, self.log),
+                             self.spec, f"starting chunk {chunk_no}", self.log)
+        if row.status != "done":
+            self._heartbeat = lease.Heartbeat(self.engine, self.spec.name, chunk_no, me).start()
+        return row
+
+    def _record_failure(self, chunk_no: int, message: str) -> None:
+        """Mark the chunk failed, best effort: the error that ended the chunk is the one to report.
+
+        When even this write fails (the database is still away), one line says so; the row stays
+        ``running`` until the lease runs out and then shows as stale (``rowfill.engine.lease``).
+        """
+        try:
+            self.store.fail(self.spec.name, chunk_no, message)
+        except Exception as exc:  # noqa: BLE001 - never hide the original error behind this one
+            self.log.warning("could not record the failure of chunk %d in the checkpoint (%s); it shows as stale "
+                             "once its lease runs out", chunk_no, describe(exc))
+
+    def _run(self, chunk_no: int) -> ChunkResult:
+        spec = self.spec
+        row = self._claim(chunk_no)
+        label = self.label or chunk_label(spec.key, chunk_no, None, row.lo, row.hi, row.first_key)
+        started = self.clock()
+        seen = written = batches = 0
+        if row.status == "done":
+            self.log.info("%s: already done (%s rows written earlier); nothing to do", label, f"{row.rows_written:,}")
+            return ChunkResult(spec.name, chunk_no, "done", 0, 0, 0, 0.0, row.cursor)
+        if row.cursor is not None:
+            self.log.info("%s: resuming at %s %s (attempt %d, %s of ~%s rows already done)", label, spec.key,
+                          format_value(row.cursor), row.attempts, f"{row.rows_seen:,}", f"{row.est_rows:,}")
+        done_before = row.rows_seen
+        next_report = started + spec.progress_every
+        cursor = row.cursor
+        self._load_skipped(chunk_no, label)
+        if row.batch_rows_worked:
+            self.split_rows = row.batch_rows_worked
+            self.log.info("%s: starting with batches of %d rows, the size that ran within statement_timeout (%s) "
+                          "before", label, row.batch_rows_worked, format_duration(spec.statement_timeout))
+        self.throttle.begin(label, self.log, lambda state, secs: self.store.note_throttle(spec.name, chunk_no, state, secs))
+        try:
+            while True:
+                if reason := (self.should_stop() or reconnect.call(lambda: self.throttle.before_batch(self.should_stop),
+                                                                   spec, "checking the gates", self.log)):
+                    self.log.info("%s: stopping at a batch boundary (%s); cursor %s kept", label, reason, cursor)
+                    self.throttle.flush(reason)
+                    reconnect.call(lambda: self.store.pause(spec.name, chunk_no), spec, "recording the stop", self.log)
+                    return ChunkResult(spec.name, chunk_no, "stopped", seen, written, batches, self.clock() - started, cursor)
+                t0 = self.clock()
+                if self.skipped.due():
+                    written += self._revisit(chunk_no, label)
+                    continue
+                outcome = self._batch_with_retries(chunk_no, label)
+                if outcome is None:
+                    if not self.skipped.count:
+                        break
+                    self._wait_for_skipped(label)  # the walk is done; only skipped keys are left
+                    continue
+                cursor, b_seen, b_written = outcome
+                seen, written, batches = seen + b_seen, written + b_written, batches + 1
+                now = self.clock()
+                self._tell_lock_first(label)
+                self._regrow(now - t0)
+                for observer in self.observers:
+                    observer.batch_done(spec=spec, chunk_no=chunk_no, seconds=now - t0, seen=b_seen,
+                                        written=b_written, cursor=cursor)
+                if now >= next_report:
+                    rate = seen / max(now - started, 1e-9)
+                    self.log.info("%s", progress_line(label, done_before + seen, row.est_rows, rate))
+                    next_report = now + spec.progress_every
+                self.throttle.after_batch(now - t0, b_seen)
+        except Exception as exc:
+            self.throttle.flush()
+            if isinstance(exc, RowfillError):  # rowfill's own words: they name the row and the field
+                message = str(exc).strip().rstrip(".")
+            else:
+                message = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".strip()
+            self._record_failure(chunk_no, message)
+            raise ChunkFailed(
+                f"{label} of backfill {spec.name!r} failed at {spec.key} {format_value(cursor if cursor is not None else row.position)} "
+                f"after {batches} batches in this attempt: {message}. Everything committed before is kept; "
+                "a retry or a cleared task resumes from the checkpoint."
+            ) from exc
+        finally:
+            self.throttle.end()
+        self.throttle.flush(None)
+        final = reconnect.call(lambda: self.store.finish(spec.name, chunk_no), spec, f"recording {label} done", self.log)
+        elapsed = self.clock() - started
+        rate = seen / max(elapsed, 1e-9)
+        self.log.info("%s: done, %s rows walked, %s written in %d batches, %.1f s, %s rows/s", label,
+                      f"{final.rows_seen:,}", f"{final.rows_written:,}", final.batches, elapsed, f"{rate:,.0f}")
+        return ChunkResult(spec.name, chunk_no, "done", seen, written, batches, elapsed, final.cursor)
+
+    def _batch_with_retries(self, chunk_no: int, label: str):
+        attempt = 0
+        while True:
+            slow = self.slow
+            try:
+                # a lost connection: the server rolled the batch back; it is written again from the cursor
+                return reconnect.call(lambda: self._batch(chunk_no), self.spec, f"writing a batch of {label}", self.log,
+                                      note="the server rolled the batch back; it is written again from the checkpoint")
+            except DBAPIError as exc:
+                if not slow and sqlstate(exc) == "55P03" and self._fast:
+                    self.slow = True  # the batch met a row someone holds: at once, around it
+                    self.log.info("%s: a row of the batch is locked by another session; writing the batch around the "
+                                  "rows others hold and coming back to them", label)
+                    continue
+                if is_data_error(exc) and self._current is not None:
+                    self._blame(exc)  # raises RowError naming the row and the field, unless the batch no longer fails
+                elif is_statement_timeout(exc) and self._split(label, exc):
+                    continue  # at once, smaller; not a retry
+                what = RETRYABLE_SQLSTATES.get(sqlstate(exc) or "")
+                if is_data_error(exc):
+                    what = "a data error that writing the batch again no longer gives"
+                if what is None or attempt >= self.spec.batch_retries:
+                    if is_statement_timeout(exc) and self._current is not None and self._current[2] == 1:
+                        raise self._row_timeout(exc) from exc
+                    raise
+                delay = self.throttle.backoff(attempt)
+                attempt += 1
+                self.log.warning("%s: batch hit %s (%s); rolled back, retry %d/%d after %.1f s", label, what,
+                                 str(exc.orig).strip().splitlines()[0], attempt, self.spec.batch_retries, delay)
+
+    def batch_rows(self) -> int:
+        """Rows the next batch asks for: the throttle's size, or less while a statement_timeout split is in effect."""
+        rows = self.throttle.batch_rows
+        return min(rows, self.split_rows) if self.split_rows else rows
+
+    def _split(self, label: str, exc: DBAPIError) -> bool:
+        """After a statement_timeout: make the next batch smaller; False when it was a single row already."""
+        if self._current is None:  # the timeout hit before the write (finding the batch's keys)
+            return False
+        lo, hi, keys, asked = self._current
+        smaller = split_size(min(asked, keys) if keys else asked, self.throttle.min_batch_rows)
+        if smaller is None:
+            return False
+        self.split_rows = smaller
+        self.log.warning("%s: batch of %s rows (%s after %s up to %s) hit statement_timeout (%s); rolled back, "
+                         "retrying at once with %s rows", label, f"{keys:,}", self.spec.key, format_value(lo),
+                         format_value(hi), format_duration(self.spec.statement_timeout), f"{smaller:,}")
+        return True
+
+    def _regrow(self, seconds: float) -> None:
+        """After a split, double the batch again once a batch took under a quarter of statement_timeout."""
+        if self.split_rows is None or seconds >= self.spec.statement_timeout / 4:
+            return
+        self.split_rows *= 2
+        if self.split_rows >= self.throttle.batch_rows:
+            self.split_rows = None  # back to the throttle's own size
+
+    def _row_timeout(self, exc: DBAPIError) -> RowTimeout:
+        lo, hi, _, _ = self._current
+        return RowTimeout(
+            f"{self.spec.key} {format_value(hi)} alone takes longer than statement_timeout "
+            f"({format_duration(self.spec.statement_timeout)}) to write, even as a batch of one row "
+            f"({str(exc.orig).strip().splitlines()[0]}). Raise `statement_timeout` in the spec, or keep the row out "
+            "with `where`; the chunk resumes from its checkpoint, just before this row.")
+
+    def _blame(self, exc: DBAPIError) -> None:
+        lo, hi, _, _ = self._current
+        try:
+            found = narrow(self.engine, self.spec, self.writer, (self.timeouts, self.timeout_params), lo, hi, exc)
+        except Exception as failed:  # noqa: BLE001 - the original error is what matters
+            self.log.warning("could not narrow the failed batch to a row (%s: %s); reporting the batch's error",
+                             type(failed).__name__, str(failed).splitlines()[0] if str(failed) else "")
+            raise exc
+        if found is not None:
+            raise found from exc
+
+    def _tell_lock_first(self, label: str) -> None:
+        if self._told_lock_first:
+            return
+        self._told_lock_first = True
+        reason = getattr(self.writer, "lock_reason", None)
+        if reason:
+            self.log.info("%s: each batch locks its rows first, then writes in a new statement, because the "
+                          "expressions %s: what they read is then as new as the row locks", label, reason)
+
+    def _batch(self, chunk_no: int):
+        """One batch in one transaction; returns None when the chunk has no keys left."""
+        w, name = self.writer, self.spec.name
+        throttled = self.throttle.unrecorded
+        self._current = None
+        self._fast = False
+        with self.engine.begin() as conn:
+            conn.execute(self.timeouts, self.timeout_params)
+            position, hi, _status = self.store.lock_position(conn, name, chunk_no)
+            if position == hi:  # the cursor ends exactly on the chunk's upper key
+                return None
+            asked = self.batch_rows()
+            end, seen = w.batch_end(conn, position, hi, asked)
+            if end is None:  # no keys left in range (rows deleted since planning)
+                end, seen = hi, 0
+            self._current = (position, end, seen, asked)
+            written, skipped = (self._write(conn, position, end) if seen else (0, []))
+            if skipped:
+                rowlocks.record_skipped(conn, name, chunk_no, skipped)
+            self.store.advance(conn, name, chunk_no, end, seen, written, throttled, self.split_rows)
+        self.throttle.recorded(throttled)
+        if w.skips_locked:
+            self.skipped.met(skipped)
+            self.slow = bool(skipped) or not w.single_statement  # back to the fast path once nothing is held
+        return end, seen, written
+
+    def _write(self, conn, lo, hi) -> tuple[int, list]:
+        """Write one batch: (rows written, keys skipped because others hold them). See ``rowfill.engine.rowlocks``."""
+        w = self.writer
+        if not w.skips_locked:  # sinks, the rollback's restore: as before, waiting up to lock_timeout
+            return w.apply(conn, lo, hi), []
+        rowlocks.short_lock_wait(conn)
+        if w.single_statement and not self.slow:
+            self._fast = True
+            return w.apply(conn, lo, hi), []
+        _, skipped = rowlocks.lock_batch(conn, w, lo, hi)
+        if not skipped:
+            return rowlocks.write_runs(conn, w, [rowlocks.Run(lo, hi, w.batch_first)]), []
+        return rowlocks.write_runs(conn, w, rowlocks.runs(lo, w.batch_first, hi, skipped)), [s[0] for s in skipped]
+
+    # -- rows others hold (rowfill.engine.rowlocks) ----------------------------------------------------
+    def _load_skipped(self, chunk_no: int, label: str) -> None:
+        """Skipped keys a previous attempt recorded: this attempt comes back to them too."""
+        if not self.writer.skips_locked:
+            return
+        with self.engine.connect() as conn:
+            keys = rowlocks.pending(conn, self.spec.name, chunk_no)
+        if keys:
+            self.skipped.met(keys)
+            self.log.info("%s: %d rows skipped earlier because other sessions held them are still to write", label, len(keys))
+
+    def _revisit(self, chunk_no: int, label: str) -> int:
+        """Write the skipped keys that are free now; fail the chunk when one is held past locked_rows_wait."""
+        name = self.spec.name
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self.timeouts, self.timeout_params)
+                self.store.lock_position(conn, name, chunk_no)  # take turns with another runner of this chunk
+                rowlocks.short_lock_wait(conn)
+                keys = rowlocks.pending(conn, name, chunk_no, rowlocks.REVISIT_KEYS)
+                written, done, held = rowlocks.revisit(conn, self.writer, name, chunk_no, keys) if keys else (0, [], [])
+                if written:
+                    self.store.add_written(conn, name, chunk_no, written)
+        except DBAPIError as exc:
+            if sqlstate(exc) not in ("55P03", "40001", "40P01"):
+                raise
+            # the write met a lock beyond the rows it took (see rowfill.engine.rowlocks): rolled back, look again later
+            self.log.warning("%s: writing skipped rows hit %s; rolled back, trying again later", label,
+                             RETRYABLE_SQLSTATES[sqlstate(exc)])
+            keys, written, done, held = [None], 0, [], []
+        if keys:
+            self.skipped.revisited(done, held)
+        else:  # another runner of this chunk wrote them
+            self.skipped.clear()
+        if done:
+            self.log.info("%s: %d skipped rows written now that they are free (%d still held)", label, len(done),
+                          self.skipped.count)
+        if overdue := self.skipped.overdue():
+            raise self.skipped.too_long(self.spec, overdue)
+        return written
+
+    def _wait_for_skipped(self, label: str) -> None:
+        """The walk is done but rows others hold are left: wait for the next revisit, stoppable."""
+        seconds = self.skipped.seconds_to_next()
+        if seconds > 0:
+            self.throttle.wait(seconds, f"waiting for {self.skipped.count:,} rows other sessions hold")

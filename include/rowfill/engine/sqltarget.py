@@ -1,0 +1,129 @@
+"""``sql`` mode: the statement must work on the table the batches walk, as PostgreSQL itself reads it.
+
+Names inside a user's statement are resolved by PostgreSQL, with the connection's search_path,
+when the statement runs; rowfill does not rewrite them. So at planning the statement is
+EXPLAINed (``EXPLAIN (VERBOSE, FORMAT JSON)``, never executed; PostgreSQL docs, "EXPLAIN") with
+bind values spanning the whole table, and the relations its plan writes (ModifyTable nodes and
+their target partitions) and reads (every scan) are compared with the resolved table by OID:
+
+- it writes a relation with the table's name in another schema (a stale copy found first on the
+  search_path, a hard-coded schema) -> ``sql`` error;
+- it neither reads nor writes the table -> ``sql`` error: the batches would walk keys the
+  statement never looks at.
+
+Writing another table while reading the walked one (a copy migration) is what ``sql`` is for.
+A statement that works only through a function call cannot be seen into and is refused by the
+second rule; write the UPDATE/INSERT itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from rowfill.engine.resolve import lookup, search_path
+from rowfill.engine.writers import SqlWriter
+from rowfill.errors import SpecError
+from rowfill.spec.spec import Spec
+from rowfill.sql.keys import Key, decode
+from rowfill.sql.sqlnames import clause
+
+
+def _relations(plan: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(writes, reads) as (schema, relation name) pairs, from an EXPLAIN (VERBOSE, FORMAT JSON) plan."""
+    writes, reads = [], []
+
+    def walk(node: dict) -> None:
+        named = (node.get("Schema"), node.get("Relation Name"))
+        if node.get("Node Type") == "ModifyTable":
+            if named[1]:
+                writes.append(named)
+            writes.extend((t.get("Schema"), t.get("Relation Name")) for t in node.get("Target Tables", []))
+        elif named[1]:
+            reads.append(named)
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan["Plan"])
+    return writes, reads
+
+
+def _ours(conn: Connection, names: list[tuple[str, str]], oid: int) -> list[bool]:
+    """For each (schema, name): is it the relation ``oid`` or one of its partitions?"""
+    if not names:
+        return []
+    rows = conn.execute(
+        text("SELECT c.oid IS NOT NULL AND (c.oid = CAST(:o AS oid) OR CAST(:o AS regclass) IN "
+             "(SELECT relid FROM pg_partition_ancestors(c.oid))) "
+             "FROM unnest(CAST(:s AS text[]), CAST(:r AS text[])) WITH ORDINALITY AS x(s, r, i) "
+             "LEFT JOIN pg_namespace n ON n.nspname = x.s LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = x.r "
+             "ORDER BY x.i"),
+        {"o": oid, "s": [s for s, _ in names], "r": [r for _, r in names]},
+    ).scalars()
+    return [bool(v) for v in rows]
+
+
+def _whole_table_params(conn: Connection, writer, key: Key, table_sql: str) -> dict | None:
+    """Bind values for one "batch" spanning the whole table: first and last key (None if the table is empty).
+
+    Real key values, not NULLs: a NULL bound folds the statement to "no rows" and PostgreSQL
+    then leaves the scans out of the plan.
+    """
+    js, order, desc = key.json_sql(), key.order_by(), key.order_by(desc=True)
+    first, last = conn.execute(clause(f"SELECT (SELECT {js} FROM {table_sql} ORDER BY {order} LIMIT 1), "
+                                      f"(SELECT {js} FROM {table_sql} ORDER BY {desc} LIMIT 1)")).one()
+    if first is None:
+        return None
+    first, last = decode(first), decode(last)
+    writer.batch_first = first
+    lo = first - 1 if key.integer else None  # a Python int: psycopg sends it as numeric below bigint's minimum
+    return writer.params(lo, last)
+
+
+def check_sql_target(conn: Connection, spec: Spec, key: Key) -> None:
+    """At planning, ``sql`` mode only: EXPLAIN the statement and refuse it (field ``sql``) if it misses the table.
+
+    ``spec`` has its table resolved (``rowfill.engine.resolve``); ``key`` its key with types.
+    """
+    if spec.mode != "sql":
+        return
+    relation = lookup(conn, spec.table)[0]
+    writer = SqlWriter(spec)
+    writer.key = key
+    writer.build(conn)
+    params = _whole_table_params(conn, writer, key, relation.table.sql)
+    empty = params is None
+    if empty:
+        params = {name: None for name in writer.binds.names}
+        params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
+    try:
+        with conn.begin_nested():
+            plan = conn.exec_driver_sql("EXPLAIN (VERBOSE, FORMAT JSON) " + writer.write, params).scalar()
+    except DBAPIError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise SpecError(spec.source, "sql", f"the database rejects this SQL: {first}") from exc
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    writes, reads = _relations(plan[0])
+    ours_w, ours_r = _ours(conn, writes, relation.oid), _ours(conn, reads, relation.oid)
+    table = relation.table
+    how = "" if spec.table.written_qualified else f" (`{spec.table.meaning}` resolved with search_path {search_path(conn)})"
+    stale = sorted({f"{s}.{r}" for (s, r), ours in zip(writes, ours_w) if not ours and r == table.name})
+    if stale:
+        raise SpecError(
+            spec.source, "sql",
+            f"the statement writes {', '.join(stale)}, but the backfill's table is {table}{how}: another relation of the "
+            f"same name, which the batches never walk. Name the table schema-qualified in the statement ({table.sql}) "
+            "or fix `table`.",
+        )
+    if not empty and not any(ours_w) and not any(ours_r):
+        seen = sorted({f"{s}.{r}" for s, r in writes + reads})
+        raise SpecError(
+            spec.source, "sql",
+            f"EXPLAIN shows the statement neither reads nor writes {table}{how}, whose keys the batches walk "
+            f"(it touches {', '.join(seen) or 'no table'}). Restrict it to the batch with the key bounds on {table}, "
+            "e.g. UPDATE ... WHERE id > :lo AND id <= :hi, or SELECT ... FROM it in a copy.",
+        )

@@ -1,0 +1,423 @@
+"""Python transforms: rows go to a function, its results come back in one set-based UPDATE per batch.
+
+Per batch, inside the batch transaction (so the checkpoint still advances with the write):
+
+1. **lock** the batch's rows that match ``where`` (``SELECT ... FOR NO KEY UPDATE``, in key order).
+   From here until COMMIT no one else can change them, and an application write that touches one
+   of them waits for the batch instead of being overwritten by a value computed from older data;
+2. **read** what the function needs (``select`` over the table and ``joins``) in a *new* statement,
+   so its snapshot is taken after the locks: everything committed before we held the rows is seen,
+   including orders inserted by a transaction that had already updated the user (a single
+   ``SELECT ... FOR UPDATE`` would re-read the locked row but compute joined values from the older
+   snapshot);
+3. **call** the function once with the whole batch;
+4. **write** every result with one ``UPDATE ... FROM unnest(<typed arrays>)`` that re-checks
+   ``where``: no per-row round trips.
+
+``FOR NO KEY UPDATE`` is the lock the UPDATE itself takes; unlike ``FOR UPDATE`` it lets the
+application insert rows that reference ours by foreign key (a new order for a locked user) while
+the batch runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Mapping
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Callable
+from uuid import UUID
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+from rowfill.engine import readtypes
+from rowfill.engine.undo import UndoLog
+from rowfill.engine.writers import BatchBinds, BatchWriter, explain_text
+from rowfill.errors import RowfillError, SpecError
+from rowfill.spec.spec import Spec
+from rowfill.sql.keys import Key, column_types, format_value
+from rowfill.sql.sqlnames import quote
+from rowfill.sql.sqltext import spec_driver
+
+
+class TransformError(RowfillError):
+    """The transform (or sink) failed on a batch; the message names the row's key when one row is to blame."""
+
+
+def load_callable(path: str, spec: Spec | None = None, field: str = "transform") -> Callable:
+    """Import ``module.path:function``; errors say where the module must live to be found by Airflow."""
+    module_name, _, attr = path.partition(":")
+    source = spec.source if spec else path
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module failing at import
+        raise SpecError(
+            source, field,
+            f"cannot import {module_name!r} ({type(exc).__name__}: {exc}). The module must be importable on the "
+            "Airflow DAG processor and on every worker: put it inside the rowfill package (include/rowfill/, "
+            "e.g. rowfill.examples.loyalty), install it into the image, or add its folder to PYTHONPATH of every "
+            "Airflow component.",
+        ) from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise SpecError(source, field, f"{module_name} has no function {attr!r} (found: "
+                        + ", ".join(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))[:300] + ")")
+    return fn
+
+
+def check_callable_spec(conn: Connection, spec: Spec, key: Key) -> None:
+    """At run start: the function imports, and ``joins``/``select`` compile (EXPLAIN, never executed)."""
+    field = "transform" if spec.transform else "sink"
+    load_callable(spec.transform or spec.sink, spec, field)
+    table = spec.table.sql
+    probes = []
+    if spec.joins:
+        probes.append(("joins", f"EXPLAIN SELECT 1 FROM {table} @joins"))
+    if spec.select:
+        probes.append(("select", f"EXPLAIN SELECT @select FROM {table} @joins WHERE @where"))
+    nulls = {name: None for name in BatchBinds(key).names}
+    for name, template in probes:
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(spec_driver(spec, template, key), nulls)
+        except DBAPIError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise SpecError(spec.source, name, f"the database rejects this SQL: {first}") from exc
+
+
+_COLUMN_REF = re.compile(r'(?:(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)\.)?(?:"[^"]+"|[A-Za-z_][A-Za-z0-9_$]*)')
+
+
+def driver_fetch(conn: Connection, sql: str, params: dict, setup=None) -> tuple[list[str], list[tuple]]:
+    """Run a driver-SQL query on the connection's own psycopg cursor (same transaction); errors as SQLAlchemy's.
+
+    Rows fetched straight from the driver cursor skip SQLAlchemy's row processing, and large arrays
+    go several times faster in binary (``%(name)b``) than as text array literals: together the
+    difference between a Python transform at a quarter and at half the speed of a single UPDATE.
+    ``setup(cursor)`` may set the cursor's loaders first (``rowfill.engine.readtypes``).
+    """
+    names, rows, _ = _driver_execute(conn, sql, params, fetch=True, setup=setup)
+    return names, rows
+
+
+def _driver_execute(conn: Connection, sql: str, params: dict, fetch: bool, setup=None):
+    import psycopg
+
+    try:
+        with conn.connection.driver_connection.cursor() as cur:
+            if setup is not None:
+                setup(cur)
+            cur.execute(sql, params)
+            if fetch:
+                return [d.name for d in cur.description], cur.fetchall(), cur.rowcount
+            return None, None, cur.rowcount
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, psycopg.Error) from exc
+
+
+class RowReader:
+    """Reads a batch's rows as dicts: the key columns plus ``select`` (every column if ``select`` is empty).
+
+    With ``lock=True`` the read itself takes the row locks. That is only done when the rows read
+    come from the table alone (no ``joins``, ``select`` only names columns): then a row re-read
+    after waiting for a lock is read whole in its newest version. Anything computed from other
+    tables needs the separate lock statement first (see the module docstring).
+    """
+
+    def __init__(self, spec: Spec, key: Key, lock: bool = False, json_null: bool = False):
+        self.spec = spec
+        self.key = key
+        self.lock = lock
+        self.json_null = json_null  # read JSON null as Jsonb(None) (transforms write it back as such)
+        self._arrays = None  # arrays over user-defined types (rowfill.engine.readtypes), read at the first batch
+        t = spec.table.sql
+        self.qkey = key.qualified(t)
+        if spec.select:
+            keys = [f"{r} AS {quote(c)}" for r, c in zip(self.qkey.refs(), key.columns)]
+            picked = ["@select"] if any(name not in key.columns for name in spec.select) else []
+            self.columns_sql = ", ".join(keys + picked)
+        else:
+            self.columns_sql = f"{t}.*"  # every column of the table, the key columns among them
+        self.binds = BatchBinds(key)  # :first/:last in joins or select: the batch's first and last key
+        self._stmts: dict = {}
+
+    @staticmethod
+    def reads_only_the_table(spec: Spec) -> bool:
+        return not spec.joins and all(_COLUMN_REF.fullmatch(e) for e in spec.select.values())
+
+    def _read(self, has_lo: bool) -> str:
+        """Driver SQL of the read (user ``select``/``joins``/``where`` composed by rowfill.sql.sqltext)."""
+        if has_lo not in self._stmts:
+            spec = self.spec
+            where = " AND @where" if spec.where else ""
+            lock = " FOR NO KEY UPDATE" if self.lock else ""
+            self._stmts[has_lo] = spec_driver(spec, (
+                f"SELECT {self.columns_sql} FROM {spec.table.sql} @joins "
+                f"WHERE {self.qkey.range_text(has_lo, True)}{where} ORDER BY {self.qkey.order_by()}{lock}"), self.key)
+        return self._stmts[has_lo]
+
+    def params(self, lo, hi, first) -> dict:
+        return {**self.key.range_params(lo, hi), **self.binds.params(first, hi)}
+
+    def read(self, conn: Connection, lo, hi, first=None) -> list[dict]:
+        if self._arrays is None:
+            self._arrays = readtypes.user_array_types(conn)
+        names, data = driver_fetch(conn, self._read(lo is not None), self.params(lo, hi, first),
+                                   lambda cur: readtypes.configure(cur, self._arrays, json_null=self.json_null))
+        rows = [dict(zip(names, r)) for r in data]
+        if self.spec.joins:
+            self._check_unique(rows)
+        return rows
+
+    def _check_unique(self, rows: list[dict]) -> None:
+        cols = self.key.columns
+        seen = set()
+        for row in rows:
+            k = tuple(row[c] for c in cols)
+            if k in seen:
+                raise TransformError(
+                    f"`joins` gave more than one row for {self.key.label} {format_value(list(k) if len(k) > 1 else k[0])}; "
+                    "each row of the table must get at most one row (aggregate in a LEFT JOIN LATERAL (...) ON true)")
+            seen.add(k)
+
+    def explain(self, conn: Connection, lo, hi, first=None) -> str:
+        return explain_text(conn, self._read(lo is not None), self.params(lo, hi, first))
+
+
+def key_value(row: dict, key: Key):
+    values = [row[c] for c in key.columns]
+    return values[0] if len(values) == 1 else values
+
+
+def describe_key(row: dict, key: Key) -> str:
+    v = key_value(row, key)
+    return f"{key.label} {format_value([str(x) for x in v] if isinstance(v, list) else str(v))}"
+
+
+def call_with_blame(fn: Callable, rows: list[dict], key: Key, what: str):
+    """Call ``fn(rows)``; if it raises, find the first row that makes it raise on its own and name its key.
+
+    Transforms are meant to be pure functions of their rows, so calling them again row by row
+    (only on this failure path, inside a batch that is rolled back anyway) is safe.
+    """
+    try:
+        return fn(rows)
+    except Exception as exc:
+        for row in rows:
+            try:
+                fn([row])
+            except Exception as single:  # noqa: BLE001 - this is the row to blame
+                raise TransformError(
+                    f"{what} raised {type(single).__name__}: {single} at {describe_key(row, key)}"
+                ) from single
+        first, last = describe_key(rows[0], key), describe_key(rows[-1], key).split(" ", 1)[1]
+        raise TransformError(
+            f"{what} raised {type(exc).__name__}: {exc} for the batch {first}..{last} "
+            "(no single row of it raises on its own)"
+        ) from exc
+
+
+def transport_kinds(conn: Connection, table_sql: str) -> dict[str, tuple[str, str]]:
+    """column -> (how its values travel to the write, the column's type without its modifier).
+
+    The first is ``array``, ``json``, ``jsonb`` or ``""`` (as they are), read from the column's
+    type or the base type of a domain over it, so a domain over ``text[]`` or ``jsonb`` travels
+    like its base type. The second (``pg_catalog.varchar``, not ``character varying(8)``) is what
+    the values are cast to before the UPDATE assigns them: an explicit cast to ``varchar(8)``
+    would silently cut a longer value to 8 characters, where the assignment refuses it
+    (PostgreSQL docs, 8.3 "Character Types"; the same holds for ``char(n)`` and ``bit(n)``).
+    """
+    rows = conn.execute(text(
+        "SELECT a.attname, CASE WHEN b.typcategory = 'A' THEN 'array' "
+        "WHEN b.typnamespace = CAST('pg_catalog' AS regnamespace) AND b.typname IN ('json', 'jsonb') "
+        "THEN CAST(b.typname AS text) ELSE '' END, quote_ident(n.nspname) || '.' || quote_ident(t.typname) "
+        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace "
+        "JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
+        "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"), {"t": table_sql}).all()
+    return {name: (kind, bare) for name, kind, bare in rows}
+
+
+def array_literal(value, column: str) -> str:
+    """One row's array value as PostgreSQL's array literal (``{a,"b c",NULL}``), by psycopg's own text dumper.
+
+    Any length, nested lists for multi-dimensional arrays, None elements; the literal is cast
+    to the column's type in the write, so PostgreSQL checks it (e.g. a ragged 2-D array fails there).
+    """
+    from psycopg.adapt import PyFormat, Transformer
+
+    if not isinstance(value, (list, tuple)):
+        raise TransformError(f"the values for column {column!r} (an array column) must be lists; got {type(value).__name__} {value!r:.60}")
+    value = list(value)
+    try:
+        return bytes(Transformer().get_dumper(value, PyFormat.TEXT).dump(value)).decode()
+    except Exception as exc:  # psycopg: e.g. "lists cannot contain empty lists"
+        raise TransformError(f"a value for column {column!r} cannot be sent as an array: {exc} ({value!r:.80})") from exc
+
+
+_SCALARS = (str, int, float, Decimal, bool, UUID, date, datetime, time)
+def array_param(values: list, sql_type: str, column: str, kind: str = ""):
+    """A list psycopg can send as one typed array: homogeneous lists as they are, mixed ones normalised.
+
+    psycopg refuses lists of mixed Python types (e.g. int and Decimal for a numeric column, as a
+    rule returning ``0`` for some rows and ``Decimal('12.5')`` for others would give). Numbers
+    become Decimal; other scalars become their text, which the ``CAST(... AS type[])`` reads back.
+    ``kind`` is the column's ``transport_kinds`` entry: array values become one literal per row.
+    """
+    if kind == "array":
+        return [None if v is None else array_literal(v, column) for v in values]
+    base = kind or sql_type.lower()
+    if base in ("json", "jsonb"):
+        from psycopg.types.json import Json, Jsonb
+
+        wrap = Jsonb if base == "jsonb" else Json
+        return [None if v is None else (v if isinstance(v, (Json, Jsonb)) else wrap(v)) for v in values]
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        # an array literal built in C: psycopg dumps int lists one element at a time in Python,
+        # several times slower, and integer keys are in every batch
+        return "{" + ",".join(map(str, values)) + "}"
+    kinds.discard(type(None))
+    if len(kinds) <= 1:
+        return values
+    if kinds <= {bytes, bytearray, memoryview}:  # one bytea array, whichever bytes-like each row returned
+        return [None if v is None else bytes(v) for v in values]
+    if kinds <= {int, float, Decimal}:
+        return [None if v is None else Decimal(str(v)) for v in values]
+    if all(issubclass(k, _SCALARS) for k in kinds):
+        return [None if v is None else str(v) for v in values]
+    raise TransformError(f"the values for column {column!r} mix types that cannot share one array: "
+                         + ", ".join(sorted(k.__name__ for k in kinds)))
+
+
+class TransformWriter(BatchWriter):
+    """``transform:`` mode."""
+
+    skips_locked = True
+
+    def build(self, conn):
+        spec = self.spec
+        self.fn = load_callable(spec.transform, spec, "transform")
+        # one statement locks and reads when the rows come from the table alone; else lock, then read
+        self.lock_first = not RowReader.reads_only_the_table(spec)
+        self.reader = RowReader(spec, self.key, lock=not self.lock_first, json_null=True)
+        types = {name: typ for name, (typ, _) in column_types(conn, spec.table.sql).items()}
+        self.out_columns = list(spec.returns)
+        self.out_types = [types[c] for c in self.out_columns]
+        kinds = transport_kinds(conn, spec.table.sql)
+        self.out_kinds = [kinds[c][0] for c in self.out_columns]
+        self.out_casts = [kinds[c][1] for c in self.out_columns]  # no typmod: the assignment checks lengths
+        self.qkey = self.key.qualified(spec.table.sql)
+        self.undo = None
+        if spec.undo:
+            self.undo = UndoLog.for_spec(spec, self.key, self.out_columns, self.out_types)
+
+    def _write_template(self, has_lo: bool) -> str:
+        """The write as a ``driver()`` template: rowfill's own SQL with ``@where``. With an undo log
+        it returns the rows written (a count); without, the UPDATE's row count says it."""
+        t, key = self.spec.table.sql, self.key
+        kn = [quote(f"__rowfill_k{i}") for i in range(1, len(key.columns) + 1)]
+        vn = [quote(f"__rowfill_v{i}") for i in range(1, len(self.out_columns) + 1)]
+        arrays = [f"CAST(:k{i} AS {typ}[])" for i, typ in enumerate(key.types, 1)]
+        # an array column travels as one array literal per row (text), cast back per row:
+        # PostgreSQL has no arrays of arrays, and rows' arrays differ in length
+        arrays += [f"CAST(:v{i} AS {'text' if kind == 'array' else typ}[])"
+                   for i, (typ, kind) in enumerate(zip(self.out_casts, self.out_kinds), 1)]
+        source = f"unnest({', '.join(arrays)}) AS v({', '.join(kn + vn)})"
+        vrow = f"v.{kn[0]}" if len(kn) == 1 else "(" + ", ".join(f"v.{n}" for n in kn) + ")"
+        sets = ", ".join(f"{quote(c)} = CAST(v.{n} AS {typ})" if kind == "array" else f"{quote(c)} = v.{n}"
+                         for c, n, typ, kind in zip(self.out_columns, vn, self.out_casts, self.out_kinds))
+        match = f"{self.qkey.row()} = {vrow} AND {self.qkey.range_text(has_lo, True)}{self.where_sql()}"
+        if self.undo is None:
+            return f"UPDATE {t} SET {sets} FROM {source} WHERE {match}"
+        rng_where = key.range_text(has_lo, True) + self.where_sql()
+        return self.undo.recording_update(t, sets, source, match, rng_where, vrow, self.qkey)
+
+    def _driver_write(self, has_lo: bool, binary: bool = True) -> str:
+        """Driver SQL of the write; with ``binary`` the key and result arrays are sent in binary (faster)."""
+        arrays = tuple(f"k{i}" for i in range(1, len(self.key.columns) + 1)) + \
+            tuple(f"v{i}" for i in range(1, len(self.out_columns) + 1))
+        return self.statement(("write", has_lo, binary),
+                              lambda: self.driver(self._write_template(has_lo), arrays if binary else ()))
+
+    def encode(self, columns: list[list]) -> dict:
+        """The write's parameters: one typed array per key column and per returned column."""
+        n = len(self.key.columns)
+        names = [*self.key.columns, *self.out_columns]
+        types = [*self.key.types, *self.out_types]
+        kinds = ["" for _ in self.key.columns] + list(self.out_kinds)
+        return {(f"k{i + 1}" if i < n else f"v{i - n + 1}"): array_param(col, typ, name, kind)
+                for i, (col, typ, name, kind) in enumerate(zip(columns, types, names, kinds))}
+
+    def results(self, rows: list[dict]) -> tuple[list[list], int]:
+        """Columns for the write: key columns, then returned columns, of every row the function did not skip."""
+        out = call_with_blame(self.fn, rows, self.key, f"transform {self.spec.transform}")
+        out = list(out) if not isinstance(out, list) else out
+        if len(out) != len(rows):
+            raise TransformError(f"transform {self.spec.transform} returned {len(out)} results for {len(rows)} rows "
+                                 f"({describe_key(rows[0], self.key)}..); return one result per row, None to leave a row alone")
+        cols, single = self.out_columns, len(self.out_columns) == 1
+        # one json/jsonb column: a dict is the value itself (README: "a value when returns has one column")
+        dict_is_value = single and self.out_kinds[0] in ("json", "jsonb")
+        kinds = set(map(type, out))
+        if single and type(None) not in kinds and (dict_is_value or not any(issubclass(k, Mapping) for k in kinds)):
+            # the common case, one value per row for one column: no per-row checks needed
+            return [[row[c] for row in rows] for c in self.key.columns] + [out], len(rows)
+        wanted = set(cols)
+        keys: list[list] = [[] for _ in self.key.columns]
+        values: list[list] = [[] for _ in cols]
+        kept = 0
+        for row, result in zip(rows, out):
+            if result is None:
+                continue
+            if isinstance(result, Mapping) and not dict_is_value:
+                if result.keys() != wanted:
+                    missing, extra = wanted - result.keys(), result.keys() - wanted
+                    raise TransformError(
+                        f"transform {self.spec.transform} returned {sorted(result)} at {describe_key(row, self.key)}; "
+                        f"expected exactly the `returns` columns {cols}"
+                        + (f" (missing {sorted(missing)})" if missing else "") + (f" (unexpected {sorted(extra)})" if extra else ""))
+                for i, c in enumerate(cols):
+                    values[i].append(result[c])
+            elif single:
+                values[0].append(result)
+            else:
+                raise TransformError(f"transform {self.spec.transform} returned {type(result).__name__} at "
+                                     f"{describe_key(row, self.key)}; with several `returns` columns return a dict per row")
+            for i, c in enumerate(self.key.columns):
+                keys[i].append(row[c])
+            kept += 1
+        return keys + values, kept
+
+    def apply(self, conn: Connection, lo, hi) -> int:
+        self.prepare(conn)
+        has_lo = lo is not None
+        bounds = self.key.range_params(lo, hi)
+        if self.lock_first:
+            self.lock_rows(conn, lo, hi)
+        rows = self.reader.read(conn, lo, hi, self.batch_first)
+        if not rows:
+            return 0
+        columns, kept = self.results(rows)
+        if not kept:
+            return 0
+        params = {**self.encode(columns), **bounds}
+        if self.undo is None:
+            return _driver_execute(conn, self._driver_write(has_lo), params, fetch=False)[2]
+        _, [(written,)] = driver_fetch(conn, self._driver_write(has_lo), params)
+        return written
+
+    def explain(self, conn, lo, hi):
+        self.prepare(conn)
+        bounds = self.key.range_params(lo, hi)
+        out = [("lock", explain_text(conn, self._lock(lo is not None), bounds))] if self.lock_first else []
+        out.append(("read" if self.lock_first else "lock and read", self.reader.explain(conn, lo, hi, self.batch_first)))
+        rows = self.reader.read(conn, lo, hi, self.batch_first)
+        if rows:
+            columns, kept = self.results(rows)
+            if kept:
+                out.append(("write", explain_text(conn, self._driver_write(lo is not None, binary=False),
+                                                  {**self.encode(columns), **bounds})))
+        return out

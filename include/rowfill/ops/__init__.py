@@ -1,0 +1,2 @@
+"""The ``rowfill`` command and its terminal views.
+"""

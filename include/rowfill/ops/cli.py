@@ -1,0 +1,361 @@
+"""The ``rowfill`` command: check specs, look at progress, run or reset a backfill outside Airflow.
+
+The target database comes from ``--db URL``, else ``ROWFILL_DATABASE_URL``, else the spec's
+Airflow connection (``AIRFLOW_CONN_<ID>`` or the Airflow metadata DB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+
+from rowfill.airflow.chunk_settings import max_map_length
+from rowfill.airflow.connections import engine_for
+from rowfill.airflow.observers import standard_observers
+from rowfill.airflow.pools import POOLS_FILE, pools_for
+from rowfill.engine import reconnect
+from rowfill.engine.chunk_task import run_chunk_here
+from rowfill.engine.control import ControlStore, parse_assignments, stop_reason
+from rowfill.engine.database import check_reachable
+from rowfill.engine.disconnects import describe, is_connection_error
+from rowfill.engine.dryrun import dry_run
+from rowfill.engine.plan import plan_backfill
+from rowfill.engine.report import backfill_summary
+from rowfill.engine.resolve import pinned_spec, stored_table
+from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_target
+from rowfill.engine.runner import ChunkRunner
+from rowfill.engine.status import statuses
+from rowfill.engine.throttle import format_knob
+from rowfill.engine.transform import load_callable
+from rowfill.engine.undo import NoUndo, RestoreWriter, no_undo_message, rollback_spec
+from rowfill.engine.verify import VerificationFailed, verify_backfill
+from rowfill.errors import ChunkFailed, RowfillError, SpecError
+from rowfill.ops.statusview import progress_bar as share_bar
+from rowfill.ops.statusview import render_backfill, render_json
+from rowfill.spec.spec import find_spec, load_specs
+from rowfill.store.checkpoint import CheckpointStore
+
+
+def progress_bar(done: int, total: int, width: int = 30) -> str:
+    return share_bar(1.0 if total <= 0 else done / total, width)
+
+
+def _engine(spec, args):
+    engine = engine_for(spec.connection, args.db)
+    check_reachable(engine, spec.connection, spec.source, spec.reconnect_for)
+    return engine
+
+
+def _summary_line(engine, spec, after_failure: bool = False) -> str:
+    """The closing summary line. After a failure it is read once, without waiting for the database:
+    when the failure was the database staying away, waiting again would only delay the error."""
+    read = lambda: backfill_summary(engine, spec.name).line()  # noqa: E731
+    if not after_failure:
+        return reconnect.call(read, spec, "reading the summary")
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001 - the failure above is what the user must see
+        if not is_connection_error(exc):
+            raise
+        return f"{spec.name}: summary not read, the database is unreachable ({describe(exc)})"
+
+
+def cmd_validate(args) -> int:
+    specs, errors = load_specs(args.specs_dir)
+    for spec in specs:
+        try:  # a transform or sink must import here as it will on the workers
+            if spec.transform or spec.sink:
+                load_callable(spec.transform or spec.sink, spec, "transform" if spec.transform else "sink")
+        except SpecError as exc:
+            errors.append(exc)
+            continue
+        print(f"ok    {spec.name:30} {spec.source}")
+    for error in errors:
+        print(f"error {error}")
+    return 1 if errors else 0
+
+
+def _control_lines(control) -> list[str]:
+    """What `rowfill pause/cancel/set` did to a backfill, under its progress line."""
+    lines = [f"    {stop_reason(control)}"] if control.state != "running" else []
+    if control.knobs:
+        lines.append("    live knobs: " + ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted(control.knobs.items())))
+    return lines
+
+
+def cmd_status(args) -> int:
+    """Progress of every backfill (or one): bars, rate over the last minute, ETA, state, last error."""
+    specs, _ = load_specs(args.specs_dir)
+    specs = [s for s in specs if not args.name or s.name == args.name]
+    if args.name and not specs:
+        find_spec(args.name, args.specs_dir)  # raises the helpful error
+    while True:
+        pairs, controls, problems = [], {}, {}
+        for spec in specs:
+            engine = _engine(spec, args)
+            try:
+                status, control, table, problems[spec.name] = reconnect.call(
+                    lambda: _read_status(engine, spec), spec, "reading the status")
+                controls[spec.name] = control
+                if control.state != "running" and status.state not in ("done", "not started", "stale"):
+                    status = dataclasses.replace(status, state=control.state)  # paused / cancelled says more than "waiting"
+                pairs.append((dataclasses.replace(spec, table=table), status))
+            finally:
+                engine.dispose()
+        if args.json:
+            data = json.loads(render_json(pairs, args.chunks))
+            for entry, (spec, _) in zip(data, pairs):
+                c = controls[spec.name]
+                entry["control"] = {"state": c.state, "knobs": c.knobs, "note": c.note}
+                if problems[spec.name]:
+                    entry["table_problem"] = problems[spec.name]
+            print(json.dumps(data, indent=2, default=str), flush=True)
+        else:
+            lines = [line for spec, s in pairs for line in render_backfill(spec, s, args.chunks) + _control_lines(controls[spec.name])
+                     + ([f"    table: {problems[spec.name]}"] if problems[spec.name] else [])]
+            if args.watch:
+                print("\033[2J\033[H" + time.strftime("%H:%M:%S") + f"  rowfill status (every {args.watch:g} s, Ctrl-C to stop)")
+            print("\n".join(lines) or "no specs", flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)
+
+
+def _read_status(engine, spec):
+    status = statuses(engine, [spec.name])[spec.name]
+    control = ControlStore(engine).get(spec.name)
+    with engine.connect() as conn:  # the table planned on (schema-qualified), and whether it changed since
+        table, problem = stored_table(conn, spec)
+    return status, control, table, problem
+
+
+def cmd_run(args) -> int:
+    """Run a whole backfill in this process, chunk after chunk, then verify it as the DAG's verify task does.
+
+    Exit status: 0 when every chunk is done and verify finds no row still matching ``where``
+    (or the backfill was cancelled: nothing failed, nothing verified, as in the DAG); 1 when a
+    chunk fails or verify does, with the rows that still match printed. The last line always
+    says how many rows were written and, once verified, how many rows still match ``where``.
+    """
+    spec = find_spec(args.name, args.specs_dir)
+    engine = _engine(spec, args)
+    try:
+        chunks = plan_backfill(engine, spec, limit=max_map_length(), log=logging.getLogger("rowfill.plan"))
+        table = reconnect.call(lambda: pinned_spec(engine, spec).table, spec, "reading the planned table")
+        print(f"{spec.name}: {len(chunks)} chunks to run on {table}")
+        for chunk in chunks:
+            # windows, pause and cancel apply here too; waiting happens in this process
+            try:
+                outcome = run_chunk_here(engine, spec, chunk.chunk_no, label=chunk.label,
+                                         logger=logging.getLogger("rowfill.run"), observers=standard_observers(engine, spec))
+            except ChunkFailed as exc:
+                print(f"rowfill: {exc}", file=sys.stderr)
+                print(f"{_summary_line(engine, spec, after_failure=True)}; FAILED: {chunk.label} failed (see above)")
+                return 1
+            if outcome.kind == "cancelled":
+                print(f"{spec.name}: {outcome.reason}; stopped, cursors kept")
+                print(f"{_summary_line(engine, spec)}; cancelled, not verified")
+                return 0
+        try:
+            verified = verify_backfill(engine, spec)
+        except VerificationFailed as exc:
+            print(f"rowfill: verify failed: {exc}", file=sys.stderr)
+            print(f"{_summary_line(engine, spec)}; verify FAILED (see above)")
+            return 1
+        checked = "no row matches `where` any more" if verified.remaining is not None else "every chunk done"
+        print(f"{_summary_line(engine, spec)}; verified: {checked}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _control(args, action) -> int:
+    spec = find_spec(args.name, args.specs_dir)
+    engine = _engine(spec, args)
+    try:
+        store = ControlStore(engine)
+        control = reconnect.call(lambda: action(store, spec.name, args.reason), spec, "changing the control state")
+    finally:
+        engine.dispose()
+    what = {"paused": "running chunks stop at their next batch boundary and wait, without holding a worker slot, "
+                      f"until `rowfill resume {spec.name}`",
+            "running": "waiting chunks continue from their cursors within a few seconds",
+            "cancelled": "running chunks stop at their next batch boundary, keep their cursors and end skipped; "
+                         f"later runs skip too until `rowfill resume {spec.name}`"}[control.state]
+    print(f"{spec.name}: {control.state}; {what}")
+    return 0
+
+
+def cmd_pause(args) -> int:
+    return _control(args, ControlStore.pause)
+
+
+def cmd_resume(args) -> int:
+    return _control(args, ControlStore.resume)
+
+
+def cmd_cancel(args) -> int:
+    return _control(args, ControlStore.cancel)
+
+
+def cmd_set(args) -> int:
+    """Live knobs: take effect at each running chunk's next batch, and stay until unset or reset."""
+    spec = find_spec(args.name, args.specs_dir)
+    knobs = parse_assignments(args.knobs)
+    engine = _engine(spec, args)
+    try:
+        store = ControlStore(engine)
+
+        def change():
+            if args.reset:
+                control = store.reset_knobs(spec.name)
+            elif args.unset:
+                control = store.unset_knobs(spec.name, args.unset)
+            else:
+                control = store.get(spec.name)
+            if knobs:
+                control = store.set_knobs(spec.name, knobs, note=f"set with `rowfill set`: {' '.join(args.knobs)}")
+            return control
+
+        control = reconnect.call(change, spec, "changing live knobs")
+    finally:
+        engine.dispose()
+    shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted((control.knobs or {}).items())) or "none (the spec's values apply)"
+    print(f"{spec.name}: {control.state}; live knobs: {shown}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    """Dry run: chunks, rows, a timed sample batch (rolled back) and its EXPLAIN; nothing is changed."""
+    spec = find_spec(args.name, args.specs_dir)
+    engine = _engine(spec, args)
+    try:
+        report = reconnect.call(lambda: dry_run(engine, spec, limit=max_map_length()), spec, "the dry run")  # rolled back: safe to redo
+    finally:
+        engine.dispose()
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.render())
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    """Restore the previous values recorded by an ``undo: true`` backfill, in throttled, checkpointed batches."""
+    spec = find_spec(args.name, args.specs_dir)
+    if not spec.undo:
+        raise NoUndo(no_undo_message(spec))
+    if not args.yes:
+        print(f"This stops backfill {spec.name!r} (its progress is forgotten) and restores the previous values of "
+              f"{', '.join(spec.set or spec.returns)} in {spec.table} for every row it changed that the application "
+              "has not changed since. Add --yes to do it.")
+        return 2
+    engine = _engine(spec, args)
+    try:
+        rb = rollback_spec(spec)
+        chunks = plan_rollback(engine, spec, limit=max_map_length(), log=logging.getLogger("rowfill.plan"))
+        forward = rollback_target(engine, spec)
+        print(f"{spec.name}: rolling back {forward.table}, {len(chunks)} chunks of the undo log")
+        for chunk in chunks:
+            ChunkRunner(engine, rb, label=chunk.label, writer=RestoreWriter(rb, forward)).run(chunk.chunk_no)
+        print(finish_rollback(engine, spec).line())
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_reset(args) -> int:
+    spec = find_spec(args.name, args.specs_dir)
+    if not args.yes:
+        print(f"This forgets the plan and progress of {spec.name!r} (rows already written stay written). Add --yes to do it.")
+        return 2
+    engine = _engine(spec, args)
+    try:
+        store = CheckpointStore(engine)
+        # an abandoned rollback too
+        removed = reconnect.call(lambda: store.reset(spec.name) + store.reset(f"{spec.name}.rollback"), spec, "resetting")
+    finally:
+        engine.dispose()
+    print(f"{spec.name}: {'progress forgotten' if removed else 'nothing to reset'}")
+    return 0
+
+
+def cmd_pools(args) -> int:
+    specs, errors = load_specs(args.specs_dir)
+    content = json.dumps(pools_for(specs), indent=2) + "\n"
+    if args.write:
+        POOLS_FILE.write_text(content)
+        print(f"wrote {POOLS_FILE}; load it with: airflow pools import {POOLS_FILE}")
+    else:
+        print(content, end="")
+    return 1 if errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rowfill", description="Batched, resumable, exactly-once PostgreSQL backfills.")
+    p.add_argument("--specs-dir", help="folder of *.yaml specs (default: $ROWFILL_SPECS_DIR or include/specs)")
+    p.add_argument("--db", help="target database URL (default: $ROWFILL_DATABASE_URL or the spec's Airflow connection)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("validate", help="check every spec; exit 1 if any is invalid").set_defaults(func=cmd_validate)
+    s = sub.add_parser("status", help="progress of backfills")
+    s.add_argument("name", nargs="?")
+    s.add_argument("--chunks", action="store_true", help="one line per chunk")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
+    s.set_defaults(func=cmd_status)
+    r = sub.add_parser("run", help="run a backfill here, outside Airflow, chunk after chunk")
+    r.add_argument("name")
+    r.set_defaults(func=cmd_run)
+    d = sub.add_parser("plan", help="dry run: chunks, rows, estimated duration from a rolled-back sample batch, EXPLAIN")
+    d.add_argument("name")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_plan)
+    b = sub.add_parser("rollback", help="restore what an undo: true backfill changed (throttled, resumable)")
+    b.add_argument("name")
+    b.add_argument("--yes", action="store_true")
+    b.set_defaults(func=cmd_rollback)
+    x = sub.add_parser("reset", help="forget a backfill's plan and progress")
+    x.add_argument("name")
+    x.add_argument("--yes", action="store_true")
+    x.set_defaults(func=cmd_reset)
+    for name, func, text_ in (("pause", cmd_pause, "pause a backfill: chunks stop at a batch boundary and wait"),
+                              ("resume", cmd_resume, "resume a paused (or cancelled) backfill"),
+                              ("cancel", cmd_cancel, "cancel a backfill's run: chunks stop, keep their cursors, end skipped")):
+        c = sub.add_parser(name, help=text_)
+        c.add_argument("name")
+        c.add_argument("--reason", help="recorded with the change and shown in the logs")
+        c.set_defaults(func=func)
+    k = sub.add_parser("set", help="change live knobs: batch_rows=2000 pause=50ms replica_lag.wait=5s ...")
+    k.add_argument("name")
+    k.add_argument("knobs", nargs="*", metavar="KNOB=VALUE")
+    k.add_argument("--unset", action="append", metavar="KNOB", help="drop a knob: back to the spec's value")
+    k.add_argument("--reset", action="store_true", help="drop every knob")
+    k.set_defaults(func=cmd_set)
+    q = sub.add_parser("pools", help="print (or --write) include/pools.json for the specs")
+    q.add_argument("--write", action="store_true")
+    q.set_defaults(func=cmd_pools)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        return args.func(args)
+    except RowfillError as exc:
+        print(f"rowfill: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a lost connection where no retry applies: advice, not a traceback
+        if not is_connection_error(exc):
+            raise
+        print(f"rowfill: lost the connection to the database: {describe(exc)}. Nothing committed is lost; run the "
+              "command again once the server is back (a backfill resumes from its checkpoints).", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,423 @@
+"""The checkpoint store: one row per chunk in the target database's own ``rowfill`` schema.
+
+It lives next to the data on purpose: a batch's write and its checkpoint advance commit in the
+same transaction (see ``runner``), which is what makes a crash at any instant lose nothing and
+apply nothing twice. It is also the only state chunks share, so any worker can pick up any chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from rowfill.errors import PlanChanged
+from rowfill.spec.spec import Spec
+from rowfill.sql.keys import decode, encode
+
+SCHEMA = "rowfill"
+_LOCK_KEY = 0x726F7766  # "rowf": serialises schema creation and planning across workers
+
+DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.backfills (
+    name         text PRIMARY KEY,
+    fingerprint  text NOT NULL,
+    spec         jsonb NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    planned_at   timestamptz
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.chunks (
+    backfill     text NOT NULL REFERENCES {SCHEMA}.backfills (name) ON DELETE CASCADE,
+    chunk_no     integer NOT NULL,
+    lo           jsonb NOT NULL,          -- exclusive lower key bound; JSON null = from the start (the lowest chunk)
+    hi           jsonb NOT NULL,          -- inclusive upper key bound
+    est_rows     bigint NOT NULL,         -- rows in (lo, hi] when planned
+    cursor       jsonb,                   -- last key done; NULL = not started
+    rows_seen    bigint NOT NULL DEFAULT 0,  -- keys walked
+    rows_written bigint NOT NULL DEFAULT 0,  -- rows the write changed
+    batches      integer NOT NULL DEFAULT 0,
+    status       text NOT NULL DEFAULT 'pending'
+                 CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempts     integer NOT NULL DEFAULT 0,  -- starts after a failure or crash, plus the first; a stop at a
+                                              -- pause or window close and its resume are one attempt
+    last_error   text,
+    worker       text,
+    run_id       text,
+    started_at   timestamptz,
+    updated_at   timestamptz,
+    finished_at  timestamptz,
+    PRIMARY KEY (backfill, chunk_no)
+);
+-- Observability (see rowfill.store.rates and rowfill.engine.status): the Airflow map index of a chunk's latest
+-- attempt (with run_id it names the task instance to link to and clear), and per-chunk batch
+-- samples in time buckets, from which any process computes the rate over a moving window.
+ALTER TABLE {SCHEMA}.chunks ADD COLUMN IF NOT EXISTS map_index integer;
+CREATE TABLE IF NOT EXISTS {SCHEMA}.samples (
+    backfill     text NOT NULL,
+    chunk_no     integer NOT NULL,
+    bucket       timestamptz NOT NULL,    -- start of a fixed time bucket
+    rows_seen    bigint NOT NULL,
+    batches      integer NOT NULL,
+    work_started timestamptz NOT NULL,    -- when the bucket's first batch began
+    last_commit  timestamptz NOT NULL,    -- when the bucket's latest batch committed
+    PRIMARY KEY (backfill, chunk_no, bucket),
+    FOREIGN KEY (backfill, chunk_no) REFERENCES {SCHEMA}.chunks (backfill, chunk_no) ON DELETE CASCADE
+);
+-- added for non-integer keys: the chunk's first key, so labels read "id a1b2..f00d" (NULL on older plans)
+ALTER TABLE {SCHEMA}.chunks ADD COLUMN IF NOT EXISTS first_key jsonb;
+-- The lease of a running chunk's runner (see rowfill.engine.lease): renewed by a heartbeat; a running chunk
+-- whose lease ran out is stale (its process is gone). A table of its own: a batch holds its chunk row.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.leases (
+    backfill     text NOT NULL,
+    chunk_no     integer NOT NULL,
+    worker       text NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    PRIMARY KEY (backfill, chunk_no)
+);
+"""
+# Keys a batch could not lock without waiting, to come back to (rowfill.engine.rowlocks): the batch
+# records them in the transaction that advances its checkpoint.
+SKIPPED_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.skipped_rows (
+    backfill    text NOT NULL,
+    chunk_no    integer NOT NULL,
+    key         jsonb NOT NULL,           -- the key value, as rowfill.sql.keys stores key values
+    skipped_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (backfill, chunk_no, key),
+    FOREIGN KEY (backfill, chunk_no) REFERENCES {SCHEMA}.chunks (backfill, chunk_no) ON DELETE CASCADE
+);
+"""
+
+# Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves existing installs'
+# tables as they were, so each later column is added here, only when missing (a plain
+# ADD COLUMN IF NOT EXISTS would still take an exclusive lock on every plan).
+UPGRADES = {
+    "throttled_seconds": "double precision NOT NULL DEFAULT 0",  # time spent pausing, waiting on gates, backing off
+    "throttle_state": "text",  # what a throttled or deferred chunk is waiting for right now
+    # batch size that ran within statement_timeout after a batch was split (NULL: no split in effect);
+    # a resumed chunk starts from it instead of timing out again
+    "batch_rows_worked": "integer",
+}
+
+
+# Columns of rowfill.backfills added later, the same way. The relation the spec's `table` resolved
+# to when the backfill was planned (see rowfill.engine.resolve): every later task uses this name, after
+# checking that it still is the same relation (OID). For a rollback (``<name>.rollback``) they hold
+# the table it restores, since the backfill's own row is gone while the rollback runs.
+BACKFILL_UPGRADES = {
+    "table_schema": "text",
+    "table_name": "text",
+    "table_oid": "oid",
+    # what the last verify found (rowfill.engine.verify): rows of the whole table still matching `where`
+    # (NULL: not verified yet, or nothing to check), and when it looked
+    "rows_still_matching": "bigint",
+    "verified_at": "timestamptz",
+}
+
+
+def _upgrade_sql() -> str:
+    steps = "".join(
+        f"IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{SCHEMA}.{table}'::regclass "
+        f"AND attname = '{column}' AND NOT attisdropped) THEN "
+        f"ALTER TABLE {SCHEMA}.{table} ADD COLUMN {column} {definition}; END IF; "
+        for table, columns in (("chunks", UPGRADES), ("backfills", BACKFILL_UPGRADES))
+        for column, definition in columns.items()
+    )
+    return f"DO $$ BEGIN {steps}END $$;"
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    backfill: str
+    chunk_no: int
+    lo: Any  # key values as JSON values (see rowfill.sql.keys); lo None = from the start
+    hi: Any
+    est_rows: int
+    cursor: Any
+    rows_seen: int
+    rows_written: int
+    batches: int
+    status: str
+    attempts: int
+    last_error: str | None
+    worker: str | None
+    run_id: str | None
+    started_at: datetime | None
+    updated_at: datetime | None
+    finished_at: datetime | None
+    throttled_seconds: float = 0.0
+    throttle_state: str | None = None
+    first_key: Any = None
+    batch_rows_worked: int | None = None
+
+    @property
+    def position(self) -> Any:
+        """Where the next batch starts: the cursor, or the chunk's lower bound if nothing is done."""
+        return self.lo if self.cursor is None else self.cursor
+
+
+_KEY_FIELDS = ("lo", "hi", "cursor", "first_key")
+# key values are read as JSON text and decoded by rowfill.sql.keys (exact digits for numeric keys)
+_COLUMNS = ", ".join(f"CAST({c} AS text)" if c in _KEY_FIELDS else c for c in ChunkRow.__dataclass_fields__)
+_KEY_POSITIONS = [i for i, c in enumerate(ChunkRow.__dataclass_fields__) if c in _KEY_FIELDS]
+
+
+def _row(r) -> ChunkRow:
+    values = list(r)
+    for i in _KEY_POSITIONS:
+        values[i] = decode(values[i])
+    return ChunkRow(*values)
+
+
+class CheckpointStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # -- set-up -----------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create the schema on first use; the advisory lock keeps parallel first runs from racing."""
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            conn.exec_driver_sql(DDL)
+            conn.exec_driver_sql(_upgrade_sql())
+            conn.exec_driver_sql(SKIPPED_DDL)
+
+    def lock_planning(self, conn: Connection, name: str) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(:n))"), {"k": _LOCK_KEY, "n": name})
+
+    def register(self, conn: Connection, spec: Spec) -> None:
+        """Record the backfill's meaning; refuse to continue a plan made for a different meaning.
+
+        Planning a new run forgets what the last verify found (``note_verified``), so no run shows
+        an earlier run's outcome as its own.
+        """
+        meaning = spec.meaning
+        existing = conn.execute(
+            text(f"SELECT fingerprint FROM {SCHEMA}.backfills WHERE name = :n FOR UPDATE"), {"n": spec.name}
+        ).scalar()
+        if existing is None:
+            conn.execute(
+                text(f"INSERT INTO {SCHEMA}.backfills (name, fingerprint, spec) VALUES (:n, :f, CAST(:s AS jsonb))"),
+                {"n": spec.name, "f": spec.fingerprint, "s": json.dumps(meaning)},
+            )
+        elif existing == spec.fingerprint:
+            # a new run: what the last verify found is no longer the outcome; this run's verify says it again
+            conn.execute(text(f"UPDATE {SCHEMA}.backfills SET rows_still_matching = NULL, verified_at = NULL "
+                              "WHERE name = :n AND verified_at IS NOT NULL"), {"n": spec.name})
+        else:
+            raise PlanChanged(
+                f"{spec.source}: the backfill {spec.name!r} was planned for a different table/key/where/set/sql "
+                "than the spec says now. Finishing the old plan with the new meaning would mix two backfills. "
+                f"If the change is intended, start over with `rowfill reset {spec.name}` (progress is forgotten, "
+                "rows already written stay written)."
+            )
+
+    # -- reading ----------------------------------------------------------------------------
+    def chunks(self, name: str, conn: Connection | None = None) -> list[ChunkRow]:
+        sql = text(f"SELECT {_COLUMNS} FROM {SCHEMA}.chunks WHERE backfill = :n ORDER BY chunk_no")
+        if conn is not None:
+            return [_row(r) for r in conn.execute(sql, {"n": name})]
+        with self.engine.connect() as c:
+            return [_row(r) for r in c.execute(sql, {"n": name})]
+
+    def chunk(self, name: str, chunk_no: int) -> ChunkRow:
+        with self.engine.connect() as conn:
+            r = conn.execute(
+                text(f"SELECT {_COLUMNS} FROM {SCHEMA}.chunks WHERE backfill = :n AND chunk_no = :c"),
+                {"n": name, "c": chunk_no},
+            ).first()
+        if r is None:
+            raise LookupError(f"backfill {name!r} has no chunk {chunk_no}; was it reset after planning? Rerun the DAG to plan again.")
+        return _row(r)
+
+    def backfill_names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.backfills"}).scalar() is None:
+                return []
+            return list(conn.execute(text(f"SELECT name FROM {SCHEMA}.backfills ORDER BY name")).scalars())
+
+    # -- writing ----------------------------------------------------------------------------
+    @contextmanager
+    def _short_txn(self):
+        """Bookkeeping transactions: never wait long for a chunk row a dead session may still lock."""
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT set_config('lock_timeout', '30s', true)"))
+            yield conn
+
+    def add_chunks(self, conn: Connection, name: str, first_no: int, bounds: list[tuple]) -> None:
+        """``bounds``: (lo, hi, rows) or (lo, hi, rows, first_key) per chunk, key values as JSON values."""
+        if not bounds:
+            return
+        conn.execute(
+            text(
+                f"INSERT INTO {SCHEMA}.chunks (backfill, chunk_no, lo, hi, est_rows, first_key) "
+                "VALUES (:n, :c, CAST(:lo AS jsonb), CAST(:hi AS jsonb), :e, CAST(:f AS jsonb))"
+            ),
+            [{"n": name, "c": first_no + i, "lo": encode(b[0]), "hi": encode(b[1]), "e": b[2],
+              "f": encode(b[3]) if len(b) > 3 and b[3] is not None else None} for i, b in enumerate(bounds)],
+        )
+        conn.execute(text(f"UPDATE {SCHEMA}.backfills SET planned_at = now() WHERE name = :n"), {"n": name})
+
+    def start(self, name: str, chunk_no: int, worker: str, run_id: str | None) -> ChunkRow:
+        """Claim a chunk for an attempt. A chunk already done stays done (rerunning it is a no-op).
+
+        A chunk that stopped on purpose (``pause``: status back to pending with attempts already
+        counted) continues the same attempt, so ``attempts`` keeps meaning "how often it had to
+        start over after something went wrong", which is what an on-call reads it for.
+        """
+        with self._short_txn() as conn:
+            r = conn.execute(
+                text(
+                    f"UPDATE {SCHEMA}.chunks SET status = CASE WHEN status = 'done' THEN status ELSE 'running' END, "
+                    "attempts = attempts + CASE WHEN status = 'done' OR (status = 'pending' AND attempts > 0) THEN 0 ELSE 1 END, "
+                    "worker = CASE WHEN status = 'done' THEN worker ELSE :w END, "
+                    "run_id = CASE WHEN status = 'done' THEN run_id ELSE coalesce(:r, run_id) END, "
+                    "last_error = CASE WHEN status = 'done' THEN last_error END, "
+                    "started_at = coalesce(started_at, now()), updated_at = now() "
+                    f"WHERE backfill = :n AND chunk_no = :c RETURNING {_COLUMNS}"
+                ),
+                {"n": name, "c": chunk_no, "w": worker, "r": run_id},
+            ).first()
+        if r is None:
+            raise LookupError(f"backfill {name!r} has no chunk {chunk_no}; was it reset after planning? Rerun the DAG to plan again.")
+        return _row(r)
+
+    def lock_position(self, conn: Connection, name: str, chunk_no: int) -> tuple[Any, Any, str]:
+        """Inside a batch transaction: lock the chunk row and read where to continue.
+
+        The row lock makes two runners of the same chunk (a zombie and its retry) take turns, and
+        each one reads the cursor the other committed, so no batch is applied twice.
+        """
+        cursor, lo, hi, status = conn.execute(
+            text(
+                f"SELECT CAST(cursor AS text), CAST(lo AS text), CAST(hi AS text), status "
+                f"FROM {SCHEMA}.chunks WHERE backfill = :n AND chunk_no = :c FOR UPDATE"
+            ),
+            {"n": name, "c": chunk_no},
+        ).first() or (None, None, None, None)
+        if status is None:
+            raise LookupError(f"backfill {name!r} has no chunk {chunk_no} any more: it was reset or rolled back "
+                              "while this chunk ran, so the chunk stops here. Rerun the DAG to plan again.")
+        cursor, lo, hi = decode(cursor), decode(lo), decode(hi)
+        return (lo if cursor is None else cursor), hi, status
+
+    def advance(self, conn: Connection, name: str, chunk_no: int, cursor: Any, seen: int, written: int,
+                throttled: float = 0.0, batch_rows_worked: int | None = None) -> None:
+        """Inside the batch transaction: move the cursor past the batch just written.
+
+        ``throttled`` is the time the chunk was held back since the last batch; a batch that
+        commits is no longer waiting for anything, so the throttle state is cleared.
+        ``batch_rows_worked``: the batch size in effect after a statement_timeout split (None: none
+        in effect).
+        """
+        conn.execute(
+            text(
+                f"UPDATE {SCHEMA}.chunks SET cursor = CAST(:cur AS jsonb), rows_seen = rows_seen + :s, "
+                "rows_written = rows_written + :w, "
+                "batches = batches + 1, updated_at = now(), batch_rows_worked = :b, "
+                "throttled_seconds = throttled_seconds + :t, throttle_state = NULL "
+                "WHERE backfill = :n AND chunk_no = :c"
+            ),
+            {"n": name, "c": chunk_no, "cur": encode(cursor), "s": seen, "w": written, "t": throttled,
+             "b": batch_rows_worked},
+        )
+
+    def add_written(self, conn: Connection, name: str, chunk_no: int, written: int) -> None:
+        """Inside a revisit of skipped keys (``rowfill.engine.rowlocks``): count the rows written; the cursor stays."""
+        conn.execute(text(f"UPDATE {SCHEMA}.chunks SET rows_written = rows_written + :w, updated_at = now() "
+                          "WHERE backfill = :n AND chunk_no = :c"), {"n": name, "c": chunk_no, "w": written})
+
+    def note_verified(self, name: str, still_matching: int | None) -> None:
+        """What verify found: rows of the whole table still matching ``where`` (None: nothing to check)."""
+        with self._short_txn() as conn:
+            conn.execute(text(f"UPDATE {SCHEMA}.backfills SET rows_still_matching = :m, verified_at = now() "
+                              "WHERE name = :n"), {"n": name, "m": still_matching})
+
+    def verified(self, name: str) -> tuple[int | None, datetime | None]:
+        """(rows still matching ``where`` at the last verify, when); (None, None) before any verify."""
+        with self.engine.connect() as conn:
+            row = conn.execute(text(f"SELECT to_jsonb(b) FROM {SCHEMA}.backfills b WHERE name = :n"), {"n": name}).scalar()
+        row = row or {}
+        at = row.get("verified_at")
+        return row.get("rows_still_matching"), datetime.fromisoformat(at) if at else None
+
+    def note_throttle(self, name: str, chunk_no: int, state: str | None, seconds: float = 0.0) -> None:
+        """Outside a batch: record why the chunk is held back (shown by `rowfill status`) and time throttled."""
+        with self._short_txn() as conn:
+            conn.execute(
+                text(f"UPDATE {SCHEMA}.chunks SET throttle_state = :s, throttled_seconds = throttled_seconds + :t "
+                     "WHERE backfill = :n AND chunk_no = :c"),
+                {"n": name, "c": chunk_no, "s": state[:500] if state else None, "t": seconds},
+            )
+
+    def finish(self, name: str, chunk_no: int) -> ChunkRow:
+        with self._short_txn() as conn:
+            r = conn.execute(
+                text(
+                    f"UPDATE {SCHEMA}.chunks SET status = 'done', finished_at = coalesce(finished_at, now()), "
+                    f"updated_at = now() WHERE backfill = :n AND chunk_no = :c RETURNING {_COLUMNS}"
+                ),
+                {"n": name, "c": chunk_no},
+            ).one()
+        return _row(r)
+
+    def pause(self, name: str, chunk_no: int) -> None:
+        """A chunk stopped on purpose at a batch boundary: not running, not failed, cursor kept."""
+        with self._short_txn() as conn:
+            conn.execute(
+                text(f"UPDATE {SCHEMA}.chunks SET status = 'pending', updated_at = now() "
+                     "WHERE backfill = :n AND chunk_no = :c AND status = 'running'"),
+                {"n": name, "c": chunk_no},
+            )
+
+    def fail(self, name: str, chunk_no: int, error: str) -> None:
+        with self._short_txn() as conn:
+            conn.execute(
+                text(
+                    f"UPDATE {SCHEMA}.chunks SET status = 'failed', last_error = :e, updated_at = now() "
+                    "WHERE backfill = :n AND chunk_no = :c AND status <> 'done'"
+                ),
+                {"n": name, "c": chunk_no, "e": error[:2000]},
+            )
+
+    def open_lowest(self, conn: Connection, name: str) -> int:
+        """Inside planning: the lowest chunk starts "from the start" (lo NULL), whatever its key type.
+
+        Plans made before this had an integer key's chunk 1 start at its minimum minus one, which
+        left keys inserted below that minimum outside every chunk for good (and overflows at the
+        type's minimum). Returns 1 if a stored plan was changed.
+        """
+        return conn.execute(
+            text(f"UPDATE {SCHEMA}.chunks SET lo = 'null'::jsonb WHERE backfill = :n AND lo <> 'null'::jsonb "
+                 f"AND chunk_no = (SELECT min(chunk_no) FROM {SCHEMA}.chunks WHERE backfill = :n)"),
+            {"n": name},
+        ).rowcount
+
+    def reopen(self, conn: Connection, name: str, chunk_nos: list[int]) -> list[int]:
+        """Inside planning: done chunks that hold rows still matching ``where`` are walked again from their start.
+
+        The re-walk only writes rows that still match ``where`` (every write re-checks it), so what
+        was written stays written once. ``rows_seen`` starts over with the walk (progress reads
+        right); ``rows_written`` keeps counting. Returns the chunks that were still done.
+        """
+        if not chunk_nos:
+            return []
+        return list(conn.execute(
+            text(f"UPDATE {SCHEMA}.chunks SET status = 'pending', cursor = NULL, finished_at = NULL, rows_seen = 0, "
+                 "last_error = NULL, throttle_state = NULL, updated_at = now() "
+                 "WHERE backfill = :n AND chunk_no = ANY(:c) AND status = 'done' RETURNING chunk_no"),
+            {"n": name, "c": list(chunk_nos)},
+        ).scalars())
+
+    def reset(self, name: str) -> int:
+        """Forget a backfill's plan and progress (rows already written stay written)."""
+        with self.engine.begin() as conn:
+            if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.backfills"}).scalar() is None:
+                return 0
+            return conn.execute(text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n"), {"n": name}).rowcount

@@ -1,0 +1,82 @@
+"""Rows per second over a moving window, correct across workers, hosts and processes.
+
+Chunks of one backfill run in different task processes, often on different machines; the only
+thing they share is the checkpoint database. So each committed batch adds its rows to a per-chunk
+time bucket in ``rowfill.samples`` (an upsert on a row no other chunk touches, so parallel chunks
+never wait for each other), stamped with the database's clock, not the worker's. Anyone can then
+compute "rows in the last minute / time they took" for a chunk or a whole backfill with one query
+(``rowfill.engine.status``), and a process that crashed or moved to another worker changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from rowfill.store.checkpoint import SCHEMA
+
+BUCKET_SECONDS = 5
+WINDOW_SECONDS = 60  # the moving window rates and ETAs are computed over
+KEEP_SECONDS = 6 * 3600  # older buckets are pruned; nothing reads them
+_PRUNE_EVERY = 500  # batches
+
+log = logging.getLogger("rowfill.rates")
+
+_RECORD = text(
+    f"INSERT INTO {SCHEMA}.samples AS s (backfill, chunk_no, bucket, rows_seen, batches, work_started, last_commit) "
+    "SELECT :n, :c, to_timestamp(floor(extract(epoch FROM t) / :b) * :b), :rows, 1, "
+    "t - make_interval(secs => :secs), t FROM clock_timestamp() t "
+    "ON CONFLICT (backfill, chunk_no, bucket) DO UPDATE SET rows_seen = s.rows_seen + excluded.rows_seen, "
+    "batches = s.batches + 1, work_started = least(s.work_started, excluded.work_started), "
+    "last_commit = greatest(s.last_commit, excluded.last_commit)"
+)
+# A sample is best effort (see RateRecorder): its commit need not wait for the WAL flush. Without
+# this every batch paid a second fsync wait (a few ms each at production durability) for a row
+# that only feeds a rate; a sample lost in a server crash makes one rate read a little low.
+# The batch's own transaction (write and checkpoint) keeps the server's synchronous_commit.
+_ASYNC_COMMIT = text("SELECT set_config('synchronous_commit', 'off', true)")
+_PRUNE = text(
+    f"DELETE FROM {SCHEMA}.samples WHERE backfill = :n AND chunk_no = :c "
+    "AND bucket < clock_timestamp() - make_interval(secs => :keep)"
+)
+
+
+def record_batch(engine: Engine, backfill: str, chunk_no: int, rows: int, seconds: float, *, prune: bool = False) -> None:
+    """Add one committed batch to its chunk's current bucket (``seconds``: how long the batch took)."""
+    with engine.begin() as conn:
+        conn.execute(_ASYNC_COMMIT)
+        conn.execute(_RECORD, {"n": backfill, "c": chunk_no, "b": BUCKET_SECONDS, "rows": rows, "secs": max(seconds, 0.0)})
+        if prune:
+            conn.execute(_PRUNE, {"n": backfill, "c": chunk_no, "keep": KEEP_SECONDS})
+
+
+def window_rate(rows: int | None, span_seconds: float | None) -> float:
+    """Rows per second of the samples in a window; 0 when nothing moved in it."""
+    if not rows or span_seconds is None:
+        return 0.0
+    return float(rows) / max(float(span_seconds), 1.0)
+
+
+class RateRecorder:
+    """Batch observer that feeds the samples table after every commit.
+
+    Best effort on purpose: a lost sample makes one rate a little low, while an exception here
+    would fail a chunk whose data is fine, so problems are logged, never raised.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._batches = 0
+        self._warned = False
+
+    def batch_done(self, *, spec, chunk_no: int, seconds: float, seen: int, written: int, cursor) -> None:
+        self._batches += 1
+        try:
+            record_batch(self.engine, spec.name, chunk_no, seen, seconds, prune=self._batches % _PRUNE_EVERY == 0)
+        except Exception as exc:  # noqa: BLE001 - observability must never fail a backfill
+            if not self._warned:
+                log.warning("rate sample for %s chunk %s not recorded (%s); progress rates may read low",
+                            spec.name, chunk_no, str(exc).splitlines()[0])
+                self._warned = True
