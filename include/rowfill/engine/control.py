@@ -73,7 +73,7 @@ _SIMPLE_KNOBS = {
 
 
 def knob_names() -> list[str]:
-
+    """Every live knob's name: the simple ones, then ``<gate>.wait`` / ``<gate>.critical`` for each gate kind."""
     return [*_SIMPLE_KNOBS, *(f"{g}.{w}" for g in KINDS for w in ("wait", "critical"))]
 
 
@@ -118,6 +118,7 @@ def parse_knob(name: str, value) -> float | int | None:
 
 
 def parse_assignments(items: list[str]) -> dict:
+    """``name=value`` words of ``rowfill set`` as validated knobs (name -> value). :raises BadKnob: a word is not one."""
     knobs = {}
     for item in items:
         name, eq, value = item.partition("=")
@@ -194,12 +195,15 @@ class ControlStore:
         return Control(name, *row)
 
     def pause(self, name: str, reason: str | None = None) -> Control:
+        """Pause backfill ``name`` (creating the tables if needed). :returns: the control row written."""
         return self._write(name, state="paused", note=_note("paused with `rowfill pause`", reason))
 
     def resume(self, name: str, reason: str | None = None) -> Control:
+        """Resume backfill ``name`` after a pause or cancel. :returns: the control row written."""
         return self._write(name, state="running", note=_note("resumed with `rowfill resume`", reason))
 
     def cancel(self, name: str, reason: str | None = None) -> Control:
+        """Cancel backfill ``name``: chunks stop and end skipped until resumed. :returns: the control row written."""
         return self._write(name, state="cancelled", note=_note("cancelled with `rowfill cancel`", reason))
 
     def set_knobs(self, name: str, knobs: dict, note: str | None = None) -> Control:
@@ -215,6 +219,7 @@ class ControlStore:
         return self._write(name, knobs=current, replace_knobs=True)
 
     def reset_knobs(self, name: str) -> Control:
+        """Drop every live knob of ``name``: back to the spec's values. :returns: the control row written."""
         return self._write(name, knobs={}, replace_knobs=True)
 
 
@@ -228,10 +233,12 @@ _OFF = "off"
 
 
 def knob_value(name: str, stored):
+    """A knob as stored in ``controls.knobs`` back to its value (the "off" marker is None)."""
     return None if stored == _OFF else stored
 
 
 def stop_reason(control: Control) -> str | None:
+    """Why chunks stop, in words (``paused with `rowfill pause`: ...``); None while running."""
     if control.state == "running":
         return None
     note = control.note if control.note and control.note.startswith(control.state) else control.state

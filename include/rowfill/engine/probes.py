@@ -27,7 +27,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from rowfill.errors import RowfillError
-from rowfill.spec.durations import format_duration
 from rowfill.spec.gates import GateSpec, LatencySpec
 from rowfill.sql.sqltext import probe
 
@@ -108,17 +107,22 @@ class GateKeeper:
         self._checked_rights = False
 
     def set_threshold(self, name: str, which: str, value: float | None) -> None:
+        """A live knob: set gate ``name``'s ``which`` (``wait`` | ``critical``) to ``value`` (its unit; None = off)."""
         gate = self.gates.get(name) or GateSpec(name)
         self.gates[name] = replace(gate, **{which: value})
         self._last = None  # a changed threshold is checked before the next batch, not a second later
 
     def active(self) -> bool:
+        """True when any gate has a threshold, i.e. there is something to measure."""
         return any(g.wait is not None or g.critical is not None for g in self.gates.values())
 
     def due(self) -> bool:
+        """True when the last readings are ``interval`` seconds old (or a threshold changed since)."""
         return self._last is None or self.clock() - self._last >= self.interval
 
     def measure(self) -> list[Reading]:
+        """One reading per gate with a threshold, from the primary's statistics views (PostgreSQL docs,
+        "The Cumulative Statistics System"). :raises DBAPIError: the database could not be read."""
         readings = []
         with self.engine.connect() as conn:
             if not self._checked_rights:

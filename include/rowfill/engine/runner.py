@@ -84,6 +84,7 @@ class ChunkResult:
 
 
 def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error (PostgreSQL docs, Appendix A "Error Codes"); None for anything else."""
     orig = getattr(exc, "orig", None)
     return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
@@ -118,7 +119,8 @@ class BatchObserver:
     """Something that wants to know about every committed batch (metrics, live progress, tests)."""
 
     def batch_done(self, *, spec: Spec, chunk_no: int, seconds: float, seen: int, written: int, cursor) -> None:
-        pass
+        """A batch committed. :param seconds: its wall time, seconds. :param seen: keys walked.
+        :param written: rows written. :param cursor: the last key done. Should not raise: an error fails the chunk."""
 
 
 def _timeouts(spec: Spec) -> tuple:
@@ -186,7 +188,13 @@ class ChunkRunner:
         self._state: str | None = None  # what the chunk waits for right now (the checkpoint row's throttle_state)
 
     def run(self, chunk_no: int) -> ChunkResult:
-        """Run the chunk from its checkpoint to its end (or a stop), holding its lease (``rowfill.engine.lease``) meanwhile."""
+        """Run the chunk from its checkpoint to its end (or a stop), holding its lease (``rowfill.engine.lease``) meanwhile.
+
+        :param chunk_no: the planned chunk's number.
+        :returns: a ``ChunkResult``: ``done``, or ``stopped`` with ``stopped_by`` saying what stopped it.
+        :raises ChunkFailed: the chunk failed (recorded on its row); ``__cause__`` is the error (``RowError``,
+            ``RowTimeout``, ``probes.GateCritical``, a driver error, ...). Everything committed is kept.
+        """
         try:
             return self._run(chunk_no)
         finally:
