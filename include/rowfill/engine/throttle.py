@@ -16,7 +16,8 @@ that returns a reason):
   - live control (``control.LiveControl``): knobs change the numbers above; pause/cancel stop;
   - the spec's windows: a closed window stops;
   - an optional interruption callable (tests, embedding code) returning a reason or None.
-Every decision carries its reason in words, for the log and ``rowfill status``.
+Every decision carries its reason in words, for the log and ``rowfill status``. The arithmetic of
+size and rest lives in ``BatchSize`` (no I/O); ``Throttle`` reads the inputs and decides.
 """
 
 from __future__ import annotations
@@ -119,6 +120,93 @@ class Stop:
 Decision = Go | Wait | Stop
 
 
+class BatchSize:
+    """Rows of the next batch and the rest after it (GitLab's BatchOptimizer, with rowfill's inputs).
+
+    Two things move the size: the measured cost per row against ``target_batch_time`` (adaptive
+    size), and the latency back-off ``level`` (each level halves the rows and doubles the rest).
+    Pure arithmetic: no I/O, no sleeping, no logging.
+    """
+
+    def __init__(self, pause: float, batch_rows: int, *, pause_ratio: float = 0.0,
+                 target_batch_time: float | None = None, min_batch_rows: int | None = None,
+                 max_batch_rows: int | None = None):
+        """:param pause: rest after each batch, seconds. :param batch_rows: rows of the first batch.
+        :param pause_ratio: extra rest per second of batch. :param target_batch_time: seconds a batch
+        should take (None: fixed size). :param min_batch_rows: / :param max_batch_rows: bounds (rows).
+        """
+        self.pause = pause
+        self.pause_ratio = pause_ratio
+        self.target_batch_time = target_batch_time
+        self.min_batch_rows = min(min_batch_rows or DEFAULT_MIN_BATCH_ROWS, batch_rows)
+        self.max_batch_rows = max(max_batch_rows or DEFAULT_MAX_BATCH_ROWS, batch_rows)
+        self.size = batch_rows  # the adaptive size before bounds and back-off
+        self.cost: float | None = None  # seconds per row, smoothed
+        self.level = 0  # latency back-off level, 0..MAX_LEVEL
+        self.good = 0  # good probe samples in a row while backed off
+
+    @property
+    def rows(self) -> int:
+        """Rows the next batch asks for: the adaptive size, within bounds, halved per back-off level."""
+        rows = max(self.min_batch_rows, min(self.size, self.max_batch_rows))
+        if self.level:
+            rows = max(self.min_batch_rows, rows >> self.level)
+        return max(1, rows)
+
+    def adapt(self, seconds: float, rows: int) -> int | None:
+        """Follow the measured cost per row towards ``target_batch_time``; at most x2 or /2 per step.
+
+        :param seconds: the last batch's wall time. :param rows: its keys.
+        :returns: the new adaptive size when it changed, else None. Never raises.
+        """
+        if not self.target_batch_time or rows <= 0 or seconds <= 0:
+            return None
+        per_row = seconds / rows
+        # Rising cost is believed at once (a slow batch holds live traffic back: shrink now);
+        # falling cost is smoothed and growth is at most x2 a batch (one fast batch proves little).
+        if self.cost is None or per_row > self.cost:
+            self.cost = per_row
+        else:
+            self.cost = COST_SMOOTHING * self.cost + (1 - COST_SMOOTHING) * per_row
+        ideal = self.target_batch_time / self.cost
+        current = max(self.min_batch_rows, min(self.size, self.max_batch_rows))
+        new = int(min(current * MAX_GROWTH, ideal))
+        self.size = max(self.min_batch_rows, min(new, self.max_batch_rows))
+        return self.size if self.size != current else None
+
+    def pause_after(self, batch_seconds: float) -> float:
+        """Rest after a batch of ``batch_seconds``: pause + pause_ratio x duration, longer per back-off level.
+
+        :returns: seconds (float). Never raises.
+        """
+        base = self.pause + self.pause_ratio * batch_seconds
+        if not self.level:
+            return base
+        factor = 2 ** self.level
+        return base * factor + LEVEL_EXTRA_PAUSE * (factor - 1)
+
+    def latency(self, worst: float, limit: float, samples: int) -> int:
+        """Move the back-off level after probe samples: +1 when ``worst`` > ``limit`` (seconds), -1
+        after ``RECOVER_AFTER`` good samples in a row. :returns: the change (-1, 0 or +1; 0 at the bounds)."""
+        if worst > limit:
+            self.good = 0
+            if self.level < MAX_LEVEL:
+                self.level += 1
+                return 1
+            return 0
+        if self.level:
+            self.good += samples
+            if self.good >= RECOVER_AFTER:
+                self.good = 0
+                self.level -= 1
+                return -1
+        return 0
+
+    def last_seconds(self) -> float:
+        """What a batch of the current size is expected to take, from the measured cost (seconds; 0 unknown)."""
+        return (self.cost or 0.0) * self.rows
+
+
 class Throttle:
     """Paces one chunk: decides, from the last batch and what the collectors measure, what comes next.
 
@@ -140,15 +228,8 @@ class Throttle:
         :param gates: the health gates' collector. :param latency: the live-latency probe.
         :param logger: where decisions are logged.
         """
-        self.pause = pause
-        self.pause_ratio = pause_ratio
-        self.target_batch_time = target_batch_time
-        self.min_batch_rows = min(min_batch_rows or DEFAULT_MIN_BATCH_ROWS, batch_rows)
-        self.max_batch_rows = max(max_batch_rows or DEFAULT_MAX_BATCH_ROWS, batch_rows)
-        self._size = batch_rows
-        self._cost: float | None = None  # seconds per row, smoothed
-        self.level = 0  # latency back-off level
-        self._good = 0
+        self.size = BatchSize(pause, batch_rows, pause_ratio=pause_ratio, target_batch_time=target_batch_time,
+                              min_batch_rows=min_batch_rows, max_batch_rows=max_batch_rows)
         self.gates = gates
         self.latency = latency
         self.sleep = sleep
@@ -209,8 +290,10 @@ class Throttle:
         """
         if done is not None and done is not self._fed:
             self._fed = done
-            self._adapt(done.seconds, done.rows)
-            self._rest = self.pause_after(done.seconds)
+            if (new := self.size.adapt(done.seconds, done.rows)) is not None:
+                self.log.debug("%s: batch of %d rows took %s (target %s): next batches %d rows", self.label, done.rows,
+                               _ms(done.seconds), _ms(self.size.target_batch_time), new)
+            self._rest = self.size.pause_after(done.seconds)
         if self._rest > 0:
             rest, self._rest = self._rest, 0.0
             return self._waiting(rest, None)
@@ -261,50 +344,29 @@ class Throttle:
             self._holding, self._held = 0, 0.0
         return None
 
-    # -- the batch size ------------------------------------------------------------------------
+    # -- what the runner and the tests read ------------------------------------------------------
     @property
     def batch_rows(self) -> int:
-        """Rows the next batch asks for: the adaptive size, within bounds, halved per back-off level."""
-        rows = max(self.min_batch_rows, min(self._size, self.max_batch_rows))
-        if self.level:
-            rows = max(self.min_batch_rows, rows >> self.level)
-        return max(1, rows)
+        """Rows the next batch asks for (``BatchSize.rows``)."""
+        return self.size.rows
 
     @batch_rows.setter
     def batch_rows(self, rows: int) -> None:
-        self._size = rows
+        self.size.size = rows
 
-    def _adapt(self, seconds: float, rows: int) -> None:
-        """Follow the measured cost per row towards ``target_batch_time``; at most x2 or /2 per step."""
-        if not self.target_batch_time or rows <= 0 or seconds <= 0:
-            return
-        per_row = seconds / rows
-        # Rising cost is believed at once (a slow batch holds live traffic back: shrink now);
-        # falling cost is smoothed and growth is at most x2 a batch (one fast batch proves little).
-        if self._cost is None or per_row > self._cost:
-            self._cost = per_row
-        else:
-            self._cost = COST_SMOOTHING * self._cost + (1 - COST_SMOOTHING) * per_row
-        ideal = self.target_batch_time / self._cost
-        current = max(self.min_batch_rows, min(self._size, self.max_batch_rows))
-        new = int(min(current * MAX_GROWTH, ideal))
-        new = max(self.min_batch_rows, min(new, self.max_batch_rows))
-        if new != current:
-            self.log.debug("%s: batch of %d rows took %s (target %s): next batches %d rows", self.label, rows,
-                           _ms(seconds), _ms(self.target_batch_time), new)
-        self._size = new
+    @property
+    def level(self) -> int:
+        """The latency back-off level (0: full pace)."""
+        return self.size.level
 
-    # -- the pause -----------------------------------------------------------------------------
+    @property
+    def min_batch_rows(self) -> int:
+        """The smallest batch the adaptive size goes down to, rows."""
+        return self.size.min_batch_rows
+
     def pause_after(self, batch_seconds: float) -> float:
-        """Rest after a batch of ``batch_seconds``: pause + pause_ratio x duration, longer per back-off level.
-
-        :returns: seconds (float). Never raises.
-        """
-        base = self.pause + self.pause_ratio * batch_seconds
-        if not self.level:
-            return base
-        factor = 2 ** self.level
-        return base * factor + LEVEL_EXTRA_PAUSE * (factor - 1)
+        """Rest after a batch of ``batch_seconds`` (``BatchSize.pause_after``), seconds."""
+        return self.size.pause_after(batch_seconds)
 
     def after_batch(self, batch_seconds: float, rows: int = 0) -> None:
         """Without a runner (unit tests, benches): decide the rest after a batch and sleep it here."""
@@ -331,29 +393,17 @@ class Throttle:
         samples = self.latency.take()
         if not samples:
             return
-        worst = max(samples)
-        limit = self.latency.limit
-        if worst > limit:
-            self._good = 0
-            if self.level < MAX_LEVEL:
-                self.level += 1
-                self.log.info("%s: latency probe %s > %s: backing off to batches of %d rows, pause %s", self.label,
-                              _ms(worst), _ms(limit), self.batch_rows, _ms(self.pause_after(self._last_seconds())))
-            else:
-                self.log.info("%s: latency probe %s > %s: already at the slowest pace (%d rows, pause %s)", self.label,
-                              _ms(worst), _ms(limit), self.batch_rows, _ms(self.pause_after(self._last_seconds())))
-            return
-        if self.level:
-            self._good += len(samples)
-            if self._good >= RECOVER_AFTER:
-                self._good = 0
-                self.level -= 1
-                self.log.info("%s: latency probe %s <= %s for %d probes: speeding up to batches of %d rows, pause %s",
-                              self.label, _ms(worst), _ms(limit), RECOVER_AFTER, self.batch_rows,
-                              _ms(self.pause_after(self._last_seconds())))
-
-    def _last_seconds(self) -> float:
-        return (self._cost or 0.0) * self.batch_rows
+        worst, limit, size = max(samples), self.latency.limit, self.size
+        change = size.latency(worst, limit, len(samples))
+        pace = f"{size.rows} rows, pause {_ms(size.pause_after(size.last_seconds()))}"
+        if change > 0:
+            self.log.info("%s: latency probe %s > %s: backing off to batches of %s", self.label, _ms(worst), _ms(limit), pace)
+        elif worst > limit:
+            self.log.info("%s: latency probe %s > %s: already at the slowest pace (%s)", self.label, _ms(worst),
+                          _ms(limit), pace)
+        elif change < 0:
+            self.log.info("%s: latency probe %s <= %s for %d probes: speeding up to batches of %s", self.label,
+                          _ms(worst), _ms(limit), RECOVER_AFTER, pace)
 
     # -- live knobs ----------------------------------------------------------------------------
     def start_live(self) -> None:
@@ -374,16 +424,17 @@ class Throttle:
         """
         changes = []
         for name, value in knobs.items():
+            size = self.size
             if name == "batch_rows":
-                old = self._size
-                self._size = value
-                self.min_batch_rows = min(self.min_batch_rows, value)
-                self.max_batch_rows = max(self.max_batch_rows, value)
+                old = size.size
+                size.size = value
+                size.min_batch_rows = min(size.min_batch_rows, value)
+                size.max_batch_rows = max(size.max_batch_rows, value)
             elif name in ("pause", "pause_ratio", "target_batch_time", "min_batch_rows", "max_batch_rows"):
-                old = getattr(self, name)
-                setattr(self, name, value)
+                old = getattr(size, name)
+                setattr(size, name, value)
                 if name == "target_batch_time":
-                    self._cost = None
+                    size.cost = None
             elif name == "latency_limit" and self.latency is not None:
                 old = self.latency.limit
                 self.latency.limit = value
