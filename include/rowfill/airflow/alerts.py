@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from urllib.parse import quote
 
 from rowfill.airflow.connections import engine_for
+from rowfill.airflow.mapped_chunk import task_chunk
 from rowfill.airflow.notifiers import Alert, adeliver, deliver
 from rowfill.engine.status import statuses
 from rowfill.spec.durations import format_duration
@@ -89,9 +90,8 @@ def _resume_advice(spec, run_id: str | None, chunks) -> str:
 # -- the messages -------------------------------------------------------------------------------
 def chunk_failed_alert(spec, context) -> Alert:
     ti = context["ti"]
-    chunk_info = getattr(context.get("task"), "chunk", None) or {}
-    label = chunk_info.get("label", f"map index {ti.map_index}")
-    chunk_no = chunk_info.get("chunk_no")
+    chunk_no, task_label = task_chunk(context.get("task"))
+    label = task_label or f"map index {ti.map_index}"
     run_id = context.get("run_id") or getattr(ti, "run_id", None)
     error = context.get("exception")
     status = current_status(spec)
@@ -101,7 +101,7 @@ def chunk_failed_alert(spec, context) -> Alert:
         # runs this with the bare mapped task, and the checkpoint's (run, map index) finds the chunk.
         chunk = next((c for c in status.chunks if c.chunk_no == chunk_no), None) if chunk_no is not None else next(
             (c for c in status.chunks if c.run_id == run_id and c.map_index == ti.map_index), None)
-        if chunk is not None and "label" not in chunk_info:
+        if chunk is not None and task_label is None:
             label = f"chunk {chunk.chunk_no}/{len(status.chunks)} ({chunk.range_text(spec.key)})"
     if chunk is not None:
         chunk.map_index = ti.map_index  # the failing attempt is this task instance, whatever the row says
