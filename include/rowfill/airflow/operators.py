@@ -92,6 +92,7 @@ class PlanChunksOperator(SpecOperator):
     ui_color = "#e8f1fb"
 
     def execute(self, context) -> list[dict]:
+        """Plan in one transaction per step (``plan_backfill``); raises AirflowSkipException when the backfill is cancelled, PoolMissing when its pool does not exist."""
         spec = self.spec
         if is_dry_run(context):
             return dry_run_task(spec, context, self.log)
@@ -124,6 +125,7 @@ class BackfillChunkOperator(SpecOperator):
         self.chunk = MappedChunk.from_xcom(chunk)
 
     def execute(self, context) -> dict:
+        """Run the chunk from its cursor (``task_control.attempt``): defers to wait, raises AirflowSkipException when cancelled, AirflowFailException (no retry) for a critical gate or a changed table."""
         return task_control.attempt(self, context)
 
     def execute_complete(self, context, event=None) -> dict:
@@ -143,6 +145,7 @@ class VerifyBackfillOperator(SpecOperator):
     ui_color = "#fff4d6"
 
     def execute(self, context) -> dict:
+        """Check every chunk is done and, with ``where``, that no row matches it; raises VerificationFailed (``rowfill.engine.verify``) otherwise."""
         skip_if_dry_run(context)
         with target_engine(self.spec) as engine:
             task_control.before_verify(engine, self.spec, context)
@@ -163,6 +166,7 @@ class BackfillSummaryOperator(SpecOperator):
     ui_color = "#efe6fb"
 
     def execute(self, context) -> dict | None:
+        """The run's summary (rows, seconds, rows per second, control state); in a dry run, the plan's report."""
         if (dry := task_control.dry_run_summary(context)) is not None:
             return dry  # the dry run's report, as the plan task made it
         with target_engine(self.spec) as engine:

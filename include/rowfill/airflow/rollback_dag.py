@@ -51,6 +51,7 @@ class PlanRollbackOperator(SpecOperator):
     ui_color = "#fbe8e8"
 
     def execute(self, context) -> list[dict]:
+        """Plan the rollback (``plan_rollback``); raises NoUndo when there is no undo log, PoolMissing when the pool does not exist."""
         check_pool(self.spec, self.log)
         with target_engine(self.spec) as engine:
             chunks = plan_rollback(engine, self.spec, limit=max_map_length(), log=self.log)
@@ -75,6 +76,7 @@ class RestoreChunkOperator(SpecOperator):
         self.chunk = MappedChunk.from_xcom(chunk)
 
     def execute(self, context) -> dict:
+        """Restore one chunk of the undo log from its cursor, on the table pinned at planning; returns the counts for XCom."""
         rb = rollback_spec(self.spec)
         with target_engine(self.spec) as engine:
             forward = rollback_target(engine, self.spec)  # the table pinned when the rollback was planned
@@ -94,6 +96,7 @@ class FinishRollbackOperator(SpecOperator):
     ui_color = "#efe6fb"
 
     def execute(self, context) -> dict:
+        """Raises RollbackIncomplete (``rowfill.engine.rollback``) with what is left when a chunk is not done."""
         with target_engine(self.spec) as engine:
             result = finish_rollback(engine, self.spec)
         self.log.info("%s", result.line())
@@ -103,6 +106,7 @@ class FinishRollbackOperator(SpecOperator):
 
 def _failure(spec: Spec):
     def callback(context):
+        """Log which restore chunk failed and the command that resumes it."""
         ti = context["ti"]
         _, label = task_chunk(context.get("task"))
         log.error(
