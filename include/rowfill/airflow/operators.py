@@ -92,7 +92,9 @@ class PlanChunksOperator(SpecOperator):
     ui_color = "#e8f1fb"
 
     def execute(self, context) -> list[dict]:
-        """Plan in one transaction per step (``plan_backfill``); raises AirflowSkipException when the backfill is cancelled, PoolMissing when its pool does not exist."""
+        """Plan, or resume the stored plan (``plan_backfill``); raises AirflowSkipException when the backfill is
+        cancelled, PoolMissing when its pool does not exist.
+        """
         spec = self.spec
         if is_dry_run(context):
             return dry_run_task(spec, context, self.log)
@@ -125,7 +127,9 @@ class BackfillChunkOperator(SpecOperator):
         self.chunk = MappedChunk.from_xcom(chunk)
 
     def execute(self, context) -> dict:
-        """Run the chunk from its cursor (``task_control.attempt``): defers to wait, raises AirflowSkipException when cancelled, AirflowFailException (no retry) for a critical gate or a changed table."""
+        """Run the chunk from its cursor (``task_control.attempt``): defers to wait, raises AirflowSkipException
+        when cancelled, AirflowFailException (no retry) for a critical gate or a changed table.
+        """
         return task_control.attempt(self, context)
 
     def execute_complete(self, context, event=None) -> dict:
@@ -145,7 +149,9 @@ class VerifyBackfillOperator(SpecOperator):
     ui_color = "#fff4d6"
 
     def execute(self, context) -> dict:
-        """Check every chunk is done and, with ``where``, that no row matches it; raises VerificationFailed (``rowfill.engine.verify``) otherwise."""
+        """Check every chunk is done and, with ``where``, that no row matches it; raises VerificationFailed
+        (``rowfill.engine.verify``) otherwise.
+        """
         skip_if_dry_run(context)
         with target_engine(self.spec) as engine:
             task_control.before_verify(engine, self.spec, context)

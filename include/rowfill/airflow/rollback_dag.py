@@ -51,7 +51,9 @@ class PlanRollbackOperator(SpecOperator):
     ui_color = "#fbe8e8"
 
     def execute(self, context) -> list[dict]:
-        """Plan the rollback (``plan_rollback``); raises NoUndo when there is no undo log, PoolMissing when the pool does not exist."""
+        """Plan the rollback (``plan_rollback``); raises NoUndo when there is no undo log, PoolMissing when the
+        pool does not exist.
+        """
         check_pool(self.spec, self.log)
         with target_engine(self.spec) as engine:
             chunks = plan_rollback(engine, self.spec, limit=max_map_length(), log=self.log)
@@ -76,7 +78,9 @@ class RestoreChunkOperator(SpecOperator):
         self.chunk = MappedChunk.from_xcom(chunk)
 
     def execute(self, context) -> dict:
-        """Restore one chunk of the undo log from its cursor, on the table pinned at planning; returns the counts for XCom."""
+        """Restore one chunk of the undo log from its cursor, on the table pinned at planning; returns the counts
+        for XCom.
+        """
         rb = rollback_spec(self.spec)
         with target_engine(self.spec) as engine:
             forward = rollback_target(engine, self.spec)  # the table pinned when the rollback was planned
