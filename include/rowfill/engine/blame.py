@@ -34,6 +34,7 @@ from rowfill.engine.transform import TransformWriter
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import decode, format_value
+from rowfill.sql.session import Timeouts
 from rowfill.sql.sqlnames import clause, quote
 
 DATA_ERROR_CLASSES = ("22", "23")
@@ -203,16 +204,16 @@ class Narrowing:
         return writer
 
 
-def narrow(engine: Engine, spec: Spec, writer, timeouts, lo, hi, error: DBAPIError) -> RowError | None:
+def narrow(engine: Engine, spec: Spec, writer, timeouts: Timeouts, lo, hi, error: DBAPIError) -> RowError | None:
     """The row and field to blame for ``error``, a data error of the batch ``(lo, hi]``; None if it no longer fails.
 
-    ``timeouts`` is the runner's (statement, params) for ``SET LOCAL`` timeouts, so no probe runs
+    ``timeouts`` are the runner's batch timeouts (``rowfill.sql.session.Timeouts``), so no probe runs
     longer than a batch may. Runs in its own transaction, always rolled back: nothing is written.
     """
     with engine.connect() as conn:
         tx = conn.begin()
         try:
-            conn.execute(*timeouts)
+            timeouts.apply(conn)
             writer.prepare(conn)
             n = Narrowing(conn, spec, writer)
             keys = n.keys(lo, hi)

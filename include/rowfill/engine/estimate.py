@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from rowfill.spec.spec import Spec
+from rowfill.sql.ranges import ChunkBounds
 from rowfill.sql.sqlnames import clause, quote
 
 EXACT_PLAN_MAX_ROWS = 20_000_000
@@ -47,7 +48,7 @@ def key_span(conn: Connection, spec: Spec, after: int | None) -> tuple[int, int]
 
 
 def split_key_range(first: int, last: int, rows: int, chunk_rows: int, limit: int,
-                    after: int | None = None) -> list[tuple[int | None, int, int]]:
+                    after: int | None = None) -> list[ChunkBounds]:
     """Equal key-width chunks over the keys ``first..last``, each estimated at rows/n rows.
 
     The first chunk's lower bound is ``after`` (None = from the start of the key space), never
@@ -62,13 +63,13 @@ def split_key_range(first: int, last: int, rows: int, chunk_rows: int, limit: in
     per_chunk = max(rows, 0) // n
     bounds, lo = [], after
     for hi in highs:
-        bounds.append((lo, hi, per_chunk))
+        bounds.append(ChunkBounds(lo, hi, per_chunk))
         lo = hi
     return bounds
 
 
 def sampled_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_rows: int, limit: int,
-                       rows: int | None = None) -> list[tuple]:
+                       rows: int | None = None) -> list[ChunkBounds]:
     """Chunks of about ``chunk_rows`` rows from a block sample's quantiles; at most ``limit`` chunks.
 
     ``after`` None plans a new table: the first chunk starts from the start of the key space
@@ -83,7 +84,7 @@ def sampled_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_ro
         total = conn.execute(clause(f"SELECT count(*) FROM {spec.table.sql}")).scalar()
     n = max(1, min(limit, math.ceil(max(total, 1) / chunk_rows)))
     if n == 1:
-        return [(after, last, total, first)]
+        return [ChunkBounds(after, last, total, first)]
     # Rows on one page have neighbouring keys, so what matters is the number of sampled pages.
     percent = min(100.0, 100.0 * n * PAGES_PER_CHUNK / _stats(conn, spec)[1])
     key = quote(spec.key)
@@ -100,6 +101,6 @@ def sampled_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_ro
         per_chunk = total // len(highs)
         bounds, lo = [], after
         for hi in highs:
-            bounds.append((lo, hi, per_chunk))
+            bounds.append(ChunkBounds(lo, hi, per_chunk))
             lo = hi
     return [(*bounds[0], first), *bounds[1:]] if bounds else bounds

@@ -30,7 +30,10 @@ from sqlalchemy.engine import Engine
 
 from rowfill.engine.disconnects import describe
 from rowfill.spec.durations import format_duration
+from rowfill.sql.session import set_local
+from rowfill.store import catalog
 from rowfill.store.checkpoint import SCHEMA, ChunkRow, CheckpointStore
+from rowfill.store.states import ChunkState
 
 log = logging.getLogger("rowfill.lease")
 
@@ -62,7 +65,6 @@ _STALE = text(
     "AND coalesce(l.heartbeat_at, c.updated_at) < clock_timestamp() - make_interval(secs => :lease)"
 )
 # A heartbeat is best effort: its commit need not wait for the WAL flush (as rate samples, rowfill.store.rates).
-_ASYNC_COMMIT = text("SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '2s', true)")
 
 
 def claim(store: CheckpointStore, name: str, chunk_no: int, worker: str, run_id: str | None,
@@ -72,10 +74,10 @@ def claim(store: CheckpointStore, name: str, chunk_no: int, worker: str, run_id:
     with engine.connect() as conn:
         before = conn.execute(_HOLDER, {"n": name, "c": chunk_no}).first()
     row = store.start(name, chunk_no, worker, run_id)
-    if row.status != "done":
+    if not row.status.finished:
         with engine.begin() as conn:
             conn.execute(_CLAIM, {"n": name, "c": chunk_no, "w": worker})
-    if before is not None and before[0] == "running" and before[1] and before[1] != worker:
+    if before is not None and before[0] == ChunkState.RUNNING and before[1] and before[1] != worker:
         age = float(before[2] or 0.0)
         if age > LEASE_SECONDS:
             why = (f"whose lease ran out (last heartbeat {format_duration(age)} ago, more than {format_duration(LEASE_SECONDS)}): "
@@ -91,7 +93,7 @@ def claim(store: CheckpointStore, name: str, chunk_no: int, worker: str, run_id:
 def stale_chunks(engine: Engine, name: str, lease: float = LEASE_SECONDS) -> set[int]:
     """Chunks of ``name`` marked running whose runner's lease ran out (empty if none, or no store yet)."""
     with engine.connect() as conn:
-        if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.leases"}).scalar() is None:
+        if not catalog.exists(conn, catalog.own("leases")):
             return set()
         return set(conn.execute(_STALE, {"n": name, "lease": lease}).scalars())
 
@@ -121,7 +123,7 @@ class Heartbeat:
         while not self._stopped.wait(self.every):
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(_ASYNC_COMMIT)
+                    set_local(conn, lock_timeout=2.0, synchronous_commit="off")
                     conn.execute(_RENEW, {"n": self.name, "c": self.chunk_no, "w": self.worker})
             except Exception as exc:  # noqa: BLE001 - the runner reports outages; the lease runs out if it lasts
                 log.debug("lease of chunk %d of %s not renewed: %s", self.chunk_no, self.name, describe(exc))

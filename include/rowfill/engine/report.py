@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from rowfill.engine.lease import stale_chunks
 from rowfill.engine.progress import eta_seconds
 from rowfill.store.checkpoint import CheckpointStore, ChunkRow
+from rowfill.store.states import ChunkState
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None,
     return Summary(
         backfill=name,
         chunks=len(chunks),
-        chunks_done=sum(c.status == "done" for c in chunks),
-        chunks_failed=sum(c.status == "failed" for c in chunks),
+        chunks_done=sum(c.status == ChunkState.DONE for c in chunks),
+        chunks_failed=sum(c.status == ChunkState.FAILED for c in chunks),
         rows_estimated=total,
         rows_seen=seen,
         rows_written=sum(c.rows_written for c in chunks),

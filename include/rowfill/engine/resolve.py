@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.sqlnames import TableName
+from rowfill.store import catalog
 from rowfill.store.checkpoint import CheckpointStore
 
 SCHEMA = "rowfill"  # the checkpoint store's schema (rowfill.store.checkpoint.SCHEMA; not imported: no cycle)
@@ -83,7 +84,7 @@ def resolve(conn: Connection, spec: Spec) -> Relation:
 
 def _stored_row(conn: Connection, name: str) -> dict | None:
     """The backfill's row of rowfill.backfills as a dict (to_jsonb: columns an older store lacks are simply absent)."""
-    if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.backfills"}).scalar() is None:
+    if not catalog.exists(conn, catalog.own("backfills")):
         return None
     return conn.execute(text(f"SELECT to_jsonb(b) FROM {SCHEMA}.backfills b WHERE name = :n"), {"n": name}).scalar()
 

@@ -18,8 +18,10 @@ from rowfill.engine.writers import SqlWriter
 from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Key, column_types
+from rowfill.sql.session import set_local
 from rowfill.sql.sqlnames import clause, quote
 from rowfill.sql.sqltext import spec_driver, spec_sql
+from rowfill.store import catalog
 
 
 
@@ -34,8 +36,7 @@ class Target:
 
 
 def check_target(conn: Connection, spec: Spec) -> Target:
-    regclass = conn.execute(text("SELECT to_regclass(:t)"), {"t": spec.table.sql}).scalar()
-    if regclass is None:
+    if not catalog.exists(conn, spec.table.sql):
         raise SpecError(spec.source, "table", f"table {spec.table} does not exist in the target database (connection {spec.connection!r})")
     described = column_types(conn, spec.table.sql)
     types = {name: typ for name, (typ, _) in described.items()}
@@ -107,11 +108,9 @@ def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, 
     """
     probe = f"SELECT {', '.join(key.refs())} FROM {table_sql} ORDER BY {key.order_by()} LIMIT 1000"
     with conn.begin_nested():
-        conn.execute(text("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true), "
-                          "set_config('enable_bitmapscan', 'off', true)"))
+        set_local(conn, enable_seqscan="off", enable_sort="off", enable_bitmapscan="off")
         plan = conn.execute(clause(f"EXPLAIN (FORMAT JSON) {probe}")).scalar()
-        conn.execute(text("SELECT set_config('enable_seqscan', 'on', true), set_config('enable_sort', 'on', true), "
-                          "set_config('enable_bitmapscan', 'on', true)"))
+        set_local(conn, enable_seqscan="on", enable_sort="on", enable_bitmapscan="on")
         shown = "\n".join(r[0] for r in conn.execute(clause(f"EXPLAIN {probe}")))
     if isinstance(plan, str):
         plan = json.loads(plan)

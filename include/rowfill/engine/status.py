@@ -22,7 +22,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from rowfill.engine.lease import LEASE_SECONDS
 from rowfill.store import rates
+from rowfill.store import catalog
 from rowfill.store.checkpoint import SCHEMA
+from rowfill.store.states import BackfillState, ChunkState
 
 def _query(samples: bool, leases: bool):
     """The one query: chunk rows, their rate samples of the window, and how long since their runner's
@@ -65,7 +67,7 @@ def _ts(value) -> datetime | None:
 @dataclass
 class ChunkStatus:
     chunk_no: int
-    status: str  # pending | running | stale | done | failed (stale: marked running, its runner's lease ran out)
+    status: ChunkState  # stale: marked running, its runner's lease ran out
     lo: object
     hi: object
     est_rows: int
@@ -87,7 +89,7 @@ class ChunkStatus:
 
     @property
     def remaining(self) -> int:
-        return 0 if self.status == "done" else max(self.est_rows - self.rows_seen, 0)
+        return 0 if self.status == ChunkState.DONE else max(self.est_rows - self.rows_seen, 0)
 
     def range_text(self, key: str) -> str:
         if self.lo is None:  # the lowest chunk: from the start of the key space
@@ -100,7 +102,7 @@ class ChunkStatus:
 @dataclass
 class BackfillStatus:
     backfill: str
-    state: str  # not started | planned | waiting | running | stale | failed | done
+    state: BackfillState
     chunks: list[ChunkStatus]
     rows_estimated: int = 0
     rows_seen: int = 0
@@ -123,7 +125,7 @@ class BackfillStatus:
 
     @property
     def share(self) -> float:
-        if self.state == "done":
+        if self.state == BackfillState.DONE:
             return 1.0
         return min(self.rows_seen / self.rows_estimated, 1.0) if self.rows_estimated else 0.0
 
@@ -136,21 +138,22 @@ class BackfillStatus:
         return d
 
 
-def _state(chunks: list[ChunkStatus]) -> str:
+def _state(chunks: list[ChunkStatus]) -> BackfillState:
+    """The whole backfill's state from its chunks' (``stale`` already marked)."""
     if not chunks:
-        return "planned"
+        return BackfillState.PLANNED
     statuses = {c.status for c in chunks}
-    if statuses == {"done"}:
-        return "done"
-    if "running" in statuses:
-        return "running"
-    if "stale" in statuses:  # nothing runs; a chunk waits for its next attempt to take it over
-        return "stale"
-    if "failed" in statuses:
-        return "failed"
-    if any(c.batches or c.status == "done" for c in chunks):
-        return "waiting"
-    return "planned"
+    if statuses == {ChunkState.DONE}:
+        return BackfillState.DONE
+    if ChunkState.RUNNING in statuses:
+        return BackfillState.RUNNING
+    if ChunkState.STALE in statuses:  # nothing runs; a chunk waits for its next attempt to take it over
+        return BackfillState.STALE
+    if ChunkState.FAILED in statuses:
+        return BackfillState.FAILED
+    if any(c.batches or c.status == ChunkState.DONE for c in chunks):
+        return BackfillState.WAITING
+    return BackfillState.PLANNED
 
 
 def _eta(remaining: int, rate: float) -> float | None:
@@ -174,9 +177,10 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
     for r in rows:
         c = r.chunk
         now = r.now
-        if c["status"] == "running" and r.quiet is not None and float(r.quiet) > lease:
-            c["status"] = "stale"
-        rate = round(rates.window_rate(r.rows, r.span), 1) if c["status"] == "running" else 0.0
+        c["status"] = ChunkState(c["status"])
+        if c["status"] == ChunkState.RUNNING and r.quiet is not None and float(r.quiet) > lease:
+            c["status"] = ChunkState.STALE
+        rate = round(rates.window_rate(r.rows, r.span), 1) if c["status"] == ChunkState.RUNNING else 0.0
         error = c.get("last_error")
         chunk = ChunkStatus(
             chunk_no=c["chunk_no"], status=c["status"], lo=c["lo"], hi=c["hi"], est_rows=c["est_rows"],
@@ -185,27 +189,27 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             map_index=c.get("map_index"), updated_at=_ts(c.get("updated_at")), rows_per_second=rate,
             eta_seconds=None, throttle={k: v for k, v in c.items() if k.startswith("throttle") and v is not None},
             batch_rows_worked=c.get("batch_rows_worked"),
-            lease_age=round(float(r.quiet), 1) if r.quiet is not None and c["status"] in ("running", "stale") else None,
+            lease_age=round(float(r.quiet), 1) if r.quiet is not None and c["status"].active else None,
         )
         chunk.eta_seconds = _eta(chunk.remaining, rate)
         chunks.append(chunk)
-        if r.rows and c["status"] != "stale":
+        if r.rows and c["status"] != ChunkState.STALE:
             win_rows += int(r.rows)
             since = r.since if since is None else min(since, r.since)
             last = r.last if last is None else max(last, r.last)
     if not chunks:
         exists = conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.backfills WHERE name = :n)"), {"n": name}).scalar()
-        return BackfillStatus(name, "planned" if exists else "not started", [])
+        return BackfillStatus(name, BackfillState.PLANNED if exists else BackfillState.NOT_STARTED, [])
     # While chunks run, quiet time counts (a stall shows as a falling rate); once none runs, the rate
     # is that of the last active stretch instead of decaying for a minute after the end.
-    end = now if any(c.status == "running" for c in chunks) else last
+    end = now if any(c.status == ChunkState.RUNNING for c in chunks) else last
     rate = round(rates.window_rate(win_rows, (end - since).total_seconds()), 1) if since else 0.0
-    failed = [c for c in chunks if c.status == "failed" and c.last_error]
+    failed = [c for c in chunks if c.status == ChunkState.FAILED and c.last_error]
     latest_error = max(failed, key=lambda c: c.updated_at or datetime.min.replace(tzinfo=now.tzinfo), default=None)
     remaining = sum(c.remaining for c in chunks)
     throttle = {}
     for c in chunks:
-        if c.status == "running":
+        if c.status == ChunkState.RUNNING:
             for k, v in c.throttle.items():
                 throttle.setdefault(k, v)
     state = _state(chunks)
@@ -216,10 +220,12 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
         rows_estimated=sum(c.est_rows for c in chunks), rows_seen=sum(c.rows_seen for c in chunks),
         rows_written=sum(c.rows_written for c in chunks), rows_per_second=rate,
         # a failed or stale backfill goes nowhere until it runs again: no ETA from its last minute
-        eta_seconds=None if state in ("failed", "stale") else _eta(remaining, rate),
-        chunks_done=sum(c.status == "done" for c in chunks), chunks_running=sum(c.status == "running" for c in chunks),
-        chunks_failed=sum(c.status == "failed" for c in chunks), chunks_pending=sum(c.status == "pending" for c in chunks),
-        chunks_stale=sum(c.status == "stale" for c in chunks),
+        eta_seconds=None if state.stuck else _eta(remaining, rate),
+        chunks_done=sum(c.status == ChunkState.DONE for c in chunks),
+        chunks_running=sum(c.status == ChunkState.RUNNING for c in chunks),
+        chunks_failed=sum(c.status == ChunkState.FAILED for c in chunks),
+        chunks_pending=sum(c.status == ChunkState.PENDING for c in chunks),
+        chunks_stale=sum(c.status == ChunkState.STALE for c in chunks),
         last_progress_at=last, last_error=latest_error.last_error if latest_error else None,
         last_error_chunk=latest_error.chunk_no if latest_error else None, throttle=throttle,
         rows_still_matching=verified.get("rows_still_matching"), verified_at=_ts(verified.get("verified_at")),
@@ -230,12 +236,9 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
 def statuses(engine: Engine, names: list[str], window: float = rates.WINDOW_SECONDS) -> dict[str, BackfillStatus]:
     """Status of several backfills on one database, over one connection."""
     with engine.connect() as conn:
-        chunks, samples, leases, skipped = conn.execute(
-            text("SELECT to_regclass(:c) IS NOT NULL, to_regclass(:s) IS NOT NULL, to_regclass(:l) IS NOT NULL, "
-                 "to_regclass(:k) IS NOT NULL"),
-            {"c": f"{SCHEMA}.chunks", "s": f"{SCHEMA}.samples", "l": f"{SCHEMA}.leases",
-             "k": f"{SCHEMA}.skipped_rows"}).one()
+        chunks, samples, leases, skipped = catalog.existing(
+            conn, catalog.own("chunks"), catalog.own("samples"), catalog.own("leases"), catalog.own("skipped_rows"))
         if not chunks:
-            return {n: BackfillStatus(n, "not started", []) for n in names}
+            return {n: BackfillStatus(n, BackfillState.NOT_STARTED, []) for n in names}
         return {n: backfill_status(conn, n, window, with_samples=samples, with_leases=leases, with_skipped=skipped)
                 for n in names}

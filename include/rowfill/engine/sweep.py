@@ -14,19 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Boundary, Key, decode, format_value, load_key
+from rowfill.sql.session import set_local
 from rowfill.sql.sqltext import spec_slots
 
 SLICE_ROWS = 10_000  # keys per slice: a few ms to walk on the index, well under a second to check
-_TIMEOUT = text("SELECT set_config('statement_timeout', :t, true)")
 
 
 def key_slices(conn: Connection, key: Key, table_sql: str, lo: Any = None, hi: Any = None, *,
-               rows: int = SLICE_ROWS, statement_timeout: str = "0") -> Iterator[tuple[Any, Any]]:
+               rows: int = SLICE_ROWS, statement_timeout: float = 0.0) -> Iterator[tuple[Any, Any]]:
     """Consecutive ``(slice_lo, slice_hi]`` ranges of at most ``rows`` keys covering ``(lo, hi]``.
 
     Each slice is found by one index-only range scan on ``conn`` and is one transaction: the
@@ -37,7 +36,7 @@ def key_slices(conn: Connection, key: Key, table_sql: str, lo: Any = None, hi: A
     boundary = Boundary(key, table_sql)
     position = lo
     while True:
-        conn.execute(_TIMEOUT, {"t": statement_timeout})
+        set_local(conn, statement_timeout=statement_timeout)
         _, last, found = boundary.next(conn, position, hi, rows)
         end = last if found >= rows else hi
         yield position, end
@@ -70,7 +69,7 @@ def where_clause(spec: Spec) -> str:
 
 
 def matching(engine: Engine, spec: Spec, lo: Any = None, hi: Any = None, *, sample: int = 5, first_only: bool = False,
-             rows: int = SLICE_ROWS, statement_timeout: str = "0") -> Matches:
+             rows: int = SLICE_ROWS, statement_timeout: float = 0.0) -> Matches:
     """Rows in ``(lo, hi]`` (None = open) of ``spec.table`` that match ``spec.where``, slice by slice.
 
     ``spec`` must have its table resolved (``rowfill.engine.resolve``). ``first_only`` stops at the
@@ -112,7 +111,7 @@ def chunks_to_resweep(engine: Engine, spec: Spec, chunks: list, log=None) -> lis
     lowest = min(c.chunk_no for c in chunks)
     reopen = []
     for chunk in chunks:
-        if chunk.status != "done":
+        if not chunk.status.finished:
             continue
         lo = None if chunk.chunk_no == lowest else chunk.lo
         hit = matching(engine, spec, lo, chunk.hi, sample=1, first_only=True)

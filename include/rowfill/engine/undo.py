@@ -30,6 +30,7 @@ from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Key, column_types, load_key
 from rowfill.sql.sqlnames import TableName, clause, literal, quote
+from rowfill.store import catalog
 from rowfill.store.checkpoint import SCHEMA, CheckpointStore
 
 ROLLBACK_SUFFIX = ".rollback"  # a name no spec can have ('.' is not allowed in spec names)
@@ -265,7 +266,7 @@ class RestoreWriter(BatchWriter):
 
 def undo_exists(conn: Connection, spec: Spec) -> bool:
     """Whether the undo log of ``spec`` (``rowfill.undo_<name>``, schema-qualified) exists."""
-    return conn.execute(text("SELECT to_regclass(:t)"), {"t": undo_table(spec.name).sql}).scalar() is not None
+    return catalog.exists(conn, undo_table(spec.name).sql)
 
 
 def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -> None:
@@ -275,7 +276,7 @@ def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -
     rb = rollback_name(spec.name)
     if rb in _registered(conn):  # registered from the start of a rollback until it finishes
         chunks = store.chunks(rb, conn)
-        done = sum(c.status == "done" for c in chunks)
+        done = sum(c.status.finished for c in chunks)
         raise RowfillError(
             f"a rollback of {spec.name!r} is in progress ({done} of {len(chunks)} chunks done); running the backfill "
             f"now would fight it. Finish it first (`rowfill rollback {spec.name} --yes` or the DAG "
