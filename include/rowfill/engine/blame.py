@@ -25,7 +25,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -33,6 +32,7 @@ from rowfill.engine.modes import writer_for
 from rowfill.engine.transform import TransformWriter
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
+from rowfill.sql import catalog as pg_catalog
 from rowfill.sql.keys import decode, format_value
 from rowfill.sql.session import Timeouts
 from rowfill.sql.sqlnames import clause, quote
@@ -172,16 +172,9 @@ class Narrowing:
         if not diag.constraint_name or not diag.table_name:
             return set()
         table = f"{quote(diag.schema_name)}.{quote(diag.table_name)}" if diag.schema_name else quote(diag.table_name)
-        if self.conn.execute(text("SELECT to_regclass(:t) = to_regclass(:ours)"),
-                             {"t": table, "ours": self.spec.table.sql}).scalar() is not True:
+        if not pg_catalog.same_relation(self.conn, table, self.spec.table.sql):
             return set()  # a constraint of another table (a row referencing ours, say)
-        rows = self.conn.execute(text(
-            "SELECT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) "
-            "WHERE c.conrelid = to_regclass(:t) AND c.conname = :n "
-            "UNION SELECT a.attname FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid "
-            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
-            "WHERE i.indrelid = to_regclass(:t) AND x.relname = :n"), {"t": table, "n": diag.constraint_name}).scalars()
-        return set(rows)
+        return pg_catalog.constraint_columns(self.conn, table, diag.constraint_name)
 
     def _set_writer(self, assignments: dict):
         return writer_for(dataclasses.replace(self.spec, set=assignments, undo=False))

@@ -33,10 +33,11 @@ from rowfill.spec.durations import parse_duration
 from rowfill.spec.gates import KINDS, threshold
 from rowfill.store import catalog
 from rowfill.store.checkpoint import SCHEMA, _LOCK_KEY, CheckpointStore
+from rowfill.store.states import ControlState
 
 log = logging.getLogger("rowfill.control")
 
-STATES = ("running", "paused", "cancelled")
+STATES = tuple(ControlState)  # rowfill.store.states
 
 DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};

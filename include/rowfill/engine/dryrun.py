@@ -18,7 +18,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -34,8 +33,8 @@ from rowfill.spec.spec import Spec
 from rowfill.sql.keys import chunk_label, format_value, load_key
 from rowfill.sql.session import set_local
 from rowfill.sql.sqltext import spec_driver
-from rowfill.store import catalog
-from rowfill.store.checkpoint import SCHEMA, CheckpointStore
+from rowfill.store import backfills, catalog
+from rowfill.store.checkpoint import CheckpointStore
 
 
 @dataclass
@@ -84,7 +83,7 @@ class DryRun:
 def _stored_chunks(conn, spec: Spec):
     if not catalog.exists(conn, catalog.own("chunks")):
         return [], None
-    fingerprint = conn.execute(text(f"SELECT fingerprint FROM {SCHEMA}.backfills WHERE name = :n"), {"n": spec.name}).scalar()
+    fingerprint = backfills.fingerprint(conn, spec.name)
     return CheckpointStore(conn.engine).chunks(spec.name, conn), fingerprint
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -17,6 +16,7 @@ from rowfill.engine.transform import check_callable_spec
 from rowfill.engine.writers import SqlWriter
 from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
+from rowfill.sql import catalog as pg_catalog
 from rowfill.sql.keys import Key, column_types
 from rowfill.sql.session import set_local
 from rowfill.sql.sqlnames import clause, quote
@@ -86,7 +86,7 @@ def check_key(conn: Connection, spec: Spec, types: dict[str, str], not_null: set
             f"Create one first: CREATE INDEX CONCURRENTLY ON {table_sql} ({cols}). "
             f"This is how PostgreSQL would find one batch now:\n{plan}",
         )
-    if not _unique(conn, key, table_sql):
+    if not pg_catalog.has_unique_index(conn, table_sql, list(key.columns)):
         if len(columns) == 1:
             problem = (f"column {columns[0]!r} is not unique in {spec.table} (no unique index on it alone); batches end at a key "
                        "value, so duplicates would make batches unbounded and counts wrong. Pick a unique key such as the primary key")
@@ -124,20 +124,6 @@ def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, 
     walk(plan[0]["Plan"])
     ok = any(n in ("Index Scan", "Index Only Scan") for n in nodes) and not any(n in ("Sort", "Seq Scan", "Incremental Sort") for n in nodes)
     return ok, "  EXPLAIN " + probe + "\n" + "\n".join("    " + line for line in shown.splitlines())
-
-
-def _unique(conn: Connection, key: Key, table_sql: str) -> bool:
-    """A valid, non-partial unique index on the key columns or a subset of them (NOT NULL is checked before)."""
-    return bool(conn.execute(
-        text(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass(:t) AND i.indisunique AND i.indisvalid "
-            "AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts > 0 AND NOT EXISTS ("
-            "  SELECT 1 FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) AS k(attnum) "
-            "  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-            "  WHERE NOT (a.attname = ANY(CAST(:cols AS text[])))))"
-        ),
-        {"t": table_sql, "cols": list(key.columns)},
-    ).scalar())
 
 
 def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:

@@ -17,43 +17,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.engine.lease import LEASE_SECONDS
-from rowfill.store import rates
-from rowfill.store import catalog
-from rowfill.store.checkpoint import SCHEMA
+from rowfill.store import backfills, catalog, rates, readings
 from rowfill.store.states import BackfillState, ChunkState
-
-def _query(samples: bool, leases: bool):
-    """The one query: chunk rows, their rate samples of the window, and how long since their runner's
-    lease was renewed (``quiet``, seconds; see ``rowfill.engine.lease``). A checkpoint store created before
-    rate samples or leases existed gets the same shape without them (planning adds the tables)."""
-    win = f"""
-win AS (
-    SELECT s.chunk_no, sum(s.rows_seen) AS rows, min(s.work_started) AS since, max(s.last_commit) AS last
-    FROM {SCHEMA}.samples s, now_
-    WHERE s.backfill = :n AND s.last_commit >= now_.t - make_interval(secs => :w)
-    GROUP BY s.chunk_no
-)""" if samples else """
-win AS (SELECT NULL::integer AS chunk_no, NULL::bigint AS rows, NULL::timestamptz AS since, NULL::timestamptz AS last)"""
-    lease_join = (f"LEFT JOIN {SCHEMA}.leases l ON l.backfill = c.backfill AND l.chunk_no = c.chunk_no" if leases else "")
-    beat = "coalesce(l.heartbeat_at, c.updated_at)" if leases else "c.updated_at"
-    return text(f"""
-WITH now_ AS (SELECT clock_timestamp() AS t),{win}
-SELECT to_jsonb(c) - 'backfill' AS chunk, win.rows, extract(epoch FROM now_.t - win.since) AS span,
-       win.since, win.last, now_.t AS now, extract(epoch FROM now_.t - {beat}) AS quiet
-FROM {SCHEMA}.chunks c CROSS JOIN now_ LEFT JOIN win ON win.chunk_no = c.chunk_no {lease_join}
-WHERE c.backfill = :n
-ORDER BY c.chunk_no
-""")
-
-
-# The backfill's own row: what the last verify found (to_jsonb reads stores older than those columns).
-_BACKFILL = text(f"SELECT to_jsonb(b) FROM {SCHEMA}.backfills b WHERE b.name = :n")
-# Rows skipped because other sessions held them, still to write (rowfill.engine.rowlocks).
-_SKIPPED = text(f"SELECT count(*) FROM {SCHEMA}.skipped_rows WHERE backfill = :n")
 
 _ERROR_CHARS = 500  # of last_error carried per chunk; enough to act on, small for a page of 1,000 chunks
 
@@ -170,7 +138,7 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
     A chunk marked running whose runner's lease is older than ``lease`` seconds is ``stale``:
     no rate and no ETA come from it, and its samples leave the backfill's rate.
     """
-    rows = conn.execute(_query(with_samples, with_leases), {"n": name, "w": window}).all()
+    rows = readings.chunk_readings(conn, name, window, samples=with_samples, leases=with_leases)
     chunks: list[ChunkStatus] = []
     win_rows, since, last = 0, None, None
     now = None
@@ -198,7 +166,7 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             since = r.since if since is None else min(since, r.since)
             last = r.last if last is None else max(last, r.last)
     if not chunks:
-        exists = conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.backfills WHERE name = :n)"), {"n": name}).scalar()
+        exists = backfills.exists(conn, name)
         return BackfillStatus(name, BackfillState.PLANNED if exists else BackfillState.NOT_STARTED, [])
     # While chunks run, quiet time counts (a stall shows as a falling rate); once none runs, the rate
     # is that of the last active stretch instead of decaying for a minute after the end.
@@ -213,8 +181,8 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             for k, v in c.throttle.items():
                 throttle.setdefault(k, v)
     state = _state(chunks)
-    verified = conn.execute(_BACKFILL, {"n": name}).scalar() or {}
-    skipped = conn.execute(_SKIPPED, {"n": name}).scalar() if with_skipped else 0
+    verified = backfills.row(conn, name) or {}  # what the last verify found
+    skipped = readings.skipped_count(conn, name) if with_skipped else 0
     return BackfillStatus(
         backfill=name, state=state, chunks=chunks,
         rows_estimated=sum(c.est_rows for c in chunks), rows_seen=sum(c.rows_seen for c in chunks),

@@ -30,7 +30,7 @@ def key_slices(conn: Connection, key: Key, table_sql: str, lo: Any = None, hi: A
 
     Each slice is found by one index-only range scan on ``conn`` and is one transaction: the
     caller runs its check on ``conn`` before asking for the next slice, and the transaction is
-    committed (``statement_timeout``, a PostgreSQL duration such as "30s", set with SET LOCAL,
+    committed (``statement_timeout``, seconds, 0 = no limit, set with ``rowfill.sql.session.set_local``,
     applies to each statement). ``lo``/``hi`` None are open bounds; the last slice keeps ``hi``.
     """
     boundary = Boundary(key, table_sql)

@@ -29,7 +29,6 @@ from decimal import Decimal
 from typing import Callable
 from uuid import UUID
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -38,6 +37,7 @@ from rowfill.engine.undo import UndoLog
 from rowfill.engine.writers import BatchBinds, BatchWriter, explain_text
 from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
+from rowfill.sql import catalog as pg_catalog
 from rowfill.sql.keys import Key, column_types, format_value
 from rowfill.sql.sqlnames import quote
 from rowfill.sql.sqltext import spec_driver
@@ -230,13 +230,7 @@ def transport_kinds(conn: Connection, table_sql: str) -> dict[str, tuple[str, st
     would silently cut a longer value to 8 characters, where the assignment refuses it
     (PostgreSQL docs, 8.3 "Character Types"; the same holds for ``char(n)`` and ``bit(n)``).
     """
-    rows = conn.execute(text(
-        "SELECT a.attname, CASE WHEN b.typcategory = 'A' THEN 'array' "
-        "WHEN b.typnamespace = CAST('pg_catalog' AS regnamespace) AND b.typname IN ('json', 'jsonb') "
-        "THEN CAST(b.typname AS text) ELSE '' END, quote_ident(n.nspname) || '.' || quote_ident(t.typname) "
-        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace "
-        "JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
-        "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"), {"t": table_sql}).all()
+    rows = pg_catalog.column_kinds(conn, table_sql)
     return {name: (kind, bare) for name, kind, bare in rows}
 
 

@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from rowfill.engine.writers import BatchWriter, SetWriter, explain_text
@@ -30,8 +29,9 @@ from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Key, column_types, load_key
 from rowfill.sql.sqlnames import TableName, clause, literal, quote
-from rowfill.store import catalog
-from rowfill.store.checkpoint import SCHEMA, CheckpointStore
+from rowfill.store import backfills, catalog
+from rowfill.store.catalog import SCHEMA
+from rowfill.store.checkpoint import CheckpointStore
 
 ROLLBACK_SUFFIX = ".rollback"  # a name no spec can have ('.' is not allowed in spec names)
 _TEXT_COMPARED = {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}  # no '=' operator
@@ -120,7 +120,7 @@ class UndoLog:
         expected = dict(zip(self.column_names(), [*self.key.types, *self.types, *self.types]))
         existing = column_types(conn, self.table.sql)
         if not existing:
-            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+            catalog.create_schema(conn)
             conn.execute(clause(self.ddl()))
             # COMMENT ON takes no bound parameter: the text is quoted by the driver, never pasted
             comment = (f"rowfill undo log of backfill {spec.name} on {spec.table}: previous (old_*) and written (new_*) "
@@ -274,7 +274,7 @@ def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -
     if spec.name.endswith(ROLLBACK_SUFFIX):  # a rollback's own plan
         return
     rb = rollback_name(spec.name)
-    if rb in _registered(conn):  # registered from the start of a rollback until it finishes
+    if rb in backfills.names(conn):  # registered from the start of a rollback until it finishes
         chunks = store.chunks(rb, conn)
         done = sum(c.status.finished for c in chunks)
         raise RowfillError(
@@ -284,6 +284,3 @@ def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -
     if spec.undo:
         UndoLog.load(conn, spec).ensure(conn, spec)
 
-
-def _registered(conn: Connection) -> set[str]:
-    return set(conn.execute(text(f"SELECT name FROM {SCHEMA}.backfills")).scalars())

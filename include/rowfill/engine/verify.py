@@ -52,7 +52,7 @@ def verify_backfill(engine: Engine, spec: Spec, statement_timeout: float = 0.0, 
 def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: float, slice_rows: int) -> Verification:
     """Raise VerificationFailed if a chunk is not done or a row anywhere in the table still matches ``where``.
 
-    ``statement_timeout``: a PostgreSQL duration for each slice's statements ("0" = none; each
+    ``statement_timeout``: seconds each slice's statements may run (0 = no limit; each
     statement reads at most ``slice_rows`` keys). The table is the one pinned at planning
     (``rowfill.engine.resolve``; a changed relation raises SpecError on ``table``). Returns the number
     of chunks and of rows still matching (0, or None when there is no ``where`` to check). The

@@ -46,3 +46,11 @@ def existing(conn: Connection, *relations: str) -> tuple[bool, ...]:
 def exists(conn: Connection, relation: str) -> bool:
     """Whether ``relation`` (SQL text, as for ``existing``) exists; raises as ``existing`` does."""
     return existing(conn, relation)[0]
+
+
+def create_schema(conn: Connection) -> None:
+    """Create rowfill's schema if it is missing (the tables are ``CheckpointStore.ensure_schema``'s)."""
+    conn.execute(_CREATE_SCHEMA)
+
+
+_CREATE_SCHEMA = text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
