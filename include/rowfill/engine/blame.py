@@ -33,6 +33,7 @@ from rowfill.engine.transform import TransformWriter
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
 from rowfill.sql import catalog as pg_catalog
+from rowfill.sql import statements
 from rowfill.sql.keys import decode, format_value
 from rowfill.sql.session import Timeouts
 from rowfill.sql.sqlnames import clause, quote
@@ -85,8 +86,8 @@ class Narrowing:
     def keys(self, lo, hi) -> list:
         """Every key in ``(lo, hi]`` in key order, as JSON values (one batch: at most ``max_batch_rows``)."""
         key = self.writer.key
-        rng, params = key.range_sql(lo, hi)
-        sql = clause(f"SELECT {key.json_sql()} FROM {self.spec.table.sql} WHERE {rng} ORDER BY {key.order_by()}")
+        sql = clause(statements.keys_in_range(self.spec.table.sql, key, lo is not None, hi is not None))
+        params = key.range_params(lo, hi)
         return [decode(v) for v in self.conn.execute(sql, params).scalars()]
 
     def attempt(self, writer, lo, hi, first) -> DBAPIError | None:

@@ -23,6 +23,10 @@ class DatabaseUnavailable(RowfillError):
 
 
 def engine_from_url(url: str) -> Engine:
+    """A SQLAlchemy engine for a PostgreSQL URL, on psycopg 3 (``postgres://`` and ``postgresql://`` included):
+    a small pool (2 + 2 overflow, pre-pinged), ``application_name`` rowfill (visible in pg_stat_activity), and a
+    10-second ``connect_timeout``. Raises sqlalchemy.exc.ArgumentError for a URL it cannot parse.
+    """
     u = make_url(url)
     if u.drivername in ("postgres", "postgresql"):
         u = u.set(drivername="postgresql+psycopg")

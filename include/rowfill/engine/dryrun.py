@@ -30,7 +30,9 @@ from rowfill.engine.sweep import chunks_to_resweep
 from rowfill.engine.undo import UndoLog
 from rowfill.spec.durations import format_duration
 from rowfill.spec.spec import Spec
+from rowfill.sql import statements
 from rowfill.sql.keys import chunk_label, format_value, load_key
+from rowfill.sql.ranges import KeyRange
 from rowfill.sql.session import set_local
 from rowfill.sql.sqltext import spec_driver
 from rowfill.store import backfills, catalog
@@ -54,9 +56,11 @@ class DryRun:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """The report as plain JSON-ready data (``rowfill plan --json``)."""
         return asdict(self)
 
     def render(self) -> str:
+        """The report for people: chunks to run (the first and last few of many), rows to change, notes, EXPLAINs."""
         lines = [f"rowfill plan {self.backfill} (dry run: nothing was changed, the checkpoint store was only read)",
                  f"  table {self.table}, mode {self.mode}",
                  f"  {len(self.chunks)} chunk(s) to run:"]
@@ -88,6 +92,11 @@ def _stored_chunks(conn, spec: Spec):
 
 
 def dry_run(engine: Engine, spec: Spec, *, limit: int | None = None, count_timeout: float = 30.0) -> DryRun:
+    """What a run of ``spec`` would do, inside one transaction that is always rolled back: the plan
+    (stored chunks still to do plus new ones, at most ``limit``, default 1024), the rows ``where`` still
+    matches (counted for at most ``count_timeout`` seconds, else the planner's estimate), and one sample
+    batch timed and EXPLAINed. Raises SpecError / RowfillError as planning's checks do.
+    """
     limit = DEFAULT_MAX_MAP_LENGTH if limit is None else limit
     report = DryRun(spec.name, spec.mode, str(spec.table))
     with engine.connect() as conn:
@@ -153,17 +162,17 @@ def _count_changes(conn, spec: Spec, key, todo, report: DryRun, timeout: float) 
         return
     ranges, params = [], {}
     for i, (_, _, lo, hi, _) in enumerate(todo):
-        rng, p = key.range_sql(lo, hi, lo_name=f"lo{i}", hi_name=f"hi{i}")
-        ranges.append(f"({rng})")
+        rng, p = KeyRange(lo, hi).sql(key, lo_name=f"lo{i}", hi_name=f"hi{i}")
+        ranges.append(rng)
         params.update(p)
-    sql = spec_driver(spec, f"SELECT count(*) FROM {spec.table.sql} WHERE ({' OR '.join(ranges)}) AND @where")
+    sql = spec_driver(spec, statements.count_matching_in_ranges(spec.table.sql, ranges))
     try:
         with conn.begin_nested():
             set_local(conn, statement_timeout=timeout)
             report.rows_to_change = conn.exec_driver_sql(sql, params).scalar()
             set_local(conn, statement_timeout=0)
     except DBAPIError:
-        plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar()
+        plan = conn.exec_driver_sql(statements.explain(sql, "FORMAT JSON"), params).scalar()
         report.rows_to_change = int(plan[0]["Plan"].get("Plan Rows", 0))
         report.rows_to_change_estimated = True
         report.notes.append(f"counting the rows to change took longer than {format_duration(timeout)}; the number is the planner's estimate")

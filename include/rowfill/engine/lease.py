@@ -84,10 +84,12 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name=f"rowfill-lease-{name}-{chunk_no}", daemon=True)
 
     def start(self) -> "Heartbeat":
+        """Start renewing from a daemon thread; returns self."""
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop renewing; waits at most 2 seconds for a renewal in flight."""
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2.0)  # a renewal stuck in connect is left to its daemon thread

@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from rowfill.spec.spec import Spec
 from rowfill.sql import catalog as pg_catalog
+from rowfill.sql import statements
 from rowfill.sql.sqlnames import quote
 from rowfill.sql.sqltext import driver, spec_sql
 
@@ -52,8 +53,7 @@ def lock_first_reason(conn: Connection, spec: Spec) -> str | None:
     # rowfill's template with the checked expressions in its slots: driver SQL (an empty dict makes
     # psycopg un-double %%), user text never pasted, no line break relied on
     slots = {f"expr{i}": expr for i, expr in enumerate(exprs, 1)}
-    columns = ", ".join(f"@expr{i} AS c{i}" for i in range(1, len(exprs) + 1))
-    create = driver(f"CREATE TEMPORARY VIEW {quote(view)} AS SELECT {columns} FROM {spec.table.sql}", slots)
+    create = driver(statements.probe_view(quote(view), len(exprs), spec.table.sql), slots)
     savepoint = conn.begin_nested()
     try:
         conn.exec_driver_sql(create, {})

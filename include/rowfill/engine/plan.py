@@ -51,9 +51,11 @@ class PlannedChunk:
 
     @property
     def label(self) -> str:
+        """How logs and task names show the chunk, e.g. ``chunk 3/10 (id 2001..3000)``."""
         return chunk_label(self.key, self.chunk_no, self.of, self.lo, self.hi, self.first)
 
     def to_xcom(self) -> dict:
+        """The chunk as JSON-ready data for Airflow's XCom (its label included)."""
         return {"backfill": self.backfill, "chunk_no": self.chunk_no, "of": self.of, "lo": self.lo,
                 "hi": self.hi, "est_rows": self.est_rows, "key": self.key, "label": self.label}
 
@@ -177,5 +179,6 @@ def _plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=
 
 
 def describe(chunks: list[ChunkRow]) -> str:
+    """``"N chunks, M done"`` for logs."""
     done = sum(c.status.finished for c in chunks)
     return f"{len(chunks)} chunks, {done} done"

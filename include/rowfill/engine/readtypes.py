@@ -40,6 +40,7 @@ class ExactIntervalLoader(IntervalLoader):
     """psycopg's interval loader, refusing intervals with months or years instead of reading a month as 30 days."""
 
     def load(self, data):
+        """The interval as a timedelta; raises MonthsInInterval (with the ways round it) if it has a month or year part."""
         raw = bytes(data)
         if b"mon" in raw or b"year" in raw:  # IntervalStyle postgres, which psycopg's loader requires anyway
             value = raw.decode()

@@ -32,6 +32,7 @@ class Summary:
     chunks_stale: int = 0  # marked running, but the runner's lease ran out (rowfill.engine.lease): its process is gone
 
     def to_dict(self) -> dict:
+        """The summary as plain JSON-ready data (XCom, ``rowfill run --json``)."""
         return asdict(self)
 
     def line(self) -> str:
@@ -86,5 +87,8 @@ def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None,
 
 
 def backfill_summary(engine: Engine, name: str, run_id: str | None = None) -> Summary:
+    """The summary of backfill ``name`` from its stored chunks, last verify and stale chunks; duration
+    and rate over the chunks of ``run_id`` (an Airflow run id) when given (see ``summarize``).
+    """
     store = CheckpointStore(engine)
     return summarize(name, store.chunks(name), run_id, store.verified(name), frozenset(stale_chunks(engine, name)))

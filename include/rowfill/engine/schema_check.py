@@ -17,6 +17,7 @@ from rowfill.engine.writers import SqlWriter
 from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql import catalog as pg_catalog
+from rowfill.sql import statements
 from rowfill.sql.keys import Key, column_types
 from rowfill.sql.session import set_local
 from rowfill.sql.sqlnames import clause, quote
@@ -36,6 +37,10 @@ class Target:
 
 
 def check_target(conn: Connection, spec: Spec) -> Target:
+    """At planning: the table exists, the key is usable (NOT NULL, unique, walkable in order by a btree
+    index), the columns the spec writes exist, and every SQL fragment parses (EXPLAINed, never run).
+    Returns what was found; raises SpecError naming the spec field at fault.
+    """
     if not catalog.exists(conn, spec.table.sql):
         raise SpecError(spec.source, "table", f"table {spec.table} does not exist in the target database (connection {spec.connection!r})")
     described = column_types(conn, spec.table.sql)
@@ -106,12 +111,12 @@ def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, 
     collation, an expression, columns in another order); the planner does not. Returns the plan
     as it would run with the normal settings, for the error message.
     """
-    probe = f"SELECT {', '.join(key.refs())} FROM {table_sql} ORDER BY {key.order_by()} LIMIT 1000"
+    probe = statements.key_order_probe(table_sql, key)
     with conn.begin_nested():
         set_local(conn, enable_seqscan="off", enable_sort="off", enable_bitmapscan="off")
-        plan = conn.execute(clause(f"EXPLAIN (FORMAT JSON) {probe}")).scalar()
+        plan = conn.execute(clause(statements.explain(probe, "FORMAT JSON"))).scalar()
         set_local(conn, enable_seqscan="on", enable_sort="on", enable_bitmapscan="on")
-        shown = "\n".join(r[0] for r in conn.execute(clause(f"EXPLAIN {probe}")))
+        shown = "\n".join(r[0] for r in conn.execute(clause(statements.explain(probe))))
     if isinstance(plan, str):
         plan = json.loads(plan)
     nodes = []
@@ -123,7 +128,7 @@ def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, 
 
     walk(plan[0]["Plan"])
     ok = any(n in ("Index Scan", "Index Only Scan") for n in nodes) and not any(n in ("Sort", "Seq Scan", "Incremental Sort") for n in nodes)
-    return ok, "  EXPLAIN " + probe + "\n" + "\n".join("    " + line for line in shown.splitlines())
+    return ok, "  " + statements.explain(probe) + "\n" + "\n".join("    " + line for line in shown.splitlines())
 
 
 def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:
@@ -134,16 +139,16 @@ def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:
     table = spec.table.sql
     probes = []
     if spec.where:
-        probes.append(("where", spec_driver(spec, f"EXPLAIN SELECT 1 FROM {table} WHERE @where"), {}))
+        probes.append(("where", spec_driver(spec, statements.explain(statements.where_probe(table))), {}))
     if spec.set:
-        probes.append(("set", spec_driver(spec, f"EXPLAIN UPDATE {table} SET @sets WHERE false"), {}))
+        probes.append(("set", spec_driver(spec, statements.explain(statements.set_probe(table))), {}))
     if spec.sql:
         writer = SqlWriter(spec)
         writer.key = key
         writer.build(conn)
         params = {name: None for name in writer.binds.names}
         params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
-        probes.append(("sql", "EXPLAIN " + writer.write, params))
+        probes.append(("sql", statements.explain(writer.write), params))
     for field, sql, params in probes:
         try:
             with conn.begin_nested():

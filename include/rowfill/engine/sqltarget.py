@@ -29,6 +29,7 @@ from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql import catalog as pg_catalog
 from rowfill.sql import scans
+from rowfill.sql import statements
 from rowfill.sql.keys import Key, decode
 
 
@@ -84,7 +85,7 @@ def check_sql_target(conn: Connection, spec: Spec, key: Key) -> None:
         params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
     try:
         with conn.begin_nested():
-            plan = conn.exec_driver_sql("EXPLAIN (VERBOSE, FORMAT JSON) " + writer.write, params).scalar()
+            plan = conn.exec_driver_sql(statements.explain(writer.write, "VERBOSE, FORMAT JSON"), params).scalar()
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise SpecError(spec.source, "sql", f"the database rejects this SQL: {first}") from exc

@@ -57,9 +57,11 @@ class ChunkStatus:
 
     @property
     def remaining(self) -> int:
+        """Keys still to walk by the plan's estimate: 0 once done, never below 0."""
         return 0 if self.status == ChunkState.DONE else max(self.est_rows - self.rows_seen, 0)
 
     def range_text(self, key: str) -> str:
+        """The chunk's key range for people, e.g. ``id 1001..2000`` or ``id start..1000``."""
         if self.lo is None:  # the lowest chunk: from the start of the key space
             return f"{key} start..{self.hi}"
         if isinstance(self.lo, int) and isinstance(self.hi, int):
@@ -93,11 +95,15 @@ class BackfillStatus:
 
     @property
     def share(self) -> float:
+        """How far the backfill is, 0.0 to 1.0: 1.0 when done, else keys walked over keys estimated."""
         if self.state == BackfillState.DONE:
             return 1.0
         return min(self.rows_seen / self.rows_estimated, 1.0) if self.rows_estimated else 0.0
 
     def to_dict(self, chunks: bool = True) -> dict:
+        """JSON-ready data (``rowfill status --json``, the UI page) with ``share`` and ``chunks_total``;
+        ``chunks`` False leaves the per-chunk list out.
+        """
         d = asdict(self)
         d["share"] = round(self.share, 4)
         d["chunks_total"] = len(self.chunks)

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.spec.spec import Spec
+from rowfill.sql import statements
 from rowfill.sql.keys import Boundary, Key, decode, format_value, load_key
 from rowfill.sql.session import set_local
 from rowfill.sql.sqltext import spec_slots
@@ -54,11 +55,6 @@ class Matches:
     keys: list = field(default_factory=list)
 
 
-def _esc(sql: str) -> str:
-    """Text run through psycopg with parameters: a literal % is written %%."""
-    return sql.replace("%", "%%")
-
-
 def where_clause(spec: Spec) -> str:
     """`` AND (<where>)`` as driver SQL (run with ``exec_driver_sql``), composed by ``rowfill.sql.sqltext``.
 
@@ -81,17 +77,16 @@ def matching(engine: Engine, spec: Spec, lo: Any = None, hi: Any = None, *, samp
         key = load_key(conn, spec)
         conn.commit()
         for s_lo, s_hi in key_slices(conn, key, table, lo, hi, rows=rows, statement_timeout=statement_timeout):
-            body = (f"FROM {_esc(table)} WHERE {key.range_text(s_lo is not None, s_hi is not None, driver=True)}"
-                    f"{where_clause(spec)}")
+            count_sql, keys_sql = statements.matching_in_slice(table, key, s_lo is not None, s_hi is not None,
+                                                               where_clause(spec))
             params = key.range_params(s_lo, s_hi)
-            count = conn.exec_driver_sql(f"SELECT count(*) {body}", params).scalar()
+            count = conn.exec_driver_sql(count_sql, params).scalar()
             if not count:
                 continue
             found.rows += count
             if len(found.keys) < sample:
                 found.keys += [decode(v) for v in conn.exec_driver_sql(
-                    f"SELECT {_esc(key.json_sql())} {body} ORDER BY {_esc(key.order_by())} LIMIT %(sample_n)s",
-                    {**params, "sample_n": sample - len(found.keys)}).scalars()]
+                    keys_sql, {**params, "sample_n": sample - len(found.keys)}).scalars()]
             if first_only:
                 conn.commit()
                 break

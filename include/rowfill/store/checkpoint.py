@@ -200,6 +200,9 @@ class CheckpointStore:
             conn.exec_driver_sql(SKIPPED_DDL)
 
     def lock_planning(self, conn: Connection, name: str) -> None:
+        """Inside planning's transaction: serialise planning of backfill ``name`` across workers
+        (a transaction-level advisory lock, released at commit; PostgreSQL docs, 9.28.10 "Advisory Lock Functions").
+        """
         conn.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(:n))"), {"k": _LOCK_KEY, "n": name})
 
     def register(self, conn: Connection, spec: Spec) -> None:
@@ -231,6 +234,9 @@ class CheckpointStore:
 
     # -- reading ----------------------------------------------------------------------------
     def chunks(self, name: str, conn: Connection | None = None) -> list[ChunkRow]:
+        """Every chunk row of backfill ``name`` in chunk order (empty if never planned); on ``conn``
+        if given (inside its transaction), else on a connection of its own.
+        """
         sql = text(f"SELECT {_COLUMNS} FROM {SCHEMA}.chunks WHERE backfill = :n ORDER BY chunk_no")
         if conn is not None:
             return [_row(r) for r in conn.execute(sql, {"n": name})]
@@ -238,6 +244,9 @@ class CheckpointStore:
             return [_row(r) for r in c.execute(sql, {"n": name})]
 
     def chunk(self, name: str, chunk_no: int) -> ChunkRow:
+        """Chunk ``chunk_no`` of backfill ``name``. Raises LookupError (advice: rerun the DAG to plan
+        again) if the backfill was reset since planning.
+        """
         with self.engine.connect() as conn:
             r = conn.execute(
                 text(f"SELECT {_COLUMNS} FROM {SCHEMA}.chunks WHERE backfill = :n AND chunk_no = :c"),
@@ -248,6 +257,7 @@ class CheckpointStore:
         return _row(r)
 
     def backfill_names(self) -> list[str]:
+        """Every backfill registered on this database, by name (empty before the schema exists)."""
         with self.engine.connect() as conn:
             if not catalog.exists(conn, catalog.own("backfills")):
                 return []
@@ -368,6 +378,9 @@ class CheckpointStore:
             )
 
     def finish(self, name: str, chunk_no: int) -> ChunkRow:
+        """Mark the chunk done (its first ``finished_at`` is kept on a rerun) and return its row.
+        Raises sqlalchemy's NoResultFound if the chunk no longer exists.
+        """
         with self._short_txn() as conn:
             r = conn.execute(
                 text(
@@ -388,6 +401,7 @@ class CheckpointStore:
             )
 
     def fail(self, name: str, chunk_no: int, error: str) -> None:
+        """Mark the chunk failed with ``error`` (first 2,000 characters kept); a done chunk stays done."""
         with self._short_txn() as conn:
             conn.execute(
                 text(

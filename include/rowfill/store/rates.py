@@ -72,6 +72,9 @@ class RateRecorder:
         self._warned = False
 
     def batch_done(self, *, spec, chunk_no: int, seconds: float, seen: int, written: int, cursor) -> None:
+        """Record one committed batch of ``seen`` keys that took ``seconds`` (every ``_PRUNE_EVERY``th
+        batch also prunes old buckets). Never raises: the first failure is logged at warning level, later ones not.
+        """
         self._batches += 1
         try:
             record_batch(self.engine, spec.name, chunk_no, seen, seconds, prune=self._batches % _PRUNE_EVERY == 0)
