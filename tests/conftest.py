@@ -44,6 +44,7 @@ def pg_cluster():
     pg = LocalPostgres(Path(tmp) / "data").start()
     yield pg
     pg.stop("immediate")
+    shutil.rmtree(tmp, ignore_errors=True)  # a full suite's cluster is ~4 GB; left behind, a few runs fill the disk
 
 
 @pytest.fixture

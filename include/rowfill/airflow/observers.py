@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from rowfill.airflow.metrics import BatchMetrics
 from rowfill.spec.spec import Spec
+from rowfill.sql.session import set_local
 from rowfill.store.checkpoint import SCHEMA
 from rowfill.store.rates import RateRecorder
 
@@ -30,6 +31,6 @@ def remember_task_instance(engine: Engine, backfill: str, chunk_no: int, map_ind
     if map_index is None:
         return
     with engine.begin() as conn:
-        conn.execute(text("SELECT set_config('lock_timeout', '10s', true)"))
+        set_local(conn, lock_timeout=10.0)
         conn.execute(text(f"UPDATE {SCHEMA}.chunks SET map_index = :m WHERE backfill = :n AND chunk_no = :c"),
                      {"m": map_index, "n": backfill, "c": chunk_no})
