@@ -140,9 +140,9 @@ def main() -> int:
         else:
             say(f"the run failed; task logs are in {stack.home}/logs")
         engine.dispose()
-        say(f"Airflow UI: {stack.base}  {login(stack)}")
         if args.keep:
             keep = True
+            say(f"Airflow UI: {stack.base}  {login(stack)}")
             STATE.write_text(json.dumps({"process_groups": [p.pid for p in stack.procs.values()],
                                          "pg_datadir": str(pg.datadir) if pg else None, "pg_port": pg.port if pg else None}))
             say("left running as asked (--keep); stop it with: make demo-stop")
@@ -152,7 +152,7 @@ def main() -> int:
             stack.stop()
             if pg:
                 pg.stop()
-            say("stopped everything the demo started")
+            say("stopped everything the demo started (`make demo DEMO_ARGS=--keep` leaves the UI up to explore)")
 
 
 if __name__ == "__main__":

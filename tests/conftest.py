@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+# Every temporary directory of this session (throwaway clusters, Airflow homes) goes under one
+# directory that is removed when the session ends: a full run makes several GiB of clusters.
+_SESSION_TMP = tempfile.mkdtemp(prefix="rowfill-test-session-")
+tempfile.tempdir = _SESSION_TMP
 
 # Airflow reads its configuration at import time: point it at a throwaway home before any test
 # imports it, so tests never touch ~/airflow or a developer's real metadata database.
@@ -38,6 +44,7 @@ def pg_cluster():
     pg = LocalPostgres(Path(tmp) / "data").start()
     yield pg
     pg.stop("immediate")
+    shutil.rmtree(tmp, ignore_errors=True)  # a full suite's cluster is ~4 GB; left behind, a few runs fill the disk
 
 
 @pytest.fixture
@@ -60,3 +67,8 @@ def airflow_db():
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
                    capture_output=True, env=os.environ.copy())
     return _AIRFLOW_HOME
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's temporary directories (every fixture has stopped its servers by now)."""
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)

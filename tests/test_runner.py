@@ -324,3 +324,17 @@ def test_a_dead_database_is_reported_with_the_spec_file_and_connection(tmp_path)
     message = str(caught.value)
     assert f"{spec.source}: field 'connection'" in message
     assert "AIRFLOW_CONN_APP_DB" in message and "nothing was changed" in message
+
+
+def test_a_missing_airflow_connection_is_a_spec_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """`rowfill plan` with no --db and no such Airflow connection: one line naming the file, the field
+    and how to create the connection."""
+    from rowfill.ops.cli import main
+
+    monkeypatch.delenv("ROWFILL_DATABASE_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_APP_DB", raising=False)
+    spec = spec_for(tmp_path)
+    assert main(["--specs-dir", str(tmp_path), "plan", spec.name]) == 1
+    err = capsys.readouterr().err
+    assert f"{spec.source}: field 'connection': there is no Airflow connection 'app_db'" in err
+    assert "AIRFLOW_CONN_APP_DB" in err and "--db" in err and "Traceback" not in err

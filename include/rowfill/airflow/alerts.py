@@ -13,14 +13,17 @@ the DAG's success/failure callbacks in the DAG processor; the stall alerts in th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import quote
 
 from rowfill.airflow.connections import engine_for
+from rowfill.airflow.mapped_chunk import task_chunk
 from rowfill.airflow.notifiers import Alert, adeliver, deliver
 from rowfill.engine.status import statuses
 from rowfill.spec.durations import format_duration
-from rowfill.spec.spec import load_spec
+from rowfill.spec.spec import Spec, load_spec
 
 log = logging.getLogger("rowfill.alerts")
 
@@ -35,8 +38,11 @@ def _engine(spec):
         engine.dispose()
 
 
-def current_status(spec):
-    """The backfill's status for a message, or None: an alert must go out even if the database is down."""
+def current_status(spec: Spec):
+    """The backfill's status for a message (``rowfill.engine.status.BackfillStatus``), or None.
+
+    Never raises: an alert must go out even if the database is down (the failure is logged).
+    """
     try:
         with _engine(spec) as engine:
             return statuses(engine, [spec.name])[spec.name]
@@ -55,7 +61,11 @@ def _ui_base() -> str | None:
 
 
 def ti_url(dag_id: str, run_id: str | None, map_index: int | None, base: str | None = None) -> str | None:
-    """The Airflow 3 UI page of one mapped chunk task instance (where "Clear" is)."""
+    """The Airflow 3 UI page of one mapped chunk task instance (where "Clear" is).
+
+    :param base: the UI's address; default ``[api] base_url`` (Airflow configuration reference).
+    :return: the URL, or None when the run, the map index or the base URL is unknown.
+    """
     base = _ui_base() if base is None else base
     if run_id is None or map_index is None:
         return None
@@ -87,11 +97,16 @@ def _resume_advice(spec, run_id: str | None, chunks) -> str:
 
 
 # -- the messages -------------------------------------------------------------------------------
-def chunk_failed_alert(spec, context) -> Alert:
+def chunk_failed_alert(spec: Spec, context: Mapping[str, Any]) -> Alert:
+    """``chunk_failed``: which chunk, how far it got (from the checkpoint), the error, and what to clear.
+
+    :param spec: the backfill.
+    :param context: the failure callback's Airflow context (``ti``, ``task``, ``run_id``, ``exception``);
+        ``task`` may lack its chunk when the DAG processor runs the callback (``task_chunk``).
+    """
     ti = context["ti"]
-    chunk_info = getattr(context.get("task"), "chunk", None) or {}
-    label = chunk_info.get("label", f"map index {ti.map_index}")
-    chunk_no = chunk_info.get("chunk_no")
+    chunk_no, task_label = task_chunk(context.get("task"))
+    label = task_label or f"map index {ti.map_index}"
     run_id = context.get("run_id") or getattr(ti, "run_id", None)
     error = context.get("exception")
     status = current_status(spec)
@@ -101,7 +116,7 @@ def chunk_failed_alert(spec, context) -> Alert:
         # runs this with the bare mapped task, and the checkpoint's (run, map index) finds the chunk.
         chunk = next((c for c in status.chunks if c.chunk_no == chunk_no), None) if chunk_no is not None else next(
             (c for c in status.chunks if c.run_id == run_id and c.map_index == ti.map_index), None)
-        if chunk is not None and "label" not in chunk_info:
+        if chunk is not None and task_label is None:
             label = f"chunk {chunk.chunk_no}/{len(status.chunks)} ({chunk.range_text(spec.key)})"
     if chunk is not None:
         chunk.map_index = ti.map_index  # the failing attempt is this task instance, whatever the row says
@@ -124,7 +139,12 @@ def _chunk_details(chunk, label: str | None = None) -> dict:
             "map_index": chunk.map_index, "last_error": chunk.last_error}
 
 
-def run_outcome_alert(spec, context, outcome: str) -> Alert:
+def run_outcome_alert(spec: Spec, context: Mapping[str, Any], outcome: str) -> Alert:
+    """``run_succeeded`` or ``run_failed`` with the backfill's progress and, on failure, each failed chunk.
+
+    :param context: the DAG run callback's context (``dag_run``, ``reason``).
+    :param outcome: ``success`` or ``failure``.
+    """
     run = context.get("dag_run")
     run_id = getattr(run, "run_id", None) or context.get("run_id")
     status = current_status(spec)
@@ -177,7 +197,11 @@ def stall_alert(spec, event: str, run_id: str | None, stalled_for: float, status
                   "progress": status.to_dict(chunks=False) if status else None})
 
 
-def overdue_alert(spec, run_id: str | None, status) -> Alert:
+def overdue_alert(spec: Spec, run_id: str | None, status) -> Alert:
+    """``overdue``: the run is past ``expected_duration`` (seconds); a heads-up, the run goes on.
+
+    :param status: the backfill's status, or None when the checkpoint could not be read.
+    """
     progress = (f"{status.rows_seen:,} of ~{status.rows_estimated:,} rows ({status.share:.1%}), "
                 f"{status.rows_per_second:,.0f} rows/s now"
                 + (f", ETA {format_duration(status.eta_seconds)}" if status.eta_seconds else "")
@@ -189,14 +213,18 @@ def overdue_alert(spec, run_id: str | None, status) -> Alert:
 
 
 # -- the Airflow callbacks ----------------------------------------------------------------------
-def on_chunk_failure(spec):
+def on_chunk_failure(spec: Spec) -> Callable[[Mapping[str, Any]], None]:
+    """The chunk task's ``on_failure_callback``: runs after the last retry (Airflow docs, "Callbacks")."""
     def callback(context):
+        """Send ``chunk_failed`` to the log and the spec's notifiers."""
         deliver(spec.alerts, chunk_failed_alert(spec, context), context)
     return callback
 
 
-def on_run_outcome(spec, outcome: str):
+def on_run_outcome(spec: Spec, outcome: str) -> Callable[[Mapping[str, Any]], None]:
+    """The DAG's ``on_success_callback`` (``outcome`` ``success``) or ``on_failure_callback`` (``failure``)."""
     def callback(context):
+        """Send the run's outcome to the log and the spec's notifiers."""
         deliver(spec.alerts, run_outcome_alert(spec, context, outcome), context)
     return callback
 
@@ -212,9 +240,11 @@ async def run_overdue(context=None, *, spec_source: str, **_):
 
 
 # Kept for callers of the foundation's API.
-def chunk_failure_message(spec, context) -> str:
+def chunk_failure_message(spec: Spec, context: Mapping[str, Any]) -> str:
+    """The text of ``chunk_failed_alert``."""
     return chunk_failed_alert(spec, context).text
 
 
-def run_message(spec, context, outcome: str) -> str:
+def run_message(spec: Spec, context: Mapping[str, Any], outcome: str) -> str:
+    """The text of ``run_outcome_alert``."""
     return run_outcome_alert(spec, context, outcome).text

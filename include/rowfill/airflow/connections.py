@@ -13,10 +13,37 @@ from contextlib import contextmanager
 from sqlalchemy.engine import Engine
 
 from rowfill.engine.database import check_reachable, engine_from_url
+from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
 
 # Connection extras that psycopg understands and SQLAlchemy URLs built by the hook would drop.
 _LIBPQ_EXTRAS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "connect_timeout", "options")
+
+
+class ConnectionNotFound(LookupError):
+    """No Airflow connection has the id a spec's ``connection`` names (raised before any database work)."""
+
+    def __init__(self, conn_id: str):
+        self.conn_id = conn_id
+        super().__init__(
+            f"there is no Airflow connection {conn_id!r}. Create it (`airflow connections add {conn_id} "
+            f"--conn-uri postgresql://USER@HOST:5432/DB`, or the environment variable "
+            f"AIRFLOW_CONN_{conn_id.upper()}), or, outside Airflow, give the database with `--db URL` or "
+            "ROWFILL_DATABASE_URL")
+
+
+def spec_engine(spec: Spec, url: str | None = None) -> Engine:
+    """:func:`engine_for` the spec's target; a missing connection is a :class:`SpecError` naming the
+    spec file and its ``connection`` field.
+
+    :param spec: the backfill's spec (its ``connection`` and ``source`` are read)
+    :param url: a database URL that overrides the connection (``--db``), or None
+    :raises SpecError: the connection does not exist and no URL was given
+    """
+    try:
+        return engine_for(spec.connection, url)
+    except ConnectionNotFound as exc:
+        raise SpecError(spec.source, "connection", str(exc)) from None
 
 
 def engine_from_airflow(conn_id: str) -> Engine:
@@ -26,7 +53,12 @@ def engine_from_airflow(conn_id: str) -> Engine:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     hook = PostgresHook(postgres_conn_id=conn_id)
-    conn = hook.get_connection(conn_id)
+    try:
+        conn = hook.get_connection(conn_id)
+    except Exception as exc:
+        if type(exc).__name__ != "AirflowNotFoundException":  # Airflow's "no such connection", from any of its modules
+            raise
+        raise ConnectionNotFound(conn_id) from None
     extra = conn.extra_dejson or {}
     connect_args = {"application_name": "rowfill", "connect_timeout": 10}
     connect_args.update({k: extra[k] for k in _LIBPQ_EXTRAS if k in extra})
@@ -44,7 +76,7 @@ def target_engine(spec: Spec):
     """An engine on the spec's target database for the length of one task, checked reachable
     first, riding out a restart for the spec's ``reconnect_for`` (``DatabaseUnavailable`` names the spec
     file and its ``connection`` field), disposed after."""
-    engine = engine_for(spec.connection)
+    engine = spec_engine(spec)
     try:
         check_reachable(engine, spec.connection, spec.source, spec.reconnect_for)
         yield engine

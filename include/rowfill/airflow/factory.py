@@ -65,6 +65,13 @@ def _schedule(spec: Spec):
 
 
 def build_dag(spec: Spec) -> DAG:
+    """The backfill DAG ``rowfill_<name>``: plan -> chunk[1..N] -> verify -> summary (+ watchdog).
+
+    :param spec: a validated spec.
+    :return: the DAG, not auto-registered (only ``build_all``'s DAGs are registered).
+    :raises SpecError: naming the field when a duration does not fit Airflow's timedelta (``spec_timedelta``);
+        anything else Airflow raises propagates, and ``spec_dags`` turns it into this spec's error.
+    """
     with DAG(
         dag_id=spec.dag_id,
         description=(spec.description or f"rowfill backfill of {spec.table}")[:200],

@@ -30,6 +30,8 @@ _LAG = text("SELECT extract(epoch FROM max(replay_lag)), max(pg_wal_lsn_diff(pg_
 
 
 def stats():
+    """Airflow's ``Stats`` (``airflow.sdk.observability.stats``), imported when first used so that
+    building a DAG does not set up a metrics client."""
     from airflow.sdk.observability.stats import Stats
 
     return Stats
@@ -61,6 +63,11 @@ class BatchMetrics:
         self._warned = False
 
     def batch_done(self, *, spec, chunk_no: int, seconds: float, seen: int, written: int, cursor) -> None:
+        """Emit one committed batch's metrics; a metrics failure is logged once and never raised.
+
+        :param seconds: the batch transaction's duration, retries included.
+        :param seen: keys walked; :param written: rows written; :param cursor: the checkpoint key (unused here).
+        """
         now = self.clock()
         try:
             self._emit(spec, chunk_no, seconds, seen, written, now)

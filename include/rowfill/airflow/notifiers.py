@@ -34,6 +34,7 @@ class Alert:
     details: dict = field(default_factory=dict)
 
     def payload(self) -> dict:
+        """The JSON body a webhook receives: ``text``, ``subject``, ``event``, ``backfill`` and ``details``."""
         return {"text": self.text, "subject": self.subject, "event": self.event, "backfill": self.backfill, **self.details}
 
 
@@ -55,14 +56,21 @@ class WebhookNotifier(BaseNotifier):
             return resp.status
 
     def notify(self, context):
+        """POST the payload; raises ``urllib.error.URLError``/``HTTPError`` on failure or a non-2xx answer."""
         self._post()
 
     async def async_notify(self, context):
+        """``notify`` from the triggerer's event loop, in a thread so the loop is not blocked."""
         await asyncio.to_thread(self._post)
 
 
 def notifier_for(target: AlertTarget, alert: Alert):
-    """A ready-to-call Airflow notifier for one target and one alert (texts already final, no templating)."""
+    """A ready-to-call Airflow notifier for one target and one alert (texts already final, no templating).
+
+    :param target: a checked ``alerts`` entry; ``smtp`` uses the SMTP provider's ``SmtpNotifier``,
+        ``slack`` the Slack provider's ``SlackNotifier`` (Airflow provider docs, "Notifications").
+    :raises AssertionError: for a kind ``rowfill.spec.alert_targets`` does not accept (a bug, not a spec error).
+    """
     o = target.options
     if target.kind == "webhook":
         return WebhookNotifier(o["url"], alert.payload(), o.get("headers"), o.get("timeout", 10.0))
@@ -85,7 +93,12 @@ def notifier_for(target: AlertTarget, alert: Alert):
 
 
 def deliver(targets, alert: Alert, context: dict | None = None) -> list[str]:
-    """Send ``alert`` to every target that wants its event; returns the targets that failed."""
+    """Send ``alert`` to every target that wants its event, and always to the log.
+
+    :param targets: the spec's ``alerts`` (``AlertTarget``s).
+    :param context: the Airflow context of the callback, if any (without ``dag``, see below).
+    :return: ``describe()`` of each target that failed; never raises for a failed delivery.
+    """
     (log.info if alert.event in ("run_succeeded", "progressing_again") else log.error)("%s", alert.text)
     # Texts are final; without the DAG a notifier that renders a default (the SMTP sender from its
     # connection) uses a plain Jinja environment, which also works where the DAG is a serialized one.

@@ -7,22 +7,30 @@ Kept out of the runner so the batch loop stays about data: observers learn of ea
 from __future__ import annotations
 
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from rowfill.airflow.metrics import BatchMetrics
+from rowfill.spec.spec import Spec
+from rowfill.sql.session import set_local
 from rowfill.store.checkpoint import SCHEMA
 from rowfill.store.rates import RateRecorder
 
 
-def standard_observers(engine, spec) -> list:
+def standard_observers(engine: Engine, spec: Spec) -> list:
+    """The observers of a chunk run in Airflow: rate samples (``RateRecorder``) and metrics (``BatchMetrics``,
+    replica lag measured every ``spec.progress_every`` seconds)."""
     # BatchMetrics last: it measures the gap between batches from the moment the others are done.
     return [RateRecorder(engine), BatchMetrics(engine, lag_every=spec.progress_every)]
 
 
-def remember_task_instance(engine, backfill: str, chunk_no: int, map_index: int | None) -> None:
-    """Note the Airflow map index of this attempt: with the run id it names the task instance to clear."""
+def remember_task_instance(engine: Engine, backfill: str, chunk_no: int, map_index: int | None) -> None:
+    """Note the Airflow map index of this attempt: with the run id it names the task instance to clear.
+
+    :param map_index: ``ti.map_index``; None (not a mapped task) records nothing.
+    """
     if map_index is None:
         return
     with engine.begin() as conn:
-        conn.execute(text("SELECT set_config('lock_timeout', '10s', true)"))
+        set_local(conn, lock_timeout=10.0)
         conn.execute(text(f"UPDATE {SCHEMA}.chunks SET map_index = :m WHERE backfill = :n AND chunk_no = :c"),
                      {"m": map_index, "n": backfill, "c": chunk_no})

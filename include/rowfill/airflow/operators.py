@@ -7,12 +7,16 @@ of one task: no state is shared between tasks except through the checkpoint stor
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
 from rowfill.airflow import task_control
 from rowfill.airflow.chunk_settings import max_map_length
 from rowfill.airflow.connections import target_engine
+from rowfill.airflow.mapped_chunk import MappedChunk
 from rowfill.airflow.pools import check_pool
 from rowfill.engine import reconnect
 from rowfill.engine.dryrun import dry_run
@@ -23,17 +27,32 @@ from rowfill.engine.verify import verify_backfill
 from rowfill.spec.spec import Spec
 
 
-def is_dry_run(context) -> bool:
+def is_dry_run(context: Mapping[str, Any]) -> bool:
+    """Whether this run was triggered with the ``dry_run`` parameter (``rowfill.airflow.runparams``).
+
+    :param context: the task's Airflow context; its ``params`` hold the trigger parameters.
+    """
     return bool((context.get("params") or {}).get("dry_run"))
 
 
-def skip_if_dry_run(context) -> None:
+def skip_if_dry_run(context: Mapping[str, Any]) -> None:
+    """End the task *skipped* in a dry run, which writes nothing and so has nothing to check.
+
+    :param context: the task's Airflow context.
+    :raises AirflowSkipException: in a dry run (Airflow docs, "Special exceptions").
+    """
     if is_dry_run(context):
         raise AirflowSkipException("dry run: nothing was changed")
 
 
-def dry_run_task(spec: Spec, context, log) -> list:
-    """The plan task of a ``dry_run`` trigger: log the report, push it to XCom, map no chunk."""
+def dry_run_task(spec: Spec, context: Mapping[str, Any], log) -> list:
+    """The plan task of a ``dry_run`` trigger: log the report, push it to XCom, map no chunk.
+
+    :param spec: the backfill.
+    :param context: the task's Airflow context; the report goes to XCom key ``dry_run`` of its ``ti``.
+    :param log: the task's logger.
+    :return: an empty list, so the mapped chunk task has nothing to run.
+    """
     with target_engine(spec) as engine:
         report = dry_run(engine, spec, limit=max_map_length())
     log.info("%s", report.render())
@@ -42,7 +61,19 @@ def dry_run_task(spec: Spec, context, log) -> list:
 
 
 class SpecOperator(BaseOperator):
-    """An operator made from one validated spec; every rowfill task is one."""
+    """An operator made from one validated spec; every rowfill task is one.
+
+    The hook-and-operator split of Airflow's common-sql provider: the library modules
+    (``rowfill.engine``, ``rowfill.store``) do the I/O, the operator does task semantics (skip,
+    defer, fail without retry, what goes to XCom). Nothing is templated: every value comes from the
+    validated spec, and Jinja rendering would read ``{{`` in a spec's SQL as a template.
+
+    :param spec: the validated backfill this task belongs to (workers re-parse the DAG file, so it is
+        read from the same YAML the DAG was built from).
+    :param kwargs: ``BaseOperator`` arguments (``task_id``, ``retries``, ``pool``, ...).
+    """
+
+    template_fields: Sequence[str] = ()
 
     def __init__(self, *, spec: Spec, **kwargs):
         super().__init__(**kwargs)
@@ -50,11 +81,20 @@ class SpecOperator(BaseOperator):
 
 
 class PlanChunksOperator(SpecOperator):
-    """Plan (or resume) the chunks; the returned list is what the chunk task is mapped over."""
+    """Plan (or resume) the chunks; the returned list is what the chunk task is mapped over.
+
+    Returns one JSON mapping per chunk (``PlannedChunk.to_xcom``, read back as ``MappedChunk``), at
+    most ``[core] max_map_length`` of them; a later run plans the rest. In a dry run, the report.
+
+    :param spec: the backfill.
+    """
 
     ui_color = "#e8f1fb"
 
-    def execute(self, context):
+    def execute(self, context) -> list[dict]:
+        """Plan, or resume the stored plan (``plan_backfill``); raises AirflowSkipException when the backfill is
+        cancelled, PoolMissing when its pool does not exist.
+        """
         spec = self.spec
         if is_dry_run(context):
             return dry_run_task(spec, context, self.log)
@@ -70,28 +110,48 @@ class PlanChunksOperator(SpecOperator):
 
 
 class BackfillChunkOperator(SpecOperator):
-    """One mapped instance per chunk: batches from the chunk's checkpoint cursor to its upper bound."""
+    """One mapped instance per chunk: batches from the chunk's checkpoint cursor to its upper bound.
+
+    Waits (a closed window, a pause) defer to the triggerer and come back in ``execute_complete``
+    (Airflow docs, "Deferrable Operators & Triggers"); see ``rowfill.airflow.task_control``.
+
+    :param spec: the backfill.
+    :param chunk: one item of the plan task's XCom (``expand(chunk=plan.output)``), read as a
+        ``MappedChunk``; raises ValueError when it is not a planned chunk.
+    """
 
     ui_color = "#dff5e1"
 
-    def __init__(self, *, chunk: dict, **kwargs):
+    def __init__(self, *, chunk: MappedChunk | Mapping[str, Any], **kwargs):
         super().__init__(**kwargs)
-        self.chunk = chunk
+        self.chunk = MappedChunk.from_xcom(chunk)
 
-    def execute(self, context):
+    def execute(self, context) -> dict:
+        """Run the chunk from its cursor (``task_control.attempt``): defers to wait, raises AirflowSkipException
+        when cancelled, AirflowFailException (no retry) for a critical gate or a changed table.
+        """
         return task_control.attempt(self, context)
 
-    def execute_complete(self, context, event=None):
+    def execute_complete(self, context, event=None) -> dict:
         """Back from the triggerer (window opened, backfill resumed or cancelled): go again from the cursor."""
         return task_control.attempt(self, context, event)
 
 
 class VerifyBackfillOperator(SpecOperator):
-    """Fail loudly if a chunk is unfinished or rows anywhere in the table still match ``where``."""
+    """Fail loudly if a chunk is unfinished or rows anywhere in the table still match ``where``.
+
+    Returns ``{"chunks": n, "remaining": rows still matching where, or None without where}``;
+    skipped in a dry run and when the backfill is cancelled.
+
+    :param spec: the backfill.
+    """
 
     ui_color = "#fff4d6"
 
-    def execute(self, context):
+    def execute(self, context) -> dict:
+        """Check every chunk is done and, with ``where``, that no row matches it; raises VerificationFailed
+        (``rowfill.engine.verify``) otherwise.
+        """
         skip_if_dry_run(context)
         with target_engine(self.spec) as engine:
             task_control.before_verify(engine, self.spec, context)
@@ -104,11 +164,15 @@ class VerifyBackfillOperator(SpecOperator):
 
 
 class BackfillSummaryOperator(SpecOperator):
-    """Rows, duration and rate of the backfill, pushed to XCom for people and downstream tools."""
+    """Rows, duration and rate of the backfill, pushed to XCom for people and downstream tools.
+
+    :param spec: the backfill.
+    """
 
     ui_color = "#efe6fb"
 
-    def execute(self, context):
+    def execute(self, context) -> dict | None:
+        """The run's summary (rows, seconds, rows per second, control state); in a dry run, the plan's report."""
         if (dry := task_control.dry_run_summary(context)) is not None:
             return dry  # the dry run's report, as the plan task made it
         with target_engine(self.spec) as engine:

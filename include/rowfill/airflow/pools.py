@@ -21,7 +21,7 @@ POOLS_FILE = Path(__file__).resolve().parents[2] / "pools.json"  # include/pools
 
 
 class PoolMissing(RowfillError):
-    pass
+    """The spec's Airflow pool does not exist; the message holds the command that creates it."""
 
 
 def pools_for(specs: list[Spec]) -> dict[str, dict]:
@@ -34,11 +34,18 @@ def pools_for(specs: list[Spec]) -> dict[str, dict]:
 
 
 def create_command(spec: Spec) -> str:
+    """The ``airflow pools set`` command creating the spec's pool with ``max_parallel_chunks`` slots."""
     return f"airflow pools set {spec.pool_name} {spec.max_parallel_chunks} 'rowfill chunks writing to connection {spec.connection}'"
 
 
 def check_pool(spec: Spec, log) -> bool | None:
-    """True/False when the API answered, None when it could not be asked (then we only warn)."""
+    """Whether the spec's pool exists, asked through Airflow's REST API (``GET /api/v2/pools/{name}``).
+
+    :param log: the task's logger, for the warnings.
+    :return: True when it exists; None when it could not be asked (no ``rowfill_airflow_api``
+        connection, the API unreachable or refusing): then only a warning is logged.
+    :raises PoolMissing: when the API says 404, with the command that creates the pool.
+    """
     try:
         from airflow.sdk import BaseHook
 

@@ -7,10 +7,14 @@ win over it, because they are the most recent thing someone asked for.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from airflow.sdk import Param
 
 from rowfill.spec.bounds import FIELDS as BOUNDS
 from rowfill.spec.durations import parse_duration
+from rowfill.spec.spec import Spec
 
 _DURATION = r"^\s*\d+(\.\d+)?\s*(ms|s|min|m|h)?\s*$"
 
@@ -22,7 +26,9 @@ def duration_text(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def trigger_params(spec) -> dict:
+def trigger_params(spec: Spec) -> dict[str, Param]:
+    """The trigger form's Airflow Params (Airflow docs, "Params"), defaulting to the spec's values:
+    ``batch_rows`` (rows), ``pause`` (duration text such as ``100ms``) and ``dry_run``."""
     return {
         "batch_rows": Param(spec.batch_rows, type="integer", minimum=1, maximum=int(BOUNDS["batch_rows"].limit),
                             title="Batch size (rows)",
@@ -34,8 +40,13 @@ def trigger_params(spec) -> dict:
     }
 
 
-def run_overrides(params, spec) -> dict:
-    """The knobs this run's parameters change relative to the spec."""
+def run_overrides(params: Mapping[str, Any] | None, spec: Spec) -> dict:
+    """The knobs this run's parameters change relative to the spec.
+
+    :param params: the run's ``params`` (trigger form values).
+    :return: ``batch_rows`` (rows) and/or ``pause`` (seconds, a float), only where they differ.
+    :raises ValueError: when a value is above its bound (``rowfill.spec.bounds``) or ``pause`` is not a duration.
+    """
     params = params or {}
     out = {}
     rows = params.get("batch_rows")
@@ -49,6 +60,7 @@ def run_overrides(params, spec) -> dict:
     return out
 
 
-def is_dry_run(params) -> bool:
+def is_dry_run(params: Mapping[str, Any] | None) -> bool:
+    """Whether the run's ``dry_run`` parameter is on (true, or its text from the REST API: "true", "1", "yes")."""
     value = (params or {}).get("dry_run", False)
     return value is True or str(value).lower() in ("true", "1", "yes")

@@ -49,6 +49,8 @@ _SIGNATURE = text(f"SELECT coalesce(sum(batches), 0), count(*) FILTER (WHERE sta
 
 
 def poll_interval(stall_after: float) -> float:
+    """Seconds between two watchdog readings: a fifth of ``stall_after`` (seconds), kept within 1 s to 30 s,
+    so a stall is reported at most a fifth late and the checkpoint is not read more than once a second."""
     return min(max(stall_after / 5, 1.0), 30.0)
 
 
@@ -83,15 +85,27 @@ class StallTracker:
 
 
 class StallTrigger(BaseTrigger):
+    """Watches one run's checkpoint progress in the triggerer and sends the stall alerts itself.
+
+    :param spec_source: absolute path of the spec file; the triggerer loads the spec from it (a
+        trigger's arguments must serialize, Airflow docs "Deferrable Operators & Triggers").
+    :param dag_id: the backfill DAG, whose chunk task states say when the run's chunks have finished.
+    :param run_id: the run being watched.
+    :param poll: seconds between readings; default ``poll_interval(stall_after)``.
+    """
+
     def __init__(self, spec_source: str, dag_id: str, run_id: str, poll: float | None = None):
         super().__init__()
         self.spec_source, self.dag_id, self.run_id, self.poll = spec_source, dag_id, run_id, poll
 
-    def serialize(self):
+    def serialize(self) -> tuple[str, dict]:
+        """The class path and arguments the triggerer rebuilds this trigger from."""
         return ("rowfill.airflow.stall.StallTrigger",
                 {"spec_source": self.spec_source, "dag_id": self.dag_id, "run_id": self.run_id, "poll": self.poll})
 
     async def run(self):
+        """Read progress every ``poll`` seconds, send due alerts, and yield one event when the chunks have
+        finished (``{"status": "done", "alerts": [...]}``) or the watchdog cannot watch (``"error"``)."""
         from asgiref.sync import sync_to_async
 
         try:
@@ -159,17 +173,22 @@ def _signature(engine, name: str) -> tuple[int, int, int]:
 
 
 class StallWatchdogOperator(SpecOperator):
-    """Defers at once to ``StallTrigger`` and ends when the run's chunks have all finished."""
+    """Defers at once to ``StallTrigger`` and ends when the run's chunks have all finished.
+
+    :param spec: the backfill, with ``stall_after`` set.
+    """
 
     ui_color = "#fdecea"
 
     def execute(self, context):
+        """Defer at once; the watchdog holds no worker slot while it watches."""
         self.log.info("%s: watching for stalls (stall_after %ss, again after %ss)", self.spec.name,
                       self.spec.stall_after, self.spec.stall_again_after)
         self.defer(trigger=StallTrigger(str(Path(self.spec.source).resolve()), self.spec.dag_id, context["run_id"]),
                    method_name="finished")
 
-    def finished(self, context, event=None):
+    def finished(self, context, event=None) -> dict:
+        """Back from the trigger: log what it did; returns ``{"stall_alerts": [...]}`` for XCom."""
         if (event or {}).get("status") == "error":
             self.log.error("%s: the stall watchdog could not watch this run: %s (the backfill itself is not affected)",
                            self.spec.name, event.get("error"))

@@ -45,7 +45,7 @@ def _params(context) -> dict:
 def attempt(op, context, event=None):
     """One go of a backfill chunk task (``operators.BackfillChunkOperator``), and of its return after deferring.
 
-    :param op: the operator (``spec``, ``chunk`` with ``chunk_no`` and ``label``, ``log``, ``defer``).
+    :param op: the operator (``spec``, ``chunk``: a ``MappedChunk``, ``log``, ``defer``).
     :param context: the Airflow task context (``run_id``, ``ti``, ``params``).
     :param event: the trigger's event when back from deferring (None on the first go).
     :returns: the chunk's XCom summary (chunk_no, status, rows_seen, rows_written, batches, seconds).
@@ -79,13 +79,13 @@ def attempt_restore(op, context, event=None):
 def _go(op, context, event, spec, how):
     chunk = op.chunk
     if event:
-        op.log.info("%s: back from waiting (%s)", chunk["label"], event.get("event") if isinstance(event, dict) else event)
+        op.log.info("%s: back from waiting (%s)", chunk.label, event.get("event") if isinstance(event, dict) else event)
     with target_engine(spec) as engine:
         map_index = getattr(context.get("ti"), "map_index", None)
-        reconnect.call(lambda: remember_task_instance(engine, spec.name, chunk["chunk_no"], map_index), spec,
+        reconnect.call(lambda: remember_task_instance(engine, spec.name, chunk.chunk_no, map_index), spec,
                        "recording the task instance", op.log)
         try:
-            outcome = run_chunk(engine, spec, chunk["chunk_no"], label=chunk["label"], run_id=context["run_id"],
+            outcome = run_chunk(engine, spec, chunk.chunk_no, label=chunk.label, run_id=context["run_id"],
                                 logger=op.log, overrides=run_overrides(_params(context), spec),
                                 observers=standard_observers(engine, spec), **how(engine))
         except ChunkFailed as exc:
@@ -95,7 +95,7 @@ def _go(op, context, event, spec, how):
         except SpecError as exc:  # e.g. the table changed since planning: retrying cannot help
             raise AirflowFailException(str(exc)) from exc
     if outcome.kind == "cancelled":
-        raise AirflowSkipException(f"{chunk['label']}: {outcome.reason}; cursor kept. `rowfill resume {spec.name}` "
+        raise AirflowSkipException(f"{chunk.label}: {outcome.reason}; cursor kept. `rowfill resume {spec.name}` "
                                    "and trigger the DAG again to continue.")
     if outcome.kind == "defer":
         until = outcome.until.astimezone(timezone.utc).isoformat() if outcome.until else None

@@ -17,15 +17,27 @@ from typing import Any, AsyncIterator
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from sqlalchemy.engine import Engine
+
 from rowfill.airflow.connections import engine_for
 from rowfill.engine.control import ControlStore
 
 
-def read_state(engine, backfill: str) -> str:
+def read_state(engine: Engine, backfill: str) -> str:
+    """The backfill's control state (``running``, ``paused``, ``cancelled``), read in one statement."""
     return ControlStore(engine).get(backfill).state
 
 
 class ControlTrigger(BaseTrigger):
+    """Wait in the triggerer until a window opens, a paused backfill resumes, or it is cancelled.
+
+    :param connection: the Airflow connection id of the target database (the control row lives there).
+    :param backfill: the spec name.
+    :param until: ISO 8601 instant (UTC) when the next window opens; None when waiting for a resume.
+    :param wait_for_resume: wait for the control state to be ``running`` again instead of for ``until``.
+    :param poll_interval: seconds between two reads of the control row.
+    """
+
     def __init__(self, connection: str, backfill: str, until: str | None = None, wait_for_resume: bool = False,
                  poll_interval: float = 5.0):
         super().__init__()
@@ -36,6 +48,7 @@ class ControlTrigger(BaseTrigger):
         self.poll_interval = poll_interval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """The class path and arguments the triggerer rebuilds this trigger from."""
         return ("rowfill.airflow.triggers.ControlTrigger", {
             "connection": self.connection, "backfill": self.backfill, "until": self.until,
             "wait_for_resume": self.wait_for_resume, "poll_interval": self.poll_interval,
@@ -45,6 +58,10 @@ class ControlTrigger(BaseTrigger):
         return datetime.fromisoformat(self.until) if self.until else None
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Yield one event, ``{"event": "cancelled" | "resumed" | "window_open"}``, and end.
+
+        A database that cannot be read is logged and polled again: waiting is what the chunk does anyway.
+        """
         deadline = self._deadline()
         engine = None
         try:

@@ -228,6 +228,11 @@ def _problem(c: dict) -> str:
 
 
 def render_fragment(progress: list[dict], ui_base: str = "") -> str:
+    """The HTML of the progress table (refreshed in place by the page), every value escaped.
+
+    :param progress: ``collect()``'s entries.
+    :param ui_base: the Airflow UI's address prefix, for links to DAGs and task instances ("" = relative).
+    """
     e = html.escape
     if not progress:
         return "<p id='empty'>No backfills you may see. Specs live in include/specs/ (or $ROWFILL_SPECS_DIR).</p>"
@@ -336,6 +341,7 @@ document.addEventListener('click', async (ev) => {
 
 
 def render_page(progress: list[dict], ui_base: str = "") -> str:
+    """The whole page: ``render_fragment`` inside a shell that reloads it every ``REFRESH_SECONDS`` seconds."""
     return _PAGE.replace("__REFRESH__", str(REFRESH_SECONDS)).replace("__FRAGMENT__", render_fragment(progress, ui_base))
 
 
@@ -348,30 +354,44 @@ def _ui_base(request: Request) -> str:
 # -- the app ------------------------------------------------------------------------------------
 def refuse_cross_site(request: Request) -> None:
     """Every route's first check: a request that would change something and was not sent from this
-    site gets 403 before anything else runs (``rowfill.airflow.sameorigin.same_origin``)."""
+    site gets 403 before anything else runs (``rowfill.airflow.sameorigin.same_origin``).
+
+    :raises HTTPException: 403, naming why the request looks cross-site.
+    """
     allowed, why = same_origin(request.method, request.headers)
     if not allowed:
         raise HTTPException(403, f"cross-site request refused: {why}")
 
 
 def create_app() -> FastAPI:
+    """The FastAPI app the plugin mounts under ``/rowfill`` of Airflow's API server (Airflow docs,
+    "Plugins": ``fastapi_apps``); users are Airflow's own, through its auth manager.
+
+    Routes: ``GET /api/progress`` (JSON), ``GET /fragment`` and ``GET /`` (HTML), and
+    ``POST /api/dags/{dag_id}/{pause|resume}``, which raises HTTPException 404 (no live control,
+    unknown action or DAG), 415 (not JSON) or 403 (the user may not edit the DAG).
+    """
     app = FastAPI(title="rowfill", description="Progress of rowfill backfills", dependencies=[Depends(refuse_cross_site)])
     user_dep = _user_dep()
 
     @app.get("/api/progress")
     def progress(user=user_dep) -> list[dict]:
+        """Every backfill the user may see, as JSON (``collect``)."""
         return collect(user)
 
     @app.get("/fragment", response_class=HTMLResponse)
     def fragment(request: Request, user=user_dep) -> str:
+        """The progress table alone, for the page's refresh."""
         return render_fragment(collect(user), _ui_base(request))
 
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request, user=user_dep) -> str:
+        """The progress page."""
         return render_page(collect(user), _ui_base(request))
 
     @app.post("/api/dags/{dag_id}/{action}")
     def control(dag_id: str, action: str, request: Request, user=user_dep) -> dict:
+        """Pause or resume a backfill for a user allowed to edit its DAG; raises HTTPException 404, 415 or 403."""
         hook = control_hook()
         if hook is None or action not in ("pause", "resume"):
             raise HTTPException(404, "live control is not installed" if hook is None else f"unknown action {action!r}")

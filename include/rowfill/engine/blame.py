@@ -25,7 +25,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -33,7 +32,10 @@ from rowfill.engine.modes import writer_for
 from rowfill.engine.transform import TransformWriter
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
+from rowfill.sql import catalog as pg_catalog
+from rowfill.sql import statements
 from rowfill.sql.keys import decode, format_value
+from rowfill.sql.session import Timeouts
 from rowfill.sql.sqlnames import clause, quote
 
 DATA_ERROR_CLASSES = ("22", "23")
@@ -84,8 +86,8 @@ class Narrowing:
     def keys(self, lo, hi) -> list:
         """Every key in ``(lo, hi]`` in key order, as JSON values (one batch: at most ``max_batch_rows``)."""
         key = self.writer.key
-        rng, params = key.range_sql(lo, hi)
-        sql = clause(f"SELECT {key.json_sql()} FROM {self.spec.table.sql} WHERE {rng} ORDER BY {key.order_by()}")
+        sql = clause(statements.keys_in_range(self.spec.table.sql, key, lo is not None, hi is not None))
+        params = key.range_params(lo, hi)
         return [decode(v) for v in self.conn.execute(sql, params).scalars()]
 
     def attempt(self, writer, lo, hi, first) -> DBAPIError | None:
@@ -171,16 +173,9 @@ class Narrowing:
         if not diag.constraint_name or not diag.table_name:
             return set()
         table = f"{quote(diag.schema_name)}.{quote(diag.table_name)}" if diag.schema_name else quote(diag.table_name)
-        if self.conn.execute(text("SELECT to_regclass(:t) = to_regclass(:ours)"),
-                             {"t": table, "ours": self.spec.table.sql}).scalar() is not True:
+        if not pg_catalog.same_relation(self.conn, table, self.spec.table.sql):
             return set()  # a constraint of another table (a row referencing ours, say)
-        rows = self.conn.execute(text(
-            "SELECT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) "
-            "WHERE c.conrelid = to_regclass(:t) AND c.conname = :n "
-            "UNION SELECT a.attname FROM pg_index i JOIN pg_class x ON x.oid = i.indexrelid "
-            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
-            "WHERE i.indrelid = to_regclass(:t) AND x.relname = :n"), {"t": table, "n": diag.constraint_name}).scalars()
-        return set(rows)
+        return pg_catalog.constraint_columns(self.conn, table, diag.constraint_name)
 
     def _set_writer(self, assignments: dict):
         return writer_for(dataclasses.replace(self.spec, set=assignments, undo=False))
@@ -203,16 +198,16 @@ class Narrowing:
         return writer
 
 
-def narrow(engine: Engine, spec: Spec, writer, timeouts, lo, hi, error: DBAPIError) -> RowError | None:
+def narrow(engine: Engine, spec: Spec, writer, timeouts: Timeouts, lo, hi, error: DBAPIError) -> RowError | None:
     """The row and field to blame for ``error``, a data error of the batch ``(lo, hi]``; None if it no longer fails.
 
-    ``timeouts`` is the runner's (statement, params) for ``SET LOCAL`` timeouts, so no probe runs
+    ``timeouts`` are the runner's batch timeouts (``rowfill.sql.session.Timeouts``), so no probe runs
     longer than a batch may. Runs in its own transaction, always rolled back: nothing is written.
     """
     with engine.connect() as conn:
         tx = conn.begin()
         try:
-            conn.execute(*timeouts)
+            timeouts.apply(conn)
             writer.prepare(conn)
             n = Narrowing(conn, spec, writer)
             keys = n.keys(lo, hi)

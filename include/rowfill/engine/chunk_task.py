@@ -30,6 +30,7 @@ from rowfill.engine.writers import BatchWriter
 from rowfill.spec.spec import Spec
 from rowfill.spec.windows import Clock, Windows, utcnow
 from rowfill.store.checkpoint import CheckpointStore
+from rowfill.store.states import ControlState
 
 log = logging.getLogger("rowfill.chunk")
 
@@ -115,11 +116,11 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     result = runner.run(chunk_no)
     if result.status == "done":
         return Outcome("done", "done", result=result)
-    if result.stopped_by == "cancelled":
+    if result.stopped_by == ControlState.CANCELLED:
         reason = stop_reason(live.control)
         hold(reason)
         return Outcome("cancelled", reason, result=result)
-    if result.stopped_by == "paused":
+    if result.stopped_by == ControlState.PAUSED:
         reason = stop_reason(live.control)
         hold(reason)
         return Outcome("defer", reason, result=result)

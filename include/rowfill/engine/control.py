@@ -31,11 +31,13 @@ from rowfill.spec.bounds import FIELDS as BOUNDS
 from rowfill.spec.bounds import LATENCY_LIMIT
 from rowfill.spec.durations import parse_duration
 from rowfill.spec.gates import KINDS, threshold
+from rowfill.store import catalog
 from rowfill.store.checkpoint import SCHEMA, _LOCK_KEY, CheckpointStore
+from rowfill.store.states import ControlState
 
 log = logging.getLogger("rowfill.control")
 
-STATES = ("running", "paused", "cancelled")
+STATES = tuple(ControlState)  # rowfill.store.states
 
 DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
@@ -164,7 +166,7 @@ class ControlStore:
 
     def _table_exists(self, conn) -> bool:
         if not self._exists:
-            self._exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.controls"}).scalar() is not None
+            self._exists = catalog.exists(conn, catalog.own("controls"))
         return self._exists
 
     def get(self, name: str) -> Control:
@@ -327,7 +329,7 @@ class WebControl:
             found = dict(conn.execute(
                 text(f"SELECT backfill, state FROM {SCHEMA}.controls WHERE backfill = ANY(:n) "
                      f"AND to_regclass('{SCHEMA}.controls') IS NOT NULL"), {"n": names}).all()) \
-                if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.controls"}).scalar() else {}
+                if catalog.exists(conn, catalog.own("controls")) else {}
         return {name: found.get(name, "running") for name in names}
 
     def pause(self, engine: Engine, spec, user: str) -> Control:

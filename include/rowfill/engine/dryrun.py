@@ -18,7 +18,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -31,9 +30,13 @@ from rowfill.engine.sweep import chunks_to_resweep
 from rowfill.engine.undo import UndoLog
 from rowfill.spec.durations import format_duration
 from rowfill.spec.spec import Spec
+from rowfill.sql import statements
 from rowfill.sql.keys import chunk_label, format_value, load_key
+from rowfill.sql.ranges import KeyRange
+from rowfill.sql.session import set_local
 from rowfill.sql.sqltext import spec_driver
-from rowfill.store.checkpoint import SCHEMA, CheckpointStore
+from rowfill.store import backfills, catalog
+from rowfill.store.checkpoint import CheckpointStore
 
 
 @dataclass
@@ -53,9 +56,11 @@ class DryRun:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """The report as plain JSON-ready data (``rowfill plan --json``)."""
         return asdict(self)
 
     def render(self) -> str:
+        """The report for people: chunks to run (the first and last few of many), rows to change, notes, EXPLAINs."""
         lines = [f"rowfill plan {self.backfill} (dry run: nothing was changed, the checkpoint store was only read)",
                  f"  table {self.table}, mode {self.mode}",
                  f"  {len(self.chunks)} chunk(s) to run:"]
@@ -80,13 +85,18 @@ class DryRun:
 
 
 def _stored_chunks(conn, spec: Spec):
-    if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.chunks"}).scalar() is None:
+    if not catalog.exists(conn, catalog.own("chunks")):
         return [], None
-    fingerprint = conn.execute(text(f"SELECT fingerprint FROM {SCHEMA}.backfills WHERE name = :n"), {"n": spec.name}).scalar()
+    fingerprint = backfills.fingerprint(conn, spec.name)
     return CheckpointStore(conn.engine).chunks(spec.name, conn), fingerprint
 
 
-def dry_run(engine: Engine, spec: Spec, *, limit: int | None = None, count_timeout: str = "30s") -> DryRun:
+def dry_run(engine: Engine, spec: Spec, *, limit: int | None = None, count_timeout: float = 30.0) -> DryRun:
+    """What a run of ``spec`` would do, inside one transaction that is always rolled back: the plan
+    (stored chunks still to do plus new ones, at most ``limit``, default 1024), the rows ``where`` still
+    matches (counted for at most ``count_timeout`` seconds, else the planner's estimate), and one sample
+    batch timed and EXPLAINed. Raises SpecError / RowfillError as planning's checks do.
+    """
     limit = DEFAULT_MAX_MAP_LENGTH if limit is None else limit
     report = DryRun(spec.name, spec.mode, str(spec.table))
     with engine.connect() as conn:
@@ -98,7 +108,7 @@ def dry_run(engine: Engine, spec: Spec, *, limit: int | None = None, count_timeo
     return report
 
 
-def _plan(conn, spec: Spec, limit: int, report: DryRun, count_timeout: str) -> None:
+def _plan(conn, spec: Spec, limit: int, report: DryRun, count_timeout: float) -> None:
     spec = pinned(conn, spec)  # the table the plan was made on (OID checked), or resolved as planning would
     report.table = str(spec.table)
     target = check_target(conn, spec)
@@ -114,7 +124,7 @@ def _plan(conn, spec: Spec, limit: int, report: DryRun, count_timeout: str) -> N
     again = set(chunks_to_resweep(conn.engine, spec, stored))
     if again:
         report.notes.append(f"{len(again)} done chunk(s) hold rows that match `where` again: a run walks them again")
-    open_chunks = [c for c in stored if c.status != "done" or c.chunk_no in again]
+    open_chunks = [c for c in stored if not c.status.finished or c.chunk_no in again]
     after = stored[-1].hi if stored else None
     new = merge_to_limit(walk_boundaries(conn, spec, after, spec.chunk_rows, key), max(limit - len(open_chunks), 0))
     total = len(stored) + len(new)
@@ -125,8 +135,8 @@ def _plan(conn, spec: Spec, limit: int, report: DryRun, count_timeout: str) -> N
             todo.append((label, "again", c.lo, c.hi, c.est_rows))
         else:
             todo.append((label, c.status, c.position, c.hi, max(c.est_rows - c.rows_seen, 0)))
-    for i, (lo, hi, rows, *first) in enumerate(new, len(stored) + 1):
-        todo.append((chunk_label(spec.key, i, total, lo, hi, first[0] if first else None), "new", lo, hi, rows))
+    for i, b in enumerate(new, len(stored) + 1):
+        todo.append((chunk_label(spec.key, i, total, b.lo, b.hi, b.first), "new", b.lo, b.hi, b.rows))
     todo = todo[:limit]
     report.chunks = [{"label": label, "status": status, "est_rows": rows} for label, status, _, _, rows in todo]
     report.rows_to_walk = sum(t[4] for t in todo)
@@ -141,7 +151,7 @@ def _plan(conn, spec: Spec, limit: int, report: DryRun, count_timeout: str) -> N
         report.estimated_seconds = batches * (per_batch + spec.pause) / parallel
 
 
-def _count_changes(conn, spec: Spec, key, todo, report: DryRun, timeout: str) -> None:
+def _count_changes(conn, spec: Spec, key, todo, report: DryRun, timeout: float) -> None:
     """Rows matching ``where`` in the ranges left: exact if it takes under ``timeout``, else the planner's estimate."""
     if not spec.where:
         report.rows_to_change = report.rows_to_walk
@@ -152,20 +162,20 @@ def _count_changes(conn, spec: Spec, key, todo, report: DryRun, timeout: str) ->
         return
     ranges, params = [], {}
     for i, (_, _, lo, hi, _) in enumerate(todo):
-        rng, p = key.range_sql(lo, hi, lo_name=f"lo{i}", hi_name=f"hi{i}")
-        ranges.append(f"({rng})")
+        rng, p = KeyRange(lo, hi).sql(key, lo_name=f"lo{i}", hi_name=f"hi{i}")
+        ranges.append(rng)
         params.update(p)
-    sql = spec_driver(spec, f"SELECT count(*) FROM {spec.table.sql} WHERE ({' OR '.join(ranges)}) AND @where")
+    sql = spec_driver(spec, statements.count_matching_in_ranges(spec.table.sql, ranges))
     try:
         with conn.begin_nested():
-            conn.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": timeout})
+            set_local(conn, statement_timeout=timeout)
             report.rows_to_change = conn.exec_driver_sql(sql, params).scalar()
-            conn.execute(text("SELECT set_config('statement_timeout', '0', true)"))
+            set_local(conn, statement_timeout=0)
     except DBAPIError:
-        plan = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar()
+        plan = conn.exec_driver_sql(statements.explain(sql, "FORMAT JSON"), params).scalar()
         report.rows_to_change = int(plan[0]["Plan"].get("Plan Rows", 0))
         report.rows_to_change_estimated = True
-        report.notes.append(f"counting the rows to change took longer than {timeout}; the number is the planner's estimate")
+        report.notes.append(f"counting the rows to change took longer than {format_duration(timeout)}; the number is the planner's estimate")
 
 
 def _sample(conn, spec: Spec, position, hi, report: DryRun) -> None:
@@ -173,8 +183,7 @@ def _sample(conn, spec: Spec, position, hi, report: DryRun) -> None:
     writer = writer_for(spec)
     savepoint = conn.begin_nested()
     try:
-        conn.execute(text("SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true)"),
-                     {"lt": f"{int(spec.lock_timeout * 1000)}ms", "st": f"{int(spec.statement_timeout * 1000)}ms"})
+        set_local(conn, lock_timeout=spec.lock_timeout, statement_timeout=spec.statement_timeout)
         if spec.undo:
             _undo_log(conn, spec)  # created inside the savepoint if missing, so it vanishes too
         t0 = time.perf_counter()

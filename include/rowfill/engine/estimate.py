@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from rowfill.spec.spec import Spec
-from rowfill.sql.sqlnames import clause, quote
+from rowfill.sql import catalog as pg_catalog
+from rowfill.sql import scans
+from rowfill.sql.ranges import ChunkBounds
+from rowfill.sql.sqlnames import quote
 
 EXACT_PLAN_MAX_ROWS = 20_000_000
 PAGES_PER_CHUNK = 10  # sampled pages per planned chunk: chunk sizes within about ±30 %
@@ -29,25 +31,22 @@ def estimated_rows(conn: Connection, spec: Spec) -> int | None:
 
 
 def _stats(conn: Connection, spec: Spec) -> tuple[float | None, int]:
-    row = conn.execute(
-        text("SELECT reltuples, relpages FROM pg_class WHERE oid = to_regclass(:t)"), {"t": spec.table.sql}
-    ).first()
+    """(reltuples, relpages at least 1) of the spec's table; (None, 1) if it does not exist."""
+    row = pg_catalog.size_estimate(conn, spec.table.sql)
     return (row[0], max(row[1], 1)) if row else (None, 1)
 
 
 def key_span(conn: Connection, spec: Spec, after: int | None) -> tuple[int, int] | None:
     """(first, last) key after ``after`` (None = the whole table); two index probes."""
     key, table = quote(spec.key), spec.table.sql
-    cond, params = (f"WHERE {key} > :after", {"after": after}) if after is not None else ("", {})
-    first = conn.execute(clause(f"SELECT min({key}) FROM {table} {cond}"), params).scalar()
+    first = scans.lowest_key(conn, key, table, after)
     if first is None:
         return None
-    last = conn.execute(clause(f"SELECT max({key}) FROM {table}")).scalar()
-    return first, last
+    return first, scans.highest_key(conn, key, table)
 
 
 def split_key_range(first: int, last: int, rows: int, chunk_rows: int, limit: int,
-                    after: int | None = None) -> list[tuple[int | None, int, int]]:
+                    after: int | None = None) -> list[ChunkBounds]:
     """Equal key-width chunks over the keys ``first..last``, each estimated at rows/n rows.
 
     The first chunk's lower bound is ``after`` (None = from the start of the key space), never
@@ -62,13 +61,13 @@ def split_key_range(first: int, last: int, rows: int, chunk_rows: int, limit: in
     per_chunk = max(rows, 0) // n
     bounds, lo = [], after
     for hi in highs:
-        bounds.append((lo, hi, per_chunk))
+        bounds.append(ChunkBounds(lo, hi, per_chunk))
         lo = hi
     return bounds
 
 
 def sampled_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_rows: int, limit: int,
-                       rows: int | None = None) -> list[tuple]:
+                       rows: int | None = None) -> list[ChunkBounds]:
     """Chunks of about ``chunk_rows`` rows from a block sample's quantiles; at most ``limit`` chunks.
 
     ``after`` None plans a new table: the first chunk starts from the start of the key space
@@ -80,19 +79,14 @@ def sampled_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_ro
     first, last = span
     total = rows if rows is not None else estimated_rows(conn, spec)
     if total is None:
-        total = conn.execute(clause(f"SELECT count(*) FROM {spec.table.sql}")).scalar()
+        total = scans.row_count(conn, spec.table.sql)
     n = max(1, min(limit, math.ceil(max(total, 1) / chunk_rows)))
     if n == 1:
-        return [(after, last, total, first)]
+        return [ChunkBounds(after, last, total, first)]
     # Rows on one page have neighbouring keys, so what matters is the number of sampled pages.
     percent = min(100.0, 100.0 * n * PAGES_PER_CHUNK / _stats(conn, spec)[1])
-    key = quote(spec.key)
-    cond, params = (f"WHERE {key} > :after", {"after": after}) if after is not None else ("", {})
-    sampled, cuts = conn.execute(
-        clause(f"SELECT count(*), percentile_disc(CAST(:fractions AS float8[])) WITHIN GROUP (ORDER BY {key}) "
-               f"FROM {spec.table.sql} TABLESAMPLE SYSTEM (:p) REPEATABLE (42) {cond}"),
-        {"p": percent, "fractions": [i / n for i in range(1, n)], **params},
-    ).one()
+    sampled, cuts = scans.sampled_quantiles(conn, quote(spec.key), spec.table.sql, percent,
+                                            [i / n for i in range(1, n)], after)
     if sampled < 5 * n:  # too thin to cut (stale statistics, synthetic key spaces)
         bounds = split_key_range(first, last, total, chunk_rows, limit, after=after)
     else:
@@ -100,6 +94,6 @@ def sampled_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_ro
         per_chunk = total // len(highs)
         bounds, lo = [], after
         for hi in highs:
-            bounds.append((lo, hi, per_chunk))
+            bounds.append(ChunkBounds(lo, hi, per_chunk))
             lo = hi
     return [(*bounds[0], first), *bounds[1:]] if bounds else bounds

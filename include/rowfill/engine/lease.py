@@ -25,12 +25,14 @@ from __future__ import annotations
 import logging
 import threading
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from rowfill.engine.disconnects import describe
 from rowfill.spec.durations import format_duration
-from rowfill.store.checkpoint import SCHEMA, ChunkRow, CheckpointStore
+from rowfill.sql.session import set_local
+from rowfill.store import leases
+from rowfill.store.checkpoint import ChunkRow, CheckpointStore
+from rowfill.store.states import ChunkState
 
 log = logging.getLogger("rowfill.lease")
 
@@ -40,43 +42,18 @@ HEARTBEAT_SECONDS = 5.0  # how often a running chunk's runner stamps its lease
 # a dead or frozen process (or a database that was away, until the runner reconnects) misses them.
 LEASE_SECONDS = 30.0
 
-_CLAIM = text(
-    f"INSERT INTO {SCHEMA}.leases AS l (backfill, chunk_no, worker, heartbeat_at) "
-    "VALUES (:n, :c, :w, clock_timestamp()) ON CONFLICT (backfill, chunk_no) "
-    "DO UPDATE SET worker = excluded.worker, heartbeat_at = excluded.heartbeat_at"
-)
-# Only the holder renews: a runner that was taken over (frozen, then back) does not take it back.
-_RENEW = text(
-    f"UPDATE {SCHEMA}.leases SET heartbeat_at = clock_timestamp() WHERE backfill = :n AND chunk_no = :c AND worker = :w"
-)
-_HOLDER = text(
-    f"SELECT c.status, coalesce(l.worker, c.worker), "
-    "extract(epoch FROM clock_timestamp() - coalesce(l.heartbeat_at, c.updated_at)) "
-    f"FROM {SCHEMA}.chunks c LEFT JOIN {SCHEMA}.leases l ON l.backfill = c.backfill AND l.chunk_no = c.chunk_no "
-    "WHERE c.backfill = :n AND c.chunk_no = :c"
-)
-_STALE = text(
-    f"SELECT c.chunk_no FROM {SCHEMA}.chunks c LEFT JOIN {SCHEMA}.leases l "
-    "ON l.backfill = c.backfill AND l.chunk_no = c.chunk_no "
-    "WHERE c.backfill = :n AND c.status = 'running' "
-    "AND coalesce(l.heartbeat_at, c.updated_at) < clock_timestamp() - make_interval(secs => :lease)"
-)
-# A heartbeat is best effort: its commit need not wait for the WAL flush (as rate samples, rowfill.store.rates).
-_ASYNC_COMMIT = text("SELECT set_config('synchronous_commit', 'off', true), set_config('lock_timeout', '2s', true)")
-
-
 def claim(store: CheckpointStore, name: str, chunk_no: int, worker: str, run_id: str | None,
           logger: logging.Logger | None = None) -> ChunkRow:
     """``store.start`` plus the lease; logs a takeover when another worker's attempt left the chunk running."""
     engine = store.engine
     with engine.connect() as conn:
-        before = conn.execute(_HOLDER, {"n": name, "c": chunk_no}).first()
+        before = leases.holder(conn, name, chunk_no)
     row = store.start(name, chunk_no, worker, run_id)
-    if row.status != "done":
+    if not row.status.finished:
         with engine.begin() as conn:
-            conn.execute(_CLAIM, {"n": name, "c": chunk_no, "w": worker})
-    if before is not None and before[0] == "running" and before[1] and before[1] != worker:
-        age = float(before[2] or 0.0)
+            leases.claim(conn, name, chunk_no, worker)
+    if before is not None and before.status == ChunkState.RUNNING and before.worker and before.worker != worker:
+        age = before.quiet
         if age > LEASE_SECONDS:
             why = (f"whose lease ran out (last heartbeat {format_duration(age)} ago, more than {format_duration(LEASE_SECONDS)}): "
                    "its process is gone")
@@ -84,16 +61,14 @@ def claim(store: CheckpointStore, name: str, chunk_no: int, worker: str, run_id:
             why = (f"whose last heartbeat was {format_duration(age)} ago; should it still be alive, its batches and ours "
                    "take turns on the chunk row, so nothing is written twice")
         (logger or log).warning("takeover: chunk %d of backfill %s was left running by worker %s, %s; %s takes it over "
-                                "from its checkpoint", chunk_no, name, before[1], why, worker)
+                                "from its checkpoint", chunk_no, name, before.worker, why, worker)
     return row
 
 
 def stale_chunks(engine: Engine, name: str, lease: float = LEASE_SECONDS) -> set[int]:
     """Chunks of ``name`` marked running whose runner's lease ran out (empty if none, or no store yet)."""
     with engine.connect() as conn:
-        if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.leases"}).scalar() is None:
-            return set()
-        return set(conn.execute(_STALE, {"n": name, "lease": lease}).scalars())
+        return leases.stale(conn, name, lease)
 
 
 class Heartbeat:
@@ -109,10 +84,12 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name=f"rowfill-lease-{name}-{chunk_no}", daemon=True)
 
     def start(self) -> "Heartbeat":
+        """Start renewing from a daemon thread; returns self."""
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop renewing; waits at most 2 seconds for a renewal in flight."""
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2.0)  # a renewal stuck in connect is left to its daemon thread
@@ -121,7 +98,8 @@ class Heartbeat:
         while not self._stopped.wait(self.every):
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(_ASYNC_COMMIT)
-                    conn.execute(_RENEW, {"n": self.name, "c": self.chunk_no, "w": self.worker})
+                    # best effort: its commit need not wait for the WAL flush (as rate samples, rowfill.store.rates)
+                    set_local(conn, lock_timeout=2.0, synchronous_commit="off")
+                    leases.renew(conn, self.name, self.chunk_no, self.worker)
             except Exception as exc:  # noqa: BLE001 - the runner reports outages; the lease runs out if it lasts
                 log.debug("lease of chunk %d of %s not renewed: %s", self.chunk_no, self.name, describe(exc))

@@ -23,40 +23,16 @@ from __future__ import annotations
 import itertools
 import os
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from rowfill.spec.spec import Spec
+from rowfill.sql import catalog as pg_catalog
+from rowfill.sql import statements
 from rowfill.sql.sqlnames import quote
 from rowfill.sql.sqltext import driver, spec_sql
 
 _probe_no = itertools.count(1)
-
-# What the probe view's rewrite rule depends on, as reasons to lock first (empty = the row alone).
-_DEPENDENCIES = text("""
-WITH deps AS (
-    SELECT d.refclassid, d.refobjid FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-    WHERE d.classid = CAST('pg_rewrite' AS regclass) AND r.ev_class = CAST(:view AS regclass)
-)
-SELECT 'read ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname)
-FROM deps JOIN pg_class c ON deps.refclassid = CAST('pg_class' AS regclass) AND c.oid = deps.refobjid
-JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid <> CAST(:view AS regclass) AND c.oid <> CAST(:tbl AS regclass)
-UNION
-SELECT 'call the ' || CASE p.provolatile WHEN 's' THEN 'STABLE' ELSE 'VOLATILE' END || ' function '
-       || CAST(CAST(p.oid AS regprocedure) AS text)
-FROM deps JOIN pg_proc p ON deps.refclassid = CAST('pg_proc' AS regclass) AND p.oid = deps.refobjid
-WHERE p.provolatile <> 'i'
-UNION
-SELECT 'use the operator ' || CAST(CAST(o.oid AS regoperator) AS text) || ', which is '
-       || CASE p.provolatile WHEN 's' THEN 'STABLE' ELSE 'VOLATILE' END
-FROM deps JOIN pg_operator o ON deps.refclassid = CAST('pg_operator' AS regclass) AND o.oid = deps.refobjid
-JOIN pg_proc p ON p.oid = o.oprcode
-WHERE p.provolatile <> 'i'
-ORDER BY 1
-""")
-
 
 def probe_expressions(spec: Spec) -> list[str]:
     """The spec's expressions a ``set`` write evaluates, as driver SQL composed by ``rowfill.sql.sqltext``:
@@ -77,12 +53,11 @@ def lock_first_reason(conn: Connection, spec: Spec) -> str | None:
     # rowfill's template with the checked expressions in its slots: driver SQL (an empty dict makes
     # psycopg un-double %%), user text never pasted, no line break relied on
     slots = {f"expr{i}": expr for i, expr in enumerate(exprs, 1)}
-    columns = ", ".join(f"@expr{i} AS c{i}" for i in range(1, len(exprs) + 1))
-    create = driver(f"CREATE TEMPORARY VIEW {quote(view)} AS SELECT {columns} FROM {spec.table.sql}", slots)
+    create = driver(statements.probe_view(quote(view), len(exprs), spec.table.sql), slots)
     savepoint = conn.begin_nested()
     try:
         conn.exec_driver_sql(create, {})
-        reasons = list(conn.execute(_DEPENDENCIES, {"view": f"pg_temp.{view}", "tbl": spec.table.sql}).scalars())
+        reasons = pg_catalog.view_dependencies(conn, f"pg_temp.{view}", spec.table.sql)
     except DBAPIError as exc:
         first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
         return f"could not be checked for what they read ({first})"

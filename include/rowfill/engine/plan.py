@@ -25,6 +25,7 @@ from rowfill.engine.sweep import chunks_to_resweep
 from rowfill.engine.undo import prepare_forward_plan  # undo log; no backfill while its rollback runs
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Boundary, Key, chunk_label, load_key
+from rowfill.sql.ranges import ChunkBounds, KeyRange, as_bounds
 from rowfill.store.checkpoint import CheckpointStore, ChunkRow
 
 DEFAULT_MAX_MAP_LENGTH = 1024
@@ -44,17 +45,24 @@ class PlannedChunk:
     first: Any = None  # the chunk's first key when planned
 
     @property
+    def range(self) -> KeyRange:
+        """The keys the chunk covers."""
+        return KeyRange(self.lo, self.hi)
+
+    @property
     def label(self) -> str:
+        """How logs and task names show the chunk, e.g. ``chunk 3/10 (id 2001..3000)``."""
         return chunk_label(self.key, self.chunk_no, self.of, self.lo, self.hi, self.first)
 
     def to_xcom(self) -> dict:
+        """The chunk as JSON-ready data for Airflow's XCom (its label included)."""
         return {"backfill": self.backfill, "chunk_no": self.chunk_no, "of": self.of, "lo": self.lo,
                 "hi": self.hi, "est_rows": self.est_rows, "key": self.key, "label": self.label}
 
 
 def walk_boundaries(conn: Connection, spec: Spec, after: Any, chunk_rows: int, key: Key | None = None,
-                    table_sql: str | None = None) -> list[tuple]:
-    """(lo, hi, rows, first) for consecutive chunks of ``chunk_rows`` keys after ``after`` (None = from the start).
+                    table_sql: str | None = None) -> list[ChunkBounds]:
+    """Bounds (lo, hi, rows, first) of consecutive chunks of ``chunk_rows`` keys after ``after`` (None = from the start).
 
     Each step is one index-only range scan of ``chunk_rows`` entries, so planning reads the key
     index once in total and never the table. The first chunk of a new plan starts open (lo None)
@@ -68,13 +76,13 @@ def walk_boundaries(conn: Connection, spec: Spec, after: Any, chunk_rows: int, k
         first, hi, rows = boundary.next(conn, after, None, chunk_rows)
         if not rows:
             return bounds
-        bounds.append((after, hi, rows, first))
+        bounds.append(ChunkBounds(after, hi, rows, first))
         if rows < chunk_rows:
             return bounds
         after = hi
 
 
-def find_boundaries(conn: Connection, spec: Spec, after: Any, room: int) -> list[tuple]:
+def find_boundaries(conn: Connection, spec: Spec, after: Any, room: int) -> list[ChunkBounds]:
     """Exact index walk for ordinary tables; estimated boundaries for huge ones (see ``estimate``).
 
     Estimation cuts a single integer key (the huge-table case in practice); other keys are walked.
@@ -89,17 +97,22 @@ def find_boundaries(conn: Connection, spec: Spec, after: Any, room: int) -> list
     return walk_boundaries(conn, spec, after, spec.chunk_rows, key=key)
 
 
-def merge_to_limit(bounds: list[tuple], limit: int) -> list[tuple]:
-    """Grow chunks (merge neighbours) until there are at most ``limit``; Airflow refuses longer maps."""
+def merge_to_limit(bounds: list[ChunkBounds | tuple], limit: int) -> list[ChunkBounds]:
+    """Grow chunks (merge neighbours) until there are at most ``limit``; Airflow refuses longer maps.
+
+    ``bounds``: consecutive chunks in key order, as ChunkBounds or ``(lo, hi, rows[, first])`` tuples.
+    Returns ChunkBounds; none if ``limit`` <= 0.
+    """
     if limit <= 0:
         return []
+    bounds = [as_bounds(b) for b in bounds]
     if len(bounds) <= limit:
         return bounds
     group = math.ceil(len(bounds) / limit)
     merged = []
     for i in range(0, len(bounds), group):
         part = bounds[i : i + group]
-        merged.append((part[0][0], part[-1][1], sum(b[2] for b in part), *part[0][3:]))
+        merged.append(part[0].merged(part[-1], sum(b.rows for b in part)))
     return merged
 
 
@@ -143,7 +156,7 @@ def _plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=
         resolved = pin(conn, resolved)  # still the same relation (and registered, if reset meanwhile)
         store.reopen(conn, spec.name, resweep)
         existing = store.chunks(spec.name, conn)
-        open_chunks = [c for c in existing if c.status != "done"]
+        open_chunks = [c for c in existing if not c.status.finished]
         after = existing[-1].hi if existing else None  # chunks are numbered in key order
         room = limit - len(open_chunks)
         new = find_boundaries(conn, resolved, after, max(room, 0))
@@ -158,7 +171,7 @@ def _plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=
         chunks = store.chunks(spec.name, conn)
     total = len(chunks)
     todo = [PlannedChunk(spec.name, c.chunk_no, total, c.lo, c.hi, c.est_rows, spec.key, c.first_key)
-            for c in chunks if c.status != "done"]
+            for c in chunks if not c.status.finished]
     if len(todo) > limit and log:
         log.warning("plan: %d unfinished chunks exceed max_map_length=%d; running the first %d, the rest next run",
                     len(todo), limit, limit)
@@ -166,5 +179,6 @@ def _plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=
 
 
 def describe(chunks: list[ChunkRow]) -> str:
-    done = sum(c.status == "done" for c in chunks)
+    """``"N chunks, M done"`` for logs."""
+    done = sum(c.status.finished for c in chunks)
     return f"{len(chunks)} chunks, {done} done"

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 
 from rowfill.errors import RowfillError
 from rowfill.spec.gates import GateSpec, LatencySpec
+from rowfill.sql.session import set_local
 from rowfill.sql.sqltext import probe
 
 log = logging.getLogger("rowfill.gates")
@@ -201,13 +202,11 @@ class LatencyProbe:
         A probe stuck behind something is a latency too: it is capped (``SET LOCAL``, so the pooled
         connection goes back unchanged) and the cap counts as its latency.
         """
-        conn.execute(self._timeout, {"t": f"{max(int(self.limit * 20 * 1000), 1000)}ms"})
+        set_local(conn, statement_timeout=max(self.limit * 20, 1.0))
         t0 = time.perf_counter()
         conn.exec_driver_sql(self.sql, {}).fetchall()
         conn.commit()
         return time.perf_counter() - t0
-
-    _timeout = text("SELECT set_config('statement_timeout', :t, true)")
 
     def _loop(self) -> None:
         while not self._stop.is_set():

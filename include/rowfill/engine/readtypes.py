@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from psycopg.types.datetime import IntervalLoader
 from psycopg.types.json import Json, JsonbLoader, JsonLoader, Jsonb
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from rowfill.errors import RowfillError
+from rowfill.sql import catalog as pg_catalog
 
 # pg_type OIDs below this are built in (PostgreSQL's FirstNormalObjectId); psycopg knows their arrays
 _FIRST_USER_OID = 16384
@@ -40,6 +40,7 @@ class ExactIntervalLoader(IntervalLoader):
     """psycopg's interval loader, refusing intervals with months or years instead of reading a month as 30 days."""
 
     def load(self, data):
+        """The interval as a timedelta; raises MonthsInInterval (with the ways round it) if it has a month or year part."""
         raw = bytes(data)
         if b"mon" in raw or b"year" in raw:  # IntervalStyle postgres, which psycopg's loader requires anyway
             value = raw.decode()
@@ -65,9 +66,7 @@ class _NullKeepingJson(JsonLoader):
 
 def user_array_types(conn: Connection) -> list[tuple[int, int]]:
     """(element OID, array OID) of every array type over a user-defined type (enum, composite, range, ...)."""
-    return [tuple(r) for r in conn.execute(text(
-        "SELECT t.typelem, t.oid FROM pg_type t WHERE t.typcategory = 'A' AND t.typelem >= :first"),
-        {"first": _FIRST_USER_OID}).all()]
+    return pg_catalog.user_array_types(conn, _FIRST_USER_OID)
 
 
 def configure(cursor, arrays: list[tuple[int, int]], *, json_null: bool) -> None:

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from rowfill.engine.lease import stale_chunks
 from rowfill.engine.progress import eta_seconds
 from rowfill.store.checkpoint import CheckpointStore, ChunkRow
+from rowfill.store.states import ChunkState
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Summary:
     chunks_stale: int = 0  # marked running, but the runner's lease ran out (rowfill.engine.lease): its process is gone
 
     def to_dict(self) -> dict:
+        """The summary as plain JSON-ready data (XCom, ``rowfill run --json``)."""
         return asdict(self)
 
     def line(self) -> str:
@@ -69,8 +71,8 @@ def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None,
     return Summary(
         backfill=name,
         chunks=len(chunks),
-        chunks_done=sum(c.status == "done" for c in chunks),
-        chunks_failed=sum(c.status == "failed" for c in chunks),
+        chunks_done=sum(c.status == ChunkState.DONE for c in chunks),
+        chunks_failed=sum(c.status == ChunkState.FAILED for c in chunks),
         rows_estimated=total,
         rows_seen=seen,
         rows_written=sum(c.rows_written for c in chunks),
@@ -85,5 +87,8 @@ def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None,
 
 
 def backfill_summary(engine: Engine, name: str, run_id: str | None = None) -> Summary:
+    """The summary of backfill ``name`` from its stored chunks, last verify and stale chunks; duration
+    and rate over the chunks of ``run_id`` (an Airflow run id) when given (see ``summarize``).
+    """
     store = CheckpointStore(engine)
     return summarize(name, store.chunks(name), run_id, store.verified(name), frozenset(stale_chunks(engine, name)))

@@ -19,23 +19,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
+from rowfill.sql import catalog as pg_catalog
+from rowfill.sql.catalog import search_path  # re-exported: messages name the search_path a name was resolved with
 from rowfill.sql.sqlnames import TableName
+from rowfill.store import backfills
 from rowfill.store.checkpoint import CheckpointStore
 
-SCHEMA = "rowfill"  # the checkpoint store's schema (rowfill.store.checkpoint.SCHEMA; not imported: no cycle)
 _RELKINDS = {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view", "f": "foreign table",
              "S": "sequence", "i": "index", "I": "partitioned index", "c": "composite type", "t": "TOAST table"}
-
-_LOOKUP = text(
-    "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE c.oid = to_regclass(:t)"
-)
-
 
 @dataclass(frozen=True)
 class Relation:
@@ -50,17 +45,12 @@ def _rollback(name: str) -> bool:
     return name.endswith(".rollback")
 
 
-def search_path(conn: Connection) -> str:
-    """The connection's search_path as PostgreSQL reports it, for messages (``"$user", public``)."""
-    return conn.execute(text("SELECT current_setting('search_path')")).scalar()
-
-
 def lookup(conn: Connection, table: TableName) -> tuple[Relation, str] | None:
     """(relation, relkind) that ``table`` names on this connection now; None if it names nothing."""
-    row = conn.execute(_LOOKUP, {"t": table.sql}).first()
+    row = pg_catalog.relation(conn, table.sql)
     if row is None:
         return None
-    return Relation(table.resolved(row[1], row[2]), int(row[0])), row[3]
+    return Relation(table.resolved(row.schema, row.name), int(row.oid)), row.relkind
 
 
 def resolve(conn: Connection, spec: Spec) -> Relation:
@@ -83,9 +73,7 @@ def resolve(conn: Connection, spec: Spec) -> Relation:
 
 def _stored_row(conn: Connection, name: str) -> dict | None:
     """The backfill's row of rowfill.backfills as a dict (to_jsonb: columns an older store lacks are simply absent)."""
-    if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.backfills"}).scalar() is None:
-        return None
-    return conn.execute(text(f"SELECT to_jsonb(b) FROM {SCHEMA}.backfills b WHERE name = :n"), {"n": name}).scalar()
+    return backfills.row(conn, name, check_table=True)
 
 
 def _stored_relation(row: dict | None, meaning: str | None) -> Relation | None:
@@ -138,8 +126,7 @@ def _check_legacy(conn: Connection, spec: Spec, row: dict | None, found: Relatio
             f"{search_path(conn)}. Write the table you mean schema-qualified (table: public.{spec.table.name} to "
             f"finish the old plan), or start over with `rowfill reset {spec.name} --yes`.",
         )
-    conn.execute(text(f"UPDATE {SCHEMA}.backfills SET fingerprint = :f, spec = jsonb_set(spec, '{{table}}', to_jsonb(CAST(:t AS text))) "
-                      "WHERE name = :n"), {"f": spec.fingerprint, "t": spec.table.meaning, "n": spec.name})
+    backfills.retable(conn, spec.name, spec.fingerprint, spec.table.meaning)
 
 
 def same_meaning(stored_fingerprint: str, spec: Spec) -> bool:
@@ -184,10 +171,7 @@ def pin(conn: Connection, spec: Spec) -> Spec:
 
 def record(conn: Connection, name: str, relation: Relation) -> None:
     """Store ``relation`` as the backfill's table (the backfill's row must exist)."""
-    conn.execute(
-        text(f"UPDATE {SCHEMA}.backfills SET table_schema = :s, table_name = :t, table_oid = :o WHERE name = :n"),
-        {"s": relation.table.schema, "t": relation.table.name, "o": relation.oid, "n": name},
-    )
+    backfills.record_relation(conn, name, relation.table.schema, relation.table.name, relation.oid)
 
 
 def pinned_relation(conn: Connection, spec: Spec, names: tuple[str, ...] | None = None) -> Relation:

@@ -40,6 +40,7 @@ from sqlalchemy.engine import Connection
 from rowfill.errors import RowfillError
 from rowfill.spec.durations import format_duration
 from rowfill.sql.keys import Key, decode, format_value
+from rowfill.sql.session import set_local
 from rowfill.store.checkpoint import SCHEMA
 
 # How long a batch's write may wait for one row lock before the batch gives up its own locks and
@@ -54,7 +55,6 @@ REVISIT_KEYS = 1_000  # skipped keys looked at per revisit transaction (each is 
 SAMPLE_KEYS = 10  # keys named in the error when locked_rows_wait runs out
 
 
-_SHORT = text("SELECT set_config('lock_timeout', :t, true)")
 
 
 class RowsLockedTooLong(RowfillError):
@@ -63,7 +63,7 @@ class RowsLockedTooLong(RowfillError):
 
 def short_lock_wait(conn: Connection) -> None:
     """Inside a batch transaction: from here on, wait at most ``SHORT_LOCK_WAIT`` for any lock."""
-    conn.execute(_SHORT, {"t": f"{int(SHORT_LOCK_WAIT * 1000)}ms"})
+    set_local(conn, lock_timeout=SHORT_LOCK_WAIT)
 
 
 def _in_list(key: Key, row: str) -> str:

@@ -47,7 +47,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -62,6 +61,7 @@ from rowfill.errors import ChunkFailed, RowfillError
 from rowfill.spec.durations import format_duration
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import chunk_label, format_value
+from rowfill.sql.session import Timeouts
 from rowfill.store.checkpoint import CheckpointStore, ChunkRow
 
 log = logging.getLogger("rowfill.runner")
@@ -123,18 +123,6 @@ class BatchObserver:
         :param written: rows written. :param cursor: the last key done. Should not raise: an error fails the chunk."""
 
 
-def _timeouts(spec: Spec) -> tuple:
-    # idle_in_transaction_session_timeout: a runner that hangs mid-batch (paused VM, lost
-    # network) must not keep its chunk row locked for the retry that replaces it.
-    sql = text(
-        "SELECT set_config('lock_timeout', :lt, true), set_config('statement_timeout', :st, true), "
-        "set_config('idle_in_transaction_session_timeout', :it, true)"
-    )
-    params = {"lt": f"{int(spec.lock_timeout * 1000)}ms", "st": f"{int(spec.statement_timeout * 1000)}ms",
-              "it": f"{int(max(spec.statement_timeout * 2, 60) * 1000)}ms"}
-    return sql, params
-
-
 class ChunkRunner:
     """Runs one chunk in committed batches, paced by its throttle (see the module's docstring)."""
 
@@ -175,7 +163,7 @@ class ChunkRunner:
         self.clock = clock
         self.writer = writer or writer_for(spec)
         self.observers = list(observers)
-        self.timeouts, self.timeout_params = _timeouts(spec)
+        self.timeouts = Timeouts.for_batch(spec.lock_timeout, spec.statement_timeout)
         self.split_rows: int | None = None  # batch size after a statement_timeout split (None: no split)
         self._current: tuple | None = None  # (lo, hi, keys, rows asked for) of the batch being written
         self._told_lock_first = False
@@ -399,7 +387,7 @@ class ChunkRunner:
     def _blame(self, exc: DBAPIError) -> None:
         lo, hi, _, _ = self._current
         try:
-            found = narrow(self.engine, self.spec, self.writer, (self.timeouts, self.timeout_params), lo, hi, exc)
+            found = narrow(self.engine, self.spec, self.writer, self.timeouts, lo, hi, exc)
         except Exception as failed:  # noqa: BLE001 - the original error is what matters
             self.log.warning("could not narrow the failed batch to a row (%s: %s); reporting the batch's error",
                              type(failed).__name__, str(failed).splitlines()[0] if str(failed) else "")
@@ -423,7 +411,7 @@ class ChunkRunner:
         self._current = None
         self._fast = False
         with self.engine.begin() as conn:
-            conn.execute(self.timeouts, self.timeout_params)
+            self.timeouts.apply(conn)
             position, hi, _status = self.store.lock_position(conn, name, chunk_no)
             if position == hi:  # the cursor ends exactly on the chunk's upper key
                 return None
@@ -472,7 +460,7 @@ class ChunkRunner:
         name = self.spec.name
         try:
             with self.engine.begin() as conn:
-                conn.execute(self.timeouts, self.timeout_params)
+                self.timeouts.apply(conn)
                 self.store.lock_position(conn, name, chunk_no)  # take turns with another runner of this chunk
                 rowlocks.short_lock_wait(conn)
                 keys = rowlocks.pending(conn, name, chunk_no, rowlocks.REVISIT_KEYS)

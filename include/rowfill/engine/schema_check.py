@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -17,9 +16,13 @@ from rowfill.engine.transform import check_callable_spec
 from rowfill.engine.writers import SqlWriter
 from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
+from rowfill.sql import catalog as pg_catalog
+from rowfill.sql import statements
 from rowfill.sql.keys import Key, column_types
+from rowfill.sql.session import set_local
 from rowfill.sql.sqlnames import clause, quote
 from rowfill.sql.sqltext import spec_driver, spec_sql
+from rowfill.store import catalog
 
 
 
@@ -34,8 +37,11 @@ class Target:
 
 
 def check_target(conn: Connection, spec: Spec) -> Target:
-    regclass = conn.execute(text("SELECT to_regclass(:t)"), {"t": spec.table.sql}).scalar()
-    if regclass is None:
+    """At planning: the table exists, the key is usable (NOT NULL, unique, walkable in order by a btree
+    index), the columns the spec writes exist, and every SQL fragment parses (EXPLAINed, never run).
+    Returns what was found; raises SpecError naming the spec field at fault.
+    """
+    if not catalog.exists(conn, spec.table.sql):
         raise SpecError(spec.source, "table", f"table {spec.table} does not exist in the target database (connection {spec.connection!r})")
     described = column_types(conn, spec.table.sql)
     types = {name: typ for name, (typ, _) in described.items()}
@@ -85,7 +91,7 @@ def check_key(conn: Connection, spec: Spec, types: dict[str, str], not_null: set
             f"Create one first: CREATE INDEX CONCURRENTLY ON {table_sql} ({cols}). "
             f"This is how PostgreSQL would find one batch now:\n{plan}",
         )
-    if not _unique(conn, key, table_sql):
+    if not pg_catalog.has_unique_index(conn, table_sql, list(key.columns)):
         if len(columns) == 1:
             problem = (f"column {columns[0]!r} is not unique in {spec.table} (no unique index on it alone); batches end at a key "
                        "value, so duplicates would make batches unbounded and counts wrong. Pick a unique key such as the primary key")
@@ -105,14 +111,12 @@ def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, 
     collation, an expression, columns in another order); the planner does not. Returns the plan
     as it would run with the normal settings, for the error message.
     """
-    probe = f"SELECT {', '.join(key.refs())} FROM {table_sql} ORDER BY {key.order_by()} LIMIT 1000"
+    probe = statements.key_order_probe(table_sql, key)
     with conn.begin_nested():
-        conn.execute(text("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true), "
-                          "set_config('enable_bitmapscan', 'off', true)"))
-        plan = conn.execute(clause(f"EXPLAIN (FORMAT JSON) {probe}")).scalar()
-        conn.execute(text("SELECT set_config('enable_seqscan', 'on', true), set_config('enable_sort', 'on', true), "
-                          "set_config('enable_bitmapscan', 'on', true)"))
-        shown = "\n".join(r[0] for r in conn.execute(clause(f"EXPLAIN {probe}")))
+        set_local(conn, enable_seqscan="off", enable_sort="off", enable_bitmapscan="off")
+        plan = conn.execute(clause(statements.explain(probe, "FORMAT JSON"))).scalar()
+        set_local(conn, enable_seqscan="on", enable_sort="on", enable_bitmapscan="on")
+        shown = "\n".join(r[0] for r in conn.execute(clause(statements.explain(probe))))
     if isinstance(plan, str):
         plan = json.loads(plan)
     nodes = []
@@ -124,21 +128,7 @@ def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, 
 
     walk(plan[0]["Plan"])
     ok = any(n in ("Index Scan", "Index Only Scan") for n in nodes) and not any(n in ("Sort", "Seq Scan", "Incremental Sort") for n in nodes)
-    return ok, "  EXPLAIN " + probe + "\n" + "\n".join("    " + line for line in shown.splitlines())
-
-
-def _unique(conn: Connection, key: Key, table_sql: str) -> bool:
-    """A valid, non-partial unique index on the key columns or a subset of them (NOT NULL is checked before)."""
-    return bool(conn.execute(
-        text(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass(:t) AND i.indisunique AND i.indisvalid "
-            "AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts > 0 AND NOT EXISTS ("
-            "  SELECT 1 FROM unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) AS k(attnum) "
-            "  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
-            "  WHERE NOT (a.attname = ANY(CAST(:cols AS text[])))))"
-        ),
-        {"t": table_sql, "cols": list(key.columns)},
-    ).scalar())
+    return ok, "  " + statements.explain(probe) + "\n" + "\n".join("    " + line for line in shown.splitlines())
 
 
 def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:
@@ -149,16 +139,16 @@ def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:
     table = spec.table.sql
     probes = []
     if spec.where:
-        probes.append(("where", spec_driver(spec, f"EXPLAIN SELECT 1 FROM {table} WHERE @where"), {}))
+        probes.append(("where", spec_driver(spec, statements.explain(statements.where_probe(table))), {}))
     if spec.set:
-        probes.append(("set", spec_driver(spec, f"EXPLAIN UPDATE {table} SET @sets WHERE false"), {}))
+        probes.append(("set", spec_driver(spec, statements.explain(statements.set_probe(table))), {}))
     if spec.sql:
         writer = SqlWriter(spec)
         writer.key = key
         writer.build(conn)
         params = {name: None for name in writer.binds.names}
         params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
-        probes.append(("sql", "EXPLAIN " + writer.write, params))
+        probes.append(("sql", statements.explain(writer.write), params))
     for field, sql, params in probes:
         try:
             with conn.begin_nested():

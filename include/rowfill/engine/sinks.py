@@ -53,10 +53,14 @@ class SinkWriter(BatchWriter):
     """``sink:`` mode: read the batch (``select`` + ``joins``, rows matching ``where``), hand it to the sink."""
 
     def build(self, conn):
+        """Load the sink callable named by ``sink`` and the reader of ``select``/``joins``."""
         self.fn = load_callable(self.spec.sink, self.spec, "sink")
         self.reader = RowReader(self.spec, self.key)
 
     def apply(self, conn: Connection, lo, hi) -> int:
+        """Read the batch and hand it to the sink; returns what the sink returns as a count, else the rows sent.
+        Raises SinkError (the checkpoint stays before the batch, so the retry sends it again) if the sink raises.
+        """
         self.prepare(conn)
         rows = self.reader.read(conn, lo, hi, self.batch_first)
         if not rows:
@@ -73,5 +77,6 @@ class SinkWriter(BatchWriter):
         return sent if isinstance(sent, int) and not isinstance(sent, bool) else len(rows)
 
     def explain(self, conn, lo, hi):
+        """``[("read", EXPLAIN text)]`` of the batch's read; the sink is not called."""
         self.prepare(conn)
         return [("read", self.reader.explain(conn, lo, hi, self.batch_first))]

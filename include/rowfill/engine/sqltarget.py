@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -28,8 +27,10 @@ from rowfill.engine.resolve import lookup, search_path
 from rowfill.engine.writers import SqlWriter
 from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
+from rowfill.sql import catalog as pg_catalog
+from rowfill.sql import scans
+from rowfill.sql import statements
 from rowfill.sql.keys import Key, decode
-from rowfill.sql.sqlnames import clause
 
 
 def _relations(plan: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -51,30 +52,13 @@ def _relations(plan: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]
     return writes, reads
 
 
-def _ours(conn: Connection, names: list[tuple[str, str]], oid: int) -> list[bool]:
-    """For each (schema, name): is it the relation ``oid`` or one of its partitions?"""
-    if not names:
-        return []
-    rows = conn.execute(
-        text("SELECT c.oid IS NOT NULL AND (c.oid = CAST(:o AS oid) OR CAST(:o AS regclass) IN "
-             "(SELECT relid FROM pg_partition_ancestors(c.oid))) "
-             "FROM unnest(CAST(:s AS text[]), CAST(:r AS text[])) WITH ORDINALITY AS x(s, r, i) "
-             "LEFT JOIN pg_namespace n ON n.nspname = x.s LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = x.r "
-             "ORDER BY x.i"),
-        {"o": oid, "s": [s for s, _ in names], "r": [r for _, r in names]},
-    ).scalars()
-    return [bool(v) for v in rows]
-
-
 def _whole_table_params(conn: Connection, writer, key: Key, table_sql: str) -> dict | None:
     """Bind values for one "batch" spanning the whole table: first and last key (None if the table is empty).
 
     Real key values, not NULLs: a NULL bound folds the statement to "no rows" and PostgreSQL
     then leaves the scans out of the plan.
     """
-    js, order, desc = key.json_sql(), key.order_by(), key.order_by(desc=True)
-    first, last = conn.execute(clause(f"SELECT (SELECT {js} FROM {table_sql} ORDER BY {order} LIMIT 1), "
-                                      f"(SELECT {js} FROM {table_sql} ORDER BY {desc} LIMIT 1)")).one()
+    first, last = scans.first_and_last(conn, key, table_sql)
     if first is None:
         return None
     first, last = decode(first), decode(last)
@@ -101,14 +85,14 @@ def check_sql_target(conn: Connection, spec: Spec, key: Key) -> None:
         params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
     try:
         with conn.begin_nested():
-            plan = conn.exec_driver_sql("EXPLAIN (VERBOSE, FORMAT JSON) " + writer.write, params).scalar()
+            plan = conn.exec_driver_sql(statements.explain(writer.write, "VERBOSE, FORMAT JSON"), params).scalar()
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise SpecError(spec.source, "sql", f"the database rejects this SQL: {first}") from exc
     if isinstance(plan, str):
         plan = json.loads(plan)
     writes, reads = _relations(plan[0])
-    ours_w, ours_r = _ours(conn, writes, relation.oid), _ours(conn, reads, relation.oid)
+    ours_w, ours_r = pg_catalog.same_or_partition(conn, writes, relation.oid), pg_catalog.same_or_partition(conn, reads, relation.oid)
     table = relation.table
     how = "" if spec.table.written_qualified else f" (`{spec.table.meaning}` resolved with search_path {search_path(conn)})"
     stale = sorted({f"{s}.{r}" for (s, r), ours in zip(writes, ours_w) if not ours and r == table.name})

@@ -17,41 +17,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.engine.lease import LEASE_SECONDS
-from rowfill.store import rates
-from rowfill.store.checkpoint import SCHEMA
-
-def _query(samples: bool, leases: bool):
-    """The one query: chunk rows, their rate samples of the window, and how long since their runner's
-    lease was renewed (``quiet``, seconds; see ``rowfill.engine.lease``). A checkpoint store created before
-    rate samples or leases existed gets the same shape without them (planning adds the tables)."""
-    win = f"""
-win AS (
-    SELECT s.chunk_no, sum(s.rows_seen) AS rows, min(s.work_started) AS since, max(s.last_commit) AS last
-    FROM {SCHEMA}.samples s, now_
-    WHERE s.backfill = :n AND s.last_commit >= now_.t - make_interval(secs => :w)
-    GROUP BY s.chunk_no
-)""" if samples else """
-win AS (SELECT NULL::integer AS chunk_no, NULL::bigint AS rows, NULL::timestamptz AS since, NULL::timestamptz AS last)"""
-    lease_join = (f"LEFT JOIN {SCHEMA}.leases l ON l.backfill = c.backfill AND l.chunk_no = c.chunk_no" if leases else "")
-    beat = "coalesce(l.heartbeat_at, c.updated_at)" if leases else "c.updated_at"
-    return text(f"""
-WITH now_ AS (SELECT clock_timestamp() AS t),{win}
-SELECT to_jsonb(c) - 'backfill' AS chunk, win.rows, extract(epoch FROM now_.t - win.since) AS span,
-       win.since, win.last, now_.t AS now, extract(epoch FROM now_.t - {beat}) AS quiet
-FROM {SCHEMA}.chunks c CROSS JOIN now_ LEFT JOIN win ON win.chunk_no = c.chunk_no {lease_join}
-WHERE c.backfill = :n
-ORDER BY c.chunk_no
-""")
-
-
-# The backfill's own row: what the last verify found (to_jsonb reads stores older than those columns).
-_BACKFILL = text(f"SELECT to_jsonb(b) FROM {SCHEMA}.backfills b WHERE b.name = :n")
-# Rows skipped because other sessions held them, still to write (rowfill.engine.rowlocks).
-_SKIPPED = text(f"SELECT count(*) FROM {SCHEMA}.skipped_rows WHERE backfill = :n")
+from rowfill.store import backfills, catalog, rates, readings
+from rowfill.store.states import BackfillState, ChunkState
 
 _ERROR_CHARS = 500  # of last_error carried per chunk; enough to act on, small for a page of 1,000 chunks
 
@@ -65,7 +35,7 @@ def _ts(value) -> datetime | None:
 @dataclass
 class ChunkStatus:
     chunk_no: int
-    status: str  # pending | running | stale | done | failed (stale: marked running, its runner's lease ran out)
+    status: ChunkState  # stale: marked running, its runner's lease ran out
     lo: object
     hi: object
     est_rows: int
@@ -87,9 +57,11 @@ class ChunkStatus:
 
     @property
     def remaining(self) -> int:
-        return 0 if self.status == "done" else max(self.est_rows - self.rows_seen, 0)
+        """Keys still to walk by the plan's estimate: 0 once done, never below 0."""
+        return 0 if self.status == ChunkState.DONE else max(self.est_rows - self.rows_seen, 0)
 
     def range_text(self, key: str) -> str:
+        """The chunk's key range for people, e.g. ``id 1001..2000`` or ``id start..1000``."""
         if self.lo is None:  # the lowest chunk: from the start of the key space
             return f"{key} start..{self.hi}"
         if isinstance(self.lo, int) and isinstance(self.hi, int):
@@ -100,7 +72,7 @@ class ChunkStatus:
 @dataclass
 class BackfillStatus:
     backfill: str
-    state: str  # not started | planned | waiting | running | stale | failed | done
+    state: BackfillState
     chunks: list[ChunkStatus]
     rows_estimated: int = 0
     rows_seen: int = 0
@@ -123,11 +95,15 @@ class BackfillStatus:
 
     @property
     def share(self) -> float:
-        if self.state == "done":
+        """How far the backfill is, 0.0 to 1.0: 1.0 when done, else keys walked over keys estimated."""
+        if self.state == BackfillState.DONE:
             return 1.0
         return min(self.rows_seen / self.rows_estimated, 1.0) if self.rows_estimated else 0.0
 
     def to_dict(self, chunks: bool = True) -> dict:
+        """JSON-ready data (``rowfill status --json``, the UI page) with ``share`` and ``chunks_total``;
+        ``chunks`` False leaves the per-chunk list out.
+        """
         d = asdict(self)
         d["share"] = round(self.share, 4)
         d["chunks_total"] = len(self.chunks)
@@ -136,21 +112,22 @@ class BackfillStatus:
         return d
 
 
-def _state(chunks: list[ChunkStatus]) -> str:
+def _state(chunks: list[ChunkStatus]) -> BackfillState:
+    """The whole backfill's state from its chunks' (``stale`` already marked)."""
     if not chunks:
-        return "planned"
+        return BackfillState.PLANNED
     statuses = {c.status for c in chunks}
-    if statuses == {"done"}:
-        return "done"
-    if "running" in statuses:
-        return "running"
-    if "stale" in statuses:  # nothing runs; a chunk waits for its next attempt to take it over
-        return "stale"
-    if "failed" in statuses:
-        return "failed"
-    if any(c.batches or c.status == "done" for c in chunks):
-        return "waiting"
-    return "planned"
+    if statuses == {ChunkState.DONE}:
+        return BackfillState.DONE
+    if ChunkState.RUNNING in statuses:
+        return BackfillState.RUNNING
+    if ChunkState.STALE in statuses:  # nothing runs; a chunk waits for its next attempt to take it over
+        return BackfillState.STALE
+    if ChunkState.FAILED in statuses:
+        return BackfillState.FAILED
+    if any(c.batches or c.status == ChunkState.DONE for c in chunks):
+        return BackfillState.WAITING
+    return BackfillState.PLANNED
 
 
 def _eta(remaining: int, rate: float) -> float | None:
@@ -167,16 +144,17 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
     A chunk marked running whose runner's lease is older than ``lease`` seconds is ``stale``:
     no rate and no ETA come from it, and its samples leave the backfill's rate.
     """
-    rows = conn.execute(_query(with_samples, with_leases), {"n": name, "w": window}).all()
+    rows = readings.chunk_readings(conn, name, window, samples=with_samples, leases=with_leases)
     chunks: list[ChunkStatus] = []
     win_rows, since, last = 0, None, None
     now = None
     for r in rows:
         c = r.chunk
         now = r.now
-        if c["status"] == "running" and r.quiet is not None and float(r.quiet) > lease:
-            c["status"] = "stale"
-        rate = round(rates.window_rate(r.rows, r.span), 1) if c["status"] == "running" else 0.0
+        c["status"] = ChunkState(c["status"])
+        if c["status"] == ChunkState.RUNNING and r.quiet is not None and float(r.quiet) > lease:
+            c["status"] = ChunkState.STALE
+        rate = round(rates.window_rate(r.rows, r.span), 1) if c["status"] == ChunkState.RUNNING else 0.0
         error = c.get("last_error")
         chunk = ChunkStatus(
             chunk_no=c["chunk_no"], status=c["status"], lo=c["lo"], hi=c["hi"], est_rows=c["est_rows"],
@@ -185,41 +163,43 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             map_index=c.get("map_index"), updated_at=_ts(c.get("updated_at")), rows_per_second=rate,
             eta_seconds=None, throttle={k: v for k, v in c.items() if k.startswith("throttle") and v is not None},
             batch_rows_worked=c.get("batch_rows_worked"),
-            lease_age=round(float(r.quiet), 1) if r.quiet is not None and c["status"] in ("running", "stale") else None,
+            lease_age=round(float(r.quiet), 1) if r.quiet is not None and c["status"].active else None,
         )
         chunk.eta_seconds = _eta(chunk.remaining, rate)
         chunks.append(chunk)
-        if r.rows and c["status"] != "stale":
+        if r.rows and c["status"] != ChunkState.STALE:
             win_rows += int(r.rows)
             since = r.since if since is None else min(since, r.since)
             last = r.last if last is None else max(last, r.last)
     if not chunks:
-        exists = conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.backfills WHERE name = :n)"), {"n": name}).scalar()
-        return BackfillStatus(name, "planned" if exists else "not started", [])
+        exists = backfills.exists(conn, name)
+        return BackfillStatus(name, BackfillState.PLANNED if exists else BackfillState.NOT_STARTED, [])
     # While chunks run, quiet time counts (a stall shows as a falling rate); once none runs, the rate
     # is that of the last active stretch instead of decaying for a minute after the end.
-    end = now if any(c.status == "running" for c in chunks) else last
+    end = now if any(c.status == ChunkState.RUNNING for c in chunks) else last
     rate = round(rates.window_rate(win_rows, (end - since).total_seconds()), 1) if since else 0.0
-    failed = [c for c in chunks if c.status == "failed" and c.last_error]
+    failed = [c for c in chunks if c.status == ChunkState.FAILED and c.last_error]
     latest_error = max(failed, key=lambda c: c.updated_at or datetime.min.replace(tzinfo=now.tzinfo), default=None)
     remaining = sum(c.remaining for c in chunks)
     throttle = {}
     for c in chunks:
-        if c.status == "running":
+        if c.status == ChunkState.RUNNING:
             for k, v in c.throttle.items():
                 throttle.setdefault(k, v)
     state = _state(chunks)
-    verified = conn.execute(_BACKFILL, {"n": name}).scalar() or {}
-    skipped = conn.execute(_SKIPPED, {"n": name}).scalar() if with_skipped else 0
+    verified = backfills.row(conn, name) or {}  # what the last verify found
+    skipped = readings.skipped_count(conn, name) if with_skipped else 0
     return BackfillStatus(
         backfill=name, state=state, chunks=chunks,
         rows_estimated=sum(c.est_rows for c in chunks), rows_seen=sum(c.rows_seen for c in chunks),
         rows_written=sum(c.rows_written for c in chunks), rows_per_second=rate,
         # a failed or stale backfill goes nowhere until it runs again: no ETA from its last minute
-        eta_seconds=None if state in ("failed", "stale") else _eta(remaining, rate),
-        chunks_done=sum(c.status == "done" for c in chunks), chunks_running=sum(c.status == "running" for c in chunks),
-        chunks_failed=sum(c.status == "failed" for c in chunks), chunks_pending=sum(c.status == "pending" for c in chunks),
-        chunks_stale=sum(c.status == "stale" for c in chunks),
+        eta_seconds=None if state.stuck else _eta(remaining, rate),
+        chunks_done=sum(c.status == ChunkState.DONE for c in chunks),
+        chunks_running=sum(c.status == ChunkState.RUNNING for c in chunks),
+        chunks_failed=sum(c.status == ChunkState.FAILED for c in chunks),
+        chunks_pending=sum(c.status == ChunkState.PENDING for c in chunks),
+        chunks_stale=sum(c.status == ChunkState.STALE for c in chunks),
         last_progress_at=last, last_error=latest_error.last_error if latest_error else None,
         last_error_chunk=latest_error.chunk_no if latest_error else None, throttle=throttle,
         rows_still_matching=verified.get("rows_still_matching"), verified_at=_ts(verified.get("verified_at")),
@@ -230,12 +210,9 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
 def statuses(engine: Engine, names: list[str], window: float = rates.WINDOW_SECONDS) -> dict[str, BackfillStatus]:
     """Status of several backfills on one database, over one connection."""
     with engine.connect() as conn:
-        chunks, samples, leases, skipped = conn.execute(
-            text("SELECT to_regclass(:c) IS NOT NULL, to_regclass(:s) IS NOT NULL, to_regclass(:l) IS NOT NULL, "
-                 "to_regclass(:k) IS NOT NULL"),
-            {"c": f"{SCHEMA}.chunks", "s": f"{SCHEMA}.samples", "l": f"{SCHEMA}.leases",
-             "k": f"{SCHEMA}.skipped_rows"}).one()
+        chunks, samples, leases, skipped = catalog.existing(
+            conn, catalog.own("chunks"), catalog.own("samples"), catalog.own("leases"), catalog.own("skipped_rows"))
         if not chunks:
-            return {n: BackfillStatus(n, "not started", []) for n in names}
+            return {n: BackfillStatus(n, BackfillState.NOT_STARTED, []) for n in names}
         return {n: backfill_status(conn, n, window, with_samples=samples, with_leases=leases, with_skipped=skipped)
                 for n in names}

@@ -14,30 +14,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.spec.spec import Spec
+from rowfill.sql import statements
 from rowfill.sql.keys import Boundary, Key, decode, format_value, load_key
+from rowfill.sql.session import set_local
 from rowfill.sql.sqltext import spec_slots
 
 SLICE_ROWS = 10_000  # keys per slice: a few ms to walk on the index, well under a second to check
-_TIMEOUT = text("SELECT set_config('statement_timeout', :t, true)")
 
 
 def key_slices(conn: Connection, key: Key, table_sql: str, lo: Any = None, hi: Any = None, *,
-               rows: int = SLICE_ROWS, statement_timeout: str = "0") -> Iterator[tuple[Any, Any]]:
+               rows: int = SLICE_ROWS, statement_timeout: float = 0.0) -> Iterator[tuple[Any, Any]]:
     """Consecutive ``(slice_lo, slice_hi]`` ranges of at most ``rows`` keys covering ``(lo, hi]``.
 
     Each slice is found by one index-only range scan on ``conn`` and is one transaction: the
     caller runs its check on ``conn`` before asking for the next slice, and the transaction is
-    committed (``statement_timeout``, a PostgreSQL duration such as "30s", set with SET LOCAL,
+    committed (``statement_timeout``, seconds, 0 = no limit, set with ``rowfill.sql.session.set_local``,
     applies to each statement). ``lo``/``hi`` None are open bounds; the last slice keeps ``hi``.
     """
     boundary = Boundary(key, table_sql)
     position = lo
     while True:
-        conn.execute(_TIMEOUT, {"t": statement_timeout})
+        set_local(conn, statement_timeout=statement_timeout)
         _, last, found = boundary.next(conn, position, hi, rows)
         end = last if found >= rows else hi
         yield position, end
@@ -55,11 +55,6 @@ class Matches:
     keys: list = field(default_factory=list)
 
 
-def _esc(sql: str) -> str:
-    """Text run through psycopg with parameters: a literal % is written %%."""
-    return sql.replace("%", "%%")
-
-
 def where_clause(spec: Spec) -> str:
     """`` AND (<where>)`` as driver SQL (run with ``exec_driver_sql``), composed by ``rowfill.sql.sqltext``.
 
@@ -70,7 +65,7 @@ def where_clause(spec: Spec) -> str:
 
 
 def matching(engine: Engine, spec: Spec, lo: Any = None, hi: Any = None, *, sample: int = 5, first_only: bool = False,
-             rows: int = SLICE_ROWS, statement_timeout: str = "0") -> Matches:
+             rows: int = SLICE_ROWS, statement_timeout: float = 0.0) -> Matches:
     """Rows in ``(lo, hi]`` (None = open) of ``spec.table`` that match ``spec.where``, slice by slice.
 
     ``spec`` must have its table resolved (``rowfill.engine.resolve``). ``first_only`` stops at the
@@ -82,17 +77,16 @@ def matching(engine: Engine, spec: Spec, lo: Any = None, hi: Any = None, *, samp
         key = load_key(conn, spec)
         conn.commit()
         for s_lo, s_hi in key_slices(conn, key, table, lo, hi, rows=rows, statement_timeout=statement_timeout):
-            body = (f"FROM {_esc(table)} WHERE {key.range_text(s_lo is not None, s_hi is not None, driver=True)}"
-                    f"{where_clause(spec)}")
+            count_sql, keys_sql = statements.matching_in_slice(table, key, s_lo is not None, s_hi is not None,
+                                                               where_clause(spec))
             params = key.range_params(s_lo, s_hi)
-            count = conn.exec_driver_sql(f"SELECT count(*) {body}", params).scalar()
+            count = conn.exec_driver_sql(count_sql, params).scalar()
             if not count:
                 continue
             found.rows += count
             if len(found.keys) < sample:
                 found.keys += [decode(v) for v in conn.exec_driver_sql(
-                    f"SELECT {_esc(key.json_sql())} {body} ORDER BY {_esc(key.order_by())} LIMIT %(sample_n)s",
-                    {**params, "sample_n": sample - len(found.keys)}).scalars()]
+                    keys_sql, {**params, "sample_n": sample - len(found.keys)}).scalars()]
             if first_only:
                 conn.commit()
                 break
@@ -112,7 +106,7 @@ def chunks_to_resweep(engine: Engine, spec: Spec, chunks: list, log=None) -> lis
     lowest = min(c.chunk_no for c in chunks)
     reopen = []
     for chunk in chunks:
-        if chunk.status != "done":
+        if not chunk.status.finished:
             continue
         lo = None if chunk.chunk_no == lowest else chunk.lo
         hit = matching(engine, spec, lo, chunk.hi, sample=1, first_only=True)

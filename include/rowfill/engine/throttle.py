@@ -30,6 +30,7 @@ from typing import Callable
 from rowfill.engine.probes import GateCritical, GateKeeper, LatencyProbe
 from rowfill.spec.durations import format_duration
 from rowfill.spec.gates import KINDS
+from rowfill.store.states import ControlState
 
 log = logging.getLogger("rowfill.throttle")
 
@@ -315,7 +316,7 @@ class Throttle:
         if self.live is not None:
             control, changes = self.live.poll()
             self._apply_logged(changes, "live change takes effect")
-            if control.state != "running":
+            if control.state != ControlState.RUNNING:
                 return Stop(self.live.reason(), control.state)
         if self.windows and not self.windows.is_open(self.wall_clock()):
             return Stop(f"the window ({self.windows}) closed", "window")

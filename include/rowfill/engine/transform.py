@@ -29,7 +29,6 @@ from decimal import Decimal
 from typing import Callable
 from uuid import UUID
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -38,6 +37,8 @@ from rowfill.engine.undo import UndoLog
 from rowfill.engine.writers import BatchBinds, BatchWriter, explain_text
 from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
+from rowfill.sql import catalog as pg_catalog
+from rowfill.sql import statements
 from rowfill.sql.keys import Key, column_types, format_value
 from rowfill.sql.sqlnames import quote
 from rowfill.sql.sqltext import spec_driver
@@ -75,9 +76,9 @@ def check_callable_spec(conn: Connection, spec: Spec, key: Key) -> None:
     table = spec.table.sql
     probes = []
     if spec.joins:
-        probes.append(("joins", f"EXPLAIN SELECT 1 FROM {table} @joins"))
+        probes.append(("joins", statements.explain(statements.joins_probe(table))))
     if spec.select:
-        probes.append(("select", f"EXPLAIN SELECT @select FROM {table} @joins WHERE @where"))
+        probes.append(("select", statements.explain(statements.select_probe(table))))
     nulls = {name: None for name in BatchBinds(key).names}
     for name, template in probes:
         try:
@@ -146,23 +147,27 @@ class RowReader:
 
     @staticmethod
     def reads_only_the_table(spec: Spec) -> bool:
+        """Whether the read needs nothing but the table's own columns (no ``joins``, plain column
+        ``select``s), so one statement can lock and read.
+        """
         return not spec.joins and all(_COLUMN_REF.fullmatch(e) for e in spec.select.values())
 
     def _read(self, has_lo: bool) -> str:
         """Driver SQL of the read (user ``select``/``joins``/``where`` composed by rowfill.sql.sqltext)."""
         if has_lo not in self._stmts:
             spec = self.spec
-            where = " AND @where" if spec.where else ""
-            lock = " FOR NO KEY UPDATE" if self.lock else ""
-            self._stmts[has_lo] = spec_driver(spec, (
-                f"SELECT {self.columns_sql} FROM {spec.table.sql} @joins "
-                f"WHERE {self.qkey.range_text(has_lo, True)}{where} ORDER BY {self.qkey.order_by()}{lock}"), self.key)
+            self._stmts[has_lo] = spec_driver(spec, statements.read_rows(
+                self.columns_sql, spec.table.sql, self.qkey, has_lo, bool(spec.where), self.lock), self.key)
         return self._stmts[has_lo]
 
     def params(self, lo, hi, first) -> dict:
+        """Bind values of the read: the batch's range (``lo``/``hi``) and ``:first``/``:last`` (``first``, ``hi``)."""
         return {**self.key.range_params(lo, hi), **self.binds.params(first, hi)}
 
     def read(self, conn: Connection, lo, hi, first=None) -> list[dict]:
+        """The batch's rows as dicts (column -> Python value, types as ``rowfill.engine.readtypes`` reads them).
+        Raises TransformError if ``joins`` gave one key more than one row.
+        """
         if self._arrays is None:
             self._arrays = readtypes.user_array_types(conn)
         names, data = driver_fetch(conn, self._read(lo is not None), self.params(lo, hi, first),
@@ -184,15 +189,18 @@ class RowReader:
             seen.add(k)
 
     def explain(self, conn: Connection, lo, hi, first=None) -> str:
+        """EXPLAIN text of the batch's read; nothing runs."""
         return explain_text(conn, self._read(lo is not None), self.params(lo, hi, first))
 
 
 def key_value(row: dict, key: Key):
+    """The key of ``row`` (a dict by column): its value, or a list of values for a composite key."""
     values = [row[c] for c in key.columns]
     return values[0] if len(values) == 1 else values
 
 
 def describe_key(row: dict, key: Key) -> str:
+    """The key of ``row`` for messages, e.g. ``id 42`` or ``(tenant_id, id) ["7", "42"]``."""
     v = key_value(row, key)
     return f"{key.label} {format_value([str(x) for x in v] if isinstance(v, list) else str(v))}"
 
@@ -230,13 +238,7 @@ def transport_kinds(conn: Connection, table_sql: str) -> dict[str, tuple[str, st
     would silently cut a longer value to 8 characters, where the assignment refuses it
     (PostgreSQL docs, 8.3 "Character Types"; the same holds for ``char(n)`` and ``bit(n)``).
     """
-    rows = conn.execute(text(
-        "SELECT a.attname, CASE WHEN b.typcategory = 'A' THEN 'array' "
-        "WHEN b.typnamespace = CAST('pg_catalog' AS regnamespace) AND b.typname IN ('json', 'jsonb') "
-        "THEN CAST(b.typname AS text) ELSE '' END, quote_ident(n.nspname) || '.' || quote_ident(t.typname) "
-        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace "
-        "JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
-        "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped"), {"t": table_sql}).all()
+    rows = pg_catalog.column_kinds(conn, table_sql)
     return {name: (kind, bare) for name, kind, bare in rows}
 
 
@@ -298,6 +300,9 @@ class TransformWriter(BatchWriter):
     skips_locked = True
 
     def build(self, conn):
+        """Load the transform, choose one statement (lock and read) or two (lock, then read), and the
+        result columns' types.
+        """
         spec = self.spec
         self.fn = load_callable(spec.transform, spec, "transform")
         # one statement locks and reads when the rows come from the table alone; else lock, then read
@@ -331,7 +336,7 @@ class TransformWriter(BatchWriter):
                          for c, n, typ, kind in zip(self.out_columns, vn, self.out_casts, self.out_kinds))
         match = f"{self.qkey.row()} = {vrow} AND {self.qkey.range_text(has_lo, True)}{self.where_sql()}"
         if self.undo is None:
-            return f"UPDATE {t} SET {sets} FROM {source} WHERE {match}"
+            return statements.update_from_values(t, sets, source, match)
         rng_where = key.range_text(has_lo, True) + self.where_sql()
         return self.undo.recording_update(t, sets, source, match, rng_where, vrow, self.qkey)
 
@@ -392,6 +397,9 @@ class TransformWriter(BatchWriter):
         return keys + values, kept
 
     def apply(self, conn: Connection, lo, hi) -> int:
+        """Read the batch, call the transform, write its results; returns the rows written.
+        Raises TransformError naming the row when the transform raises (``call_with_blame``).
+        """
         self.prepare(conn)
         has_lo = lo is not None
         bounds = self.key.range_params(lo, hi)
@@ -410,6 +418,9 @@ class TransformWriter(BatchWriter):
         return written
 
     def explain(self, conn, lo, hi):
+        """``[(step, EXPLAIN text)]`` of the lock, the read and (if the batch has rows) the write;
+        the transform is called on the batch's rows so the write is EXPLAINed with real values; nothing is written.
+        """
         self.prepare(conn)
         bounds = self.key.range_params(lo, hi)
         out = [("lock", explain_text(conn, self._lock(lo is not None), bounds))] if self.lock_first else []

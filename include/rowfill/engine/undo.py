@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from rowfill.engine.writers import BatchWriter, SetWriter, explain_text
@@ -30,7 +29,9 @@ from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Key, column_types, load_key
 from rowfill.sql.sqlnames import TableName, clause, literal, quote
-from rowfill.store.checkpoint import SCHEMA, CheckpointStore
+from rowfill.store import backfills, catalog
+from rowfill.store.catalog import SCHEMA
+from rowfill.store.checkpoint import CheckpointStore
 
 ROLLBACK_SUFFIX = ".rollback"  # a name no spec can have ('.' is not allowed in spec names)
 _TEXT_COMPARED = {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}  # no '=' operator
@@ -41,6 +42,7 @@ class NoUndo(RowfillError):
 
 
 def no_undo_message(spec: Spec) -> str:
+    """The advice given when a rollback is asked of a backfill that kept no undo log (``spec.undo`` false)."""
     return (
         f"backfill {spec.name!r} has no undo log: its spec ({spec.source}) does not say `undo: true`, so the previous "
         "values of the rows it changed were never recorded and rowfill cannot restore them. What you can do instead: "
@@ -52,10 +54,14 @@ def no_undo_message(spec: Spec) -> str:
 
 
 def rollback_name(name: str) -> str:
+    """The checkpoint name of ``name``'s rollback: ``<name>.rollback`` (no spec name contains a dot)."""
     return name + ROLLBACK_SUFFIX
 
 
 def undo_table(name: str) -> TableName:
+    """The undo log table of backfill ``name``: ``rowfill.undo_<name>``, shortened with a hash past
+    PostgreSQL's 63-byte names so two backfills never share one.
+    """
     table = f"undo_{name}"
     if len(table.encode()) > 63:  # PostgreSQL would truncate; keep it unique instead
         table = f"undo_{name[:40]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}"
@@ -63,6 +69,7 @@ def undo_table(name: str) -> TableName:
 
 
 def changed_columns(spec: Spec) -> list[str]:
+    """The columns a backfill changes: the ``set`` columns, or a transform's ``returns``."""
     return list(spec.set) if spec.set else list(spec.returns)
 
 
@@ -77,6 +84,7 @@ class UndoLog:
 
     @classmethod
     def for_spec(cls, spec: Spec, key: Key, columns, types) -> "UndoLog":
+        """The undo log of ``spec``, with the key and the changed ``columns`` and their SQL ``types``."""
         return cls(undo_table(spec.name), key, tuple(columns), tuple(types))
 
     @classmethod
@@ -89,16 +97,20 @@ class UndoLog:
 
     @staticmethod
     def old(col: str) -> str:
+        """The quoted undo-log column of ``col``'s previous value (``old_<col>``)."""
         return quote(f"old_{col}")
 
     @staticmethod
     def new(col: str) -> str:
+        """The quoted undo-log column of ``col``'s written value (``new_<col>``)."""
         return quote(f"new_{col}")
 
     def column_names(self) -> list[str]:
+        """The undo table's columns in order: the key's, then ``old_*``, then ``new_*``."""
         return [*self.key.columns, *(f"old_{c}" for c in self.columns), *(f"new_{c}" for c in self.columns)]
 
     def check_names(self, spec: Spec) -> None:
+        """Raise SpecError (field ``undo``) if a column name would exceed 63 bytes or repeat another."""
         names = self.column_names()
         too_long = [n for n in names if len(n.encode()) > 63]
         if too_long or len(set(names)) != len(names):
@@ -107,6 +119,7 @@ class UndoLog:
                             "rename the column or leave undo off")
 
     def ddl(self) -> str:
+        """``CREATE TABLE IF NOT EXISTS`` of the undo table (key columns NOT NULL, primary key on the key)."""
         cols = [f"{quote(c)} {t} NOT NULL" for c, t in zip(self.key.columns, self.key.types)]
         cols += [f"{self.old(c)} {t}" for c, t in zip(self.columns, self.types)]
         cols += [f"{self.new(c)} {t}" for c, t in zip(self.columns, self.types)]
@@ -119,7 +132,7 @@ class UndoLog:
         expected = dict(zip(self.column_names(), [*self.key.types, *self.types, *self.types]))
         existing = column_types(conn, self.table.sql)
         if not existing:
-            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+            catalog.create_schema(conn)
             conn.execute(clause(self.ddl()))
             # COMMENT ON takes no bound parameter: the text is quoted by the driver, never pasted
             comment = (f"rowfill undo log of backfill {spec.name} on {spec.table}: previous (old_*) and written (new_*) "
@@ -200,12 +213,14 @@ class UndoSetWriter(SetWriter):
     """``set`` mode with ``undo: true``."""
 
     def build(self, conn):
+        """As ``SetWriter.build``, plus the undo log (created at planning) and the key qualified by the table."""
         super().build(conn)  # lock first when the expressions read other relations
         self.undo = UndoLog.load(conn, self.spec)
         self.qkey = self.key.qualified(self.spec.table.sql)
 
     @property
     def single_statement(self) -> bool:
+        """Never: the write reads the previous values of the rows it locks, so batches lock first."""
         return False  # its write locks the rows it reads the previous values of: batches lock first (rowfill.engine.rowlocks)
 
     def _write(self, has_lo: bool) -> str:
@@ -217,6 +232,9 @@ class UndoSetWriter(SetWriter):
         return self.statement(("undo-write", has_lo), make)
 
     def apply(self, conn, lo, hi) -> int:
+        """UPDATE the batch and record each changed row's previous and new values in the same statement;
+        returns the rows written.
+        """
         self.prepare(conn)
         if self.lock_first:
             self.lock_rows(conn, lo, hi)
@@ -246,6 +264,7 @@ class RestoreWriter(BatchWriter):
         self.forward = forward
 
     def build(self, conn):
+        """The undo log as it is (its ``old_*`` types from the undo table itself)."""
         undo_types = {n: t for n, (t, _) in column_types(conn, self.spec.table.sql).items()}
         cols = changed_columns(self.forward)
         self.undo = UndoLog(self.spec.table, self.key, tuple(cols), tuple(undo_types[f"old_{c}"] for c in cols))
@@ -255,17 +274,21 @@ class RestoreWriter(BatchWriter):
             self.undo.restore_sql(self.forward.table.sql, self.key.range_text(has_lo, True))))
 
     def apply(self, conn, lo, hi) -> int:
+        """Delete the batch's undo records and restore the rows that still hold what the backfill wrote;
+        returns the rows restored (rows changed since are left alone).
+        """
         self.prepare(conn)
         return conn.execute(self._write(lo is not None), self.key.range_params(lo, hi)).scalar()
 
     def explain(self, conn, lo, hi):
+        """``[("restore", EXPLAIN text)]`` of the batch's restore statement; nothing runs."""
         self.prepare(conn)
         return [("restore", explain_text(conn, self._write(lo is not None), self.key.range_params(lo, hi)))]
 
 
 def undo_exists(conn: Connection, spec: Spec) -> bool:
     """Whether the undo log of ``spec`` (``rowfill.undo_<name>``, schema-qualified) exists."""
-    return conn.execute(text("SELECT to_regclass(:t)"), {"t": undo_table(spec.name).sql}).scalar() is not None
+    return catalog.exists(conn, undo_table(spec.name).sql)
 
 
 def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -> None:
@@ -273,9 +296,9 @@ def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -
     if spec.name.endswith(ROLLBACK_SUFFIX):  # a rollback's own plan
         return
     rb = rollback_name(spec.name)
-    if rb in _registered(conn):  # registered from the start of a rollback until it finishes
+    if rb in backfills.names(conn):  # registered from the start of a rollback until it finishes
         chunks = store.chunks(rb, conn)
-        done = sum(c.status == "done" for c in chunks)
+        done = sum(c.status.finished for c in chunks)
         raise RowfillError(
             f"a rollback of {spec.name!r} is in progress ({done} of {len(chunks)} chunks done); running the backfill "
             f"now would fight it. Finish it first (`rowfill rollback {spec.name} --yes` or the DAG "
@@ -283,6 +306,3 @@ def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -
     if spec.undo:
         UndoLog.load(conn, spec).ensure(conn, spec)
 
-
-def _registered(conn: Connection) -> set[str]:
-    return set(conn.execute(text(f"SELECT name FROM {SCHEMA}.backfills")).scalars())

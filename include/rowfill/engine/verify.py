@@ -44,15 +44,15 @@ def _advice(spec: Spec) -> str:
             "new run, or a spec of their own.")
 
 
-def verify_backfill(engine: Engine, spec: Spec, statement_timeout: str = "0", slice_rows: int = SLICE_ROWS) -> Verification:
+def verify_backfill(engine: Engine, spec: Spec, statement_timeout: float = 0.0, slice_rows: int = SLICE_ROWS) -> Verification:
     """``_verify_backfill``, run again from the start if the connection is lost (``rowfill.engine.reconnect``): it only reads."""
     return reconnect.call(lambda: _verify_backfill(engine, spec, statement_timeout, slice_rows), spec, "verifying")
 
 
-def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: str, slice_rows: int) -> Verification:
+def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: float, slice_rows: int) -> Verification:
     """Raise VerificationFailed if a chunk is not done or a row anywhere in the table still matches ``where``.
 
-    ``statement_timeout``: a PostgreSQL duration for each slice's statements ("0" = none; each
+    ``statement_timeout``: seconds each slice's statements may run (0 = no limit; each
     statement reads at most ``slice_rows`` keys). The table is the one pinned at planning
     (``rowfill.engine.resolve``; a changed relation raises SpecError on ``table``). Returns the number
     of chunks and of rows still matching (0, or None when there is no ``where`` to check). The
@@ -64,7 +64,7 @@ def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: str, slice_r
     spec = pinned_spec(engine, spec)
     store = CheckpointStore(engine)
     chunks = store.chunks(spec.name)
-    unfinished = [c for c in chunks if c.status != "done"]
+    unfinished = [c for c in chunks if not c.status.finished]
     if unfinished:
         first = unfinished[0]
         raise VerificationFailed(

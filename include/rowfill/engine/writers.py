@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from rowfill.engine.lockfirst import lock_first_reason
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
+from rowfill.sql import statements
 from rowfill.sql.keys import Boundary, Key, format_value, load_key
 from rowfill.sql.sqltext import driver, key_casts, spec_driver, spec_sql, sql_binds
 
@@ -61,6 +62,10 @@ class BatchWriter:
         return end, seen
 
     def apply(self, conn: Connection, lo, hi) -> int:
+        """Write the batch ``lo < key <= hi`` (key values as JSON values; ``lo`` None: from the start)
+        inside the caller's transaction; returns the rows written. Raises what the database raises
+        (the runner retries lock and statement timeouts). Each mode implements it.
+        """
         raise NotImplementedError
 
     # -- lock first (see rowfill.engine.lockfirst) and skip what others hold (see rowfill.engine.rowlocks) ---
@@ -77,9 +82,7 @@ class BatchWriter:
 
     def _lock(self, has_lo: bool) -> str:
         def make():
-            rng = self.key.range_text(has_lo, True)
-            return self.driver(f"SELECT count(*) FROM (SELECT 1 FROM {self.spec.table.sql} WHERE {rng}{self.where_sql()} "
-                               f"ORDER BY {self.key.order_by()} FOR NO KEY UPDATE) AS locked")
+            return self.driver(statements.lock_rows(self.spec.table.sql, self.key, has_lo, bool(self.spec.where)))
         return self.statement(("lock", has_lo), make)
 
     def lock_rows(self, conn: Connection, lo, hi) -> int:
@@ -101,7 +104,7 @@ class BatchWriter:
 
     def where_sql(self) -> str:
         """`` AND @where`` for ``driver()`` templates (the checked ``where``, in parentheses), or nothing."""
-        return " AND @where" if self.spec.where else ""
+        return statements.and_where(bool(self.spec.where))
 
     def driver(self, template: str, binary=()) -> str:
         """A template of rowfill's own SQL with the spec's checked fields in its slots, as driver SQL
@@ -113,9 +116,9 @@ def explain_text(conn: Connection, sql, params: dict) -> str:
     """EXPLAIN of one statement: driver SQL (a str, run with exec_driver_sql) or a ``text()`` clause
     of rowfill's own SQL (no user text in it)."""
     if isinstance(sql, str):
-        rows = conn.exec_driver_sql("EXPLAIN " + sql, params)
+        rows = conn.exec_driver_sql(statements.explain(sql), params)
     else:
-        rows = conn.execute(text("EXPLAIN " + sql.text), params)
+        rows = conn.execute(text(statements.explain(sql.text)), params)
     return "\n".join(r[0] for r in rows)
 
 
@@ -132,27 +135,30 @@ class SetWriter(BatchWriter):
 
     @property
     def single_statement(self) -> bool:
+        """One UPDATE per batch unless the expressions read other relations (then rows are locked first)."""
         return not self.lock_first
 
     def build(self, conn):
+        """Find out whether the ``set``/``where`` expressions read beyond the row (``rowfill.engine.lockfirst``)."""
         self.lock_reason = lock_first_reason(conn, self.spec)
         self.lock_first = self.lock_reason is not None
 
     def _update_template(self, has_lo: bool) -> str:
         """The UPDATE as a ``driver()`` template (rowfill's own SQL with ``@sets`` and ``@where``)."""
-        rng = self.key.range_text(has_lo, True)
-        return f"UPDATE {self.spec.table.sql} SET @sets WHERE {rng}{self.where_sql()}"
+        return statements.update_rows(self.spec.table.sql, self.key, has_lo, bool(self.spec.where))
 
     def _write(self, has_lo: bool) -> str:
         return self.statement(("write", has_lo), lambda: self.driver(self._update_template(has_lo)))
 
     def apply(self, conn: Connection, lo, hi) -> int:
+        """UPDATE the batch's rows that match ``where`` (locking them first if ``lock_first``); returns the rowcount."""
         self.prepare(conn)
         if self.lock_first:
             self.lock_rows(conn, lo, hi)
         return conn.exec_driver_sql(self._write(lo is not None), self.key.range_params(lo, hi)).rowcount
 
     def explain(self, conn, lo, hi):
+        """``[(step, EXPLAIN text)]`` of the batch's statements (the lock, if any, then the write); nothing runs."""
         self.prepare(conn)
         bounds = self.key.range_params(lo, hi)
         out = [("lock", explain_text(conn, self._lock(lo is not None), bounds))] if self.lock_first else []
@@ -173,6 +179,9 @@ class BatchBinds:
         self.casts = key_casts(key)
 
     def params(self, first, last) -> dict:
+        """Bind values for every ``:first*``/``:last*`` name the user SQL uses: ``first`` and ``last`` key
+        (JSON values; a composite key's are lists, split per column). None stays None.
+        """
         ends = {"first": first, "last": last}
         out = {}
         for name, (which, pos) in self.names.items():
@@ -198,6 +207,7 @@ class SqlWriter(BatchWriter):
     skips_locked = True
 
     def build(self, conn):
+        """Read the user's statement (``rowfill.sql.sqltext``) and whether it writes the walked table (the guard)."""
         self.binds = BatchBinds(self.key)
         self.names = self.binds.names
         statement = spec_sql(self.spec).sql
@@ -212,12 +222,15 @@ class SqlWriter(BatchWriter):
         try:
             with conn.begin_nested():
                 return bool(conn.exec_driver_sql(
-                    "SELECT to_regclass(CAST(%(w)s AS text)) = to_regclass(CAST(%(t)s AS text))",
+                    statements.same_table_driver(),
                     {"w": writes[1], "t": self.spec.table.sql}).scalar())
         except DBAPIError:  # a name to_regclass cannot read is not the walked table
             return False
 
     def params(self, lo, hi) -> dict:
+        """Bind values of one batch: ``lo``/``hi`` and ``:first``/``:last`` (see the class docstring).
+        On the lowest chunk of an integer key, ``lo`` is the batch's first key minus one, never None.
+        """
         if lo is None and self.key.integer and self.batch_first is not None:
             # the lowest chunk starts "from the start": :lo is just below the batch's first key (a
             # Python int, sent as numeric below bigint's minimum), never NULL (id > NULL is no row)
@@ -225,11 +238,15 @@ class SqlWriter(BatchWriter):
         return {"lo": lo, "hi": hi, **self.binds.params(self.batch_first, hi)}
 
     def batch_end(self, conn: Connection, lo, hi, rows: int):
+        """As ``BatchWriter.batch_end``; remembers the batch walked, so the guard counts its keys without a query."""
         end, seen = super().batch_end(conn, lo, hi, rows)
         self._walked = (lo, end, seen)
         return end, seen
 
     def apply(self, conn: Connection, lo, hi) -> int:
+        """Lock the batch's rows, run the user's statement; returns its rowcount.
+        Raises BatchOutsideRange when it changed more rows of the walked table than the batch holds.
+        """
         self.prepare(conn)
         self.lock_rows(conn, lo, hi)
         written = conn.exec_driver_sql(self.write, self.params(lo, hi)).rowcount
@@ -238,8 +255,7 @@ class SqlWriter(BatchWriter):
         return written
 
     def _keys_in_range(self, conn: Connection, lo, hi) -> int:
-        rng = self.key.range_text(lo is not None, hi is not None)
-        sql = driver(f"SELECT count(*) FROM {self.spec.table.sql} WHERE {rng}")
+        sql = driver(statements.count_in_range(self.spec.table.sql, self.key, lo is not None, hi is not None))
         return conn.exec_driver_sql(sql, self.key.range_params(lo, hi)).scalar()
 
     def _check_inside_range(self, conn: Connection, lo, hi, written: int) -> None:
@@ -261,6 +277,7 @@ class SqlWriter(BatchWriter):
             "Make the range the outermost condition, e.g. WHERE id > :lo AND id <= :hi AND (<your conditions>)")
 
     def explain(self, conn, lo, hi):
+        """``[(step, EXPLAIN text)]`` of the lock and the user's statement for this batch; nothing runs."""
         self.prepare(conn)
         return [("lock", explain_text(conn, self._lock(lo is not None), self.key.range_params(lo, hi))),
                 ("sql", explain_text(conn, self.write, self.params(lo, hi)))]

@@ -14,7 +14,7 @@ import sys
 import time
 
 from rowfill.airflow.chunk_settings import max_map_length
-from rowfill.airflow.connections import engine_for
+from rowfill.airflow.connections import spec_engine
 from rowfill.airflow.observers import standard_observers
 from rowfill.airflow.pools import POOLS_FILE, pools_for
 from rowfill.engine import reconnect
@@ -44,7 +44,7 @@ def progress_bar(done: int, total: int, width: int = 30) -> str:
 
 
 def _engine(spec, args):
-    engine = engine_for(spec.connection, args.db)
+    engine = spec_engine(spec, args.db)
     check_reachable(engine, spec.connection, spec.source, spec.reconnect_for)
     return engine
 

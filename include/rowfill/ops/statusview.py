@@ -4,15 +4,18 @@ throttle state when the throttle records one, and the last error. Also its ``--j
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from rowfill.engine.report import still_text
 from rowfill.engine.status import BackfillStatus
+from rowfill.spec.spec import Spec
 from rowfill.spec.durations import format_duration
 
 _MARK = {"done": "done", "running": "run ", "pending": "wait", "failed": "FAIL", "stale": "STALE"}
 
 
 def progress_bar(share: float, width: int = 30) -> str:
+    """``[#######.......]  45.0%``: ``share`` (0..1, clamped) over ``width`` characters."""
     share = max(0.0, min(share, 1.0))
     filled = int(round(share * width))
     return f"[{'#' * filled}{'.' * (width - filled)}] {share:6.1%}"
@@ -41,7 +44,12 @@ def _stale_text(chunks) -> str:
             "a cleared task or `rowfill run`) takes it over from its checkpoint")
 
 
-def render_backfill(spec, s: BackfillStatus, show_chunks: bool = False, width: int = 30) -> list[str]:
+def render_backfill(spec: Spec, s: BackfillStatus, show_chunks: bool = False, width: int = 30) -> list[str]:
+    """The terminal lines of one backfill: bar, rows, rate, ETA, state; chunk counts; stale chunks,
+    throttle state and last error when there are any; with ``show_chunks`` one line per chunk.
+
+    :param width: characters of the backfill's progress bar (chunk bars are 20).
+    """
     if s.state == "not started":
         return [f"{spec.name:24} not started (no plan in the checkpoint store yet)"]
     lines = [
@@ -79,7 +87,12 @@ def render_backfill(spec, s: BackfillStatus, show_chunks: bool = False, width: i
     return lines
 
 
-def render_json(pairs, show_chunks: bool) -> str:
+def render_json(pairs: Iterable[tuple[Spec, BackfillStatus]], show_chunks: bool) -> str:
+    """``rowfill status --json``: a list of ``BackfillStatus.to_dict`` with the DAG id and table added.
+
+    :param pairs: (spec, status) per backfill, in the order to print.
+    :param show_chunks: include each chunk's entry.
+    """
     out = []
     for spec, s in pairs:
         d = s.to_dict(chunks=show_chunks)

@@ -15,6 +15,7 @@ importing it, so this module stays free of Airflow.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +28,18 @@ KINDS = ("smtp", "webhook", "slack")
 
 @dataclass(frozen=True)
 class AlertTarget:
+    """One notifier of the ``alerts`` field: its kind (``KINDS``), its checked options, its events.
+
+    ``options`` keep the spec's keys (``_OPTIONS``): ``to`` is always a list, a webhook's ``timeout``
+    seconds (a float, default 10).
+    """
+
     kind: str
-    options: dict
+    options: Mapping[str, Any]
     events: tuple[str, ...] = EVENTS
 
     def describe(self) -> str:
+        """The target in a few words for logs: ``webhook https://...``, ``smtp ['oncall@...']``."""
         where = self.options.get("url") or self.options.get("to") or self.options.get("channel") or ""
         return f"{self.kind} {where}".strip()
 
@@ -44,7 +52,13 @@ _OPTIONS = {
 
 
 def parse_alerts(value: Any) -> tuple[AlertTarget, ...]:
-    """The ``alerts`` field, or ValueError with what to write instead."""
+    """The ``alerts`` field.
+
+    :param value: a list of one-key mappings, ``{smtp|webhook|slack: {options}}``.
+    :return: one target per entry, in order.
+    :raises ValueError: with what to write instead, naming the entry by position: an unknown notifier,
+        option or event, a missing required option, or ``slack`` without the Slack provider installed.
+    """
     example = "e.g. alerts: [{smtp: {to: oncall@example.com}}, {webhook: {url: 'https://...'}}]"
     if not isinstance(value, list):
         raise ValueError(f"expected a list of notifiers, {example}")

@@ -31,7 +31,12 @@ class Bound:
     why: str
 
     def check(self, value: float, written=None) -> float:
-        """``value`` if it is within the bound; ValueError naming the bound and the reason otherwise."""
+        """``value`` if it is within the bound.
+
+        :param value: seconds (a float) or a count, already converted.
+        :param written: what the spec wrote, for the message (default ``value``).
+        :raises ValueError: naming the bound and the reason, when ``value`` is above it.
+        """
         if value > self.limit:
             raise ValueError(f"{written if written is not None else value!r} is above the upper bound of {self.shown}: "
                              f"{self.why}")

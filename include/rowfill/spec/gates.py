@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from rowfill.spec.bounds import GATE_COUNT, GATE_SECONDS, LATENCY_EVERY, LATENCY_LIMIT, PROBE_NUMBER
 from rowfill.spec.durations import format_duration, parse_duration
@@ -26,23 +27,35 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 
 
+Unit = Literal["seconds", "count", "number"]
+
+
 @dataclass(frozen=True)
 class GateSpec:
-    name: str
+    """One gate's thresholds, in its unit (``unit``): above ``wait`` a chunk waits, above ``critical`` it stops.
+
+    None means that threshold is not set (at least one of the two is). ``sql`` and ``label`` belong to
+    the ``probe`` gate only: the user's SELECT returning one number, and how logs name it.
+    """
+
+    name: str  # a key of KINDS
     wait: float | None = None
     critical: float | None = None
     sql: str | None = None  # probe only
     label: str | None = None  # probe only: how logs name it
 
     @property
-    def unit(self) -> str:
+    def unit(self) -> Unit:
+        """``seconds`` (a float), ``count`` (whole sessions) or ``number`` (a probe's own unit)."""
         return KINDS[self.name][0]
 
     @property
     def what(self) -> str:
+        """How logs and the status name the measured number: the probe's label, or the gate's description."""
         return self.label or KINDS[self.name][1]
 
     def show(self, value: float) -> str:
+        """``value`` in this gate's unit as logs show it: ``12.5 s``/``4 min 10 s``, ``37``, ``0.25``."""
         if self.unit == "seconds":
             return f"{value:.1f} s" if value < 60 else format_duration(value)
         if self.unit == "count":
@@ -52,14 +65,26 @@ class GateSpec:
 
 @dataclass(frozen=True)
 class LatencySpec:
+    """The ``latency_probe`` field: a representative live query, timed while the backfill runs.
+
+    When it takes longer than ``limit`` seconds, batches shrink (``rowfill.engine.throttle``);
+    ``every`` is the seconds between two probes (at least 0.01, at most 60: ``rowfill.spec.bounds``).
+    """
+
     sql: str
-    limit: float
-    every: float = 0.2
+    limit: float  # seconds
+    every: float = 0.2  # seconds
 
 
-def threshold(unit: str, value, where: str) -> float:
+def threshold(unit: str, value: Any, where: str) -> float:
     """A gate threshold in its unit (seconds, a count of sessions, a probe's number), within its upper
-    bound (``rowfill.spec.bounds``); ValueError starting with ``where`` (``replica_lag.wait``) otherwise."""
+    bound (``rowfill.spec.bounds``).
+
+    :param unit: ``seconds``, ``count`` or ``number`` (``KINDS``).
+    :param value: as written: a duration (``10s``, 5) for seconds, a number otherwise.
+    :param where: the field path for the message, e.g. ``replica_lag.wait``.
+    :raises ValueError: starting with ``where``, when the value is not of the unit, negative, or above its bound.
+    """
     if unit == "seconds":
         try:
             return parse_duration(value, GATE_SECONDS)
@@ -75,7 +100,15 @@ def threshold(unit: str, value, where: str) -> float:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def parse_gates(value) -> dict[str, GateSpec]:
+def parse_gates(value: Any) -> dict[str, GateSpec]:
+    """The ``gates`` field: gate name -> thresholds.
+
+    :param value: a mapping of gate -> ``{wait, critical}`` (or a bare wait threshold, ``replica_lag: 10s``);
+        ``probe`` also takes ``sql`` (one SELECT returning a number, read by ``rowfill.sql.sqltext``) and ``label``.
+    :return: one ``GateSpec`` per gate given.
+    :raises ValueError: with what to write instead, for an unknown gate or key, a bad threshold, or
+        ``critical`` below ``wait``.
+    """
     if not isinstance(value, dict) or not value:
         raise ValueError("expected a mapping of gate: {wait: ..., critical: ...}, e.g. replica_lag: {wait: 10s, critical: 5min}; "
                          "gates are " + ", ".join(KINDS))
@@ -115,7 +148,14 @@ def parse_gates(value) -> dict[str, GateSpec]:
     return out
 
 
-def parse_latency(value) -> LatencySpec:
+def parse_latency(value: Any) -> LatencySpec:
+    """The ``latency_probe`` field.
+
+    :param value: ``{sql: "SELECT ...", limit: 20ms, every: 200ms}``; ``every`` is optional (0.2 s).
+    :return: the probe, durations in seconds.
+    :raises ValueError: with what to write instead, for a missing or unknown key, SQL that is not one
+        query, a limit of 0 or above 1 min, or probes closer than 10 ms.
+    """
     if not isinstance(value, dict) or "sql" not in value or "limit" not in value:
         raise ValueError("expected {sql: \"SELECT ... WHERE id = 4242\", limit: 20ms} (a representative live query and its latency limit)")
     unknown = set(value) - {"sql", "limit", "every"}

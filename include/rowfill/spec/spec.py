@@ -16,18 +16,18 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from rowfill.errors import SpecError, SpecErrors
 from rowfill.spec import specyaml
-from rowfill.spec.alert_targets import parse_alerts
+from rowfill.spec.alert_targets import AlertTarget, parse_alerts
 from rowfill.spec.bounds import FIELDS as BOUNDS
 from rowfill.spec.bounds import check_field
 from rowfill.spec.durations import parse_duration
-from rowfill.spec.gates import parse_gates, parse_latency
-from rowfill.spec.windows import parse_windows
+from rowfill.spec.gates import GateSpec, LatencySpec, parse_gates, parse_latency
+from rowfill.spec.windows import Window, parse_windows
 from rowfill.sql.keys import Key
 from rowfill.sql.sqlnames import BadIdentifier, TableName, parse_identifier, quote
 from rowfill.sql.sqltext import read_spec_sql
@@ -38,6 +38,8 @@ _NAME = re.compile(r"[a-z][a-z0-9_]{0,199}")
 _CONN_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 _CALLABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 MODES = ("set", "sql", "transform", "sink")
+Mode = Literal["set", "sql", "transform", "sink"]  # how a backfill writes (``Spec.mode``)
+Planning = Literal["auto", "exact", "estimated"]  # how chunk boundaries are found (rowfill.engine.estimate)
 _CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually", "@continuous"}
 
 
@@ -71,9 +73,9 @@ class Spec:
     reconnect_for: float = DEFAULT_RECONNECT_FOR
     progress_every: float = 10.0
     tags: tuple[str, ...] = ()
-    planning: str = "auto"
+    planning: Planning = "auto"
     # observability (see rowfill.airflow.notifiers, rowfill.airflow.stall, rowfill.airflow.alerts)
-    alerts: tuple = ()  # rowfill.spec.alert_targets.AlertTarget, one per notifier
+    alerts: tuple[AlertTarget, ...] = ()  # one per notifier
     stall_after: float | None = None
     stall_repeat_after: float | None = None
     expected_duration: float | None = None
@@ -84,9 +86,9 @@ class Spec:
     target_batch_time: float | None = 0.05
     min_batch_rows: int | None = None
     max_batch_rows: int | None = None
-    gates: dict = field(default_factory=dict)  # gate name -> gates.GateSpec
-    latency_probe: Any = None  # gates.LatencySpec
-    window: tuple = ()  # windows.Window, ...
+    gates: dict[str, GateSpec] = field(default_factory=dict)  # gate name (gates.KINDS) -> its thresholds
+    latency_probe: LatencySpec | None = None
+    window: tuple[Window, ...] = ()  # their union is when chunks may write; () = any time
     key_columns: tuple[str, ...] = ()  # every key column, in walking order (filled from `key` if not given)
     transform: str | None = None  # "module.path:function" computing `returns` columns from `select`
     select: dict[str, str] = field(default_factory=dict)  # name -> SQL expression handed to transform/sink
@@ -103,10 +105,13 @@ class Spec:
 
     @property
     def dag_id(self) -> str:
+        """The backfill DAG's id, ``rowfill_<name>``; also the prefix of its rollback DAG's."""
         return f"rowfill_{self.name}"
 
     @property
     def pool_name(self) -> str:
+        """The Airflow pool its chunks run in: ``pool``, or one per connection, ``rowfill_<connection>``,
+        so backfills on one database share its slots (``rowfill.airflow.pools``)."""
         return self.pool or f"rowfill_{self.connection}"
 
     @property
@@ -117,7 +122,8 @@ class Spec:
         return self.stall_repeat_after or 4 * self.stall_after
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
+        """How it writes: ``transform`` or ``sink`` (a Python function), ``sql`` (a statement), else ``set``."""
         if self.transform:
             return "transform"
         if self.sink:
@@ -148,6 +154,7 @@ class Spec:
 
     @property
     def fingerprint(self) -> str:
+        """16 hex digits of SHA-256 over ``meaning``; a stored plan is only resumed under the same fingerprint."""
         return hashlib.sha256(json.dumps(self.meaning, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -407,7 +414,13 @@ def _check_sql_binds(found: frozenset[str], key_columns: tuple[str, ...], source
 
 
 def parse_spec(data: Any, source: str) -> Spec:
-    """Validate one spec's YAML data, reporting every problem at once."""
+    """Validate one spec's YAML data, reporting every problem at once.
+
+    :param data: the file's YAML data (``specyaml.load``); a mapping of field -> value.
+    :param source: the file name, for the messages and ``Spec.source``.
+    :return: the validated spec; durations in seconds (floats), SQL read by ``rowfill.sql.sqltext``.
+    :raises SpecErrors: every problem found, each naming ``source`` and the field.
+    """
     if not isinstance(data, dict):
         raise SpecErrors([SpecError(source, None, "expected a mapping of fields (name:, table:, key:, ...) at the top level")])
     errors: list[SpecError] = []
@@ -482,6 +495,13 @@ def _check_batch_bounds(values: dict, data: dict, source: str, errors: list[Spec
 
 
 def load_spec(path: str | os.PathLike) -> Spec:
+    """Read and validate one spec file.
+
+    :param path: a ``.yaml`` file, UTF-8 text.
+    :return: the validated spec.
+    :raises SpecErrors: naming the file (and the field where there is one) when it cannot be read, is
+        not UTF-8, is not valid YAML, gives a key twice, or fails validation (``parse_spec``).
+    """
     path = Path(path)
     source = str(path)
     try:
@@ -513,6 +533,7 @@ def load_spec(path: str | os.PathLike) -> Spec:
 
 
 def specs_dir() -> Path:
+    """Where specs are read from: ``$ROWFILL_SPECS_DIR``, else ``include/specs`` next to the package."""
     return Path(os.environ.get("ROWFILL_SPECS_DIR") or DEFAULT_SPECS_DIR)
 
 
@@ -539,6 +560,11 @@ def load_specs(directory: str | os.PathLike | None = None) -> tuple[list[Spec], 
 
 
 def find_spec(name: str, directory: str | os.PathLike | None = None) -> Spec:
+    """The spec called ``name`` in ``directory`` (default ``specs_dir()``).
+
+    :raises SpecErrors: the spec file's own errors when it is broken; otherwise "no spec named ..."
+        with the names that exist.
+    """
     specs, errors = load_specs(directory)
     for spec in specs:
         if spec.name == name:

@@ -38,6 +38,7 @@ class SpecLoader(yaml.SafeLoader):
     """Safe loading, refusing duplicate keys, without YAML 1.1's base-60 numbers."""
 
     def get_single_data(self):
+        """PyYAML's document loading, with duplicate keys checked first; raises DuplicateKey."""
         node = self.get_single_node()
         if node is None:
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?")
@@ -20,6 +20,7 @@ Clock = Callable[[], datetime]
 
 
 def utcnow() -> datetime:
+    """The current instant, timezone-aware in UTC: the default ``Clock``."""
     return datetime.now(timezone.utc)
 
 
@@ -32,12 +33,16 @@ def _parse_time(value, what: str) -> time:
 
 @dataclass(frozen=True)
 class Window:
+    """A daily wall-clock span, ``start`` to ``end`` (exclusive) in ``timezone`` (an IANA name, checked
+    when parsed); ``end`` at or before ``start`` spans midnight."""
+
     start: time
     end: time
     timezone: str = "UTC"
 
     @property
     def tz(self) -> ZoneInfo:
+        """The window's timezone from the system's IANA database (``zoneinfo``); DST is applied per day."""
         return ZoneInfo(self.timezone)
 
     def __str__(self) -> str:
@@ -58,8 +63,14 @@ def _at(day: date, t: time, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, t, tzinfo=tz).astimezone(timezone.utc)
 
 
-def parse_windows(value) -> tuple[Window, ...]:
-    """``{start, end, timezone}`` or a list of them; raises ValueError with advice."""
+def parse_windows(value: Any) -> tuple[Window, ...]:
+    """The ``window`` field.
+
+    :param value: ``{start: "01:00", end: "06:00", timezone: Europe/Berlin}`` or a list of them;
+        times as 24-hour text, timezone optional (UTC).
+    :return: the windows, in the order given.
+    :raises ValueError: with advice, naming the window by its position when there are several.
+    """
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ValueError("expected a window {start: \"01:00\", end: \"06:00\", timezone: \"Europe/Berlin\"} or a list of them")
@@ -100,6 +111,7 @@ class Windows:
         return ", ".join(map(str, self.windows)) or "any time"
 
     def is_open(self, now: datetime) -> bool:
+        """Whether a chunk may write at ``now`` (timezone-aware); always, without windows."""
         if not self.windows:
             return True
         return any(o <= now < c for w in self.windows for o, c in w.spans(now))

@@ -80,6 +80,7 @@ class Key:
 
     @property
     def composite(self) -> bool:
+        """Whether the key has more than one column (its values are JSON lists then)."""
         return len(self.columns) > 1
 
     @property
@@ -89,21 +90,26 @@ class Key:
 
     @property
     def label(self) -> str:
+        """How messages name the key: ``id``, or ``(tenant_id, id)`` for a composite key."""
         return self.columns[0] if not self.composite else "(" + ", ".join(self.columns) + ")"
 
     def qualified(self, qualifier: str) -> "Key":
+        """The same key with its columns qualified by the table alias ``qualifier`` (an SQL identifier, already quoted)."""
         return Key(self.columns, self.types, qualifier)
 
     # -- SQL text -------------------------------------------------------------------------------
     def refs(self, qualifier: str | None = None) -> list[str]:
+        """The key's columns as quoted SQL references, qualified by ``qualifier`` (default: the key's own; '' for none)."""
         q = self.qualifier if qualifier is None else qualifier
         return [f"{q}.{quote(c)}" if q else quote(c) for c in self.columns]
 
     def row(self, qualifier: str | None = None) -> str:
+        """The key as one SQL value: its column, or a row constructor ``(a, b)`` for a composite key."""
         refs = self.refs(qualifier)
         return refs[0] if len(refs) == 1 else "(" + ", ".join(refs) + ")"
 
     def order_by(self, qualifier: str | None = None, desc: bool = False) -> str:
+        """An ``ORDER BY`` list in key order (``desc``: descending), qualified as ``refs``."""
         return ", ".join(f"{r}{' DESC' if desc else ''}" for r in self.refs(qualifier))
 
     def json_sql(self, qualifier: str | None = None) -> str:
@@ -123,6 +129,9 @@ class Key:
         return [f"CAST({mark(f'{name}_{i}')} AS {t})" for i, t in enumerate(types, 1)]
 
     def param_row(self, name: str, driver: bool = False) -> str:
+        """Bind parameters for one key value named ``name`` (``name``, or ``name_1``, ``name_2``... per column),
+        cast to the key's types; ``driver``: psycopg's ``%(name)s`` style instead of ``:name``.
+        """
         parts = self._typed_params(name, driver)
         return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
 
@@ -135,6 +144,9 @@ class Key:
         return {f"{name}_{i}": v for i, v in enumerate(value, 1)}
 
     def compare(self, op: str, name: str, qualifier: str | None = None, driver: bool = False) -> str:
+        """``<key row> <op> <parameter row>`` as SQL, e.g. ``id > :lo``; ``op`` is one of rowfill's own
+        comparison operators (never user input), ``driver`` as in ``param_row``.
+        """
         row = self.row(qualifier).replace("%", "%%") if driver else self.row(qualifier)
         return f"{row} {op} {self.param_row(name, driver)}"
 
@@ -153,6 +165,7 @@ class Key:
         return " AND ".join(parts) or "TRUE"
 
     def range_params(self, lo: Any, hi: Any, lo_name: str = "lo", hi_name: str = "hi") -> dict:
+        """Bind values for ``range_text``: ``lo``/``hi`` key values (JSON values; None: that side open)."""
         params = {}
         if lo is not None:
             params.update(self.params(lo_name, lo))
@@ -161,6 +174,9 @@ class Key:
         return params
 
     def range_sql(self, lo: Any, hi: Any, qualifier: str | None = None, lo_name: str = "lo", hi_name: str = "hi") -> tuple[str, dict]:
+        """``(condition, params)`` for ``lo < key <= hi`` (``range_text`` and ``range_params`` together);
+        None leaves a side open. See ``rowfill.sql.ranges.KeyRange.sql``.
+        """
         return (self.range_text(lo is not None, hi is not None, qualifier, lo_name, hi_name),
                 self.range_params(lo, hi, lo_name, hi_name))
 

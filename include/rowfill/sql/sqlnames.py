@@ -128,6 +128,9 @@ class TableName:
 
     @classmethod
     def parse(cls, text: str) -> "TableName":
+        """A table name as a spec writes it (``users``, ``public.users``, ``"My Table"``), read the way
+        PostgreSQL reads it. Raises BadIdentifier (advice included) for anything else, e.g. three dotted parts.
+        """
         if not isinstance(text, str):
             raise BadIdentifier("expected a table name such as public.users")
         parts = split_dotted(text)
@@ -139,6 +142,7 @@ class TableName:
 
     @property
     def qualified(self) -> bool:
+        """Whether the name carries its schema (an unqualified one is resolved with ``search_path``)."""
         return self.schema is not None
 
     @property

@@ -70,6 +70,7 @@ class UserSql:
 
     @property
     def binds(self) -> frozenset[str]:
+        """The bind names (``:name``) this piece of user SQL uses, as the one parser here reads them."""
         return frozenset(p.name for p in self.pieces if isinstance(p, Bind))
 
     @property
@@ -458,6 +459,7 @@ class SpecSql:
 
     @property
     def binds(self) -> frozenset[str]:
+        """Every bind name the spec's SQL fields use together (``where``, ``sql``, ``joins``, ``set``, ``select``)."""
         parts = [self.where, self.sql, self.joins, *self.set.values(), *self.select.values()]
         return frozenset().union(*(p.binds for p in parts if p is not None))
 

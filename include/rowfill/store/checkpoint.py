@@ -19,8 +19,12 @@ from sqlalchemy.engine import Connection, Engine
 from rowfill.errors import PlanChanged
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import decode, encode
+from rowfill.sql.ranges import ChunkBounds, KeyRange
+from rowfill.sql.session import set_local
+from rowfill.store import catalog
+from rowfill.store.states import ChunkState
 
-SCHEMA = "rowfill"
+SCHEMA = catalog.SCHEMA  # re-exported: most modules name the schema through this module
 _LOCK_KEY = 0x726F7766  # "rowf": serialises schema creation and planning across workers
 
 DDL = f"""
@@ -143,7 +147,7 @@ class ChunkRow:
     rows_seen: int
     rows_written: int
     batches: int
-    status: str
+    status: ChunkState
     attempts: int
     last_error: str | None
     worker: str | None
@@ -157,6 +161,11 @@ class ChunkRow:
     batch_rows_worked: int | None = None
 
     @property
+    def range(self) -> KeyRange:
+        """The keys the chunk covers."""
+        return KeyRange(self.lo, self.hi)
+
+    @property
     def position(self) -> Any:
         """Where the next batch starts: the cursor, or the chunk's lower bound if nothing is done."""
         return self.lo if self.cursor is None else self.cursor
@@ -166,12 +175,14 @@ _KEY_FIELDS = ("lo", "hi", "cursor", "first_key")
 # key values are read as JSON text and decoded by rowfill.sql.keys (exact digits for numeric keys)
 _COLUMNS = ", ".join(f"CAST({c} AS text)" if c in _KEY_FIELDS else c for c in ChunkRow.__dataclass_fields__)
 _KEY_POSITIONS = [i for i, c in enumerate(ChunkRow.__dataclass_fields__) if c in _KEY_FIELDS]
+_STATUS_POSITION = list(ChunkRow.__dataclass_fields__).index("status")
 
 
 def _row(r) -> ChunkRow:
     values = list(r)
     for i in _KEY_POSITIONS:
         values[i] = decode(values[i])
+    values[_STATUS_POSITION] = ChunkState(values[_STATUS_POSITION])
     return ChunkRow(*values)
 
 
@@ -189,6 +200,9 @@ class CheckpointStore:
             conn.exec_driver_sql(SKIPPED_DDL)
 
     def lock_planning(self, conn: Connection, name: str) -> None:
+        """Inside planning's transaction: serialise planning of backfill ``name`` across workers
+        (a transaction-level advisory lock, released at commit; PostgreSQL docs, 9.28.10 "Advisory Lock Functions").
+        """
         conn.execute(text("SELECT pg_advisory_xact_lock(:k, hashtext(:n))"), {"k": _LOCK_KEY, "n": name})
 
     def register(self, conn: Connection, spec: Spec) -> None:
@@ -220,6 +234,9 @@ class CheckpointStore:
 
     # -- reading ----------------------------------------------------------------------------
     def chunks(self, name: str, conn: Connection | None = None) -> list[ChunkRow]:
+        """Every chunk row of backfill ``name`` in chunk order (empty if never planned); on ``conn``
+        if given (inside its transaction), else on a connection of its own.
+        """
         sql = text(f"SELECT {_COLUMNS} FROM {SCHEMA}.chunks WHERE backfill = :n ORDER BY chunk_no")
         if conn is not None:
             return [_row(r) for r in conn.execute(sql, {"n": name})]
@@ -227,6 +244,9 @@ class CheckpointStore:
             return [_row(r) for r in c.execute(sql, {"n": name})]
 
     def chunk(self, name: str, chunk_no: int) -> ChunkRow:
+        """Chunk ``chunk_no`` of backfill ``name``. Raises LookupError (advice: rerun the DAG to plan
+        again) if the backfill was reset since planning.
+        """
         with self.engine.connect() as conn:
             r = conn.execute(
                 text(f"SELECT {_COLUMNS} FROM {SCHEMA}.chunks WHERE backfill = :n AND chunk_no = :c"),
@@ -237,8 +257,9 @@ class CheckpointStore:
         return _row(r)
 
     def backfill_names(self) -> list[str]:
+        """Every backfill registered on this database, by name (empty before the schema exists)."""
         with self.engine.connect() as conn:
-            if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.backfills"}).scalar() is None:
+            if not catalog.exists(conn, catalog.own("backfills")):
                 return []
             return list(conn.execute(text(f"SELECT name FROM {SCHEMA}.backfills ORDER BY name")).scalars())
 
@@ -247,11 +268,11 @@ class CheckpointStore:
     def _short_txn(self):
         """Bookkeeping transactions: never wait long for a chunk row a dead session may still lock."""
         with self.engine.begin() as conn:
-            conn.execute(text("SELECT set_config('lock_timeout', '30s', true)"))
+            set_local(conn, lock_timeout=30.0)
             yield conn
 
-    def add_chunks(self, conn: Connection, name: str, first_no: int, bounds: list[tuple]) -> None:
-        """``bounds``: (lo, hi, rows) or (lo, hi, rows, first_key) per chunk, key values as JSON values."""
+    def add_chunks(self, conn: Connection, name: str, first_no: int, bounds: list[ChunkBounds]) -> None:
+        """Inside planning: store chunks ``first_no``, ``first_no + 1``... with ``bounds`` (key values as JSON values)."""
         if not bounds:
             return
         conn.execute(
@@ -259,8 +280,8 @@ class CheckpointStore:
                 f"INSERT INTO {SCHEMA}.chunks (backfill, chunk_no, lo, hi, est_rows, first_key) "
                 "VALUES (:n, :c, CAST(:lo AS jsonb), CAST(:hi AS jsonb), :e, CAST(:f AS jsonb))"
             ),
-            [{"n": name, "c": first_no + i, "lo": encode(b[0]), "hi": encode(b[1]), "e": b[2],
-              "f": encode(b[3]) if len(b) > 3 and b[3] is not None else None} for i, b in enumerate(bounds)],
+            [{"n": name, "c": first_no + i, "lo": encode(b.lo), "hi": encode(b.hi), "e": b.rows,
+              "f": encode(b.first) if b.first is not None else None} for i, b in enumerate(bounds)],
         )
         conn.execute(text(f"UPDATE {SCHEMA}.backfills SET planned_at = now() WHERE name = :n"), {"n": name})
 
@@ -305,7 +326,7 @@ class CheckpointStore:
             raise LookupError(f"backfill {name!r} has no chunk {chunk_no} any more: it was reset or rolled back "
                               "while this chunk ran, so the chunk stops here. Rerun the DAG to plan again.")
         cursor, lo, hi = decode(cursor), decode(lo), decode(hi)
-        return (lo if cursor is None else cursor), hi, status
+        return (lo if cursor is None else cursor), hi, ChunkState(status)
 
     def advance(self, conn: Connection, name: str, chunk_no: int, cursor: Any, seen: int, written: int,
                 throttled: float = 0.0, batch_rows_worked: int | None = None) -> None:
@@ -357,6 +378,9 @@ class CheckpointStore:
             )
 
     def finish(self, name: str, chunk_no: int) -> ChunkRow:
+        """Mark the chunk done (its first ``finished_at`` is kept on a rerun) and return its row.
+        Raises sqlalchemy's NoResultFound if the chunk no longer exists.
+        """
         with self._short_txn() as conn:
             r = conn.execute(
                 text(
@@ -377,6 +401,7 @@ class CheckpointStore:
             )
 
     def fail(self, name: str, chunk_no: int, error: str) -> None:
+        """Mark the chunk failed with ``error`` (first 2,000 characters kept); a done chunk stays done."""
         with self._short_txn() as conn:
             conn.execute(
                 text(
@@ -418,6 +443,6 @@ class CheckpointStore:
     def reset(self, name: str) -> int:
         """Forget a backfill's plan and progress (rows already written stay written)."""
         with self.engine.begin() as conn:
-            if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"{SCHEMA}.backfills"}).scalar() is None:
+            if not catalog.exists(conn, catalog.own("backfills")):
                 return 0
             return conn.execute(text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n"), {"n": name}).rowcount

@@ -15,6 +15,7 @@ import logging
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from rowfill.sql.session import set_local
 from rowfill.store.checkpoint import SCHEMA
 
 BUCKET_SECONDS = 5
@@ -36,7 +37,6 @@ _RECORD = text(
 # this every batch paid a second fsync wait (a few ms each at production durability) for a row
 # that only feeds a rate; a sample lost in a server crash makes one rate read a little low.
 # The batch's own transaction (write and checkpoint) keeps the server's synchronous_commit.
-_ASYNC_COMMIT = text("SELECT set_config('synchronous_commit', 'off', true)")
 _PRUNE = text(
     f"DELETE FROM {SCHEMA}.samples WHERE backfill = :n AND chunk_no = :c "
     "AND bucket < clock_timestamp() - make_interval(secs => :keep)"
@@ -46,7 +46,7 @@ _PRUNE = text(
 def record_batch(engine: Engine, backfill: str, chunk_no: int, rows: int, seconds: float, *, prune: bool = False) -> None:
     """Add one committed batch to its chunk's current bucket (``seconds``: how long the batch took)."""
     with engine.begin() as conn:
-        conn.execute(_ASYNC_COMMIT)
+        set_local(conn, synchronous_commit="off")
         conn.execute(_RECORD, {"n": backfill, "c": chunk_no, "b": BUCKET_SECONDS, "rows": rows, "secs": max(seconds, 0.0)})
         if prune:
             conn.execute(_PRUNE, {"n": backfill, "c": chunk_no, "keep": KEEP_SECONDS})
@@ -72,6 +72,9 @@ class RateRecorder:
         self._warned = False
 
     def batch_done(self, *, spec, chunk_no: int, seconds: float, seen: int, written: int, cursor) -> None:
+        """Record one committed batch of ``seen`` keys that took ``seconds`` (every ``_PRUNE_EVERY``th
+        batch also prunes old buckets). Never raises: the first failure is logged at warning level, later ones not.
+        """
         self._batches += 1
         try:
             record_batch(self.engine, spec.name, chunk_no, seen, seconds, prune=self._batches % _PRUNE_EVERY == 0)
