@@ -18,7 +18,9 @@ from rowfill.airflow.triggers import ControlTrigger
 from rowfill.engine.chunk_task import run_chunk
 from rowfill.engine.control import BadKnob, ControlStore, parse_assignments
 from rowfill.engine.plan import plan_backfill
+from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_target
 from rowfill.engine.runner import BatchObserver
+from rowfill.engine.undo import RestoreWriter, rollback_spec
 from rowfill.ops.cli import main
 from rowfill.store.checkpoint import CheckpointStore
 
@@ -282,3 +284,36 @@ def test_existing_checkpoint_tables_get_the_new_columns(engine):
     CheckpointStore(engine).ensure_schema()  # and again: nothing to do the second time
     [row] = CheckpointStore(engine).chunks("old")
     assert (row.throttled_seconds, row.throttle_state) == (0.0, None)
+
+
+def test_rollback_chunks_honour_pause_and_cancel(engine, db_url, tmp_path, capsys):
+    """Rollback chunks take the backfill chunks' path (``run_chunk``): `rowfill pause/cancel NAME.rollback`
+    stops them at a batch boundary with the cursor kept, and the resumed rollback restores every row once."""
+    make_users(engine, 3_000)
+    spec = points_spec(tmp_path, chunk_rows=3_000, batch_rows=100, pause="30ms", undo=True)
+    assert all(run_chunk(engine, spec, c.chunk_no).kind == "done" for c in plan_backfill(engine, spec))
+    assert points(engine) == {10: 3_000}
+    rb = rollback_spec(spec)
+    chunks = plan_rollback(engine, spec)
+    restore = {"writer": RestoreWriter(rb, rollback_target(engine, spec)), "check_table": False}
+    job = ChunkInBackground(engine, rb, chunks[0].chunk_no, **restore)
+    job.wait_batches(3)
+
+    assert cli(db_url, spec, "pause", "add_points.rollback") == 0
+    assert "add_points.rollback: paused" in capsys.readouterr().out
+    outcome = job.join()
+    assert outcome.kind == "defer" and outcome.until is None and outcome.result.status == "stopped"
+    row = CheckpointStore(engine).chunk(rb.name, chunks[0].chunk_no)
+    assert row.status == "pending" and 0 < row.rows_written < 3_000
+    assert row.throttle_state.startswith("paused with `rowfill pause`")
+    assert points(engine) == {0: row.rows_written, 10: 3_000 - row.rows_written}
+    assert run_chunk(engine, rb, chunks[0].chunk_no, **restore).kind == "defer"  # paused: nothing starts
+
+    assert cli(db_url, spec, "cancel", "add_points.rollback") == 0
+    assert run_chunk(engine, rb, chunks[0].chunk_no, **restore).kind == "cancelled"
+    assert CheckpointStore(engine).chunk(rb.name, chunks[0].chunk_no).rows_written == row.rows_written
+
+    assert cli(db_url, spec, "resume", "add_points.rollback") == 0
+    assert all(run_chunk(engine, rb, c.chunk_no, **restore).kind == "done" for c in chunks)
+    assert finish_rollback(engine, spec).restored == 3_000
+    assert points(engine) == {0: 3_000}  # every row restored once

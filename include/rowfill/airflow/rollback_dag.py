@@ -22,10 +22,10 @@ from rowfill.airflow.chunk_settings import mapped_chunk_settings, max_map_length
 from rowfill.airflow.connections import target_engine
 from rowfill.airflow.mapped_chunk import MappedChunk, task_chunk
 from rowfill.airflow.operators import SpecOperator
+from rowfill.airflow import task_control
 from rowfill.airflow.pools import check_pool
-from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_target
-from rowfill.engine.runner import ChunkRunner
-from rowfill.engine.undo import RestoreWriter, rollback_spec, undo_table
+from rowfill.engine.rollback import finish_rollback, plan_rollback
+from rowfill.engine.undo import undo_table
 from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
 
@@ -78,17 +78,15 @@ class RestoreChunkOperator(SpecOperator):
         self.chunk = MappedChunk.from_xcom(chunk)
 
     def execute(self, context) -> dict:
-        """Restore one chunk of the undo log from its cursor, on the table pinned at planning; returns the counts
-        for XCom.
+        """Restore one chunk of the undo log from its cursor, on the table pinned at planning, through the one
+        chunk path (pause, cancel, windows, gates, metrics: ``task_control.attempt_restore``); returns the counts
+        for XCom. Defers while ``NAME.rollback`` is paused or outside the window; skipped when it is cancelled.
         """
-        rb = rollback_spec(self.spec)
-        with target_engine(self.spec) as engine:
-            forward = rollback_target(engine, self.spec)  # the table pinned when the rollback was planned
-            runner = ChunkRunner(engine, rb, writer=RestoreWriter(rb, forward), logger=self.log,
-                                 label=self.chunk.label, run_id=context["run_id"])
-            result = runner.run(self.chunk.chunk_no)
-        return {"chunk_no": result.chunk_no, "status": result.status, "records": result.rows_seen,
-                "restored": result.rows_written, "seconds": round(result.seconds, 3)}
+        return task_control.attempt_restore(self, context)
+
+    def execute_complete(self, context, event=None) -> dict:
+        """Back from the triggerer (window opened, rollback resumed or cancelled): go again from the cursor."""
+        return task_control.attempt_restore(self, context, event)
 
 
 class FinishRollbackOperator(SpecOperator):

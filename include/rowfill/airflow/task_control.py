@@ -26,6 +26,8 @@ from rowfill.engine import reconnect
 from rowfill.engine.chunk_task import run_chunk
 from rowfill.engine.control import ControlStore, stop_reason
 from rowfill.engine.probes import GateCritical
+from rowfill.engine.rollback import rollback_target
+from rowfill.engine.undo import RestoreWriter, rollback_spec
 from rowfill.errors import ChunkFailed, SpecError
 
 POLL_INTERVAL = 5.0  # seconds between control-row reads of a deferred chunk
@@ -41,7 +43,41 @@ def _params(context) -> dict:
 
 
 def attempt(op, context, event=None):
-    spec, chunk = op.spec, op.chunk
+    """One go of a backfill chunk task (``operators.BackfillChunkOperator``), and of its return after deferring.
+
+    :param op: the operator (``spec``, ``chunk``: a ``MappedChunk``, ``log``, ``defer``).
+    :param context: the Airflow task context (``run_id``, ``ti``, ``params``).
+    :param event: the trigger's event when back from deferring (None on the first go).
+    :returns: the chunk's XCom summary (chunk_no, status, rows_seen, rows_written, batches, seconds).
+    :raises AirflowSkipException: the backfill is cancelled. :raises TaskDeferred: (``op.defer``) paused
+        or outside the window. :raises AirflowFailException: a critical gate or a changed table (no retries).
+    :raises ChunkFailed: any other failure of the chunk (Airflow retries it from the checkpoint).
+    """
+    result = _go(op, context, event, op.spec, lambda engine: {})
+    return {"chunk_no": result.chunk_no, "status": result.status, "rows_seen": result.rows_seen,
+            "rows_written": result.rows_written, "batches": result.batches, "seconds": round(result.seconds, 3)}
+
+
+def attempt_restore(op, context, event=None):
+    """One go of a rollback chunk task (``rollback_dag.RestoreChunkOperator``): the same chunk path as
+    ``attempt``, so pause, cancel, windows, gates and metrics apply, with the rollback's own control
+    row (``rowfill pause``/``cancel`` of ``NAME.rollback``) and ``undo.RestoreWriter``.
+
+    Parameters and what is raised: as ``attempt``.
+    :returns: the XCom summary (chunk_no, status, records, restored, seconds).
+    """
+    def restore(engine):
+        forward = rollback_target(engine, op.spec)  # the table pinned when the rollback was planned
+        return {"writer": RestoreWriter(rb, forward), "check_table": False}
+
+    rb = rollback_spec(op.spec)
+    result = _go(op, context, event, rb, restore)
+    return {"chunk_no": result.chunk_no, "status": result.status, "records": result.rows_seen,
+            "restored": result.rows_written, "seconds": round(result.seconds, 3)}
+
+
+def _go(op, context, event, spec, how):
+    chunk = op.chunk
     if event:
         op.log.info("%s: back from waiting (%s)", chunk.label, event.get("event") if isinstance(event, dict) else event)
     with target_engine(spec) as engine:
@@ -51,7 +87,7 @@ def attempt(op, context, event=None):
         try:
             outcome = run_chunk(engine, spec, chunk.chunk_no, label=chunk.label, run_id=context["run_id"],
                                 logger=op.log, overrides=run_overrides(_params(context), spec),
-                                observers=standard_observers(engine, spec))
+                                observers=standard_observers(engine, spec), **how(engine))
         except ChunkFailed as exc:
             if isinstance(exc.__cause__, GateCritical):
                 raise AirflowFailException(str(exc)) from exc
@@ -66,9 +102,7 @@ def attempt(op, context, event=None):
         op.defer(trigger=ControlTrigger(spec.connection, spec.name, until=until, wait_for_resume=until is None,
                                         poll_interval=POLL_INTERVAL),
                  method_name="execute_complete")
-    result = outcome.result
-    return {"chunk_no": result.chunk_no, "status": result.status, "rows_seen": result.rows_seen,
-            "rows_written": result.rows_written, "batches": result.batches, "seconds": round(result.seconds, 3)}
+    return outcome.result
 
 
 def before_plan(engine, spec, context, log):

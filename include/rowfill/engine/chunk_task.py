@@ -26,9 +26,11 @@ from rowfill.engine.control import ControlStore, LiveControl, stop_reason
 from rowfill.engine.resolve import pinned_spec
 from rowfill.engine.runner import BatchObserver, ChunkResult, ChunkRunner
 from rowfill.engine.throttle import Throttle
+from rowfill.engine.writers import BatchWriter
 from rowfill.spec.spec import Spec
 from rowfill.spec.windows import Clock, Windows, utcnow
 from rowfill.store.checkpoint import CheckpointStore
+from rowfill.store.states import ControlState
 
 log = logging.getLogger("rowfill.chunk")
 
@@ -49,7 +51,23 @@ def _when(moment: datetime, windows: Windows) -> str:
 
 def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = None, run_id: str | None = None,
               logger: logging.Logger | None = None, overrides: dict | None = None, clock: Clock = utcnow,
-              sleep: Callable[[float], None] = time.sleep, observers: list[BatchObserver] = ()) -> Outcome:
+              sleep: Callable[[float], None] = time.sleep, observers: list[BatchObserver] = (),
+              writer: BatchWriter | None = None, check_table: bool = True) -> Outcome:
+    """One go of a chunk: refuse, defer, or run it through the chunk runner until done or stopped.
+
+    :param engine: the target database. :param spec: the backfill's spec, or a rollback's
+        (``rowfill.engine.undo.rollback_spec``). :param chunk_no: the chunk to run.
+    :param label: names the chunk in the log. :param run_id: Airflow's run id, kept on the chunk row.
+    :param logger: where to log. :param overrides: this run's trigger parameters (knob -> value).
+    :param clock: the wall clock for windows (an aware datetime). :param sleep: what the runner sleeps with.
+    :param observers: told about every batch (metrics, rate samples).
+    :param writer: writes a batch (default: the spec's mode; a rollback passes ``undo.RestoreWriter``).
+    :param check_table: check the table is still the relation planned (``rowfill.engine.resolve``);
+        False when the caller has resolved the tables itself (a rollback: ``rollback.rollback_target``).
+    :returns: an ``Outcome``: done, defer (paused, or outside the window: ``until``) or cancelled.
+    :raises ChunkFailed: the chunk failed (its cause says why; ``probes.GateCritical`` for a critical gate).
+    :raises SpecError: the table is no longer the relation planned.
+    """
     logger = logger or log
     label = label or f"chunk {chunk_no}"
     controls = ControlStore(engine)
@@ -83,35 +101,26 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
 
     # the table pinned at planning, after checking it is still the same relation: every statement of
     # the chunk (writes, gates, the throttle's probes) names it schema-qualified
-    spec = reconnect.call(lambda: pinned_spec(engine, spec), spec, "checking the planned table", logger)
-    throttle = Throttle.for_spec(spec, sleep, engine=engine, logger=logger)
-    live = LiveControl(controls, spec, throttle, overrides=overrides, logger=logger, label=label)
+    if check_table:
+        spec = reconnect.call(lambda: pinned_spec(engine, spec), spec, "checking the planned table", logger)
+    live = LiveControl(controls, spec, overrides=overrides, logger=logger, label=label)
     live.start(control)
-    stopped: dict[str, str] = {}
+    throttle = Throttle.for_spec(spec, sleep, engine=engine, logger=logger).listen(live=live, windows=windows, clock=clock)
+    throttle.label = label
+    throttle.start_live()
     if windows:
         logger.info("%s: inside the window (%s) until %s", label, windows, _when(windows.closes_at(now), windows))
 
-    def should_stop() -> str | None:
-        state = live.poll()
-        if state.state != "running":
-            stopped["kind"] = state.state
-            return stop_reason(state)
-        if windows and not windows.is_open(clock()):
-            stopped["kind"] = "window"
-            return f"the window ({windows}) closed"
-        return None
-
     runner = ChunkRunner(engine, spec, throttle=throttle, logger=logger, label=label, run_id=run_id,
-                         should_stop=should_stop, observers=list(observers))
+                         observers=list(observers), writer=writer)
     result = runner.run(chunk_no)
     if result.status == "done":
         return Outcome("done", "done", result=result)
-    kind = stopped.get("kind")
-    if kind == "cancelled":
+    if result.stopped_by == ControlState.CANCELLED:
         reason = stop_reason(live.control)
         hold(reason)
         return Outcome("cancelled", reason, result=result)
-    if kind == "paused":
+    if result.stopped_by == ControlState.PAUSED:
         reason = stop_reason(live.control)
         hold(reason)
         return Outcome("defer", reason, result=result)
@@ -124,7 +133,11 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
 
 def run_chunk_here(engine: Engine, spec: Spec, chunk_no: int, *, poll: float = 5.0, clock: Clock = utcnow,
                    sleep: Callable[[float], None] = time.sleep, **kw) -> Outcome:
-    """``run_chunk`` until it is done or cancelled, waiting in this process instead of deferring."""
+    """``run_chunk`` until it is done or cancelled, waiting in this process instead of deferring.
+
+    :param poll: seconds between control-row reads while paused or before a window opens.
+    Other parameters, the return value and what is raised: as ``run_chunk``.
+    """
     logger = kw.get("logger") or log
     while True:
         outcome = run_chunk(engine, spec, chunk_no, clock=clock, sleep=sleep, **kw)

@@ -75,7 +75,7 @@ _SIMPLE_KNOBS = {
 
 
 def knob_names() -> list[str]:
-
+    """Every live knob's name: the simple ones, then ``<gate>.wait`` / ``<gate>.critical`` for each gate kind."""
     return [*_SIMPLE_KNOBS, *(f"{g}.{w}" for g in KINDS for w in ("wait", "critical"))]
 
 
@@ -120,6 +120,7 @@ def parse_knob(name: str, value) -> float | int | None:
 
 
 def parse_assignments(items: list[str]) -> dict:
+    """``name=value`` words of ``rowfill set`` as validated knobs (name -> value). :raises BadKnob: a word is not one."""
     knobs = {}
     for item in items:
         name, eq, value = item.partition("=")
@@ -196,12 +197,15 @@ class ControlStore:
         return Control(name, *row)
 
     def pause(self, name: str, reason: str | None = None) -> Control:
+        """Pause backfill ``name`` (creating the tables if needed). :returns: the control row written."""
         return self._write(name, state="paused", note=_note("paused with `rowfill pause`", reason))
 
     def resume(self, name: str, reason: str | None = None) -> Control:
+        """Resume backfill ``name`` after a pause or cancel. :returns: the control row written."""
         return self._write(name, state="running", note=_note("resumed with `rowfill resume`", reason))
 
     def cancel(self, name: str, reason: str | None = None) -> Control:
+        """Cancel backfill ``name``: chunks stop and end skipped until resumed. :returns: the control row written."""
         return self._write(name, state="cancelled", note=_note("cancelled with `rowfill cancel`", reason))
 
     def set_knobs(self, name: str, knobs: dict, note: str | None = None) -> Control:
@@ -217,6 +221,7 @@ class ControlStore:
         return self._write(name, knobs=current, replace_knobs=True)
 
     def reset_knobs(self, name: str) -> Control:
+        """Drop every live knob of ``name``: back to the spec's values. :returns: the control row written."""
         return self._write(name, knobs={}, replace_knobs=True)
 
 
@@ -230,10 +235,12 @@ _OFF = "off"
 
 
 def knob_value(name: str, stored):
+    """A knob as stored in ``controls.knobs`` back to its value (the "off" marker is None)."""
     return None if stored == _OFF else stored
 
 
 def stop_reason(control: Control) -> str | None:
+    """Why chunks stop, in words (``paused with `rowfill pause`: ...``); None while running."""
     if control.state == "running":
         return None
     note = control.note if control.note and control.note.startswith(control.state) else control.state
@@ -241,53 +248,72 @@ def stop_reason(control: Control) -> str | None:
 
 
 class LiveControl:
-    """What a running chunk reads between batches: its control row, applied to its throttle."""
+    """What a running chunk reads between batches: its control row, as an input to the throttle.
 
-    def __init__(self, store: ControlStore, spec, throttle, *, overrides: dict | None = None,
-                 logger: logging.Logger | None = None, label: str = "chunk"):
+    It measures and reports; it changes nothing itself: ``throttle.Throttle.next`` applies the
+    knobs it reports and stops on its state (gh-ost: collectors measure, one function decides).
+    """
+
+    def __init__(self, store: ControlStore, spec, *, overrides: dict | None = None,
+                 logger: logging.Logger | None = None, label: str = "chunk", name: str | None = None):
+        """:param store: the controls table. :param spec: the backfill's spec (its knobs are the base).
+        :param overrides: this run's trigger parameters (knob name -> value).
+        :param logger: / :param label: where and as what changes are logged.
+        :param name: the control row to read (default: the spec's name).
+        """
         self.store = store
         self.spec = spec
-        self.throttle = throttle
+        self.name = name or spec.name
         self.overrides = dict(overrides or {})  # this run's trigger parameters
         self.log = logger or log
         self.label = label
         self.base = spec_knobs(spec)
         self.applied = dict(self.base)
         self.version: int | None = None
-        self.control = Control(spec.name)
+        self.control = Control(self.name)
+        self._first: dict = {}
 
     def start(self, control: Control) -> None:
-        if self.overrides:
-            changes = self.throttle.apply(self.overrides)
-            self.applied.update(self.overrides)
-            if changes:
-                self.log.info("%s: this run's trigger parameters: %s", self.label, ", ".join(changes))
-        self._take(control, first=True)
+        """Take the control row read when the chunk starts (``starting`` then says what to apply)."""
+        self._first = self._take(control, first=True)
 
-    def poll(self) -> Control:
+    def starting(self) -> list[tuple[str, dict]]:
+        """Knobs to apply before the first batch, each with how to log it: the run's trigger
+        parameters, then the live knobs in force. Never raises."""
+        return [("this run's trigger parameters", dict(self.overrides)), ("live knobs in force", self._first)]
+
+    def poll(self) -> tuple[Control, dict]:
+        """Read the control row again.
+
+        :returns: (the control row, knob values changed since the last reading: name -> value).
+            A read that fails for another reason than a lost connection keeps the last row.
+        :raises: a connection error (``rowfill.engine.disconnects``): the runner reconnects and asks again.
+        """
         try:
-            control = self.store.get(self.spec.name)
+            control = self.store.get(self.name)
         except Exception as exc:  # noqa: BLE001 - a control hiccup must not fail a batch; keep the last state
             if is_connection_error(exc):  # a restart: the runner reconnects and reads again (rowfill.engine.reconnect)
                 raise
             self.log.warning("%s: could not read live controls (%s); keeping the last ones", self.label, describe(exc))
-            return self.control
-        if control.version != self.version:
-            self._take(control)
-        return control
+            return self.control, {}
+        if control.version == self.version:
+            return control, {}
+        return control, self._take(control)
 
-    def _take(self, control: Control, first: bool = False) -> None:
+    def reason(self) -> str:
+        """Why the chunk stops, in the words of the last control row read (``stop_reason``)."""
+        return stop_reason(self.control)
+
+    def _take(self, control: Control, first: bool = False) -> dict:
         self.control, self.version = control, control.version
+        if first:
+            self.applied.update(self.overrides)
         wanted = {**self.base, **self.overrides, **{k: knob_value(k, v) for k, v in (control.knobs or {}).items()}}
         diff = {k: v for k, v in wanted.items() if self.applied.get(k) != v}
-        if diff:
-            changes = self.throttle.apply(diff)
-            self.applied.update(diff)
-            if changes:
-                when = "live knobs in force" if first else "live change takes effect"
-                self.log.info("%s: %s: %s", self.label, when, ", ".join(changes))
+        self.applied.update(diff)
         if not first and control.state != "running":
             self.log.info("%s: %s", self.label, stop_reason(control))
+        return diff
 
 
 class WebControl:

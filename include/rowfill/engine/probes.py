@@ -3,7 +3,7 @@
 Each gate measures one number on the target database (replica lag, active backends, the age of
 the oldest transaction holding a lock on the target table, sessions waiting for locks on it, or
 the user's own SQL probe). Above its ``wait`` threshold the chunk waits and checks again with
-backoff, saying why; above its ``critical`` threshold the chunk stops at the batch boundary and
+backoff, saying why (the decision is ``rowfill.engine.throttle``'s); above its ``critical`` threshold the chunk stops at the batch boundary and
 fails, naming the gate. The numbers come from the primary's own statistics views, so a gate
 needs no agent on the replicas.
 
@@ -27,7 +27,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from rowfill.errors import RowfillError
-from rowfill.spec.durations import format_duration
 from rowfill.spec.gates import GateSpec, LatencySpec
 from rowfill.sql.session import set_local
 from rowfill.sql.sqltext import probe
@@ -90,9 +89,11 @@ class Reading:
 
 
 class GateKeeper:
-    """Measures every gate in one round trip per gate and holds the chunk while any is above ``wait``.
+    """Measures every gate, one round trip per gate; it only measures: ``throttle.Throttle`` decides.
 
-    Thresholds are mutable (``set_threshold``) so live knobs take effect at the next check.
+    Thresholds are mutable (``set_threshold``) so live knobs take effect at the next check;
+    ``interval`` (seconds) is how often readings are due between batches, ``max_backoff`` (seconds)
+    caps the throttle's wait between readings while a gate is over ``wait``.
     """
 
     def __init__(self, engine: Engine, gates: dict[str, GateSpec], table: str, *, interval: float = 1.0,
@@ -107,17 +108,22 @@ class GateKeeper:
         self._checked_rights = False
 
     def set_threshold(self, name: str, which: str, value: float | None) -> None:
+        """A live knob: set gate ``name``'s ``which`` (``wait`` | ``critical``) to ``value`` (its unit; None = off)."""
         gate = self.gates.get(name) or GateSpec(name)
         self.gates[name] = replace(gate, **{which: value})
         self._last = None  # a changed threshold is checked before the next batch, not a second later
 
     def active(self) -> bool:
+        """True when any gate has a threshold, i.e. there is something to measure."""
         return any(g.wait is not None or g.critical is not None for g in self.gates.values())
 
     def due(self) -> bool:
+        """True when the last readings are ``interval`` seconds old (or a threshold changed since)."""
         return self._last is None or self.clock() - self._last >= self.interval
 
     def measure(self) -> list[Reading]:
+        """One reading per gate with a threshold, from the primary's statistics views (PostgreSQL docs,
+        "The Cumulative Statistics System"). :raises DBAPIError: the database could not be read."""
         readings = []
         with self.engine.connect() as conn:
             if not self._checked_rights:
@@ -151,35 +157,6 @@ class GateKeeper:
             log.warning("gates %s cannot see other sessions' details as %r; grant it pg_monitor "
                         "(GRANT pg_monitor TO %s) or these gates read 0 and never hold the backfill",
                         ", ".join(sorted(needs)), user, user)
-
-    def hold(self, wait: Callable[[float, str], None], should_stop: Callable[[], str | None],
-             logger: logging.Logger, label: str) -> str | None:
-        """Block while any gate is above ``wait``; raise GateCritical above ``critical``.
-
-        Returns a stop reason if ``should_stop`` fires while waiting (pause, window end), else None.
-        """
-        attempt, waited = 0, 0.0
-        while True:
-            readings = self.measure()
-            critical = [r for r in readings if r.over_critical]
-            if critical:
-                r = critical[0]
-                raise GateCritical(
-                    f"gate {r.gate.name} critical: {r.why_critical()}; stopped at a batch boundary so the database can "
-                    f"recover. Once it has, clear the chunk task (or raise gates.{r.gate.name}.critical, live: "
-                    f"`rowfill set NAME {r.gate.name}.critical=...`)."
-                )
-            over = [r for r in readings if r.over_wait]
-            if not over:
-                if attempt:
-                    logger.info("%s: gates clear after waiting %s; continuing", label, format_duration(waited))
-                return None
-            delay = min(self.max_backoff, 2.0 ** attempt)
-            wait(delay, "waiting: " + "; ".join(r.why_wait() for r in over))
-            waited += delay
-            attempt += 1
-            if reason := should_stop():
-                return reason
 
 
 class LatencyProbe:

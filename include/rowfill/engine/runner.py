@@ -29,6 +29,13 @@ When a batch fails:
     spec's ``reconnect_for`` (``rowfill.engine.reconnect``), not counted as a retry.
 While it runs, the runner holds the chunk's lease (``rowfill.engine.lease``), so a chunk whose process is
 gone shows as stale and the next attempt takes it over.
+
+Pacing: before each batch the runner asks its throttle (``rowfill.engine.throttle.Throttle.next``)
+what to do, given the last batch: ``Go(rows)``, ``Wait(seconds, reason)`` or ``Stop(reason)``. The
+runner is the only one that acts: it sleeps, records the throttle state and throttled seconds in
+the checkpoint row, and stops. Backfill chunks, rollback chunks and ``rowfill run`` all come
+through here (``rowfill.engine.chunk_task.run_chunk``), so pause, cancel, windows, gates, metrics
+and rate samples apply to all of them.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from rowfill.engine.blame import is_data_error, narrow
 from rowfill.engine.disconnects import describe
 from rowfill.engine.modes import writer_for
 from rowfill.engine.progress import progress_line
-from rowfill.engine.throttle import Throttle
+from rowfill.engine.throttle import BatchDone, Stop, Throttle, Wait, retry_backoff
 from rowfill.engine.writers import BatchWriter
 from rowfill.errors import ChunkFailed, RowfillError
 from rowfill.spec.durations import format_duration
@@ -73,9 +80,11 @@ class ChunkResult:
     batches: int
     seconds: float
     cursor: object  # last key done (a JSON value, see rowfill.sql.keys)
+    stopped_by: str | None = None  # a stopped chunk: the Stop's kind (paused, cancelled, window, interrupted)
 
 
 def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error (PostgreSQL docs, Appendix A "Error Codes"); None for anything else."""
     orig = getattr(exc, "orig", None)
     return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
@@ -110,10 +119,13 @@ class BatchObserver:
     """Something that wants to know about every committed batch (metrics, live progress, tests)."""
 
     def batch_done(self, *, spec: Spec, chunk_no: int, seconds: float, seen: int, written: int, cursor) -> None:
-        pass
+        """A batch committed. :param seconds: its wall time, seconds. :param seen: keys walked.
+        :param written: rows written. :param cursor: the last key done. Should not raise: an error fails the chunk."""
 
 
 class ChunkRunner:
+    """Runs one chunk in committed batches, paced by its throttle (see the module's docstring)."""
+
     def __init__(
         self,
         engine: Engine,
@@ -123,20 +135,31 @@ class ChunkRunner:
         logger: logging.Logger | None = None,
         label: str | None = None,
         run_id: str | None = None,
-        should_stop: Callable[[], str | None] = lambda: None,
+        should_stop: Callable[[], str | None] | None = None,
         observers: list[BatchObserver] = (),
         clock: Callable[[], float] = time.monotonic,
         writer: BatchWriter | None = None,
     ):
+        """:param engine: the target database. :param spec: the backfill (or rollback) spec.
+        :param throttle: decides the pace (default: the spec's, with its gates and latency probe);
+            the runner sleeps with its ``sleep``.
+        :param logger: / :param label: where and as what the chunk logs.
+        :param run_id: recorded on the chunk row (Airflow's run id).
+        :param should_stop: an interruption: returns a reason to stop at the next batch boundary, or
+            None; an input to the throttle's decision.
+        :param observers: told about every committed batch (metrics, rate samples, tests).
+        :param clock: monotonic seconds. :param writer: writes a batch (default: the spec's mode).
+        """
         self.engine = engine
         self.spec = spec
         self.store = CheckpointStore(engine)
         self.throttle = throttle or Throttle.for_spec(spec, engine=engine)
         self.log = logger or log
         self.label = label
+        self._label = label or "chunk"
         self.run_id = run_id
-        # a pause/cancel read that loses its connection is retried like a batch (rowfill.engine.reconnect)
-        self.should_stop = lambda: reconnect.call(should_stop, spec, "reading pause, cancel and live knobs", self.log)
+        if should_stop is not None:
+            self.throttle.listen(interrupt=should_stop)
         self.clock = clock
         self.writer = writer or writer_for(spec)
         self.observers = list(observers)
@@ -148,9 +171,18 @@ class ChunkRunner:
         self._fast = False  # the batch being written is on the fast path
         self.slow = False  # the next batch locks with SKIP LOCKED (after a lock timeout, or while rows are held)
         self.skipped = rowlocks.SkippedKeys(spec.locked_rows_wait, clock)
+        self._rows: int | None = None  # rows the throttle's last Go asked for
+        self._unrecorded = 0.0  # seconds slept not yet added to the checkpoint row's throttled_seconds
+        self._state: str | None = None  # what the chunk waits for right now (the checkpoint row's throttle_state)
 
     def run(self, chunk_no: int) -> ChunkResult:
-        """Run the chunk from its checkpoint to its end (or a stop), holding its lease (``rowfill.engine.lease``) meanwhile."""
+        """Run the chunk from its checkpoint to its end (or a stop), holding its lease (``rowfill.engine.lease``) meanwhile.
+
+        :param chunk_no: the planned chunk's number.
+        :returns: a ``ChunkResult``: ``done``, or ``stopped`` with ``stopped_by`` saying what stopped it.
+        :raises ChunkFailed: the chunk failed (recorded on its row); ``__cause__`` is the error (``RowError``,
+            ``RowTimeout``, ``probes.GateCritical``, a driver error, ...). Everything committed is kept.
+        """
         try:
             return self._run(chunk_no)
         finally:
@@ -182,7 +214,7 @@ class ChunkRunner:
     def _run(self, chunk_no: int) -> ChunkResult:
         spec = self.spec
         row = self._claim(chunk_no)
-        label = self.label or chunk_label(spec.key, chunk_no, None, row.lo, row.hi, row.first_key)
+        label = self._label = self.label or chunk_label(spec.key, chunk_no, None, row.lo, row.hi, row.first_key)
         started = self.clock()
         seen = written = batches = 0
         if row.status == "done":
@@ -199,15 +231,25 @@ class ChunkRunner:
             self.split_rows = row.batch_rows_worked
             self.log.info("%s: starting with batches of %d rows, the size that ran within statement_timeout (%s) "
                           "before", label, row.batch_rows_worked, format_duration(spec.statement_timeout))
-        self.throttle.begin(label, self.log, lambda state, secs: self.store.note_throttle(spec.name, chunk_no, state, secs))
+        self.throttle.begin(label, self.log)
+        done: BatchDone | None = None
         try:
             while True:
-                if reason := (self.should_stop() or reconnect.call(lambda: self.throttle.before_batch(self.should_stop),
-                                                                   spec, "checking the gates", self.log)):
-                    self.log.info("%s: stopping at a batch boundary (%s); cursor %s kept", label, reason, cursor)
-                    self.throttle.flush(reason)
+                # a read that loses its connection (live control, gates) is retried like a batch (rowfill.engine.reconnect)
+                decision = reconnect.call(lambda: self.throttle.next(done), spec,
+                                          "reading pause, cancel, live knobs and the gates", self.log)
+                if isinstance(decision, Wait):
+                    self._wait(chunk_no, decision)
+                    continue
+                if isinstance(decision, Stop):
+                    if decision.error is not None:
+                        raise decision.error
+                    self.log.info("%s: stopping at a batch boundary (%s); cursor %s kept", label, decision.reason, cursor)
+                    self._note(chunk_no, decision.reason)
                     reconnect.call(lambda: self.store.pause(spec.name, chunk_no), spec, "recording the stop", self.log)
-                    return ChunkResult(spec.name, chunk_no, "stopped", seen, written, batches, self.clock() - started, cursor)
+                    return ChunkResult(spec.name, chunk_no, "stopped", seen, written, batches, self.clock() - started,
+                                       cursor, decision.kind)
+                self._rows, done, self._state = decision.rows, None, None  # a commit clears the state on the row
                 t0 = self.clock()
                 if self.skipped.due():
                     written += self._revisit(chunk_no, label)
@@ -216,7 +258,7 @@ class ChunkRunner:
                 if outcome is None:
                     if not self.skipped.count:
                         break
-                    self._wait_for_skipped(label)  # the walk is done; only skipped keys are left
+                    self._wait_for_skipped(chunk_no)  # the walk is done; only skipped keys are left
                     continue
                 cursor, b_seen, b_written = outcome
                 seen, written, batches = seen + b_seen, written + b_written, batches + 1
@@ -230,9 +272,9 @@ class ChunkRunner:
                     rate = seen / max(now - started, 1e-9)
                     self.log.info("%s", progress_line(label, done_before + seen, row.est_rows, rate))
                     next_report = now + spec.progress_every
-                self.throttle.after_batch(now - t0, b_seen)
+                done = BatchDone(now - t0, b_seen)
         except Exception as exc:
-            self.throttle.flush()
+            self._note(chunk_no, self._state)
             if isinstance(exc, RowfillError):  # rowfill's own words: they name the row and the field
                 message = str(exc).strip().rstrip(".")
             else:
@@ -245,13 +287,36 @@ class ChunkRunner:
             ) from exc
         finally:
             self.throttle.end()
-        self.throttle.flush(None)
+        self._note(chunk_no, None)
         final = reconnect.call(lambda: self.store.finish(spec.name, chunk_no), spec, f"recording {label} done", self.log)
         elapsed = self.clock() - started
         rate = seen / max(elapsed, 1e-9)
         self.log.info("%s: done, %s rows walked, %s written in %d batches, %.1f s, %s rows/s", label,
                       f"{final.rows_seen:,}", f"{final.rows_written:,}", final.batches, elapsed, f"{rate:,.0f}")
         return ChunkResult(spec.name, chunk_no, "done", seen, written, batches, elapsed, final.cursor)
+
+    # -- acting on the throttle's decisions -------------------------------------------------------
+    def _sleep(self, seconds: float) -> None:
+        self.throttle.sleep(seconds)
+        self._unrecorded += seconds
+
+    def _wait(self, chunk_no: int, wait: Wait) -> None:
+        """Sleep a Wait: the routine rest silently; a wait with a reason logged and recorded first."""
+        if wait.reason is not None:
+            self.log.info("%s: %s (checking again in %s)", self._label, wait.reason, format_duration(wait.seconds))
+            self._note(chunk_no, wait.reason)
+        self._sleep(wait.seconds)
+
+    def _note(self, chunk_no: int, state: str | None) -> None:
+        """Record the throttle state and the seconds slept so far on the checkpoint row; best effort."""
+        self._state = state
+        seconds = self._unrecorded
+        try:
+            self.store.note_throttle(self.spec.name, chunk_no, state, seconds)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must never stop a backfill
+            self.log.warning("%s: could not record throttle state: %s", self._label, describe(exc))
+            return
+        self._unrecorded -= seconds
 
     def _batch_with_retries(self, chunk_no: int, label: str):
         attempt = 0
@@ -278,14 +343,15 @@ class ChunkRunner:
                     if is_statement_timeout(exc) and self._current is not None and self._current[2] == 1:
                         raise self._row_timeout(exc) from exc
                     raise
-                delay = self.throttle.backoff(attempt)
+                delay = retry_backoff(attempt)
+                self._sleep(delay)
                 attempt += 1
                 self.log.warning("%s: batch hit %s (%s); rolled back, retry %d/%d after %.1f s", label, what,
                                  str(exc.orig).strip().splitlines()[0], attempt, self.spec.batch_retries, delay)
 
     def batch_rows(self) -> int:
         """Rows the next batch asks for: the throttle's size, or less while a statement_timeout split is in effect."""
-        rows = self.throttle.batch_rows
+        rows = self._rows or self.throttle.batch_rows
         return min(rows, self.split_rows) if self.split_rows else rows
 
     def _split(self, label: str, exc: DBAPIError) -> bool:
@@ -341,7 +407,7 @@ class ChunkRunner:
     def _batch(self, chunk_no: int):
         """One batch in one transaction; returns None when the chunk has no keys left."""
         w, name = self.writer, self.spec.name
-        throttled = self.throttle.unrecorded
+        throttled = self._unrecorded
         self._current = None
         self._fast = False
         with self.engine.begin() as conn:
@@ -358,7 +424,7 @@ class ChunkRunner:
             if skipped:
                 rowlocks.record_skipped(conn, name, chunk_no, skipped)
             self.store.advance(conn, name, chunk_no, end, seen, written, throttled, self.split_rows)
-        self.throttle.recorded(throttled)
+        self._unrecorded -= throttled
         if w.skips_locked:
             self.skipped.met(skipped)
             self.slow = bool(skipped) or not w.single_statement  # back to the fast path once nothing is held
@@ -419,8 +485,8 @@ class ChunkRunner:
             raise self.skipped.too_long(self.spec, overdue)
         return written
 
-    def _wait_for_skipped(self, label: str) -> None:
-        """The walk is done but rows others hold are left: wait for the next revisit, stoppable."""
+    def _wait_for_skipped(self, chunk_no: int) -> None:
+        """The walk is done but rows others hold are left: wait for the next revisit (the throttle is asked again after)."""
         seconds = self.skipped.seconds_to_next()
         if seconds > 0:
-            self.throttle.wait(seconds, f"waiting for {self.skipped.count:,} rows other sessions hold")
+            self._wait(chunk_no, Wait(seconds, f"waiting for {self.skipped.count:,} rows other sessions hold"))

@@ -27,11 +27,10 @@ from rowfill.engine.plan import plan_backfill
 from rowfill.engine.report import backfill_summary
 from rowfill.engine.resolve import pinned_spec, stored_table
 from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_target
-from rowfill.engine.runner import ChunkRunner
 from rowfill.engine.status import statuses
 from rowfill.engine.throttle import format_knob
 from rowfill.engine.transform import load_callable
-from rowfill.engine.undo import NoUndo, RestoreWriter, no_undo_message, rollback_spec
+from rowfill.engine.undo import ROLLBACK_SUFFIX, NoUndo, RestoreWriter, no_undo_message, rollback_name, rollback_spec
 from rowfill.engine.verify import VerificationFailed, verify_backfill
 from rowfill.errors import ChunkFailed, RowfillError, SpecError
 from rowfill.ops.statusview import progress_bar as share_bar
@@ -174,19 +173,25 @@ def cmd_run(args) -> int:
 
 
 def _control(args, action) -> int:
-    spec = find_spec(args.name, args.specs_dir)
+    name = args.name
+    if name.endswith(ROLLBACK_SUFFIX):  # NAME.rollback: the rollback's chunks (no spec name has a '.')
+        spec = find_spec(name[: -len(ROLLBACK_SUFFIX)], args.specs_dir)
+        name = rollback_name(spec.name)
+    else:
+        spec = find_spec(name, args.specs_dir)
+        name = spec.name
     engine = _engine(spec, args)
     try:
         store = ControlStore(engine)
-        control = reconnect.call(lambda: action(store, spec.name, args.reason), spec, "changing the control state")
+        control = reconnect.call(lambda: action(store, name, args.reason), spec, "changing the control state")
     finally:
         engine.dispose()
     what = {"paused": "running chunks stop at their next batch boundary and wait, without holding a worker slot, "
-                      f"until `rowfill resume {spec.name}`",
+                      f"until `rowfill resume {name}`",
             "running": "waiting chunks continue from their cursors within a few seconds",
             "cancelled": "running chunks stop at their next batch boundary, keep their cursors and end skipped; "
-                         f"later runs skip too until `rowfill resume {spec.name}`"}[control.state]
-    print(f"{spec.name}: {control.state}; {what}")
+                         f"later runs skip too until `rowfill resume {name}`"}[control.state]
+    print(f"{name}: {control.state}; {what}")
     return 0
 
 
@@ -257,8 +262,14 @@ def cmd_rollback(args) -> int:
         chunks = plan_rollback(engine, spec, limit=max_map_length(), log=logging.getLogger("rowfill.plan"))
         forward = rollback_target(engine, spec)
         print(f"{spec.name}: rolling back {forward.table}, {len(chunks)} chunks of the undo log")
-        for chunk in chunks:
-            ChunkRunner(engine, rb, label=chunk.label, writer=RestoreWriter(rb, forward)).run(chunk.chunk_no)
+        for chunk in chunks:  # the one chunk path: pause, cancel (of NAME.rollback), windows, gates, metrics
+            outcome = run_chunk_here(engine, rb, chunk.chunk_no, label=chunk.label, logger=logging.getLogger("rowfill.run"),
+                                     observers=standard_observers(engine, rb), writer=RestoreWriter(rb, forward),
+                                     check_table=False)
+            if outcome.kind == "cancelled":
+                print(f"{spec.name}: rollback cancelled ({outcome.reason}); restored batches stay restored, "
+                      f"`rowfill resume {rb.name}` and run it again to continue")
+                return 1
         print(finish_rollback(engine, spec).line())
     finally:
         engine.dispose()
