@@ -47,7 +47,14 @@ def spec_engine(spec: Spec, url: str | None = None) -> Engine:
 
 
 def engine_from_airflow(conn_id: str) -> Engine:
-    """Build the engine from the Airflow connection, keeping the extras the hook's URL loses."""
+    """Build the engine from the Airflow connection, keeping the extras the hook's URL loses.
+
+    :param conn_id: the Airflow connection id (the spec's ``connection``).
+    :returns: a SQLAlchemy engine with ``pool_pre_ping``, ``application_name=rowfill``, a 10 s connect timeout
+        and the libpq extras of the connection.
+    :raises ConnectionNotFound: when Airflow has no such connection (its ``AirflowNotFoundException``);
+        any other error of the lookup as is.
+    """
     # Imported here: the `rowfill` command with --db (or ROWFILL_DATABASE_URL) never pays for
     # importing Airflow's Postgres provider.
     from airflow.providers.postgres.hooks.postgres import PostgresHook

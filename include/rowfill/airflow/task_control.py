@@ -67,6 +67,11 @@ def attempt_restore(op, context, event=None):
     :returns: the XCom summary (chunk_no, status, records, restored, seconds).
     """
     def restore(engine):
+        """The rollback's writer for ``_go``: ``RestoreWriter`` over the forward table pinned at planning.
+
+        :param engine: the target database.
+        :returns: ``run_chunk`` keyword arguments (``writer``, and ``check_table=False``: the undo log is the target).
+        """
         forward = rollback_target(engine, op.spec)  # the table pinned when the rollback was planned
         return {"writer": RestoreWriter(rb, forward), "check_table": False}
 
@@ -106,7 +111,14 @@ def _go(op, context, event, spec, how):
 
 
 def before_plan(engine, spec, context, log):
-    """A cancelled backfill plans nothing (dry runs never get here: see operators). None = plan as usual."""
+    """A cancelled backfill plans nothing (dry runs never get here: see operators). None = plan as usual.
+
+    :param engine: the target database. :param spec: the backfill.
+    :param context: / :param log: the task's Airflow context and logger (unused here; the hook's signature).
+    :returns: None: plan as usual.
+    :raises AirflowSkipException: when the backfill is cancelled, so the run ends skipped with the way to resume
+        (Airflow docs, "Special exceptions").
+    """
     control = _control(engine, spec)
     if control.state == "cancelled":
         raise AirflowSkipException(f"backfill {spec.name} is {stop_reason(control)}; nothing planned. "
@@ -115,6 +127,13 @@ def before_plan(engine, spec, context, log):
 
 
 def before_verify(engine, spec, context) -> None:
+    """Skip the verify task when there is nothing to verify: a dry run, or a cancelled backfill.
+
+    :param engine: the target database. :param spec: the backfill.
+    :param context: the task's Airflow context (its ``params`` say whether this is a dry run).
+    :raises AirflowSkipException: in a dry run, or when the backfill is cancelled (unfinished chunks keep
+        their cursors) (Airflow docs, "Special exceptions").
+    """
     if is_dry_run(_params(context)):
         raise AirflowSkipException("dry run: nothing was written, nothing to verify")
     control = _control(engine, spec)
@@ -124,12 +143,23 @@ def before_verify(engine, spec, context) -> None:
 
 
 def dry_run_summary(context):
+    """The dry-run report the plan task pushed to XCom (key ``dry_run``), or None outside a dry run.
+
+    :param context: the task's Airflow context.
+    :returns: the report as pushed by the plan task, or None: summarise as usual.
+    """
     if not is_dry_run(_params(context)):
         return None
     return context["ti"].xcom_pull(task_ids="plan", key="dry_run")
 
 
 def annotate_summary(engine, spec, summary: dict, log) -> dict:
+    """Add the backfill's control state to the run summary and log why it is not running, if it is not.
+
+    :param engine: the target database. :param spec: the backfill.
+    :param summary: the summary dict, changed in place. :param log: the task's logger.
+    :returns: ``summary`` with ``control`` set to ``running``, ``paused`` or ``cancelled``.
+    """
     control = _control(engine, spec)
     summary["control"] = control.state
     if control.state != "running":

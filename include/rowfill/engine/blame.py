@@ -91,7 +91,13 @@ class Narrowing:
         return [decode(v) for v in self.conn.execute(sql, params).scalars()]
 
     def attempt(self, writer, lo, hi, first) -> DBAPIError | None:
-        """Write ``(lo, hi]`` with ``writer`` in a savepoint that is rolled back; the data error, or None."""
+        """Write ``(lo, hi]`` with ``writer`` in a savepoint that is rolled back; the data error, or None.
+
+        :param writer: the writer to try. :param lo: / :param hi: the key bounds, ``lo`` excluded (None: open).
+        :param first: the batch's first key, set on the writer as ``batch_first``.
+        :returns: the DBAPIError when it is a data error (SQLSTATE class 22 or 23), else None.
+        :raises DBAPIError: any other database error, and any other exception, after rolling the savepoint back.
+        """
         savepoint = self.conn.begin_nested()
         try:
             writer.batch_first = first
@@ -188,6 +194,11 @@ class Narrowing:
         value_only = writer.out_kinds[0] in ("json", "jsonb")  # a dict is the value for one json column
 
         def one_column(rows):
+            """The transform over ``rows``, each result cut to ``column`` (a dict ``{column: value}``, or the value for json).
+
+            :param rows: the batch's rows as the transform receives them.
+            :returns: one item per row, None where the transform returned None (row left alone).
+            """
             out = []
             for r in whole(rows):
                 value = r[column] if isinstance(r, Mapping) else r

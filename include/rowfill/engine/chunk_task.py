@@ -78,6 +78,10 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     windows = Windows(spec.window)
 
     def hold(state: str) -> None:
+        """Record on the chunk row why it is not running (``paused``, ``cancelled``, window closed), so status shows it.
+
+        :param state: the reason text; written through a database restart (``reconnect.call``).
+        """
         reconnect.call(lambda: store.note_throttle(spec.name, chunk_no, state), spec, "recording why the chunk waits", logger)
 
     if control.state == "cancelled":

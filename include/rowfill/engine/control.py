@@ -80,7 +80,13 @@ def knob_names() -> list[str]:
 
 
 def parse_knob(name: str, value) -> float | int | None:
-    """One knob from the command line (``pause=50ms``) or JSON, validated like the spec field."""
+    """One knob from the command line (``pause=50ms``) or JSON, validated like the spec field.
+
+    :param name: the knob (``batch_rows``, ``pause``, ``replica_lag.wait``...).
+    :param value: text such as ``50ms`` or a JSON number/None; ``off`` or None clears a threshold.
+    :returns: rows as int, durations as seconds (float), ratios as float, or None for ``off``.
+    :raises BadKnob: for an unknown knob, or a value out of the spec field's bounds, with examples of valid ones.
+    """
     raw = value.strip() if isinstance(value, str) else value
     try:
         kind = _SIMPLE_KNOBS.get(name)
@@ -320,6 +326,10 @@ class WebControl:
     """Pause/resume for the progress page's buttons (``rowfill.airflow.web`` looks up ``web_control``)."""
 
     def state(self, engine: Engine, spec) -> str:
+        """The backfill's control state (``running``, ``paused`` or ``cancelled``) for the progress page.
+
+        :param engine: the target database. :param spec: the backfill spec (its ``name`` is the control row).
+        """
         return ControlStore(engine).get(spec.name).state
 
     def states(self, engine: Engine, specs) -> dict[str, str]:
@@ -333,9 +343,19 @@ class WebControl:
         return {name: found.get(name, "running") for name in names}
 
     def pause(self, engine: Engine, spec, user: str) -> Control:
+        """Pause the backfill from the progress page's button; the reason names the Airflow user.
+
+        :param engine: the target database. :param spec: the backfill. :param user: the Airflow user who pressed it.
+        :returns: the control row after the change.
+        """
         return ControlStore(engine).pause(spec.name, reason=f"from the Airflow UI by {user}")
 
     def resume(self, engine: Engine, spec, user: str) -> Control:
+        """Resume a paused or cancelled backfill from the progress page; the reason names the Airflow user.
+
+        :param engine: the target database. :param spec: the backfill. :param user: the Airflow user who pressed it.
+        :returns: the control row after the change.
+        """
         return ControlStore(engine).resume(spec.name, reason=f"from the Airflow UI by {user}")
 
 

@@ -40,8 +40,14 @@ def check_reachable(engine: Engine, connection: str, source: str | None = None, 
     A server that refuses or drops connections (restarting, failing over) is tried again for
     ``reconnect_for`` seconds, the spec's field (``rowfill.engine.reconnect``); a wrong database name or
     password fails at once.
+
+    :param engine: the target database. :param connection: the Airflow connection id, named in the error.
+    :param source: the spec file, to name field ``connection``. :param reconnect_for: seconds to retry a refused
+        or dropped connection (0.0: try once).
+    :raises DatabaseUnavailable: when the server still cannot be reached, with the connection and what to check.
     """
     def ping() -> None:
+        """One round trip on a fresh connection; a connection-class error lets ``retry_connection`` try again."""
         with engine.connect() as conn:
             pg_catalog.ping(conn)
 

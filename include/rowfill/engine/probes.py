@@ -70,16 +70,26 @@ class Reading:
 
     @property
     def over_critical(self) -> bool:
+        """True when the gate has a critical threshold and the reading is above it (stop writing)."""
         return self.gate.critical is not None and self.value > self.gate.critical
 
     @property
     def over_wait(self) -> bool:
+        """True when the gate has a wait threshold and the reading is above it (hold the next batch)."""
         return self.gate.wait is not None and self.value > self.gate.wait
 
     def why_wait(self) -> str:
+        """The reading against its wait threshold, as the reason of a Wait (e.g. ``replica lag 12.0 s > 5.0 s``).
+
+        :returns: the text; it assumes ``over_wait`` (a gate without a wait threshold has none to show).
+        """
         return self._text(self.gate.wait, "")
 
     def why_critical(self) -> str:
+        """The reading against its critical threshold, for the error that stops the chunk.
+
+        :returns: the text; it assumes ``over_critical``.
+        """
         return self._text(self.gate.critical, "")
 
 
@@ -178,12 +188,17 @@ class LatencyProbe:
         self.errors = 0
 
     def start(self) -> None:
+        """Start the background thread that times the probe query every ``every`` seconds; a no-op if it runs.
+
+        A thread, so the latency is measured between batches as well as during them.
+        """
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._loop, name="rowfill-latency-probe", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
+        """Ask the probe thread to stop and wait up to 5.0 seconds for it; it can be started again."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -54,12 +54,23 @@ class ExactIntervalLoader(IntervalLoader):
 
 class _NullKeepingJsonb(JsonbLoader):
     def load(self, data):
+        """psycopg's jsonb loader, but a JSON ``null`` value comes back as ``Jsonb(None)``, not Python None.
+
+        Why: None means SQL NULL to a transform; a jsonb ``'null'`` is a value and must be written back as one.
+        :param data: the value's bytes from the driver.
+        :returns: the decoded value, or ``Jsonb(None)`` for JSON null.
+        """
         value = super().load(data)
         return Jsonb(None) if value is None else value
 
 
 class _NullKeepingJson(JsonLoader):
     def load(self, data):
+        """psycopg's json loader, but a JSON ``null`` value comes back as ``Json(None)``, not Python None.
+
+        :param data: the value's bytes from the driver.
+        :returns: the decoded value, or ``Json(None)`` for JSON null, so it is not taken for SQL NULL.
+        """
         value = super().load(data)
         return Json(None) if value is None else value
 

@@ -56,16 +56,31 @@ class _Outage:
         self.waits = 0
 
     def stop(self, retry_state) -> bool:
+        """tenacity's stop condition: True once the outage has lasted ``reconnect_for`` seconds.
+
+        The first call starts the outage clock (``began``, seconds on ``clock``).
+        :param retry_state: tenacity's ``RetryCallState`` (unused: the outage is timed on our clock).
+        :returns: True to give up and let the last error through.
+        """
         now = self.clock()
         if self.began is None:
             self.began = now
         return now - self.began >= self.reconnect_for
 
     def wait(self, retry_state) -> float:
+        """tenacity's wait: the jittered back-off, never past the end of ``reconnect_for``.
+
+        :param retry_state: tenacity's ``RetryCallState``, whose attempt number drives the back-off.
+        :returns: seconds to sleep, at most ``BACKOFF_CAP`` (5.0) and at least 0.0.
+        """
         left = self.reconnect_for - (self.clock() - (self.began or self.clock()))
         return max(min(_JITTER(retry_state), left), 0.0)
 
     def before_sleep(self, retry_state) -> None:
+        """Log the outage once as a warning at its first retry, then at debug, so a restart is one line.
+
+        :param retry_state: tenacity's ``RetryCallState``; its outcome holds the connection error.
+        """
         exc = retry_state.outcome.exception()
         self.waits += 1
         if self.waits == 1:
@@ -76,12 +91,14 @@ class _Outage:
             self.log.debug("still no database while %s: %s", self.what, describe(exc))
 
     def over(self) -> None:
+        """Log that the database is back and how long it was away; nothing when it never went away."""
         if self.began is not None:
             self.log.info("database back after %s (lost while %s); continuing", format_duration(self.clock() - self.began),
                           self.what)
 
     @property
     def lasted(self) -> float:
+        """Seconds since the first failure of this outage (0.0 when none happened), on ``clock``."""
         return 0.0 if self.began is None else self.clock() - self.began
 
 
@@ -117,7 +134,14 @@ def gave_up(spec, what: str, exc: BaseException) -> DatabaseUnreachable:
 
 def call(fn: Callable[[], T], spec, what: str, logger: logging.Logger | None = None,
          sleep: Callable[[float], None] = time.sleep, note: str = "") -> T:
-    """``retry_connection`` for the spec's ``reconnect_for``; a DatabaseUnreachable naming the field when it runs out."""
+    """``retry_connection`` for the spec's ``reconnect_for``; a DatabaseUnreachable naming the field when it runs out.
+
+    :param fn: the database work, safe to run again (it committed nothing when it failed).
+    :param spec: the spec, for ``reconnect_for`` (seconds) and the error's field.
+    :param what: what was being done, for the log and the error. :param note: extra for the first warning.
+    :returns: ``fn()``'s result.
+    :raises DatabaseUnreachable: when connection errors last longer than ``reconnect_for``; any other error as is.
+    """
     try:
         return retry_connection(fn, reconnect_for=spec.reconnect_for, what=what, logger=logger, sleep=sleep, note=note)
     except Exception as exc:

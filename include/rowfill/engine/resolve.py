@@ -95,7 +95,13 @@ def _changed(spec: Spec, planned: Relation, problem: str, name: str | None = Non
 
 
 def check_unchanged(conn: Connection, spec: Spec, planned: Relation, name: str | None = None) -> None:
-    """``planned``'s name still names the relation with ``planned``'s OID; else a ``table`` SpecError."""
+    """``planned``'s name still names the relation with ``planned``'s OID; else a ``table`` SpecError.
+
+    :param conn: a connection. :param spec: the spec (its source for the error). :param planned: the relation at planning.
+    :param name: the backfill named in the error (default: the spec's).
+    :raises SpecError: field ``table``, when the table was dropped, renamed, or dropped and created again:
+        the plan's chunks and cursors belong to the old one.
+    """
     now = lookup(conn, planned.table)
     if now is None:
         raise _changed(spec, planned, f"{planned.table} does not exist any more (dropped or renamed)", name)

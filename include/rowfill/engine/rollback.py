@@ -30,6 +30,11 @@ def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
 
     Forgetting the forward plan is what makes an in-flight chunk of it stop: its next batch finds
     no checkpoint row (a batch already running finishes first; the chunk row lock orders the two).
+
+    :param engine: the target database. :param spec: the forward backfill (``undo: true``).
+    :param limit: the most chunks to plan (Airflow's max_map_length). :param log: the planning logger.
+    :returns: the rollback's chunks, as ``plan_backfill`` returns them.
+    :raises NoUndo: when the spec has no ``undo: true``, or its undo log does not exist (it never ran).
     """
     if not spec.undo:
         raise NoUndo(no_undo_message(spec))
@@ -67,13 +72,19 @@ class RollbackResult:
     left_alone: int
 
     def line(self) -> str:
+        """The closing line of a rollback: rows restored, and rows left alone because the application changed them."""
         return (f"{self.backfill}: rollback done, {self.restored:,} rows restored to their previous values"
                 + (f", {self.left_alone:,} left alone because the application changed them after the backfill"
                    if self.left_alone else ""))
 
 
 def finish_rollback(engine: Engine, spec: Spec) -> RollbackResult:
-    """Every rollback chunk done and the undo log empty; otherwise say what is left and how to finish."""
+    """Every rollback chunk done and the undo log empty; otherwise say what is left and how to finish.
+
+    :param engine: the target database. :param spec: the forward backfill.
+    :returns: the RollbackResult (chunks, rows walked, restored, left alone); the rollback's progress is forgotten.
+    :raises RollbackIncomplete: when a chunk is not done, or undo records were written while it ran (run it again).
+    """
     rb = rollback_spec(spec)
     store = CheckpointStore(engine)
     chunks = store.chunks(rb.name)

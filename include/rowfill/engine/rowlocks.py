@@ -104,6 +104,7 @@ def batch_lock_sql(writer, has_lo: bool) -> str:
     same statement, which makes PostgreSQL run the locking CTE to its end.
     """
     def make():
+        """The driver SQL text, built once per statement key and cached by ``writer.statement``."""
         key, t = writer.key, writer.spec.table.sql
         rng = key.range_text(has_lo, True)
         q = key.qualified(t)
@@ -125,6 +126,7 @@ def revisit_lock_sql(writer) -> str:
     keys that match ``where`` but could not be locked. Keys in neither are gone or no longer match.
     """
     def make():
+        """The driver SQL text, built once and cached by ``writer.statement``."""
         key, t = writer.key, writer.spec.table.sql
         q = key.qualified(t)
         scope = _in_list(key, q.row())
@@ -187,6 +189,7 @@ def batch_count_sql(writer, has_lo: bool) -> str:
     already costs no wait).
     """
     def make():
+        """The driver SQL text, built once per ``has_lo`` and cached by ``writer.statement``."""
         key, t = writer.key, writer.spec.table.sql
         rng = key.range_text(has_lo, True)
         scan = f"FROM {t} WHERE {rng}{writer.where_sql()}"
@@ -230,6 +233,12 @@ def pending(conn: Connection, backfill: str, chunk_no: int, limit: int | None = 
 
 
 def forget(conn: Connection, backfill: str, chunk_no: int, keys: list) -> None:
+    """Delete keys from ``rowfill.skipped_rows``, in the caller's transaction; no-op for none.
+
+    :param conn: a connection inside the batch transaction.
+    :param backfill: the backfill's name. :param chunk_no: its chunk.
+    :param keys: key values as ``rowfill.sql.keys`` decodes them (a list per composite key).
+    """
     if keys:
         conn.execute(text(f"DELETE FROM {SCHEMA}.skipped_rows WHERE backfill = :n AND chunk_no = :c "
                           "AND key IN (SELECT e FROM jsonb_array_elements(CAST(:k AS jsonb)) AS e)"),
@@ -267,6 +276,11 @@ class SkippedKeys:
     gap: float = REVISIT_FIRST
 
     def met(self, keys: list) -> None:
+        """Note keys found locked: the first sighting starts each key's ``locked_rows_wait`` clock.
+
+        Also schedules the first revisit ``gap`` seconds on if none is scheduled.
+        :param keys: key values as decoded from the database; already known keys keep their first time.
+        """
         now = self.clock()
         for k in keys:
             self.first_met.setdefault(_json(k), now)
@@ -275,12 +289,15 @@ class SkippedKeys:
 
     @property
     def count(self) -> int:
+        """Keys of this chunk still waiting for their rows to come free."""
         return len(self.first_met)
 
     def due(self) -> bool:
+        """True when there are skipped keys and the next revisit time (monotonic seconds) has come."""
         return bool(self.first_met) and self.clock() >= self.next_at
 
     def seconds_to_next(self) -> float:
+        """Seconds until the next revisit is due (0.0 if it is due now); the runner sleeps no longer."""
         return max(self.next_at - self.clock(), 0.0)
 
     def revisited(self, done: list, held: list) -> None:
@@ -292,6 +309,7 @@ class SkippedKeys:
         self.next_at = self.clock() + self.gap if self.first_met else 0.0
 
     def clear(self) -> None:
+        """Forget all keys and reset the revisit back-off to ``REVISIT_FIRST`` (0.05 s), for a new attempt."""
         self.first_met.clear()
         self.gap, self.next_at = REVISIT_FIRST, 0.0
 
@@ -301,6 +319,12 @@ class SkippedKeys:
         return [k for k, since in self.first_met.items() if now - since > self.wait]
 
     def too_long(self, spec, overdue: list) -> RowsLockedTooLong:
+        """The error for keys held past ``locked_rows_wait``: how many, a sample, where they are kept, what to do.
+
+        :param spec: the backfill spec, for its key and source file.
+        :param overdue: key JSON texts from ``overdue()``.
+        :returns: a RowsLockedTooLong for the caller to raise (it is not raised here).
+        """
         sample = ", ".join(format_value(decode(k)) for k in sorted(overdue)[:SAMPLE_KEYS])
         more = f" and {len(overdue) - SAMPLE_KEYS:,} more" if len(overdue) > SAMPLE_KEYS else ""
         return RowsLockedTooLong(

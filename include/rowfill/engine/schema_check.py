@@ -67,7 +67,14 @@ def check_target(conn: Connection, spec: Spec) -> Target:
 
 
 def check_key(conn: Connection, spec: Spec, types: dict[str, str], not_null: set[str], table_sql: str | None = None) -> Key:
-    """The key exists, is NOT NULL, is unique, and a btree index can walk it in order (EXPLAIN proves it)."""
+    """The key exists, is NOT NULL, is unique, and a btree index can walk it in order (EXPLAIN proves it).
+
+    :param conn: a connection. :param spec: the spec. :param types: column -> SQL type of the table.
+    :param not_null: the NOT NULL columns. :param table_sql: the table as SQL (default: the spec's).
+    :returns: the Key with its column types.
+    :raises SpecError: field ``key``, for a missing or nullable column, no btree index the batches can walk
+        (with the plan), or no unique index, each with the statement that fixes it.
+    """
     table_sql = table_sql or spec.table.sql
     columns = spec.key_columns
     for col in columns:
@@ -122,6 +129,10 @@ def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, 
     nodes = []
 
     def walk(node):
+        """Collect the node types of an EXPLAIN (FORMAT JSON) plan tree, depth first, into ``nodes``.
+
+        :param node: one plan node (a dict with ``Node Type`` and optional ``Plans``).
+        """
         nodes.append(node.get("Node Type"))
         for child in node.get("Plans", []):
             walk(child)

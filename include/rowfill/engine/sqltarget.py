@@ -38,6 +38,12 @@ def _relations(plan: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]
     writes, reads = [], []
 
     def walk(node: dict) -> None:
+        """Sort one EXPLAIN (VERBOSE, FORMAT JSON) node and its children into ``writes`` and ``reads``.
+
+        ``ModifyTable`` nodes (and their ``Target Tables``) are writes, any other node naming a relation a read
+        (PostgreSQL docs, EXPLAIN).
+        :param node: one plan node.
+        """
         named = (node.get("Schema"), node.get("Relation Name"))
         if node.get("Node Type") == "ModifyTable":
             if named[1]:
@@ -71,6 +77,9 @@ def check_sql_target(conn: Connection, spec: Spec, key: Key) -> None:
     """At planning, ``sql`` mode only: EXPLAIN the statement and refuse it (field ``sql``) if it misses the table.
 
     ``spec`` has its table resolved (``rowfill.engine.resolve``); ``key`` its key with types.
+
+    :raises SpecError: field ``sql``, when the database rejects the statement, writes another relation of
+        the table's name, or neither reads nor writes the table (so the batches would not bound it).
     """
     if spec.mode != "sql":
         return

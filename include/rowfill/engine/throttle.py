@@ -353,6 +353,10 @@ class Throttle:
 
     @batch_rows.setter
     def batch_rows(self, rows: int) -> None:
+        """Set the next batch's size, rows (a live knob or a test); the adaptive size goes on from there.
+
+        :param rows: rows per batch.
+        """
         self.size.size = rows
 
     @property

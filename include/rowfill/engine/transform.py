@@ -49,7 +49,13 @@ class TransformError(RowfillError):
 
 
 def load_callable(path: str, spec: Spec | None = None, field: str = "transform") -> Callable:
-    """Import ``module.path:function``; errors say where the module must live to be found by Airflow."""
+    """Import ``module.path:function``; errors say where the module must live to be found by Airflow.
+
+    :param path: ``module.path:function``. :param spec: the spec, for its source file in errors.
+    :param field: the field named in errors (``transform`` or ``sink``).
+    :returns: the function.
+    :raises SpecError: when the module fails to import or has no such callable, with where it must be installed.
+    """
     module_name, _, attr = path.partition(":")
     source = spec.source if spec else path
     try:
@@ -70,7 +76,12 @@ def load_callable(path: str, spec: Spec | None = None, field: str = "transform")
 
 
 def check_callable_spec(conn: Connection, spec: Spec, key: Key) -> None:
-    """At run start: the function imports, and ``joins``/``select`` compile (EXPLAIN, never executed)."""
+    """At run start: the function imports, and ``joins``/``select`` compile (EXPLAIN, never executed).
+
+    :param conn: a connection. :param spec: a ``transform`` or ``sink`` spec. :param key: its key with types.
+    :raises SpecError: field ``transform``/``sink`` when the function does not import, ``joins``/``select`` when
+        the database rejects that SQL (binds set to NULL, nothing executed but EXPLAIN).
+    """
     field = "transform" if spec.transform else "sink"
     load_callable(spec.transform or spec.sink, spec, field)
     table = spec.table.sql
@@ -247,6 +258,10 @@ def array_literal(value, column: str) -> str:
 
     Any length, nested lists for multi-dimensional arrays, None elements; the literal is cast
     to the column's type in the write, so PostgreSQL checks it (e.g. a ragged 2-D array fails there).
+
+    :param value: a list (or tuple) of elements. :param column: the column, named in errors.
+    :returns: the array literal text.
+    :raises TransformError: when the value is not a list or psycopg cannot dump it (e.g. an empty inner list).
     """
     from psycopg.adapt import PyFormat, Transformer
 
@@ -267,6 +282,11 @@ def array_param(values: list, sql_type: str, column: str, kind: str = ""):
     rule returning ``0`` for some rows and ``Decimal('12.5')`` for others would give). Numbers
     become Decimal; other scalars become their text, which the ``CAST(... AS type[])`` reads back.
     ``kind`` is the column's ``transport_kinds`` entry: array values become one literal per row.
+
+    :param values: one value per row. :param sql_type: the column's SQL type.
+    :param column: the column, named in errors. :param kind: the column's transport kind (``array``, ``json``...).
+    :returns: the list (or, for plain ints, an array literal text) to bind.
+    :raises TransformError: when the values mix types that cannot share one array.
     """
     if kind == "array":
         return [None if v is None else array_literal(v, column) for v in values]
@@ -357,7 +377,13 @@ class TransformWriter(BatchWriter):
                 for i, (col, typ, name, kind) in enumerate(zip(columns, types, names, kinds))}
 
     def results(self, rows: list[dict]) -> tuple[list[list], int]:
-        """Columns for the write: key columns, then returned columns, of every row the function did not skip."""
+        """Columns for the write: key columns, then returned columns, of every row the function did not skip.
+
+        :param rows: the batch's rows (dicts with the key columns and the selected columns).
+        :returns: (columns: key columns then returned columns, each a list, number of rows kept).
+        :raises TransformError: when the function returns another number of results than rows, a dict without
+            exactly the ``returns`` columns, or a non-dict with several ``returns`` columns.
+        """
         out = call_with_blame(self.fn, rows, self.key, f"transform {self.spec.transform}")
         out = list(out) if not isinstance(out, list) else out
         if len(out) != len(rows):

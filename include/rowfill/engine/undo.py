@@ -127,7 +127,12 @@ class UndoLog:
         return f"CREATE TABLE IF NOT EXISTS {self.table.sql} ({', '.join(cols)}, PRIMARY KEY ({pk}))"
 
     def ensure(self, conn: Connection, spec: Spec) -> None:
-        """Create the undo table, or check that the one there has the shape this spec writes."""
+        """Create the undo table, or check that the one there has the shape this spec writes.
+
+        :param conn: a connection in the planning transaction. :param spec: the backfill.
+        :raises SpecError: field ``undo``, when the table there has other columns: it belongs to an earlier version
+            of the backfill, whose previous values a rollback may still need.
+        """
         self.check_names(spec)
         expected = dict(zip(self.column_names(), [*self.key.types, *self.types, *self.types]))
         existing = column_types(conn, self.table.sql)
@@ -226,6 +231,7 @@ class UndoSetWriter(SetWriter):
     def _write(self, has_lo: bool) -> str:
         """The recording write; it returns the rows written."""
         def make():
+            """The recording write's driver SQL, built once per ``has_lo`` and cached by ``self.statement``."""
             rng_where = self.key.range_text(has_lo, True) + self.where_sql()
             return self.driver(self.undo.recording_set(self.spec.table.sql, "@sets", rng_where, self.where_sql(),
                                                        self.qkey))
@@ -292,7 +298,12 @@ def undo_exists(conn: Connection, spec: Spec) -> bool:
 
 
 def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -> None:
-    """Hook of forward planning: no backfill while its rollback is unfinished; create the undo log."""
+    """Hook of forward planning: no backfill while its rollback is unfinished; create the undo log.
+
+    :param conn: the planning transaction. :param store: the checkpoint store. :param spec: the spec being planned.
+    :raises RowfillError: when a rollback of this backfill is unfinished (finish or reset it first).
+    :raises SpecError: field ``undo``, from ``UndoLog.ensure``, when the undo log has another shape.
+    """
     if spec.name.endswith(ROLLBACK_SUFFIX):  # a rollback's own plan
         return
     rb = rollback_name(spec.name)

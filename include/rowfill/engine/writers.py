@@ -82,6 +82,7 @@ class BatchWriter:
 
     def _lock(self, has_lo: bool) -> str:
         def make():
+            """The lock statement's driver SQL, built once per ``has_lo`` and cached by ``self.statement``."""
             return self.driver(statements.lock_rows(self.spec.table.sql, self.key, has_lo, bool(self.spec.where)))
         return self.statement(("lock", has_lo), make)
 

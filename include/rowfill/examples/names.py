@@ -8,4 +8,9 @@ from __future__ import annotations
 
 
 def full_name(rows: list[dict]) -> list[str]:
+    """The transform: ``first_name last_name`` for each row.
+
+    :param rows: the batch's rows, dicts with ``first_name`` and ``last_name``.
+    :returns: one full name per row, in row order.
+    """
     return [f"{r['first_name']} {r['last_name']}" for r in rows]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 
 def export_dir() -> Path:
+    """The export folder: ``$ROWFILL_SEARCH_EXPORT_DIR``, default ``/tmp/rowfill-search-export``."""
     return Path(os.environ.get("ROWFILL_SEARCH_EXPORT_DIR", "/tmp/rowfill-search-export"))
 
 
@@ -23,6 +24,12 @@ def _plain(value):
 
 
 def to_jsonl(batch) -> int:
+    """The sink: write the batch to ``<batch id>.jsonl``, via a temporary file renamed into place.
+
+    Renaming makes a batch sent again after a crash replace its own file (sinks are at-least-once).
+    :param batch: the sink batch (``id``, ``rows`` as dicts); Decimal values are written as text.
+    :returns: the number of rows sent.
+    """
     folder = export_dir()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / (batch.id.replace(":", "_") + ".jsonl")

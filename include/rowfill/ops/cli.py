@@ -40,6 +40,10 @@ from rowfill.store.checkpoint import CheckpointStore
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:
+    """A text bar for ``done`` of ``total`` chunks (or rows), ``width`` characters; full when ``total`` is 0.
+
+    :returns: the bar, drawn by ``rowfill.ops.statusview.progress_bar``.
+    """
     return share_bar(1.0 if total <= 0 else done / total, width)
 
 
@@ -64,6 +68,11 @@ def _summary_line(engine, spec, after_failure: bool = False) -> str:
 
 
 def cmd_validate(args) -> int:
+    """``rowfill validate``: load every spec, and import each transform or sink as the workers will.
+
+    :param args: the parsed command line (``specs_dir``).
+    :returns: the exit status: 0 when every spec is valid, 1 when any is not (each error printed).
+    """
     specs, errors = load_specs(args.specs_dir)
     for spec in specs:
         try:  # a transform or sink must import here as it will on the workers
@@ -196,14 +205,32 @@ def _control(args, action) -> int:
 
 
 def cmd_pause(args) -> int:
+    """``rowfill pause NAME``: running chunks stop at their next batch boundary and defer without a worker slot.
+
+    :param args: the parsed command line (``name``, ``reason``, ``specs_dir``, ``db``).
+    :returns: the exit status, 0.
+    :raises SpecErrors: for an unknown or broken spec. :raises DatabaseUnavailable: when the database cannot be reached.
+    """
     return _control(args, ControlStore.pause)
 
 
 def cmd_resume(args) -> int:
+    """``rowfill resume NAME``: paused or cancelled chunks continue from their cursors.
+
+    :param args: the parsed command line (``name``, ``reason``, ``specs_dir``, ``db``).
+    :returns: the exit status, 0.
+    :raises SpecErrors: for an unknown or broken spec. :raises DatabaseUnavailable: when the database cannot be reached.
+    """
     return _control(args, ControlStore.resume)
 
 
 def cmd_cancel(args) -> int:
+    """``rowfill cancel NAME``: running chunks stop at their next batch boundary, keep their cursors and end skipped.
+
+    :param args: the parsed command line (``name``, ``reason``, ``specs_dir``, ``db``).
+    :returns: the exit status, 0.
+    :raises SpecErrors: for an unknown or broken spec. :raises DatabaseUnavailable: when the database cannot be reached.
+    """
     return _control(args, ControlStore.cancel)
 
 
@@ -216,6 +243,10 @@ def cmd_set(args) -> int:
         store = ControlStore(engine)
 
         def change():
+            """Apply ``--reset``, ``--unset`` and the new knobs in that order; retried whole through a restart.
+
+            :returns: the control row after the change.
+            """
             if args.reset:
                 control = store.reset_knobs(spec.name)
             elif args.unset:
@@ -247,7 +278,13 @@ def cmd_plan(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    """Restore the previous values recorded by an ``undo: true`` backfill, in throttled, checkpointed batches."""
+    """Restore the previous values recorded by an ``undo: true`` backfill, in throttled, checkpointed batches.
+
+    :param args: the parsed command line (``name``, ``yes``, ``specs_dir``, ``db``).
+    :returns: the exit status: 0 done, 1 cancelled, 2 without ``--yes`` (nothing changed).
+    :raises NoUndo: when the spec has no ``undo: true``. :raises RollbackIncomplete: from ``finish_rollback``.
+    :raises SpecErrors: for an unknown or broken spec.
+    """
     spec = find_spec(args.name, args.specs_dir)
     if not spec.undo:
         raise NoUndo(no_undo_message(spec))
@@ -277,6 +314,12 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_reset(args) -> int:
+    """``rowfill reset NAME --yes``: forget the plan and progress of a backfill and of its rollback.
+
+    Rows already written stay written. Without ``--yes`` it only says what it would do.
+    :param args: the parsed command line (``name``, ``yes``, ``specs_dir``, ``db``).
+    :returns: the exit status: 0, or 2 without ``--yes``.
+    """
     spec = find_spec(args.name, args.specs_dir)
     if not args.yes:
         print(f"This forgets the plan and progress of {spec.name!r} (rows already written stay written). Add --yes to do it.")
@@ -293,6 +336,11 @@ def cmd_reset(args) -> int:
 
 
 def cmd_pools(args) -> int:
+    """``rowfill pools [--write]``: the Airflow pools the specs need, as ``airflow pools import`` reads them.
+
+    :param args: the parsed command line (``write``, ``specs_dir``).
+    :returns: the exit status: 0, or 1 when a spec did not load (its pool is then missing).
+    """
     specs, errors = load_specs(args.specs_dir)
     content = json.dumps(pools_for(specs), indent=2) + "\n"
     if args.write:
@@ -304,6 +352,7 @@ def cmd_pools(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``rowfill`` command line: global options and one subcommand per ``cmd_*`` function (``args.func``)."""
     p = argparse.ArgumentParser(prog="rowfill", description="Batched, resumable, exactly-once PostgreSQL backfills.")
     p.add_argument("--specs-dir", help="folder of *.yaml specs (default: $ROWFILL_SPECS_DIR or include/specs)")
     p.add_argument("--db", help="target database URL (default: $ROWFILL_DATABASE_URL or the spec's Airflow connection)")
@@ -351,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``rowfill`` command; errors people can act on become one line on stderr, not a traceback.
+
+    :param argv: the arguments (default: ``sys.argv[1:]``).
+    :returns: the exit status: the command's, 1 for a RowfillError or a lost connection, 130 for Ctrl-C.
+    :raises Exception: any other error, as is (a bug: the traceback is what to report).
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
     try:

@@ -136,7 +136,12 @@ class Key:
         return parts[0] if len(parts) == 1 else "(" + ", ".join(parts) + ")"
 
     def params(self, name: str, value: Any) -> dict:
-        """Bind values for ``param_row(name)``."""
+        """Bind values for ``param_row(name)``.
+
+        :param name: the bind's base name (``lo``, ``hi``...). :param value: a key value, a list for a composite key.
+        :returns: bind name -> value (``name_1``, ``name_2``... for a composite key).
+        :raises ValueError: when a composite key's value is not a list of one value per column.
+        """
         if not self.composite:
             return {name: value}
         if not isinstance(value, list) or len(value) != len(self.columns):
@@ -208,7 +213,12 @@ def column_types(conn: Connection, table_sql: str) -> dict[str, tuple[str, bool]
 
 
 def load_key(conn: Connection, spec, table_sql: str | None = None) -> Key:
-    """The spec's key with its column types read from the live table."""
+    """The spec's key with its column types read from the live table.
+
+    :param conn: a connection. :param spec: the spec. :param table_sql: the table as SQL (default: the spec's).
+    :returns: the Key with the types from the catalog.
+    :raises LookupError: when a key column is not in the table.
+    """
     key = key_of(spec)
     types = column_types(conn, table_sql or spec.table.sql)
     missing = [c for c in key.columns if c not in types]

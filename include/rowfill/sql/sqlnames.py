@@ -31,7 +31,13 @@ class BadIdentifier(ValueError):
 
 
 def parse_identifier(text: str) -> str:
-    """Return the real (case-folded or unquoted) name, the way PostgreSQL would read ``text``."""
+    """Return the real (case-folded or unquoted) name, the way PostgreSQL would read ``text``.
+
+    :param text: an identifier as written in a spec (``users`` or ``"Users"``).
+    :returns: the name as PostgreSQL stores it (unquoted names folded to lower case; PostgreSQL docs, 4.1.1
+        "Identifiers and Key Words").
+    :raises BadIdentifier: for anything else (SQL is not allowed here), or a name over the 63-byte limit.
+    """
     if not isinstance(text, str) or not text:
         raise BadIdentifier("expected an identifier such as users or \"Users\"")
     if _PLAIN.fullmatch(text):

@@ -287,6 +287,10 @@ def expression(text: str, *, binds: Iterable[str] = (), field: str = "where") ->
 
     Refuses a top-level ';' or comma and unbalanced parentheses; the result is meant to be
     used wrapped in parentheses (``UserSql.wrapped``).
+
+    :param text: the user's SQL. :param binds: the bind names allowed (``:lo``, ``:hi``...).
+    :param field: the spec field, named in errors.
+    :raises SqlTextError: for a top-level `;` or comma, or unbalanced parentheses, saying where.
     """
     toks = _tokens(text)
     toks = _one_part(toks, text, "one SQL expression")
@@ -303,6 +307,9 @@ def from_continuation(text: str, *, binds: Iterable[str] = (), field: str = "joi
     Refuses, outside parentheses, anything that would end the FROM clause (WHERE, GROUP BY,
     ORDER BY, LIMIT, UNION, FOR UPDATE, ';', ...): rowfill's WHERE with the batch's key range
     comes right after it.
+
+    :param text: the user's SQL. :param binds: the bind names allowed. :param field: the spec field.
+    :raises SqlTextError: for SQL that ends the FROM clause outside parentheses.
     """
     toks = _tokens(text)
     toks = _one_part(toks, text, "joins continuing the FROM clause")
@@ -322,6 +329,10 @@ def statement(text: str, *, binds: Iterable[str] = (), field: str = "sql", batch
     outermost statement's WHERE clause: ``WHERE id > :lo AND id <= :hi OR x`` selects rows outside
     the batch. Records what the statement's main verb writes (UPDATE/DELETE of a named table) for
     the rowcount guard.
+
+    :param text: the user's SQL. :param binds: the bind names allowed. :param field: the spec field.
+    :param batch: False for a gate or probe query (no WHERE check).
+    :raises SqlTextError: for more than one statement, or a top-level OR in a batch statement's WHERE.
     """
     toks = _tokens(text)
     toks = _one_part(toks, text, "one SQL statement")
@@ -470,6 +481,12 @@ def read_spec_sql(source: str, where=None, set=None, sql=None, select=None, join
     errors: list[SpecError] = []
 
     def read(field, parse, text, label=""):
+        """Parse one SQL field with ``parse``; a SqlTextError becomes a SpecError on ``errors`` naming the field.
+
+        :param field: the spec field (``where``, ``set``...). :param parse: ``expression``, ``statement`` or
+            ``from_continuation``. :param text: the user's SQL. :param label: what prefixes the message (a column).
+        :returns: the parsed SQL, or None when it did not parse.
+        """
         try:
             return parse(text, binds=field_binds(field, key_columns), field=field)
         except SqlTextError as exc:
@@ -488,7 +505,12 @@ def read_spec_sql(source: str, where=None, set=None, sql=None, select=None, join
 
 def spec_sql(spec) -> SpecSql:
     """The spec's SQL fields, checked; SpecError naming the first bad field (specs are checked at
-    load time, so this only fires for specs built in code)."""
+    load time, so this only fires for specs built in code).
+
+    :param spec: the spec (or anything with its SQL fields).
+    :returns: the parsed fields.
+    :raises SpecError: the first bad field's error.
+    """
     parsed, errors = read_spec_sql(spec.source, spec.where, spec.set, spec.sql, spec.select, spec.joins,
                                    tuple(spec.key_columns))
     if errors:
@@ -516,6 +538,7 @@ def spec_slots(spec, key=None) -> dict[str, str]:
     keys = set(spec.key_columns)
 
     def name(n: str) -> str:  # a quoted name as driver SQL: its % doubled like every other
+        """A quoted identifier as driver SQL, ``%`` doubled like all driver SQL (psycopg's paramstyle)."""
         return quote(n).replace("%", "%%")
 
     return {

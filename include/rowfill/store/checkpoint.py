@@ -210,6 +210,10 @@ class CheckpointStore:
 
         Planning a new run forgets what the last verify found (``note_verified``), so no run shows
         an earlier run's outcome as its own.
+
+        :param conn: the planning transaction (the backfill's row is locked FOR UPDATE).
+        :param spec: the backfill; its ``fingerprint`` is what ``meaning`` hashes to.
+        :raises PlanChanged: when the row was registered with another fingerprint (reset to start over).
         """
         meaning = spec.meaning
         existing = conn.execute(
@@ -291,6 +295,11 @@ class CheckpointStore:
         A chunk that stopped on purpose (``pause``: status back to pending with attempts already
         counted) continues the same attempt, so ``attempts`` keeps meaning "how often it had to
         start over after something went wrong", which is what an on-call reads it for.
+
+        :param name: the backfill. :param chunk_no: the chunk. :param worker: recorded on the row.
+        :param run_id: Airflow's run id (None keeps the one recorded).
+        :returns: the chunk row after the claim.
+        :raises LookupError: when the chunk is not planned (reset after planning).
         """
         with self._short_txn() as conn:
             r = conn.execute(
@@ -314,6 +323,10 @@ class CheckpointStore:
 
         The row lock makes two runners of the same chunk (a zombie and its retry) take turns, and
         each one reads the cursor the other committed, so no batch is applied twice.
+
+        :param conn: the batch transaction. :param name: the backfill. :param chunk_no: the chunk.
+        :returns: (where to continue: the cursor, or ``lo`` before the first batch; ``hi``; the chunk's state).
+        :raises LookupError: when the chunk row is gone (reset or rolled back while it ran): the chunk stops.
         """
         cursor, lo, hi, status = conn.execute(
             text(
