@@ -408,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
+    if not args.verbose:  # Airflow's start-up notes ("Reading the config from ...") are not rowfill's output
+        logging.getLogger("airflow").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except RowfillError as exc:
