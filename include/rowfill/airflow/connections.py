@@ -57,14 +57,13 @@ def engine_from_airflow(conn_id: str) -> Engine:
     """
     # Imported here: the `rowfill` command with --db (or ROWFILL_DATABASE_URL) never pays for
     # importing Airflow's Postgres provider.
+    from airflow.exceptions import AirflowNotFoundException
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     hook = PostgresHook(postgres_conn_id=conn_id)
     try:
         conn = hook.get_connection(conn_id)
-    except Exception as exc:
-        if type(exc).__name__ != "AirflowNotFoundException":  # Airflow's "no such connection", from any of its modules
-            raise
+    except AirflowNotFoundException:
         raise ConnectionNotFound(conn_id) from None
     extra = conn.extra_dejson or {}
     connect_args = {"application_name": "rowfill", "connect_timeout": 10}
