@@ -1,8 +1,10 @@
 """Where a backfill stands, for people: rows done of the planned total, rate, ETA, state, per chunk.
 
-Everything comes from the checkpoint store with **one query per backfill** (chunk rows joined to
-their rate samples of the moving window), so the CLI, the Airflow page, the stall watchdog and the
-alerts all read the same numbers, and a page with a thousand chunks costs one round trip.
+Everything comes from the checkpoint store with **one query per backfill over its chunks** (chunk
+rows joined to their rate samples of the moving window and their leases), plus two one-row reads
+(the last verify's count on the backfill's row, the count of skipped keys), so the CLI, the Airflow
+page, the stall watchdog and the alerts all read the same numbers, and a page with a thousand chunks
+costs three round trips per backfill, not one per chunk.
 
 The total is the planned rows (each chunk's ``est_rows``, counted from the key index when it was
 planned): known up front without counting the table. The rate is over the last
@@ -139,7 +141,7 @@ def _eta(remaining: int, rate: float) -> float | None:
 def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SECONDS,
                     with_samples: bool = True, with_leases: bool = True, lease: float = LEASE_SECONDS,
                     with_skipped: bool = True) -> BackfillStatus:
-    """Everything about one backfill in one query; a backfill never planned is 'not started'.
+    """Everything about one backfill (one query over its chunks, two one-row reads); never planned: 'not started'.
 
     A chunk marked running whose runner's lease is older than ``lease`` seconds is ``stale``:
     no rate and no ETA come from it, and its samples leave the backfill's rate.
