@@ -18,6 +18,8 @@ from rowfill.engine.undo import NoUndo, no_undo_message, rollback_name, rollback
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
 from rowfill.sql.sqlnames import clause
+from rowfill.store import backfills
+from rowfill.store import catalog as store_catalog
 from rowfill.store.checkpoint import SCHEMA, CheckpointStore
 
 
@@ -61,6 +63,35 @@ def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
 def rollback_target(engine: Engine, spec: Spec) -> Spec:
     """The backfill's spec with the table a rollback restores: pinned when the rollback was planned (OID checked)."""
     return pinned_spec(engine, spec, (rollback_name(spec.name), spec.name))
+
+
+@dataclass(frozen=True)
+class RollbackProgress:
+    """A rollback planned and not finished yet: its chunks, and how many of them are done."""
+
+    name: str  # the rollback's own name, ``<backfill>.rollback``
+    chunks: int
+    done: int
+
+
+def rollback_in_progress(engine: Engine, backfill: str) -> RollbackProgress | None:
+    """The rollback of ``backfill`` that is in progress, if any, so that controlling a backfill
+    (``rowfill pause/resume/cancel NAME``) can reach its rollback too.
+
+    A rollback is in progress from ``plan_rollback`` (which registers ``<backfill>.rollback`` in
+    ``rowfill.backfills``) until ``finish_rollback`` forgets it: the same test forward planning
+    makes before refusing to run (``rowfill.engine.undo.prepare_forward_plan``).
+
+    :param engine: the target database. :param backfill: the backfill's name (not the rollback's).
+    :returns: the rollback's name and chunk counts, or None (no rollback, or rowfill's schema not there yet).
+    :raises sqlalchemy.exc.DBAPIError: the database could not be read.
+    """
+    name = rollback_name(backfill)
+    with engine.connect() as conn:
+        if not store_catalog.exists(conn, store_catalog.own("backfills")) or not backfills.exists(conn, name):
+            return None
+        chunks = CheckpointStore(engine).chunks(name, conn)
+    return RollbackProgress(name, len(chunks), sum(c.status.finished for c in chunks))
 
 
 @dataclass(frozen=True)
