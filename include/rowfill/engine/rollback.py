@@ -17,7 +17,7 @@ from rowfill.engine.resolve import pinned_relation, pinned_spec, record
 from rowfill.engine.undo import NoUndo, no_undo_message, rollback_name, rollback_spec, undo_exists, undo_table
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
-from rowfill.sql.sqlnames import clause
+from rowfill.sql.scans import row_count
 from rowfill.store import backfills
 from rowfill.store import catalog as store_catalog
 from rowfill.store.checkpoint import SCHEMA, CheckpointStore
@@ -124,7 +124,7 @@ def finish_rollback(engine: Engine, spec: Spec) -> RollbackResult:
         raise RollbackIncomplete(f"rollback of {spec.name!r}: {len(unfinished)} of {len(chunks)} chunks are not done "
                                  f"(first: chunk {unfinished[0].chunk_no}, {unfinished[0].status}); run it again to resume.")
     with engine.connect() as conn:
-        left = conn.execute(clause(f"SELECT count(*) FROM {rb.table.sql}")).scalar() if undo_exists(conn, spec) else 0
+        left = row_count(conn, rb.table.sql) if undo_exists(conn, spec) else 0
     if left:
         store.reset(rb.name)  # so the next rollback walks the whole (small) undo log again
         raise RollbackIncomplete(
