@@ -26,6 +26,7 @@ from rowfill.engine.undo import prepare_forward_plan  # undo log; no backfill wh
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Boundary, Key, chunk_label, load_key
 from rowfill.sql.ranges import ChunkBounds, KeyRange, as_bounds
+from rowfill.store import schema
 from rowfill.store.checkpoint import CheckpointStore, ChunkRow
 
 DEFAULT_MAX_MAP_LENGTH = 1024
@@ -133,14 +134,16 @@ def _plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=
     ones are added above the highest. A partly done chunk keeps its cursor (the runner reads it).
     The table is resolved and pinned first (``rowfill.engine.resolve``): a table that is not the relation
     the stored plan was made on is refused (SpecError on ``table``) before anything is written.
-    Raises SpecError / PlanChanged / RowfillError as the checks do; returns at most ``limit`` chunks
+    Raises SchemaNotReady (``rowfill.store.schema``) when rowfill's schema is missing or behind, before
+    anything is written; SpecError / PlanChanged / RowfillError as the checks do; returns at most ``limit`` chunks
     (Airflow's default max_map_length, 1024, unless given: the Airflow tasks and the ``rowfill`` command
     pass the configured one, ``rowfill.airflow.chunk_settings.max_map_length``).
     """
     limit = DEFAULT_MAX_MAP_LENGTH if limit is None else limit
     store = CheckpointStore(engine)
-    store.ensure_schema()
     with engine.begin() as conn:
+        # the one read-only version check of a plan: rowfill runs no DDL (`rowfill db migrate` does)
+        schema.check(conn, spec.source)
         store.lock_planning(conn, spec.name)
         resolved = pin(conn, spec)
         target = check_target(conn, resolved)

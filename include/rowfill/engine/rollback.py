@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from rowfill.engine.plan import plan_backfill
@@ -18,7 +17,8 @@ from rowfill.engine.undo import NoUndo, no_undo_message, rollback_name, rollback
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
 from rowfill.sql.sqlnames import clause
-from rowfill.store.checkpoint import SCHEMA, CheckpointStore
+from rowfill.store import backfills, schema
+from rowfill.store.checkpoint import CheckpointStore
 
 
 class RollbackIncomplete(RowfillError):
@@ -39,9 +39,9 @@ def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
     if not spec.undo:
         raise NoUndo(no_undo_message(spec))
     store = CheckpointStore(engine)
-    store.ensure_schema()
     rb = rollback_spec(spec)
     with engine.begin() as conn:
+        schema.check(conn, spec.source)  # read only: rowfill runs no DDL (`rowfill db migrate` does)
         if not undo_exists(conn, spec):
             raise NoUndo(f"backfill {spec.name!r} has `undo: true` but no undo log {undo_table(spec.name)} yet: it "
                          "never ran, so there is nothing to roll back.")
@@ -52,7 +52,7 @@ def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
         # the table to restore: the one the backfill was planned on (OID checked), kept on the rollback's
         # own row because the backfill's row goes now
         target = pinned_relation(conn, spec, (spec.name, rb.name))
-        conn.execute(text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n"), {"n": spec.name})
+        backfills.forget(conn, spec.name)
         store.register(conn, rb)
         record(conn, rb.name, target)
     return plan_backfill(engine, rb, limit=limit, log=log)

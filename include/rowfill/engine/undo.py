@@ -137,7 +137,6 @@ class UndoLog:
         expected = dict(zip(self.column_names(), [*self.key.types, *self.types, *self.types]))
         existing = column_types(conn, self.table.sql)
         if not existing:
-            catalog.create_schema(conn)
             conn.execute(clause(self.ddl()))
             # COMMENT ON takes no bound parameter: the text is quoted by the driver, never pasted
             comment = (f"rowfill undo log of backfill {spec.name} on {spec.table}: previous (old_*) and written (new_*) "

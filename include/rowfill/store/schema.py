@@ -1,0 +1,227 @@
+"""The lifecycle of rowfill's own schema in the target database: Alembic migrations, and the
+read-only check every plan makes that the schema is the one this rowfill needs.
+
+rowfill runs no DDL while it works: a role that may only read and write its tables (see
+``rowfill.store.grants``) runs every backfill. The schema is created and changed by
+``rowfill db migrate`` (``migrate`` here), once per release, by a role that may create it; a DBA
+who applies DDL by hand gets it from ``rowfill db migrate --sql`` (``migration_sql``).
+
+The migrations ship inside the package (``rowfill/store/migrations``) and run through Alembic's
+Python API (Alembic docs, "API Details": ``alembic.command`` with a ``Config`` built in code), so no
+``alembic.ini`` is needed. Alembic records the applied revision in ``rowfill.alembic_version``,
+inside rowfill's schema, apart from Airflow's own ``alembic_version`` in its metadata database.
+
+A migration that changes a table takes an ACCESS EXCLUSIVE lock on it (PostgreSQL docs, 13.3.1
+"Table-Level Locks", ALTER TABLE), which would queue behind running batches and block every other
+chunk while it waits. So each attempt waits at most ``LOCK_TIMEOUT`` seconds for a lock, then
+rolls back and tries again after ``RETRY_WAIT`` seconds, ``ATTEMPTS`` times in all: live work is
+never held up longer than one ``LOCK_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from rowfill.errors import RowfillError
+from rowfill.sql.session import milliseconds, set_local
+from rowfill.store.catalog import SCHEMA, own
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # env.py and versions/, shipped in the wheel
+VERSION_TABLE = own("alembic_version")  # Alembic's version table, in rowfill's schema (migrations/env.py)
+LOCK_TIMEOUT = 2.0  # seconds one attempt may wait for any lock before it gives way to live work
+ATTEMPTS = 10  # attempts before `rowfill db migrate` gives up (each rolled back whole when it times out)
+RETRY_WAIT = 3.0  # seconds between attempts: running batches commit and release their locks meanwhile
+_LOCK_KEY = 0x726F7766  # "rowf": the advisory lock key of rowfill's schema changes (and, with a name, of planning)
+_LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout (PostgreSQL docs, Appendix A "Error Codes")
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+MIGRATE_ADVICE = "rowfill db migrate"
+
+log = logging.getLogger("rowfill.schema")
+
+
+class SchemaNotReady(RowfillError):
+    """rowfill's schema is missing or older than this rowfill needs: nothing was written; migrate first."""
+
+
+class MigrationFailed(RowfillError):
+    """``rowfill db migrate`` could not apply the migrations (locks held too long, or privileges missing)."""
+
+
+def _config(**attributes) -> Config:
+    cfg = Config()  # no alembic.ini: everything Alembic reads is set here
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes.update(attributes)
+    return cfg
+
+
+@lru_cache(maxsize=1)
+def required() -> str:
+    """The revision this rowfill needs: the head of the migrations it ships (e.g. ``"0002"``).
+
+    :returns: the revision id. Read once per process from the migration files (Alembic's ScriptDirectory).
+    """
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def _known() -> list[str]:
+    return [s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()]
+
+
+_HAS_VERSION_TABLE = text(f"SELECT to_regclass('{VERSION_TABLE}') IS NOT NULL")
+
+
+def current(conn: Connection) -> str | None:
+    """The revision rowfill's schema is at on this database, or None when it was never migrated.
+
+    One read-only round trip: ``to_regclass`` answers NULL for a missing table instead of raising
+    (PostgreSQL docs, 9.27 "System Information Functions").
+
+    :param conn: any connection to the target database. :returns: the revision id, or None.
+    :raises sqlalchemy.exc.DBAPIError: when the version table exists but this role may not read it.
+    """
+    if not conn.execute(_HAS_VERSION_TABLE).scalar():
+        return None
+    return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE} LIMIT 1")).scalar()
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """What ``rowfill db check`` reports: the revision found on the database and the one needed."""
+
+    current: str | None  # None: never migrated (no rowfill schema, or one made before migrations)
+    required: str
+
+    @property
+    def ready(self) -> bool:
+        """Whether this rowfill can run on the schema as it is."""
+        return self.current == self.required
+
+    @property
+    def newer(self) -> bool:
+        """The database was migrated by a newer rowfill (a revision this one does not ship)."""
+        return self.current is not None and self.current not in _known()
+
+    def line(self) -> str:
+        """One line for ``rowfill db check``: current vs. required, and what to do."""
+        if self.ready:
+            return f"rowfill schema: at {self.current}, as this rowfill requires; nothing to do"
+        if self.current is None:
+            return f"rowfill schema: not migrated (this rowfill requires {self.required}); run `{MIGRATE_ADVICE}`"
+        if self.newer:
+            return (f"rowfill schema: at {self.current}, newer than this rowfill knows ({self.required}); "
+                    "upgrade rowfill on this machine")
+        return f"rowfill schema: at {self.current}, behind {self.required}; run `{MIGRATE_ADVICE}`"
+
+
+def version(conn: Connection) -> SchemaVersion:
+    """The schema's version on ``conn``'s database against the one this rowfill requires (read only)."""
+    return SchemaVersion(current(conn), required())
+
+
+def check(conn: Connection, source: str | None = None, database: str | None = None) -> None:
+    """The one read-only check a plan makes (and commands that would otherwise fail obscurely).
+
+    :param conn: a connection to the target database.
+    :param source: the spec file the command came from, named in the error (None: no spec).
+    :param database: how to name the database in the error (a URL without password), or None.
+    :raises SchemaNotReady: the schema is missing, behind, or newer than this rowfill; the message
+        names ``rowfill db migrate`` (with the spec, when there is one). Nothing was written.
+    """
+    try:
+        found = version(conn)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+            raise SchemaNotReady(_where(source, database) + f"this role may not read {VERSION_TABLE}: grant what "
+                                 "`rowfill db grants ROLE` prints (USAGE on schema rowfill, SELECT on its tables)") from None
+        raise
+    if found.ready:
+        return
+    name = f" (spec {source})" if source else ""
+    if found.newer:
+        raise SchemaNotReady(_where(source, database) + f"rowfill's schema is at revision {found.current}, newer than "
+                             f"this rowfill ({found.required}) knows; upgrade rowfill where this runs")
+    state = "does not exist yet" if found.current is None else f"is at revision {found.current}, behind {found.required}"
+    raise SchemaNotReady(
+        _where(source, database) + f"rowfill's schema {state}. rowfill changes no tables while it works: apply its "
+        f"migrations first with `{MIGRATE_ADVICE}`{name} as a role that may create them (or have a DBA apply the "
+        f"output of `{MIGRATE_ADVICE} --sql`); nothing was written")
+
+
+def _where(source: str | None, database: str | None) -> str:
+    return "".join(f"{p}: " for p in (source, database) if p)
+
+
+def migrate(engine: Engine, *, lock_timeout: float = LOCK_TIMEOUT, attempts: int = ATTEMPTS,
+            retry_wait: float = RETRY_WAIT) -> tuple[str | None, str]:
+    """Apply every migration not applied yet, in one transaction per attempt.
+
+    Each attempt takes rowfill's advisory lock (two migrations at once take turns) and waits at
+    most ``lock_timeout`` for any lock; one that times out rolls back whole (PostgreSQL's DDL is
+    transactional) and is tried again after ``retry_wait``.
+
+    :param engine: the target database, as a role that may create rowfill's schema or owns it.
+    :param lock_timeout: seconds (float) any one lock may be waited for per attempt.
+    :param attempts: attempts in all. :param retry_wait: seconds (float) between attempts.
+    :returns: (the revision before, the revision after; None before = never migrated).
+    :raises MigrationFailed: every attempt timed out on a lock, or the role lacks a privilege
+        (the message says which); nothing was changed.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                set_local(conn, lock_timeout=lock_timeout)
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+                before = current(conn)
+                if before == required():
+                    return before, before
+                if conn.execute(text("SELECT to_regnamespace(:s) IS NULL"), {"s": SCHEMA}).scalar():
+                    conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))  # only when missing: IF NOT EXISTS still needs CREATE
+                command.upgrade(_config(connection=conn), "head")
+                return before, required()
+        except DBAPIError as exc:
+            code = getattr(exc.orig, "sqlstate", None)
+            if code == _INSUFFICIENT_PRIVILEGE:
+                raise MigrationFailed(
+                    f"{_db(engine)}: this role may not change rowfill's schema ({str(exc.orig).splitlines()[0]}). Run "
+                    f"`{MIGRATE_ADVICE}` as the schema's owner or a role with CREATE on the database, or have a DBA "
+                    f"apply `{MIGRATE_ADVICE} --sql`; nothing was changed") from None
+            if code != _LOCK_NOT_AVAILABLE:
+                raise
+            log.info("migrate: attempt %d of %d waited %s for a lock held by running work; rolled back, "
+                     "trying again in %.0f s", attempt, attempts, milliseconds(lock_timeout), retry_wait)
+            if attempt < attempts:
+                time.sleep(retry_wait)
+    raise MigrationFailed(f"{_db(engine)}: rowfill's tables stayed locked by running work through {attempts} attempts "
+                          f"of {lock_timeout:g} s each; nothing was changed. Run `{MIGRATE_ADVICE}` again when fewer "
+                          "chunks run (pause them with `rowfill pause NAME`)")
+
+
+def _db(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def migration_sql(*, since: str | None = None, lock_timeout: float = LOCK_TIMEOUT) -> str:
+    """The DDL of the migrations, as SQL text a DBA can review and apply with psql (Alembic's offline mode).
+
+    :param since: the revision the database is at (None: from an empty or pre-migration database).
+    :param lock_timeout: seconds (float), set at the top of the script's transaction.
+    :returns: the SQL script, one transaction, ending with the version table's update.
+    """
+    out = io.StringIO()
+    cfg = _config(lock_timeout_ms=int(lock_timeout * 1000))
+    cfg.output_buffer = out
+    command.upgrade(cfg, f"{since}:head" if since else "head", sql=True)
+    return out.getvalue()
