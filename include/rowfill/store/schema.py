@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 
 from rowfill.errors import RowfillError
 from rowfill.sql.session import milliseconds, set_local
+from rowfill.store import grants
 from rowfill.store.catalog import SCHEMA, own
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # env.py and versions/, shipped in the wheel
@@ -54,6 +55,10 @@ log = logging.getLogger("rowfill.schema")
 
 class SchemaNotReady(RowfillError):
     """rowfill's schema is missing or older than this rowfill needs: nothing was written; migrate first."""
+
+
+class MissingGrants(RowfillError):
+    """The role lacks a privilege on rowfill's schema that every backfill needs: nothing was written; grant it."""
 
 
 class MigrationFailed(RowfillError):
@@ -139,6 +144,7 @@ def check(conn: Connection, source: str | None = None, database: str | None = No
     :param database: how to name the database in the error (a URL without password), or None.
     :raises SchemaNotReady: the schema is missing, behind, or newer than this rowfill; the message
         names ``rowfill db migrate`` (with the spec, when there is one). Nothing was written.
+    :raises MissingGrants: the role may not read and write rowfill's tables (it names what to grant).
     """
     try:
         found = version(conn)
@@ -148,6 +154,7 @@ def check(conn: Connection, source: str | None = None, database: str | None = No
                                  "`rowfill db grants ROLE` prints (USAGE on schema rowfill, SELECT on its tables)") from None
         raise
     if found.ready:
+        _check_grants(conn, source, database)
         return
     name = f" (spec {source})" if source else ""
     if found.newer:
@@ -158,6 +165,27 @@ def check(conn: Connection, source: str | None = None, database: str | None = No
         _where(source, database) + f"rowfill's schema {state}. rowfill changes no tables while it works: apply its "
         f"migrations first with `{MIGRATE_ADVICE}`{name} as a role that may create them (or have a DBA apply the "
         f"output of `{MIGRATE_ADVICE} --sql`); nothing was written")
+
+
+# Per table of rowfill's schema, the privileges it lacks, in one round trip (has_table_privilege answers
+# "any of" for a list, so each privilege is asked on its own; PostgreSQL docs, 9.27 "Access Privilege Inquiry").
+_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+_MISSING_GRANTS = text(
+    "SELECT current_user, has_schema_privilege(:s, 'USAGE'), "
+    "(SELECT coalesce(jsonb_object_agg(t, m), '{}') FROM (SELECT t, array_agg(p ORDER BY p) m "
+    " FROM unnest(CAST(:tables AS text[])) t, unnest(CAST(:privileges AS text[])) p "
+    " WHERE NOT has_table_privilege(:s || '.' || t, p) GROUP BY t) x)")
+
+
+def _check_grants(conn: Connection, source: str | None, database: str | None) -> None:
+    role, usage, missing = conn.execute(_MISSING_GRANTS, {"s": SCHEMA, "tables": list(grants.TABLES),
+                                                          "privileges": list(_PRIVILEGES)}).one()
+    if usage and not missing:
+        return
+    what = "USAGE on schema rowfill" if not usage else "; ".join(
+        f"{', '.join(p)} on {own(t)}" for t, p in sorted(missing.items()))
+    raise MissingGrants(_where(source, database) + f"role {role!r} lacks {what}, which every backfill needs. Have the "
+                        f"schema's owner apply what `rowfill db grants {role}` prints; nothing was written")
 
 
 def _where(source: str | None, database: str | None) -> str:
