@@ -126,7 +126,7 @@ def test_rows_still_matching_where_are_counted_by_verify_and_shown(engine, db_ur
     assert rows(engine, "SELECT count(*) FROM users WHERE full_name IS NULL") == [(142,)]
     assert rows(engine, "SELECT count(*) FROM users WHERE full_name <> first_name || ' ' || last_name") == [(0,)]
     if spec.undo:  # every written row is in the undo log, the still-matching ones too
-        assert rows(engine, "SELECT count(*) FROM rowfill.undo_users_full_name") == [(1_000,)]
+        assert rows(engine, "SELECT count(*) FROM rowfill.undo_rows WHERE backfill = 'users_full_name'") == [(1_000,)]
 
     assert cli(db_url, spec, "status") == 0
     assert "1,000 rows written (verify: 142 rows still match `where`)" in capsys.readouterr().out

@@ -28,7 +28,7 @@ from rowfill.sql.sqlnames import TableName, quote
 from rowfill.store.catalog import SCHEMA, own
 
 # rowfill's tables the runtime role reads and writes (created by migration 0001)
-TABLES = ("backfills", "chunks", "samples", "leases", "skipped_rows", "controls")
+TABLES = ("backfills", "chunks", "samples", "leases", "skipped_rows", "controls", "undo_rows")
 READ_ONLY = ("alembic_version",)  # read by the version check; written only by `rowfill db migrate`
 
 
