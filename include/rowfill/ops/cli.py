@@ -15,6 +15,7 @@ import sys
 import time
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from rowfill.airflow.chunk_settings import max_map_length
 from rowfill.airflow.connections import engine_for, spec_engine
@@ -415,7 +416,7 @@ def cmd_db_grants(args) -> int:
     database = args.database
     if database is None and (args.db or os.environ.get("ROWFILL_DATABASE_URL")):
         database = make_url(args.db or os.environ["ROWFILL_DATABASE_URL"]).database
-    print("\n".join(grant_statements(args.role, database or "DATABASE", tables, undo=not args.no_undo)))
+    print("\n".join(grant_statements(args.role, database or "DATABASE", tables)))
     return 0
 
 
@@ -509,9 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--table", action="append", default=[], metavar="SCHEMA.TABLE", help="a target table (repeatable)")
     g.add_argument("--db", default=argparse.SUPPRESS, help="target database URL (its name goes into the GRANTs)")
     g.add_argument("--database", help="the database name in GRANT ... ON DATABASE (default: from --db)")
-    g.add_argument("--no-undo", action="store_true", help="no undo: true backfills: leave out CREATE on schema rowfill")
     g.set_defaults(func=cmd_db_grants)
     return p
+
+
+_INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE of "permission denied" (PostgreSQL docs, Appendix A "Error Codes")
+
+
+def _role(args) -> str:
+    """The role the command connected as, for the grants advice (from --db or ROWFILL_DATABASE_URL; else ROLE)."""
+    url = getattr(args, "db", None) or os.environ.get("ROWFILL_DATABASE_URL")
+    return (make_url(url).username if url else None) or "ROLE"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -530,6 +539,17 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except RowfillError as exc:
         print(f"rowfill: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:  # a missing grant: say which to apply
+            print(f"rowfill: {str(exc.orig).strip().splitlines()[0]}. Have the owner apply what `rowfill db grants "
+                  f"{_role(args)} --table SCHEMA.TABLE` prints for the spec's table; nothing was written by this "
+                  "statement (its transaction rolled back)", file=sys.stderr)
+            return 1
+        if not is_connection_error(exc):
+            raise
+        print(f"rowfill: lost the connection to the database: {describe(exc)}. Nothing committed is lost; run the "
+              "command again once the server is back (a backfill resumes from its checkpoints).", file=sys.stderr)
         return 1
     except Exception as exc:  # a lost connection where no retry applies: advice, not a traceback
         if not is_connection_error(exc):

@@ -14,8 +14,9 @@ needs no CREATE on the database and owns nothing; an administrator migrates the 
   checkpoints, chunk claims and leases, rate samples, skipped keys and live controls are rows that
   rowfill writes, and reset/rollback delete. Foreign keys between them are checked as their owner,
   so no REFERENCES is needed.
-- CREATE on schema ``rowfill``, only for ``undo: true`` backfills: each one's undo log is a table of
-  its own, created when it is first planned (``rowfill.engine.undo``), owned by the role.
+  The undo log is one of these tables (``rowfill.undo_rows``), so ``undo: true`` needs nothing more;
+  its ``seq`` is an identity column, whose sequence is used with the table's privileges (PostgreSQL
+  docs, CREATE TABLE "GENERATED ... AS IDENTITY").
 - On each target table: USAGE on its schema, SELECT (keys, ``where``, verify) and UPDATE (the
   write; row locks ``FOR NO KEY UPDATE`` need UPDATE too, PostgreSQL docs, SELECT "The Locking Clause").
 - Optionally ``pg_monitor``: gates that read other sessions' lag or transaction age
@@ -32,13 +33,12 @@ TABLES = ("backfills", "chunks", "samples", "leases", "skipped_rows", "controls"
 READ_ONLY = ("alembic_version",)  # read by the version check; written only by `rowfill db migrate`
 
 
-def grant_statements(role: str, database: str, tables: list[TableName] | tuple[TableName, ...] = (),
-                     undo: bool = True) -> list[str]:
+def grant_statements(role: str, database: str, tables: list[TableName] | tuple[TableName, ...] = ()) -> list[str]:
     """The GRANT statements (with ``--`` comments) that let ``role`` run every rowfill command.
 
     :param role: the runtime role's name (quoted here). :param database: the target database's name.
     :param tables: the target tables, schema-qualified (``public.users``); an unqualified one is
-        granted in schema ``public``. :param undo: include CREATE on schema rowfill for ``undo: true`` backfills.
+        granted in schema ``public``.
     :returns: SQL lines to apply as the owner of rowfill's schema (or a superuser), in order.
     """
     r, d = quote(role), quote(database)
@@ -47,10 +47,8 @@ def grant_statements(role: str, database: str, tables: list[TableName] | tuple[T
         f"GRANT CONNECT, TEMPORARY ON DATABASE {d} TO {r};  -- log in; temporary views of spec checks (PUBLIC has both by default)",
         f"GRANT USAGE ON SCHEMA {SCHEMA} TO {r};",
         f"GRANT SELECT ON {', '.join(own(t) for t in READ_ONLY)} TO {r};  -- the version check of each plan",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(own(t) for t in TABLES)} TO {r};  -- checkpoints, controls",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(own(t) for t in TABLES)} TO {r};  -- checkpoints, controls, undo log",
     ]
-    if undo:
-        lines.append(f"GRANT CREATE ON SCHEMA {SCHEMA} TO {r};  -- undo: true backfills create their undo log table when first planned")
     schemas = []
     for table in tables:
         schema = table.schema or "public"

@@ -85,21 +85,41 @@ def _known() -> list[str]:
     return [s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()]
 
 
-_HAS_VERSION_TABLE = text(f"SELECT to_regclass('{VERSION_TABLE}') IS NOT NULL")
+# whether the schema exists, whether this role may use it, whether the version table exists: one round trip
+# (to_regnamespace needs no privilege; has_schema_privilege by OID; PostgreSQL docs, 9.27)
+_PROBE = text(f"SELECT n.oid IS NOT NULL, coalesce(has_schema_privilege(n.oid, 'USAGE'), false), "
+              f"CASE WHEN has_schema_privilege(n.oid, 'USAGE') THEN to_regclass('{VERSION_TABLE}') IS NOT NULL END "
+              f"FROM (SELECT to_regnamespace('{SCHEMA}') AS oid) n")
+_VERSION = text(f"SELECT version_num FROM {VERSION_TABLE} LIMIT 1")
 
 
 def current(conn: Connection) -> str | None:
     """The revision rowfill's schema is at on this database, or None when it was never migrated.
 
-    One read-only round trip: ``to_regclass`` answers NULL for a missing table instead of raising
-    (PostgreSQL docs, 9.27 "System Information Functions").
+    Read only: ``to_regnamespace``/``to_regclass`` answer NULL for a missing schema or table instead of
+    raising (PostgreSQL docs, 9.27 "System Information Functions").
 
     :param conn: any connection to the target database. :returns: the revision id, or None.
-    :raises sqlalchemy.exc.DBAPIError: when the version table exists but this role may not read it.
+    :raises MissingGrants: the schema exists but this role may not use it, or not read the version table.
     """
-    if not conn.execute(_HAS_VERSION_TABLE).scalar():
+    exists, usage, has_table = conn.execute(_PROBE).one()
+    if exists and not usage:
+        raise MissingGrants(_grants_advice(conn, f"USAGE on schema {SCHEMA}"))
+    if not has_table:
         return None
-    return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE} LIMIT 1")).scalar()
+    try:
+        with conn.begin_nested():
+            return conn.execute(_VERSION).scalar()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+            raise MissingGrants(_grants_advice(conn, f"SELECT on {VERSION_TABLE}")) from None
+        raise
+
+
+def _grants_advice(conn: Connection, what: str) -> str:
+    role = conn.execute(text("SELECT current_user")).scalar()
+    return (f"role {role!r} lacks {what}, which every backfill needs. Have the schema's owner apply what "
+            f"`rowfill db grants {role}` prints (README, \"rowfill's schema: migrations and grants\"); nothing was written")
 
 
 @dataclass(frozen=True)
@@ -148,11 +168,8 @@ def check(conn: Connection, source: str | None = None, database: str | None = No
     """
     try:
         found = version(conn)
-    except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
-            raise SchemaNotReady(_where(source, database) + f"this role may not read {VERSION_TABLE}: grant what "
-                                 "`rowfill db grants ROLE` prints (USAGE on schema rowfill, SELECT on its tables)") from None
-        raise
+    except MissingGrants as exc:
+        raise MissingGrants(_where(source, database) + str(exc)) from None
     if found.ready:
         _check_grants(conn, source, database)
         return
@@ -182,10 +199,9 @@ def _check_grants(conn: Connection, source: str | None, database: str | None) ->
                                                           "privileges": list(_PRIVILEGES)}).one()
     if usage and not missing:
         return
-    what = "USAGE on schema rowfill" if not usage else "; ".join(
+    what = f"USAGE on schema {SCHEMA}" if not usage else "; ".join(
         f"{', '.join(p)} on {own(t)}" for t, p in sorted(missing.items()))
-    raise MissingGrants(_where(source, database) + f"role {role!r} lacks {what}, which every backfill needs. Have the "
-                        f"schema's owner apply what `rowfill db grants {role}` prints; nothing was written")
+    raise MissingGrants(_where(source, database) + _grants_advice(conn, what))
 
 
 def _where(source: str | None, database: str | None) -> str:
