@@ -71,6 +71,11 @@ _KEY_POSITIONS = [i for i, c in enumerate(ChunkRow.__dataclass_fields__) if c in
 _STATUS_POSITION = list(ChunkRow.__dataclass_fields__).index("status")
 
 
+_MAP_INDEX = text(f"UPDATE {SCHEMA}.chunks SET map_index = :m WHERE backfill = :n AND chunk_no = :c")
+_SIGNATURE = text(f"SELECT coalesce(sum(batches), 0), count(*) FILTER (WHERE status = 'done'), "
+                  f"count(*) FILTER (WHERE status IN ('running', 'pending')) FROM {SCHEMA}.chunks WHERE backfill = :n")
+
+
 def _row(r) -> ChunkRow:
     values = list(r)
     for i in _KEY_POSITIONS:
@@ -337,6 +342,20 @@ class CheckpointStore:
                  "WHERE backfill = :n AND chunk_no = ANY(:c) AND status = 'done' RETURNING chunk_no"),
             {"n": name, "c": list(chunk_nos)},
         ).scalars())
+
+    def note_task_instance(self, name: str, chunk_no: int, map_index: int) -> None:
+        """Note the Airflow map index of the chunk's latest attempt: with the run id it names the task
+        instance the UI links to and clears. Waits at most 10 s for the chunk row."""
+        with self.engine.begin() as conn:
+            set_local(conn, lock_timeout=10.0)
+            conn.execute(_MAP_INDEX, {"m": map_index, "n": name, "c": chunk_no})
+
+    def signature(self, name: str) -> tuple[int, int, int]:
+        """(batches committed, chunks done, chunks running or pending) of backfill ``name``, in one aggregate:
+        what the stall watchdog compares between readings (``rowfill.airflow.stall``)."""
+        with self.engine.connect() as conn:
+            batches, done, open_chunks = conn.execute(_SIGNATURE, {"n": name}).one()
+        return int(batches), int(done), int(open_chunks)
 
     def reset(self, name: str) -> int:
         """Forget a backfill's plan and progress (rows already written stay written)."""
