@@ -118,14 +118,23 @@ def test_an_undo_log_written_before_migrations_is_moved_and_rolls_back_exactly(l
 
 def test_the_printed_sql_builds_the_same_schema_and_check_reports_the_version(legacy, db_url, tmp_path, capsys):
     url = legacy.url.render_as_string(hide_password=False)
+    create_legacy_schema(legacy)  # an old install with an undo log, adopted by the DBA's script too
+    undo = create_legacy_undo_table(legacy, "old_undo", "public.t", "id bigint NOT NULL", {"v": "numeric"})
+    with legacy.begin() as conn:
+        conn.execute(text(f"INSERT INTO {undo} VALUES (1, 1.50, 2), (2, NULL, 3)"))
     assert main(["db", "check", "--db", url]) == 1
     assert "not migrated" in capsys.readouterr().out
     assert main(["db", "migrate", "--sql"]) == 0
     script = capsys.readouterr().out
     assert "CREATE TABLE IF NOT EXISTS rowfill.chunks" in script and "lock_timeout" in script
-    with legacy.connect() as conn:  # as a DBA would apply it with psql
-        conn.exec_driver_sql(script)
-        conn.commit()
+    raw = legacy.raw_connection()  # as a DBA would apply it with psql: the text as printed, no parameters
+    try:
+        raw.driver_connection.execute(script)
+        raw.driver_connection.commit()
+    finally:
+        raw.close()
+    assert scalar(legacy, "SELECT jsonb_agg(old ORDER BY seq) FROM rowfill.undo_rows WHERE backfill = 'old_undo'") \
+        == [{"v": "1.50"}, {"v": None}]
     assert main(["db", "check", "--db", url]) == 0
     assert f"at {schema.required()}, as this rowfill requires" in capsys.readouterr().out
     columns = "SELECT string_agg(table_name || '.' || column_name || ':' || data_type, ',' ORDER BY table_name, column_name) " \

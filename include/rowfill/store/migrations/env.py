@@ -19,8 +19,9 @@ VERSION_TABLE = "alembic_version"  # Alembic's default name, in rowfill's schema
 config = context.config
 
 if context.is_offline_mode():
-    context.configure(dialect_name="postgresql", literal_binds=True, version_table=VERSION_TABLE,
-                      version_table_schema=SCHEMA, transactional_ddl=True)
+    # named paramstyle: the script's '%' stay single, as psql reads them (Alembic's own env.py template does this)
+    context.configure(dialect_name="postgresql", literal_binds=True, dialect_opts={"paramstyle": "named"},
+                      version_table=VERSION_TABLE, version_table_schema=SCHEMA, transactional_ddl=True)
     with context.begin_transaction():
         # the version table lives in the schema, so the schema comes first (a no-op where it exists)
         context.execute(f"SET LOCAL lock_timeout = '{config.attributes.get('lock_timeout_ms', 2000)}ms'")
