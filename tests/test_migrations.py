@@ -22,6 +22,7 @@ from rowfill.engine.undo import RestoreWriter, rollback_spec
 from rowfill.ops.cli import main
 from rowfill.store import schema
 from rowfill.store.checkpoint import CheckpointStore
+from rowfill_dev.localpg import free_port
 from rowfill_dev.schema import migrate_database
 
 ROWS = 3_000
@@ -174,3 +175,12 @@ def test_a_migration_gives_way_to_running_work_and_changes_nothing_until_it_can(
         batch.commit()
         batch.close()
     assert schema.migrate(legacy, lock_timeout=0.2, attempts=2, retry_wait=0.1) == (None, schema.required())
+
+
+def test_migrate_and_check_without_a_database_say_what_to_give_and_an_unreachable_one_is_named(capsys):
+    assert main(["db", "migrate"]) == 1
+    assert "which database? Give --db URL" in capsys.readouterr().err
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/app"
+    assert main(["db", "check", "--db", url]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the target database" in err and "Traceback" not in err
