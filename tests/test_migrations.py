@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from alembic import command
 from sqlalchemy import text
 
 from helpers import create_database, make_users, spec_for
@@ -144,9 +145,12 @@ def test_the_printed_sql_builds_the_same_schema_and_check_reports_the_version(le
     assert scalar(legacy, columns) == scalar(migrated, columns)
     migrated.dispose()
 
-    # a database behind: the check says so (exit 1), and a plan is refused naming the command and the spec
+    # a database behind (at revision 0001, without the tables of 0002): the check says so (exit 1), and a
+    # plan is refused naming the command and the spec
     with legacy.begin() as conn:
-        conn.execute(text("UPDATE rowfill.alembic_version SET version_num = '0001'"))
+        conn.execute(text("DROP SCHEMA rowfill CASCADE"))
+        conn.execute(text("CREATE SCHEMA rowfill"))
+        command.upgrade(schema._config(connection=conn), "0001")
     assert main(["db", "check", "--db", url]) == 1
     assert "behind" in capsys.readouterr().out
     make_users(legacy, 100)

@@ -85,35 +85,35 @@ def _known() -> list[str]:
     return [s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()]
 
 
-# whether the schema exists, whether this role may use it, whether the version table exists: one round trip
-# (to_regnamespace needs no privilege; has_schema_privilege by OID; PostgreSQL docs, 9.27)
-_PROBE = text(f"SELECT n.oid IS NOT NULL, coalesce(has_schema_privilege(n.oid, 'USAGE'), false), "
-              f"CASE WHEN has_schema_privilege(n.oid, 'USAGE') THEN to_regclass('{VERSION_TABLE}') IS NOT NULL END "
-              f"FROM (SELECT to_regnamespace('{SCHEMA}') AS oid) n")
+# whether the schema exists, whether this role may use it, whether the version table exists and this role
+# may read it: one round trip that never raises (to_regnamespace/to_regclass answer NULL for what is missing,
+# has_*_privilege by OID; PostgreSQL docs, 9.27 "System Information Functions")
+_PROBE = text(f"SELECT n.oid IS NOT NULL, coalesce(has_schema_privilege(n.oid, 'USAGE'), false), v.oid IS NOT NULL, "
+              f"coalesce(has_table_privilege(v.oid, 'SELECT'), false) "
+              f"FROM (SELECT to_regnamespace('{SCHEMA}') AS oid) n LEFT JOIN LATERAL "
+              f"(SELECT CASE WHEN has_schema_privilege(n.oid, 'USAGE') THEN to_regclass('{VERSION_TABLE}') END AS oid) v ON true")
 _VERSION = text(f"SELECT version_num FROM {VERSION_TABLE} LIMIT 1")
+
+
+def _probe(conn: Connection) -> bool:
+    """Whether the version table is there to read; raises MissingGrants when it is but this role may not read it."""
+    exists, usage, has_table, readable = conn.execute(_PROBE).one()
+    if exists and not usage:
+        raise MissingGrants(_grants_advice(conn, f"USAGE on schema {SCHEMA}"))
+    if has_table and not readable:
+        raise MissingGrants(_grants_advice(conn, f"SELECT on {VERSION_TABLE}"))
+    return has_table
 
 
 def current(conn: Connection) -> str | None:
     """The revision rowfill's schema is at on this database, or None when it was never migrated.
 
-    Read only: ``to_regnamespace``/``to_regclass`` answer NULL for a missing schema or table instead of
-    raising (PostgreSQL docs, 9.27 "System Information Functions").
+    Read only, two round trips (one when there is no schema).
 
     :param conn: any connection to the target database. :returns: the revision id, or None.
     :raises MissingGrants: the schema exists but this role may not use it, or not read the version table.
     """
-    exists, usage, has_table = conn.execute(_PROBE).one()
-    if exists and not usage:
-        raise MissingGrants(_grants_advice(conn, f"USAGE on schema {SCHEMA}"))
-    if not has_table:
-        return None
-    try:
-        with conn.begin_nested():
-            return conn.execute(_VERSION).scalar()
-    except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
-            raise MissingGrants(_grants_advice(conn, f"SELECT on {VERSION_TABLE}")) from None
-        raise
+    return conn.execute(_VERSION).scalar() if _probe(conn) else None
 
 
 def _grants_advice(conn: Connection, what: str) -> str:
@@ -157,7 +157,8 @@ def version(conn: Connection) -> SchemaVersion:
 
 
 def check(conn: Connection, source: str | None = None, database: str | None = None) -> None:
-    """The one read-only check a plan makes (and commands that would otherwise fail obscurely).
+    """The one read-only check a plan makes (and commands that would otherwise fail obscurely): the
+    schema's revision and this role's privileges on rowfill's tables, in two round trips.
 
     :param conn: a connection to the target database.
     :param source: the spec file the command came from, named in the error (None: no spec).
@@ -167,12 +168,19 @@ def check(conn: Connection, source: str | None = None, database: str | None = No
     :raises MissingGrants: the role may not read and write rowfill's tables (it names what to grant).
     """
     try:
-        found = version(conn)
+        if _probe(conn):  # the version and the privileges on rowfill's tables in one more round trip
+            revision, role, usage, missing = conn.execute(_VERSION_AND_GRANTS, _GRANT_PARAMS).one()
+        else:
+            revision, role, usage, missing = None, None, True, {}
     except MissingGrants as exc:
         raise MissingGrants(_where(source, database) + str(exc)) from None
+    found = SchemaVersion(revision, required())
     if found.ready:
-        _check_grants(conn, source, database)
-        return
+        if usage and not missing:
+            return
+        what = f"USAGE on schema {SCHEMA}" if not usage else "; ".join(
+            f"{', '.join(p)} on {own(t)}" for t, p in sorted(missing.items()))
+        raise MissingGrants(_where(source, database) + _grants_advice(conn, what))
     name = f" (spec {source})" if source else ""
     if found.newer:
         raise SchemaNotReady(_where(source, database) + f"rowfill's schema is at revision {found.current}, newer than "
@@ -184,24 +192,16 @@ def check(conn: Connection, source: str | None = None, database: str | None = No
         f"output of `{MIGRATE_ADVICE} --sql`); nothing was written")
 
 
-# Per table of rowfill's schema, the privileges it lacks, in one round trip (has_table_privilege answers
-# "any of" for a list, so each privilege is asked on its own; PostgreSQL docs, 9.27 "Access Privilege Inquiry").
+# The version, and per table of rowfill's schema the privileges this role lacks, in one round trip
+# (has_table_privilege answers "any of" for a list, so each privilege is asked on its own; PostgreSQL docs,
+# 9.27 "Access Privilege Inquiry Functions").
 _PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
-_MISSING_GRANTS = text(
-    "SELECT current_user, has_schema_privilege(:s, 'USAGE'), "
+_VERSION_AND_GRANTS = text(
+    f"SELECT (SELECT version_num FROM {VERSION_TABLE} LIMIT 1), current_user, has_schema_privilege(:s, 'USAGE'), "
     "(SELECT coalesce(jsonb_object_agg(t, m), '{}') FROM (SELECT t, array_agg(p ORDER BY p) m "
     " FROM unnest(CAST(:tables AS text[])) t, unnest(CAST(:privileges AS text[])) p "
-    " WHERE NOT has_table_privilege(:s || '.' || t, p) GROUP BY t) x)")
-
-
-def _check_grants(conn: Connection, source: str | None, database: str | None) -> None:
-    role, usage, missing = conn.execute(_MISSING_GRANTS, {"s": SCHEMA, "tables": list(grants.TABLES),
-                                                          "privileges": list(_PRIVILEGES)}).one()
-    if usage and not missing:
-        return
-    what = f"USAGE on schema {SCHEMA}" if not usage else "; ".join(
-        f"{', '.join(p)} on {own(t)}" for t, p in sorted(missing.items()))
-    raise MissingGrants(_where(source, database) + _grants_advice(conn, what))
+    " WHERE NOT coalesce(has_table_privilege(to_regclass(:s || '.' || t), p), true) GROUP BY t) x)")
+_GRANT_PARAMS = {"s": SCHEMA, "tables": list(grants.TABLES), "privileges": list(_PRIVILEGES)}
 
 
 def _where(source: str | None, database: str | None) -> str:
