@@ -297,3 +297,20 @@ def test_the_rollback_dag_is_manual_and_restores_through_airflow(tmp_path, db_ur
     assert run.state == "success"
     assert content(engine) == before
     assert CheckpointStore(engine).backfill_names() == []  # the backfill starts over next time
+
+
+def test_records_of_an_earlier_version_are_never_mixed_with_the_new_ones(engine, tmp_path):
+    """The shared undo log keeps one shape per backfill: after a reset, a spec that changes other
+    columns is refused until the earlier records are rolled back or deleted (the rollback would
+    restore the wrong columns otherwise)."""
+    make_users(engine, 300)
+    backfill(engine, users_spec(tmp_path, chunk_rows=300))
+    CheckpointStore(engine).reset("users_full_name")
+    changed = users_spec(tmp_path, chunk_rows=300, set={"points": "points + 1"}, where=None)
+    with pytest.raises(RowfillError, match=r"field 'undo'.*earlier version.*DELETE FROM \"rowfill\".\"undo_rows\""):
+        plan_backfill(engine, changed)
+    assert scalar(engine, "SELECT count(*) FROM users WHERE points = 8") == 0  # nothing written
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM rowfill.undo_rows WHERE backfill = 'users_full_name'"))
+    backfill(engine, changed)
+    assert scalar(engine, "SELECT count(*) FROM users WHERE points = 8") == 300

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Connection
 
 from rowfill.engine.writers import BatchWriter, SetWriter, explain_text
-from rowfill.errors import RowfillError
+from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Key, column_types, load_key
 from rowfill.sql.sqlnames import TableName, clause, quote
@@ -256,6 +256,7 @@ def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -
 
     :param conn: the planning transaction. :param store: the checkpoint store. :param spec: the spec being planned.
     :raises RowfillError: when a rollback of this backfill is unfinished (finish or reset it first).
+    :raises SpecError: field ``undo``, when the undo log holds an earlier version's records (``check_recorded_shape``).
     """
     if spec.name.endswith(ROLLBACK_SUFFIX):  # a rollback's own plan
         return
@@ -267,5 +268,26 @@ def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -
             f"a rollback of {spec.name!r} is in progress ({done} of {len(chunks)} chunks done); running the backfill "
             f"now would fight it. Finish it first (`rowfill rollback {spec.name} --yes` or the DAG "
             f"rowfill_{spec.name}_rollback), or abandon it with `rowfill reset {spec.name} --yes`.")
-    # an undo log needs nothing here: its records go into rowfill.undo_rows (migration 0002)
+    if spec.undo:  # its records go into rowfill.undo_rows (migration 0002): nothing to create, one shape to keep
+        check_recorded_shape(conn, spec)
+
+
+def check_recorded_shape(conn: Connection, spec: Spec) -> None:
+    """Refuse to add records of other columns to an undo log that holds an earlier version's records.
+
+    A rollback restores the columns the spec names now from each record; records of an earlier version
+    (other ``set``/``returns`` columns, or another key, then a ``rowfill reset``) would restore the
+    wrong columns.
+
+    :raises SpecError: field ``undo``, saying how to roll the earlier version back or drop its records.
+    """
+    found = undo_store.recorded_columns(conn, spec.name)
+    expected = (sorted(spec.key_columns), sorted(changed_columns(spec)))
+    if found is not None and found != expected:
+        raise SpecError(
+            spec.source, "undo",
+            f"the undo log of {spec.name!r} holds records of an earlier version of this backfill (key {found[0]}, "
+            f"columns {found[1]}), but this spec would record key {expected[0]}, columns {expected[1]}. Roll that "
+            f"back first with the earlier spec (`rowfill rollback {spec.name}`), or, if its previous values are no "
+            f"longer needed, delete them: DELETE FROM {undo_store.UNDO_ROWS.sql} WHERE backfill = '{spec.name}'")
 

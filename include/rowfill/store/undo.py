@@ -71,6 +71,8 @@ def value(record: str, part: str, column: str, typ: str) -> str:
 _BATCH_END = text(f"SELECT min({SEQ}), max({SEQ}), count(*) FROM (SELECT {SEQ} FROM {UNDO_ROWS.sql} "
                   f"WHERE backfill = :b AND {SEQ} > coalesce(CAST(:lo AS bigint), -1) AND {SEQ} <= coalesce(CAST(:hi AS bigint), "
                   f"9223372036854775807) ORDER BY backfill, {SEQ} LIMIT :n) s")
+_FIRST_SHAPE = text(f"SELECT ARRAY(SELECT jsonb_object_keys(key) ORDER BY 1), ARRAY(SELECT jsonb_object_keys(old) ORDER BY 1) "
+                    f"FROM {UNDO_ROWS.sql} WHERE backfill = :b ORDER BY backfill, {SEQ} LIMIT 1")
 _COUNT = text(f"SELECT count(*) FROM {UNDO_ROWS.sql} WHERE backfill = :b")
 _ANY = text(f"SELECT EXISTS (SELECT 1 FROM {UNDO_ROWS.sql} WHERE backfill = :b)")
 
@@ -83,6 +85,16 @@ def batch_end(conn: Connection, backfill: str, lo: int | None, hi: int | None, r
     """
     first, last, count = conn.execute(_BATCH_END, {"b": backfill, "lo": lo, "hi": hi, "n": rows}).one()
     return first, last, count
+
+
+def recorded_columns(conn: Connection, backfill: str) -> tuple[list[str], list[str]] | None:
+    """The key columns and changed columns of the backfill's oldest record, each sorted; None without records.
+
+    Every record of one version of a backfill has the same columns, so the oldest one says whether the
+    log holds an earlier version's records (one probe of the (backfill, seq) index).
+    """
+    row = conn.execute(_FIRST_SHAPE, {"b": backfill}).first()
+    return (list(row[0]), list(row[1])) if row else None
 
 
 def count(conn: Connection, backfill: str) -> int:
