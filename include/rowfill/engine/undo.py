@@ -30,6 +30,7 @@ from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Key, column_types, load_key
 from rowfill.sql.sqlnames import TableName, clause, quote
+from rowfill.sql.session import pin_text_formats
 from rowfill.store import backfills
 from rowfill.store import undo as undo_store
 from rowfill.store.checkpoint import CheckpointStore
@@ -187,6 +188,7 @@ class UndoSetWriter(SetWriter):
         returns the rows written.
         """
         self.prepare(conn)
+        pin_text_formats(conn)  # the recorded values are text: see rowfill.sql.session.TEXT_FORMATS
         if self.lock_first:
             self.lock_rows(conn, lo, hi)
         return conn.exec_driver_sql(self._write(lo is not None), self.key.range_params(lo, hi)).scalar()
@@ -238,6 +240,7 @@ class RestoreWriter(BatchWriter):
         returns the rows restored (rows changed since are left alone).
         """
         self.prepare(conn)
+        pin_text_formats(conn)  # read the recorded text as it was written: rowfill.sql.session.TEXT_FORMATS
         return conn.execute(self._write(lo is not None), self.key.range_params(lo, hi)).scalar()
 
     def explain(self, conn, lo, hi):
