@@ -30,6 +30,7 @@ from rowfill.airflow.operators import (
 )
 from rowfill.airflow.rollback_dag import build_rollback_dag, clashes, rollback_dag_id
 from rowfill.airflow.runparams import trigger_params
+from rowfill.airflow.specs_folder import specs_folder
 from rowfill.airflow.stall import StallWatchdogOperator
 from rowfill.errors import SpecError, SpecErrors
 from rowfill.spec.spec import Spec, load_specs
@@ -144,8 +145,12 @@ def spec_dags(spec: Spec, taken: set[str] = frozenset()) -> dict[str, DAG]:
 def build_all(directory=None) -> tuple[dict[str, DAG], list[SpecError]]:
     """Every good spec's DAGs by DAG id, and the errors of every bad spec: those that do not load
     and those whose DAGs cannot be built (``spec_dags``). Each spec is built on its own, so one that
-    fails becomes its own error while the other specs' DAGs stay. Never raises for a spec."""
-    specs, errors = load_specs(directory)
+    fails becomes its own error while the other specs' DAGs stay. Never raises for a spec.
+
+    :param directory: the specs folder (default ``specs_folder()``: ``ROWFILL_SPECS_DIR``,
+        ``[rowfill] specs_folder``, else ``rowfill/`` in ``[core] dags_folder``).
+    """
+    specs, errors = load_specs(directory or specs_folder())
     taken = {s.dag_id for s in specs}
     dags: dict[str, DAG] = {}
     for spec in specs:
@@ -157,19 +162,45 @@ def build_all(directory=None) -> tuple[dict[str, DAG], list[SpecError]]:
 
 
 def build_dags(directory=None) -> dict[str, DAG]:
-    """Every good spec's DAG, for ``dags/rowfill_dags.py``; bad specs are reported by
-    ``raise_spec_errors`` from a file of their own (see ``build_all``)."""
+    """Every good spec's DAG; bad specs are reported by ``raise_spec_errors`` from a file of their own
+    (see ``build_all``). ``directory``: as ``build_all``."""
     return build_all(directory)[0]
 
 
 def raise_spec_errors(directory=None) -> None:
-    """Raise all bad specs' errors at once, for ``dags/rowfill_spec_errors.py``.
+    """Raise all bad specs' errors at once (``directory``: as ``build_all``).
 
     Airflow marks every DAG of a file that has an import error as stale and refuses to trigger
     it, so the errors must come from a different DAG file than the good DAGs: there they show in
     the UI's import-error banner and in ``airflow dags list-import-errors`` without hiding anything.
     The DAGs built here to find build errors are thrown away (they are not auto-registered).
+
+    :raises SpecErrors: every bad spec's errors, when there is one.
     """
     errors = build_all(directory)[1]
     if errors:
         raise SpecErrors(errors)
+
+
+def dags_here(namespace: dict) -> None:
+    """The whole body of the one-line DAG file ``rowfill init`` writes::
+
+        from rowfill.airflow.factory import dags_here; dags_here(globals())
+
+    Adds every good spec's DAGs to the DAG file's globals, where Airflow's DAG processor finds them.
+    The specs folder is ``specs_folder(<the DAG file>)``: configured, else ``rowfill/`` beside the file.
+
+    :param namespace: the DAG file's ``globals()`` (its ``__file__`` locates the default specs folder).
+    """
+    namespace.update(build_dags(specs_folder(namespace.get("__file__"))))
+
+
+def spec_errors_here(namespace: dict) -> None:
+    """The whole body of the one-line spec-errors DAG file ``rowfill init`` writes::
+
+        from rowfill.airflow.factory import spec_errors_here; spec_errors_here(globals())
+
+    :param namespace: the DAG file's ``globals()`` (its ``__file__`` locates the default specs folder).
+    :raises SpecErrors: every bad spec's errors, shown as this file's import error (``raise_spec_errors``).
+    """
+    raise_spec_errors(specs_folder(namespace.get("__file__")))
