@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from rowfill.airflow.specs_folder import pools_file
+from pathlib import Path
+from rowfill.airflow.specs_folder import POOLS_FILE_NAME
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
 
@@ -65,7 +66,8 @@ def check_pool(spec: Spec, log) -> bool | None:
             raise PoolMissing(
                 f"Airflow pool {spec.pool_name!r} does not exist, so the chunk tasks of {spec.dag_id} would wait in "
                 f"'scheduled' forever. Create it, then clear this task: {create_command(spec)} "
-                f"(or import all rowfill pools: rowfill pools --write && airflow pools import {pools_file()})"
+                f"(or import all rowfill pools: rowfill pools --write && airflow pools import "
+                f"{Path(spec.source).parent / POOLS_FILE_NAME})"
             ) from exc
         log.warning("Could not check pool %r through the Airflow API (%s %s); continuing", spec.pool_name, exc.code, exc.reason)
     except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
