@@ -4,6 +4,9 @@ Shape of every backfill DAG::
 
     plan  ->  chunk[1..N] (mapped, pool + max_active_tis_per_dagrun)  ->  verify  ->  summary
 
+verify's outlet is the table's Airflow Asset (through an alias, ``rowfill.airflow.assets``): a run that
+passed verify tells the DAGs scheduled on that table.
+
 Bad specs do not stop good ones: their errors become an import error of a separate DAG file
 (shown in Airflow's UI banner and ``airflow dags list-import-errors``), while the good specs'
 DAGs load and run normally. "Bad" includes a spec that loads but whose DAG cannot be built (a
@@ -20,7 +23,7 @@ from pathlib import Path
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
-from rowfill.airflow import alerts
+from rowfill.airflow import alerts, assets
 from rowfill.airflow.chunk_settings import mapped_chunk_settings, spec_timedelta
 from rowfill.airflow.operators import (
     BackfillChunkOperator,
@@ -94,7 +97,7 @@ def build_dag(spec: Spec) -> DAG:
         ).expand(chunk=plan.output)
         # none_failed: when every chunk is already done the mapped task is skipped, and the
         # run should still verify and report instead of skipping to the end.
-        verify = VerifyBackfillOperator(task_id="verify", spec=spec, trigger_rule="none_failed")
+        verify = VerifyBackfillOperator(task_id="verify", spec=spec, trigger_rule="none_failed", outlets=assets.outlets(spec))
         summary = BackfillSummaryOperator(task_id="summary", spec=spec, trigger_rule="none_failed")
         chunks >> verify >> summary
         if spec.stall_after:
