@@ -97,6 +97,7 @@ def test_the_installed_wheel_runs_a_backfill_from_a_temporary_dag_folder(venv, p
     url = create_database(pg_cluster, "wheel_e2e")
     engine = engine_from_url(url)
     make_users(engine, 3_000)
+    make_users(engine, 500, table="users2")
     env = clean_env(tmp_path, AIRFLOW_CONN_APP_DB=url)
     python, rowfill = venv / "bin" / "python", venv / "bin" / "rowfill"
 
@@ -109,13 +110,18 @@ def test_the_installed_wheel_runs_a_backfill_from_a_temporary_dag_folder(venv, p
     assert (dags / "rowfill_dags.py").read_text() == DAG_LINE and (dags / "rowfill_spec_errors.py").read_text() == ERRORS_LINE
     assert len(DAG_LINE.splitlines()) == 1 and (dags / "rowfill" / "README.md").exists()
     write_spec(dags / "rowfill", name="wheel_fill", schedule=None, chunk_rows=1_000, batch_rows=250, pause=0)
-    assert "ok    wheel_fill" in run([rowfill, "validate"], env=env, cwd=tmp_path).stdout  # found through [core] dags_folder
+    # a transform that lives in the DAG bundle, not in rowfill: Airflow puts the bundle on the import path
+    (dags / "bundle_rules.py").write_text("def shout(rows):\n    return [r['first_name'].upper() for r in rows]\n")
+    write_spec(dags / "rowfill", name="bundle_fill", table="public.users2", schedule=None, set=None,
+               transform="bundle_rules:shout", select={"first_name": "first_name"}, returns=["full_name"])
+    validated = run([rowfill, "validate"], env={**env, "PYTHONPATH": str(dags)}, cwd=tmp_path).stdout
+    assert "ok    wheel_fill" in validated and "ok    bundle_fill" in validated  # found through [core] dags_folder
 
     run([python, "-m", "airflow", "db", "migrate"], env=env, cwd=tmp_path)
     plugins = run([python, "-m", "airflow", "plugins", "--output", "plain"], env=env, cwd=tmp_path).stdout
     assert "rowfill" in plugins  # registered through the airflow.plugins entry point; the plugins folder is empty
-    done = run([python, "-m", "airflow", "dags", "test", "rowfill_wheel_fill"], env=env, cwd=tmp_path)
-    assert "wheel_fill" in done.stdout + done.stderr
+    for dag_id in ("rowfill_wheel_fill", "rowfill_bundle_fill"):
+        run([python, "-m", "airflow", "dags", "test", dag_id], env=env, cwd=tmp_path)  # exit 0: the run succeeded
 
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM users WHERE full_name IS NULL")).scalar() == 0
@@ -124,4 +130,5 @@ def test_the_installed_wheel_runs_a_backfill_from_a_temporary_dag_folder(venv, p
         # lands, run it before `dags test` here)
         assert conn.execute(text("SELECT count(*), sum(rows_written) FROM rowfill.chunks WHERE backfill = 'wheel_fill' "
                                  "AND status = 'done'")).one() == (3, 3_000)
+        assert conn.execute(text("SELECT count(*) FROM users2 WHERE full_name = upper(first_name)")).scalar() == 500
     engine.dispose()
