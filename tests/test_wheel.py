@@ -12,6 +12,7 @@ checkout's ``include/`` is not on its path.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -118,8 +119,10 @@ def test_the_installed_wheel_runs_a_backfill_from_a_temporary_dag_folder(venv, p
     assert "ok    wheel_fill" in validated and "ok    bundle_fill" in validated  # found through [core] dags_folder
 
     run([python, "-m", "airflow", "db", "migrate"], env=env, cwd=tmp_path)
-    plugins = run([python, "-m", "airflow", "plugins", "--output", "plain"], env=env, cwd=tmp_path).stdout
-    assert "rowfill" in plugins  # registered through the airflow.plugins entry point; the plugins folder is empty
+    plugins = json.loads(run([python, "-m", "airflow", "plugins", "--output", "json"], env=env, cwd=tmp_path).stdout)
+    [plugin] = [p for p in plugins if p["name"] == "rowfill"]  # the plugins folder is empty: only the entry point
+    assert plugin["source"].startswith("rowfill==") and "group='airflow.plugins'" in plugin["source"]
+    assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == ["/rowfill"]
     for dag_id in ("rowfill_wheel_fill", "rowfill_bundle_fill"):
         run([python, "-m", "airflow", "dags", "test", dag_id], env=env, cwd=tmp_path)  # exit 0: the run succeeded
 
