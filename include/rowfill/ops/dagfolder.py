@@ -3,7 +3,8 @@
 The wheel holds no DAG file (Airflow reads DAGs from its DAG bundle, not from site-packages), so
 ``init`` writes two one-line DAG files into the user's DAG folder, and a ``rowfill/`` specs folder
 beside them (the default ``[rowfill] specs_folder``, see ``rowfill.airflow.specs_folder``), with a
-README holding an example spec. Nothing that exists is overwritten without ``--force``.
+README holding an example spec when it has none. Nothing that exists is overwritten without ``--force``:
+a changed DAG file stops ``init`` with the list of such files, a README of the user's own is kept.
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ class InitRefused(RowfillError):
 
 @dataclass(frozen=True)
 class Written:
-    """What ``init`` did to one file: ``created``, ``unchanged`` or ``overwritten``."""
+    """What ``init`` did to one file: ``created``, ``unchanged``, ``kept`` (the user's own README) or ``overwritten``."""
 
     path: Path
     action: str
+
+
+SPECS_README_NAME = "README.md"  # in the specs folder; once there, it is the user's (kept unless --force)
 
 
 def planned_files(dags_folder: Path) -> dict[Path, str]:
@@ -81,7 +85,7 @@ def planned_files(dags_folder: Path) -> dict[Path, str]:
     return {
         dags_folder / DAG_FILE: DAG_LINE,
         dags_folder / ERRORS_FILE: ERRORS_LINE,
-        dags_folder / SUBFOLDER / "README.md": SPECS_README,
+        dags_folder / SUBFOLDER / SPECS_README_NAME: SPECS_README,
     }
 
 
@@ -89,14 +93,15 @@ def init_dag_folder(dags_folder: str | os.PathLike, force: bool = False) -> list
     """Write the one-line DAG files and the ``rowfill/`` specs folder into ``dags_folder``.
 
     :param dags_folder: the DAG folder; created when missing.
-    :param force: overwrite files whose content differs (a changed README, an old DAG file).
+    :param force: overwrite files whose content differs (an old or edited DAG file, the specs folder's README).
     :returns: one ``Written`` per file, in ``planned_files`` order.
-    :raises InitRefused: without ``force``, when a file exists with other content; nothing is written then.
+    :raises InitRefused: without ``force``, when a DAG file exists with other content; nothing is written then.
     :raises OSError: the folder cannot be written (permissions): the operating system's own message.
     """
     root = Path(dags_folder).expanduser().resolve()
     files = planned_files(root)
-    differing = [p for p, text in files.items() if p.exists() and p.read_text(encoding="utf-8") != text]
+    differing = [p for p, text in files.items() if p.exists() and p.read_text(encoding="utf-8") != text
+                 and p.name != SPECS_README_NAME]
     if differing and not force:
         raise InitRefused(
             "not overwriting " + ", ".join(str(p) for p in differing)
@@ -106,6 +111,9 @@ def init_dag_folder(dags_folder: str | os.PathLike, force: bool = False) -> list
     for path, text in files.items():
         if path.exists() and path.read_text(encoding="utf-8") == text:
             done.append(Written(path, "unchanged"))
+            continue
+        if path.exists() and not force:  # only the README gets here (see ``differing``): the user's now
+            done.append(Written(path, "kept"))
             continue
         action = "overwritten" if path.exists() else "created"
         path.parent.mkdir(parents=True, exist_ok=True)
