@@ -45,10 +45,14 @@ def table_uri(url: URL, table: TableName) -> str:
     :param table: the table, schema-qualified (as pinned at planning, ``rowfill.engine.resolve``).
     :returns: the URI, each part percent-quoted so a name with ``/`` or spaces stays one path segment.
     """
-    part = lambda text: quote(str(text), safe="")  # noqa: E731
     database = url.database or url.username or "postgres"
-    return (f"postgres://{url.host or 'localhost'}:{url.port or POSTGRES_PORT}/{part(database)}/"
-            f"{part(table.schema or 'public')}/{part(table.name)}")
+    return (f"postgres://{url.host or 'localhost'}:{url.port or POSTGRES_PORT}/{_segment(database)}/"
+            f"{_segment(table.schema or 'public')}/{_segment(table.name)}")
+
+
+def _segment(name: str) -> str:
+    """One path segment of the URI: percent-quoted, ``/`` included (a plain lower-case name stays as it is)."""
+    return quote(str(name), safe="")
 
 
 def emit_table_event(context, url: URL, spec: Spec, extra: dict) -> str | None:
