@@ -74,7 +74,7 @@ def stack(target, receivers):
     specs = home / "specs"
     specs.mkdir()
     common = {"alerts": [{"smtp": {"to": ["oncall@example.com"], "connection": "rowfill_smtp"}},
-                         {"webhook": {"url": f"{hook.url}/alerts"}}]}
+                         {"webhook": {"connection": "rowfill_hook", "endpoint": "/alerts"}}]}
     write_spec(specs, name="fail_fill", table="public.fail_users", chunk_rows=1_000, batch_rows=100, retries=0,
                pool="rowfill_fail", **common)
     write_spec(specs, name="slow_fill", table="public.slow_users", chunk_rows=6_000, batch_rows=200, pause="300ms",
@@ -85,6 +85,7 @@ def stack(target, receivers):
     write_spec(specs, name="wide_map", table="public.wide_users", chunk_rows=20, batch_rows=20, pool="rowfill_wide")
     s = AirflowStack(home / "airflow", port=free_port(), target_url=url, specs_dir=specs, extra_env={
         "AIRFLOW_CONN_ROWFILL_SMTP": smtp.connection(),
+        "AIRFLOW_CONN_ROWFILL_HOOK": json.dumps({"conn_type": "http", "host": hook.url}),  # the webhook's URL stays in Airflow
         "AIRFLOW__METRICS__STATSD_ON": "True",
         "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
         "AIRFLOW__METRICS__STATSD_PORT": str(statsd.port),

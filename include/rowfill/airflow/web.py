@@ -1,7 +1,7 @@
 """The progress page behind the Airflow UI plugin: every backfill's progress bar, rate, ETA, state and
 chunk map, with each failed chunk's error and a link to its task instance (where "Clear" is).
 
-A FastAPI app mounted in Airflow's API server (``plugins/rowfill_plugin.py``), shown inside the
+A FastAPI app mounted in Airflow's API server (``rowfill.airflow.plugin``, an ``airflow.plugins`` entry point), shown inside the
 Airflow UI through the plugin's ``external_views`` entry. Airflow gives plugin apps no
 authentication of their own, so every route requires an Airflow user: the UI's ``_token`` cookie
 (which the browser sends to this same-origin page, so the embedded view just works when signed
@@ -38,10 +38,11 @@ from fastapi.responses import HTMLResponse
 
 from rowfill.airflow.connections import engine_for
 from rowfill.airflow.sameorigin import same_origin
+from rowfill.airflow.specs_folder import specs_folder
 from rowfill.engine.status import BackfillStatus, statuses
 from rowfill.errors import SpecError, SpecErrors
 from rowfill.spec.durations import format_duration
-from rowfill.spec.spec import load_specs, specs_dir
+from rowfill.spec.spec import load_specs
 
 REFRESH_SECONDS = 3
 
@@ -138,7 +139,7 @@ def collect(user=None) -> list[dict]:
     Bad specs come last, as entries of state "invalid spec", for users who may see them
     (``_may_see_spec_errors``; all of them when ``user`` is None, as for the tests).
     """
-    root = specs_dir()
+    root = specs_folder()
     specs, errors = load_specs(root)
     specs, build_errors = _buildable(specs)
     errors += build_errors
@@ -402,7 +403,7 @@ def create_app() -> FastAPI:
 
         if not get_auth_manager().is_authorized_dag(method="PUT", details=DagDetails(id=dag_id), user=user):
             raise HTTPException(403, f"you may not change {dag_id}")
-        specs, _ = load_specs()
+        specs, _ = load_specs(specs_folder())
         spec = next((s for s in specs if s.dag_id == dag_id), None)
         if spec is None:
             raise HTTPException(404, f"no backfill with DAG {dag_id}")

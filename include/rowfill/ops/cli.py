@@ -20,7 +20,8 @@ from sqlalchemy.exc import DBAPIError
 from rowfill.airflow.chunk_settings import max_map_length
 from rowfill.airflow.connections import engine_for, spec_engine
 from rowfill.airflow.observers import standard_observers
-from rowfill.airflow.pools import POOLS_FILE, pools_for
+from rowfill.airflow.pools import pools_for
+from rowfill.airflow.specs_folder import pools_file, specs_folder
 from rowfill.engine import reconnect
 from rowfill.engine.chunk_task import run_chunk_here
 from rowfill.engine.control import ControlStore, parse_assignments, stop_reason
@@ -37,6 +38,7 @@ from rowfill.engine.transform import load_callable
 from rowfill.engine.undo import ROLLBACK_SUFFIX, NoUndo, RestoreWriter, no_undo_message, rollback_name, rollback_spec
 from rowfill.engine.verify import VerificationFailed, verify_backfill
 from rowfill.errors import ChunkFailed, RowfillError, SpecError
+from rowfill.ops.dagfolder import init_dag_folder
 from rowfill.ops.statusview import progress_bar as share_bar
 from rowfill.ops.statusview import render_backfill, render_json
 from rowfill.spec.spec import find_spec, load_specs
@@ -468,25 +470,42 @@ def _schema_ready_for_run(engine, spec) -> None:
 
 
 def cmd_pools(args) -> int:
-    """``rowfill pools [--write]``: the Airflow pools the specs need, as ``airflow pools import`` reads them.
+    """``rowfill pools [--write [FILE]]``: the Airflow pools the specs need, as ``airflow pools import`` reads them.
 
-    :param args: the parsed command line (``write``, ``specs_dir``).
+    :param args: the parsed command line (``write``: True for ``<specs folder>/pools.json``, or a path; ``specs_dir``).
     :returns: the exit status: 0, or 1 when a spec did not load (its pool is then missing).
     """
     specs, errors = load_specs(args.specs_dir)
     content = json.dumps(pools_for(specs), indent=2) + "\n"
     if args.write:
-        POOLS_FILE.write_text(content)
-        print(f"wrote {POOLS_FILE}; load it with: airflow pools import {POOLS_FILE}")
+        target = pools_file(args.specs_dir) if args.write is True else args.write
+        with open(target, "w", encoding="utf-8") as out:
+            out.write(content)
+        print(f"wrote {target}; load it with: airflow pools import {target}")
     else:
         print(content, end="")
     return 1 if errors else 0
 
 
+def cmd_init(args) -> int:
+    """``rowfill init DAGS_FOLDER [--force]``: the one-line DAG files and the ``rowfill/`` specs folder
+    (``rowfill.ops.dagfolder``); raises InitRefused (one line, exit 1) rather than overwrite a changed file.
+
+    :param args: the parsed command line (``dags_folder``, ``force``).
+    :returns: 0.
+    """
+    for written in init_dag_folder(args.dags_folder, force=args.force):
+        print(f"{written.action:11} {written.path}")
+    print("next: put your *.yaml specs in the rowfill/ folder, create their Airflow connections and pools "
+          "(rowfill pools --write; airflow pools import), see README \"Installing into your Airflow\"")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rowfill`` command line: global options and one subcommand per ``cmd_*`` function (``args.func``)."""
     p = argparse.ArgumentParser(prog="rowfill", description="Batched, resumable, exactly-once PostgreSQL backfills.")
-    p.add_argument("--specs-dir", help="folder of *.yaml specs (default: $ROWFILL_SPECS_DIR or include/specs)")
+    p.add_argument("--specs-dir", help="folder of *.yaml specs (default: $ROWFILL_SPECS_DIR, Airflow's [rowfill] "
+                                       "specs_folder, else rowfill/ in [core] dags_folder)")
     p.add_argument("--db", help="target database URL (default: $ROWFILL_DATABASE_URL or the spec's Airflow connection)")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -525,8 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--unset", action="append", metavar="KNOB", help="drop a knob: back to the spec's value")
     k.add_argument("--reset", action="store_true", help="drop every knob")
     k.set_defaults(func=cmd_set)
-    q = sub.add_parser("pools", help="print (or --write) include/pools.json for the specs")
-    q.add_argument("--write", action="store_true")
+    q = sub.add_parser("pools", help="print (or --write) the pools file for the specs (default <specs folder>/pools.json)")
+    q.add_argument("--write", nargs="?", const=True, default=False, metavar="FILE")
     q.set_defaults(func=cmd_pools)
     db = sub.add_parser("db", help="rowfill's own schema: migrate, check, grants").add_subparsers(dest="db_command", required=True)
     for name, func, text_ in (("migrate", cmd_db_migrate, "apply rowfill's schema migrations (--sql: print the DDL)"),
@@ -547,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--db", default=argparse.SUPPRESS, help="target database URL (its name goes into the GRANTs)")
     g.add_argument("--database", help="the database name in GRANT ... ON DATABASE (default: from --db)")
     g.set_defaults(func=cmd_db_grants)
+    i = sub.add_parser("init", help="write the one-line DAG files and the rowfill/ specs folder into a DAG folder")
+    i.add_argument("dags_folder", metavar="DAGS_FOLDER")
+    i.add_argument("--force", action="store_true", help="overwrite files that differ from what init writes")
+    i.set_defaults(func=cmd_init)
     return p
 
 
@@ -572,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("airflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)  # `rowfill db migrate` says what it did in one line
     try:
+        if args.func is not cmd_init and not args.specs_dir:
+            args.specs_dir = str(specs_folder())
         return args.func(args)
     except RowfillError as exc:
         print(f"rowfill: {exc}", file=sys.stderr)

@@ -32,7 +32,7 @@ from rowfill.sql.keys import Key
 from rowfill.sql.sqlnames import BadIdentifier, TableName, parse_identifier, quote
 from rowfill.sql.sqltext import read_spec_sql
 
-DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"  # include/specs
+SPECS_ENV = "ROWFILL_SPECS_DIR"  # the specs folder; Airflow's [rowfill] specs_folder is read by rowfill.airflow.specs_folder
 DEFAULT_RECONNECT_FOR = 180.0  # seconds: a restart, a failover or a minor upgrade is over well within 3 minutes
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,199}")
 _CONN_ID = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -532,18 +532,34 @@ def load_spec(path: str | os.PathLike) -> Spec:
         raise SpecErrors([SpecError(source, None, "holds a value that refers to itself (a YAML alias loop)")]) from None
 
 
-def specs_dir() -> Path:
-    """Where specs are read from: ``$ROWFILL_SPECS_DIR``, else ``include/specs`` next to the package."""
-    return Path(os.environ.get("ROWFILL_SPECS_DIR") or DEFAULT_SPECS_DIR)
+def specs_dir() -> Path | None:
+    """The specs folder named by ``$ROWFILL_SPECS_DIR``, or None.
+
+    Only the environment: this layer does not read Airflow's config. Callers above it resolve the
+    folder with ``rowfill.airflow.specs_folder`` (which adds ``[rowfill] specs_folder`` and the
+    ``rowfill/`` folder of the DAG bundle) and pass it in; nothing resolves into the installed package.
+    """
+    value = os.environ.get(SPECS_ENV)
+    return Path(value) if value else None
+
+
+_NO_FOLDER = ("specs folder does not exist; create it with `rowfill init DAGS_FOLDER` (a rowfill/ folder inside the DAG "
+              "bundle), or point Airflow's [rowfill] specs_folder (AIRFLOW__ROWFILL__SPECS_FOLDER) or ROWFILL_SPECS_DIR "
+              "at the folder holding your *.yaml specs")
 
 
 def load_specs(directory: str | os.PathLike | None = None) -> tuple[list[Spec], list[SpecError]]:
-    """All specs in a directory: the good ones, and the errors of the bad ones (never one hiding the other)."""
+    """All specs in a directory: the good ones, and the errors of the bad ones (never one hiding the other).
+
+    :param directory: the specs folder (default ``specs_dir()``, i.e. ``$ROWFILL_SPECS_DIR``).
+    :returns: (the good specs, sorted by file name; the errors of the bad ones, or one error naming the
+        folder and the settings that choose it when it does not exist). Never raises for a spec.
+    """
     directory = Path(directory) if directory else specs_dir()
     specs: list[Spec] = []
     errors: list[SpecError] = []
-    if not directory.is_dir():
-        return [], [SpecError(str(directory), None, "specs directory does not exist; set ROWFILL_SPECS_DIR to the folder holding your *.yaml specs")]
+    if directory is None or not directory.is_dir():
+        return [], [SpecError(str(directory or "(no specs folder)"), None, _NO_FOLDER)]
     seen: dict[str, str] = {}
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         try:
