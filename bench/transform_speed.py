@@ -91,11 +91,11 @@ def peak_rss_reset() -> bool:
         return False
 
 
-def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process in MiB since the last reset (VmHWM), None where unknown."""
+def peak_rss_mb(field: str = "VmHWM") -> float | None:
+    """Peak resident set size of this process in MiB since the last reset (``VmHWM``; ``VmRSS``: now), None where unknown."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         return None
@@ -119,8 +119,11 @@ class Phases:
         (BatchWriter, "lock_rows", "lock statement"),
         (transform.RowReader, "fetch", "lock + read (database)"),
         (transform.RowReader, "read", "rows as dicts / columns"),
+        (transform.RowReader, "read_columns", "rows as dicts / columns"),
         (transform, "call_with_blame", "user function"),
+        (transform, "call_columns_with_blame", "user function"),
         (transform.TransformWriter, "results", "shaping results"),
+        (transform.TransformWriter, "column_results", "shaping results"),
         (transform.TransformWriter, "encode", "encoding arrays"),
         (transform.TransformWriter, "write", "UPDATE"),
         (CheckpointStore, "advance", "checkpoint advance"),
@@ -224,9 +227,11 @@ def run_rowfill(engine: Engine, job: dict, args, profile: cProfile.Profile | Non
     spec = parse_spec({"name": "bench_transform", "connection": "bench", "table": "public.users", "key": "id",
                        "chunk_rows": args.chunk_rows, "batch_rows": args.batch_rows, "pause": 0,
                        # unthrottled, like the single UPDATE: fixed-size batches, no rest after each
-                       "pause_ratio": 0, "target_batch_time": None, **job["spec"]},
+                       **({"pause_ratio": 0, "target_batch_time": None} if args.throttle == "off" else {}),
+                       **job["spec"]},
                       "bench/transform_speed.py")
     CheckpointStore(engine).reset(spec.name)
+    rss_before = peak_rss_mb("VmRSS")
     rss_reset = peak_rss_reset()
     phases = Phases() if args.phases else None
     if phases:
@@ -242,6 +247,7 @@ def run_rowfill(engine: Engine, job: dict, args, profile: cProfile.Profile | Non
         if phases:
             phases.__exit__(None, None, None)
     out["seconds"] = time.perf_counter() - t0
+    out["rss_before_mb"] = rss_before
     out["peak_rss_mb"] = peak_rss_mb() if rss_reset else None
     if phases:
         out["phases"] = phases.report(out["batches"])
@@ -281,6 +287,9 @@ def main(argv=None) -> int:
                    help="autovacuum on users during the runs: the server's (default; it starts mid-run on the rowfill side) or off")
     p.add_argument("--repeat", type=int, default=1, help="runs per side (alternating order), medians reported")
     p.add_argument("--db", metavar="URL", help="use this server instead of a throwaway one (public.users/orders are DROPPED)")
+    p.add_argument("--throttle", choices=["off", "default"], default="off",
+                   help="off (default): fixed-size batches, no rest, like the single UPDATE; default: the spec's "
+                        "default throttle (adaptive ~50 ms batches and a rest of half a batch after each)")
     p.add_argument("--phases", action="store_true", help="time each step of the rowfill side's batches")
     p.add_argument("--profile", metavar="FILE", help="cProfile of each job's rowfill runs, to FILE.<job>.pstats")
     p.add_argument("--json", action="store_true")
@@ -298,7 +307,7 @@ def main(argv=None) -> int:
     engine = make_engine(url, args.parallel)
     res = {"machine": machine(), "server": server(engine), "where": where, "target_pct": TARGET_PCT,
            "config": {k: getattr(args, k) for k in ("users", "orders_per_user", "chunk_rows", "batch_rows", "repeat",
-                                                    "parallel", "autovacuum")},
+                                                    "parallel", "autovacuum", "throttle")},
            "jobs": {}}
     try:
         for name in [j.strip() for j in args.jobs.split(",") if j.strip()]:
@@ -351,15 +360,17 @@ def report(res: dict) -> None:
     print(f"            load average now {load()} (shared machine: other engineers' jobs run alongside)")
     print(f"PostgreSQL: {s['version']} ({res['where']}); " + ", ".join(f"{k}={v}" for k, v in s["settings"].items()))
     print(f"Data:       {cfg['users']:,} users, ~{cfg['orders_per_user']} orders per user; rebuilt + VACUUM ANALYZE + CHECKPOINT before each run")
-    print(f"rowfill:    chunk_rows={cfg['chunk_rows']:,} batch_rows={cfg['batch_rows']:,} pause=0 pause_ratio=0 "
-          "target_batch_time=none (unthrottled), "
-          f"{cfg['parallel']} chunk(s) at a time; autovacuum on users: {cfg['autovacuum']}")
+    print(f"rowfill:    chunk_rows={cfg['chunk_rows']:,} batch_rows={cfg['batch_rows']:,} pause=0 "
+          + ("pause_ratio=0 target_batch_time=none (unthrottled), " if cfg["throttle"] == "off"
+             else "and the spec's default throttle (adaptive batches, rest of half a batch), ")
+          + f"{cfg['parallel']} chunk(s) at a time; autovacuum on users: {cfg['autovacuum']}")
     for name, j in res["jobs"].items():
         print()
         print(f"{name}:")
         for kind, label in (("single_update", "single UPDATE"), ("rowfill", "rowfill Python transform")):
             for r in j["runs"][kind]:
-                rss = f"   peak RSS {r['peak_rss_mb']} MiB" if r.get("peak_rss_mb") is not None else ""
+                rss = (f"   peak RSS {r['peak_rss_mb']} MiB (before {r['rss_before_mb']})"
+                       if r.get("peak_rss_mb") is not None else "")
                 print(f"  {label:<26} {r['rows']:>10,} rows {r['seconds']:>8.2f} s {r['rows_per_s']:>10,.0f} rows/s"
                       f"   load {r['load_before'][0]} -> {r['load_after'][0]}{rss}")
         print(f"  same result: {'yes' if j['same_result'] else 'NO'} {j['checks']}")
