@@ -317,3 +317,43 @@ def test_rollback_chunks_honour_pause_and_cancel(engine, db_url, tmp_path, capsy
     assert all(run_chunk(engine, rb, c.chunk_no, **restore).kind == "done" for c in chunks)
     assert finish_rollback(engine, spec).restored == 3_000
     assert points(engine) == {0: 3_000}  # every row restored once
+
+
+def test_pausing_a_backfill_pauses_its_rollback_in_progress(engine, db_url, tmp_path, capsys):
+    """`rowfill pause NAME` reaches a running rollback of NAME too (its chunks read the control row
+    ``NAME.rollback``): it stops at a batch boundary with its cursor kept, says so, `rowfill resume NAME`
+    lets it go on, and every row is restored exactly once."""
+    make_users(engine, 3_000)
+    spec = points_spec(tmp_path, chunk_rows=3_000, batch_rows=100, pause="30ms", undo=True)
+    assert all(run_chunk(engine, spec, c.chunk_no).kind == "done" for c in plan_backfill(engine, spec))
+    rb = rollback_spec(spec)
+    chunks = plan_rollback(engine, spec)
+    restore = {"writer": RestoreWriter(rb, rollback_target(engine, spec)), "check_table": False}
+    job = ChunkInBackground(engine, rb, chunks[0].chunk_no, **restore)
+    job.wait_batches(3)
+
+    assert cli(db_url, spec, "pause", "add_points", "--reason", "month-end close") == 0
+    out = capsys.readouterr().out
+    assert "add_points: paused; running chunks stop at their next batch boundary" in out
+    assert (f"add_points.rollback: paused too, its rollback in progress (0 of {len(chunks)} chunks done); running "
+            "chunks stop at their next batch boundary and wait, without holding a worker slot, until "
+            "`rowfill resume add_points`") in out
+    outcome = job.join()
+    assert outcome.kind == "defer" and outcome.until is None and outcome.result.status == "stopped"
+    assert "month-end close" in outcome.reason
+    row = CheckpointStore(engine).chunk(rb.name, chunks[0].chunk_no)
+    assert row.status == "pending" and 0 < row.rows_written < 3_000
+    assert points(engine) == {0: row.rows_written, 10: 3_000 - row.rows_written}
+    assert run_chunk(engine, rb, chunks[0].chunk_no, **restore).kind == "defer"  # paused: nothing starts
+
+    assert cli(db_url, spec, "resume", "add_points") == 0
+    assert "add_points.rollback: running too" in capsys.readouterr().out
+    assert all(run_chunk(engine, rb, c.chunk_no, **restore).kind == "done" for c in chunks)
+    result = finish_rollback(engine, spec)
+    assert (result.walked, result.restored, result.left_alone) == (3_000, 3_000, 0)  # each row restored once
+    assert points(engine) == {0: 3_000}
+
+    # with no rollback in progress, pausing the backfill touches only the backfill
+    assert cli(db_url, spec, "pause", "add_points") == 0
+    assert ".rollback" not in capsys.readouterr().out
+    assert ControlStore(engine).get(rb.name).state == "running"

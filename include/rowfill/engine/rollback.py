@@ -17,7 +17,9 @@ from rowfill.engine.resolve import pinned_relation, pinned_spec, record
 from rowfill.engine.undo import NoUndo, no_undo_message, rollback_name, rollback_spec, undo_exists, undo_table
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
-from rowfill.sql.sqlnames import clause
+from rowfill.sql.scans import row_count
+from rowfill.store import backfills
+from rowfill.store import catalog as store_catalog
 from rowfill.store.checkpoint import SCHEMA, CheckpointStore
 
 
@@ -64,6 +66,35 @@ def rollback_target(engine: Engine, spec: Spec) -> Spec:
 
 
 @dataclass(frozen=True)
+class RollbackProgress:
+    """A rollback planned and not finished yet: its chunks, and how many of them are done."""
+
+    name: str  # the rollback's own name, ``<backfill>.rollback``
+    chunks: int
+    done: int
+
+
+def rollback_in_progress(engine: Engine, backfill: str) -> RollbackProgress | None:
+    """The rollback of ``backfill`` that is in progress, if any, so that controlling a backfill
+    (``rowfill pause/resume/cancel NAME``) can reach its rollback too.
+
+    A rollback is in progress from ``plan_rollback`` (which registers ``<backfill>.rollback`` in
+    ``rowfill.backfills``) until ``finish_rollback`` forgets it: the same test forward planning
+    makes before refusing to run (``rowfill.engine.undo.prepare_forward_plan``).
+
+    :param engine: the target database. :param backfill: the backfill's name (not the rollback's).
+    :returns: the rollback's name and chunk counts, or None (no rollback, or rowfill's schema not there yet).
+    :raises sqlalchemy.exc.DBAPIError: the database could not be read.
+    """
+    name = rollback_name(backfill)
+    with engine.connect() as conn:
+        if not store_catalog.exists(conn, store_catalog.own("backfills")) or not backfills.exists(conn, name):
+            return None
+        chunks = CheckpointStore(engine).chunks(name, conn)
+    return RollbackProgress(name, len(chunks), sum(c.status.finished for c in chunks))
+
+
+@dataclass(frozen=True)
 class RollbackResult:
     backfill: str
     chunks: int
@@ -93,7 +124,7 @@ def finish_rollback(engine: Engine, spec: Spec) -> RollbackResult:
         raise RollbackIncomplete(f"rollback of {spec.name!r}: {len(unfinished)} of {len(chunks)} chunks are not done "
                                  f"(first: chunk {unfinished[0].chunk_no}, {unfinished[0].status}); run it again to resume.")
     with engine.connect() as conn:
-        left = conn.execute(clause(f"SELECT count(*) FROM {rb.table.sql}")).scalar() if undo_exists(conn, spec) else 0
+        left = row_count(conn, rb.table.sql) if undo_exists(conn, spec) else 0
     if left:
         store.reset(rb.name)  # so the next rollback walks the whole (small) undo log again
         raise RollbackIncomplete(

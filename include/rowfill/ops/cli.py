@@ -26,7 +26,7 @@ from rowfill.engine.dryrun import dry_run
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.report import backfill_summary
 from rowfill.engine.resolve import pinned_spec, stored_table
-from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_target
+from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_in_progress, rollback_target
 from rowfill.engine.status import statuses
 from rowfill.engine.throttle import format_knob
 from rowfill.engine.transform import load_callable
@@ -181,9 +181,22 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _what(state: str, resume_with: str) -> str:
+    """What a control state does to running chunks, in words (``resume_with``: the name `rowfill resume` takes)."""
+    return {"paused": "running chunks stop at their next batch boundary and wait, without holding a worker slot, "
+                      f"until `rowfill resume {resume_with}`",
+            "running": "waiting chunks continue from their cursors within a few seconds",
+            "cancelled": "running chunks stop at their next batch boundary, keep their cursors and end skipped; "
+                         f"later runs skip too until `rowfill resume {resume_with}`"}[state]
+
+
 def _control(args, action) -> int:
+    """Change the control state of ``args.name``: a backfill, and then its rollback in progress too, or
+    ``NAME.rollback`` alone. A rollback's chunks read their own control row (``NAME.rollback``), so the
+    backfill's command writes both rows; ``resume`` also clears a rollback's row stopped earlier."""
     name = args.name
-    if name.endswith(ROLLBACK_SUFFIX):  # NAME.rollback: the rollback's chunks (no spec name has a '.')
+    explicit_rollback = name.endswith(ROLLBACK_SUFFIX)
+    if explicit_rollback:  # NAME.rollback: the rollback's chunks (no spec name has a '.')
         spec = find_spec(name[: -len(ROLLBACK_SUFFIX)], args.specs_dir)
         name = rollback_name(spec.name)
     else:
@@ -192,20 +205,39 @@ def _control(args, action) -> int:
     engine = _engine(spec, args)
     try:
         store = ControlStore(engine)
-        control = reconnect.call(lambda: action(store, name, args.reason), spec, "changing the control state")
+
+        def change():
+            """Write the control row, then the rollback's when one is in progress (or, for resume, stopped).
+            Retried whole through a restart: each write sets a state, so writing it twice is harmless.
+
+            :returns: (the backfill's control row, (the rollback's row, its progress) or None).
+            """
+            control = action(store, name, args.reason)
+            if explicit_rollback:
+                return control, None
+            progress = rollback_in_progress(engine, spec.name)
+            rb = rollback_name(spec.name)
+            stopped = action is ControlStore.resume and store.get(rb).state != "running"
+            if progress is None and not stopped:
+                return control, None
+            return control, (action(store, rb, args.reason), progress)
+
+        control, rollback = reconnect.call(change, spec, "changing the control state")
     finally:
         engine.dispose()
-    what = {"paused": "running chunks stop at their next batch boundary and wait, without holding a worker slot, "
-                      f"until `rowfill resume {name}`",
-            "running": "waiting chunks continue from their cursors within a few seconds",
-            "cancelled": "running chunks stop at their next batch boundary, keep their cursors and end skipped; "
-                         f"later runs skip too until `rowfill resume {name}`"}[control.state]
-    print(f"{name}: {control.state}; {what}")
+    print(f"{name}: {control.state}; {_what(control.state, name)}")
+    if rollback is not None:
+        rb_control, progress = rollback
+        doing = (f"its rollback in progress ({progress.done} of {progress.chunks} chunks done)" if progress
+                 else "its rollback")
+        print(f"{rb_control.backfill}: {rb_control.state} too, {doing}; {_what(rb_control.state, name)}")
     return 0
 
 
 def cmd_pause(args) -> int:
     """``rowfill pause NAME``: running chunks stop at their next batch boundary and defer without a worker slot.
+
+    A rollback of NAME in progress is paused too (``NAME.rollback`` pauses the rollback alone).
 
     :param args: the parsed command line (``name``, ``reason``, ``specs_dir``, ``db``).
     :returns: the exit status, 0.
@@ -217,6 +249,8 @@ def cmd_pause(args) -> int:
 def cmd_resume(args) -> int:
     """``rowfill resume NAME``: paused or cancelled chunks continue from their cursors.
 
+    A rollback of NAME in progress, or stopped, is resumed too (``NAME.rollback``: the rollback alone).
+
     :param args: the parsed command line (``name``, ``reason``, ``specs_dir``, ``db``).
     :returns: the exit status, 0.
     :raises SpecErrors: for an unknown or broken spec. :raises DatabaseUnavailable: when the database cannot be reached.
@@ -226,6 +260,8 @@ def cmd_resume(args) -> int:
 
 def cmd_cancel(args) -> int:
     """``rowfill cancel NAME``: running chunks stop at their next batch boundary, keep their cursors and end skipped.
+
+    A rollback of NAME in progress is cancelled too (``NAME.rollback`` cancels the rollback alone).
 
     :param args: the parsed command line (``name``, ``reason``, ``specs_dir``, ``db``).
     :returns: the exit status, 0.
