@@ -71,6 +71,7 @@ from rowfill.examples.seed import seed_loyalty  # noqa: E402
 from rowfill.spec.spec import parse_spec  # noqa: E402
 from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
 from rowfill_dev.localpg import LocalPostgres  # noqa: E402
+from rowfill_dev.schema import migrate_database  # noqa: E402  # rowfill runs no DDL: migrate first
 
 TARGET_PCT = 40.0  # jobs without their own target
 TARGETS = {"names": 45.0, "names_columns": 70.0, "loyalty": 40.0, "loyalty_columns": 50.0}  # issue 15
@@ -179,6 +180,7 @@ def rebuild(engine: Engine, users: int, per_user: int, autovacuum: str) -> None:
     """users + orders from scratch (same rows every time), vacuumed, analyzed, checkpointed."""
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP SCHEMA IF EXISTS rowfill CASCADE")
+    migrate_database(engine)  # rowfill's schema from scratch, as `rowfill db migrate` makes it
     seed_loyalty(engine, users=users, per_user=per_user)
     if autovacuum == "off":
         with engine.begin() as conn:

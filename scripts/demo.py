@@ -31,6 +31,7 @@ from rowfill.ops.cli import progress_bar  # noqa: E402
 from rowfill.spec.durations import format_duration  # noqa: E402
 from rowfill_dev.devstack import AirflowStack  # noqa: E402
 from rowfill_dev.localpg import LocalPostgres, free_port  # noqa: E402
+from rowfill_dev.schema import migrate_database  # noqa: E402
 
 DEMO = ROOT / ".demo"
 STATE = DEMO / "state.json"
@@ -123,6 +124,8 @@ def main() -> int:
     try:
         say(f"seeding {args.users:,} users")
         seed(url, args.users)
+        say("migrating rowfill's schema (rowfill db migrate): rowfill itself runs no DDL")
+        migrate_database(url)
         say("preparing Airflow (metadata DB migration, pools from include/pools.json)")
         stack.prepare()
         say("starting Airflow: scheduler (LocalExecutor), DAG processor, API server, triggerer")

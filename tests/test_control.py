@@ -13,7 +13,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from helpers import Lines, make_users, spec_for
+from helpers import Lines, create_database, make_users, spec_for
 from rowfill.airflow.triggers import ControlTrigger
 from rowfill.engine.chunk_task import run_chunk
 from rowfill.engine.control import BadKnob, ControlStore, parse_assignments
@@ -22,7 +22,10 @@ from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_tar
 from rowfill.engine.runner import BatchObserver
 from rowfill.engine.undo import RestoreWriter, rollback_spec
 from rowfill.ops.cli import main
+from legacy_schema import create_legacy_schema
+from rowfill.engine.database import engine_from_url
 from rowfill.store.checkpoint import CheckpointStore
+from rowfill_dev.schema import migrate_database
 
 
 class Batches(BatchObserver):
@@ -270,20 +273,20 @@ def test_rowfill_run_honours_cancel_and_resume(engine, db_url, tmp_path, capsys)
     assert points(engine) == {10: 1_000}
 
 
-def test_existing_checkpoint_tables_get_the_new_columns(engine):
-    """Installs from before the throttle kept their rowfill.chunks; planning adds what is missing."""
-    from rowfill.store.checkpoint import DDL
-
+def test_existing_checkpoint_tables_get_the_new_columns(pg_cluster):
+    """Installs from before the throttle kept their rowfill.chunks; the first migration adds what is missing."""
+    engine = engine_from_url(create_database(pg_cluster, "legacy_throttle", migrated=False))
+    create_legacy_schema(engine, first_release=True)  # the tables as the first release created them
     with engine.begin() as conn:
-        conn.exec_driver_sql(DDL)  # the tables as the first release created them
         columns = conn.execute(text("SELECT array_agg(attname::text) FROM pg_attribute WHERE attrelid = 'rowfill.chunks'::regclass")).scalar()
         assert "throttled_seconds" not in columns
         conn.execute(text("INSERT INTO rowfill.backfills (name, fingerprint, spec) VALUES ('old', 'x', '{}')"))
         conn.execute(text("INSERT INTO rowfill.chunks (backfill, chunk_no, lo, hi, est_rows) VALUES ('old', 1, '0', '10', 10)"))
-    CheckpointStore(engine).ensure_schema()
-    CheckpointStore(engine).ensure_schema()  # and again: nothing to do the second time
+    migrate_database(engine)
+    migrate_database(engine)  # and again: nothing to do the second time
     [row] = CheckpointStore(engine).chunks("old")
     assert (row.throttled_seconds, row.throttle_state) == (0.0, None)
+    engine.dispose()
 
 
 def test_rollback_chunks_honour_pause_and_cancel(engine, db_url, tmp_path, capsys):

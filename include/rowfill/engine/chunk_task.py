@@ -73,7 +73,7 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     controls = ControlStore(engine)
     store = CheckpointStore(engine)
     # every read and write here is retried through a restart of the database (rowfill.engine.reconnect)
-    control = reconnect.call(lambda: (controls.ensure(), controls.get(spec.name))[1], spec,
+    control = reconnect.call(lambda: controls.get(spec.name), spec,
                              "reading the backfill's control state", logger)
     windows = Windows(spec.window)
 

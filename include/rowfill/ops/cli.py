@@ -10,11 +10,15 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
 from rowfill.airflow.chunk_settings import max_map_length
-from rowfill.airflow.connections import spec_engine
+from rowfill.airflow.connections import engine_for, spec_engine
 from rowfill.airflow.observers import standard_observers
 from rowfill.airflow.pools import POOLS_FILE, pools_for
 from rowfill.engine import reconnect
@@ -36,7 +40,10 @@ from rowfill.errors import ChunkFailed, RowfillError, SpecError
 from rowfill.ops.statusview import progress_bar as share_bar
 from rowfill.ops.statusview import render_backfill, render_json
 from rowfill.spec.spec import find_spec, load_specs
+from rowfill.sql.sqlnames import BadIdentifier, TableName
+from rowfill.store import schema
 from rowfill.store.checkpoint import CheckpointStore
+from rowfill.store.grants import grant_statements
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:
@@ -152,6 +159,7 @@ def cmd_run(args) -> int:
     spec = find_spec(args.name, args.specs_dir)
     engine = _engine(spec, args)
     try:
+        _schema_ready_for_run(engine, spec)
         chunks = plan_backfill(engine, spec, limit=max_map_length(), log=logging.getLogger("rowfill.plan"))
         table = reconnect.call(lambda: pinned_spec(engine, spec).table, spec, "reading the planned table")
         print(f"{spec.name}: {len(chunks)} chunks to run on {table}")
@@ -371,6 +379,94 @@ def cmd_reset(args) -> int:
     return 0
 
 
+def _db_engine(args):
+    """The target database of a ``rowfill db`` command: ``--db``/ROWFILL_DATABASE_URL, else ``--conn``
+    (an Airflow connection), else the connection of spec ``NAME``; checked reachable."""
+    if args.db or os.environ.get("ROWFILL_DATABASE_URL"):
+        engine, connection, source = engine_for("", args.db), "--db", None
+    elif args.conn:
+        engine, connection, source = engine_for(args.conn), args.conn, None
+    elif args.spec:
+        spec = find_spec(args.spec, args.specs_dir)
+        engine, connection, source = spec_engine(spec), spec.connection, spec.source
+    else:
+        raise RowfillError("which database? Give --db URL (or ROWFILL_DATABASE_URL), --conn AIRFLOW_CONN_ID, or the "
+                           "name of a spec whose connection to use")
+    check_reachable(engine, connection, source)
+    return engine
+
+
+def cmd_db_migrate(args) -> int:
+    """``rowfill db migrate``: apply rowfill's schema migrations (``--sql``: print their DDL instead).
+
+    Each attempt waits at most ``--lock-timeout`` seconds for a lock held by running work, then rolls
+    back and tries again (``rowfill.store.schema.migrate``), so live batches are never held up long.
+    :param args: the parsed command line (``spec``, ``conn``, ``sql``, ``lock_timeout``, ``attempts``, ``db``).
+    :returns: the exit status, 0. :raises MigrationFailed: locks held through every attempt, or privileges missing.
+    """
+    if args.sql:
+        since = None
+        if args.db or args.conn or args.spec or os.environ.get("ROWFILL_DATABASE_URL"):  # from where that database is
+            engine = _db_engine(args)
+            try:
+                with engine.connect() as conn:
+                    since = schema.current(conn)
+            finally:
+                engine.dispose()
+        print(schema.migration_sql(since=since, lock_timeout=args.lock_timeout), end="")
+        return 0
+    engine = _db_engine(args)
+    try:
+        before, after = schema.migrate(engine, lock_timeout=args.lock_timeout, attempts=args.attempts)
+    finally:
+        engine.dispose()
+    print(f"rowfill schema: at {after}, nothing to do" if before == after
+          else f"rowfill schema: migrated from {before or 'nothing'} to {after}")
+    return 0
+
+
+def cmd_db_check(args) -> int:
+    """``rowfill db check``: the schema's revision against the one this rowfill requires.
+
+    :returns: the exit status: 0 when they match, 1 when the schema is missing, behind or newer.
+    """
+    engine = _db_engine(args)
+    try:
+        with engine.connect() as conn:
+            found = schema.version(conn)
+    finally:
+        engine.dispose()
+    print(found.line())
+    return 0 if found.ready else 1
+
+
+def cmd_db_grants(args) -> int:
+    """``rowfill db grants ROLE [--table SCHEMA.TABLE ...]``: the GRANTs the runtime role needs (printed, not run).
+
+    :returns: the exit status, 0. :raises RowfillError: a ``--table`` that is not a table name.
+    """
+    try:
+        tables = [TableName.parse(t) for t in args.table]
+    except BadIdentifier as exc:
+        raise RowfillError(f"--table: {exc}") from None
+    database = args.database
+    if database is None and (args.db or os.environ.get("ROWFILL_DATABASE_URL")):
+        database = make_url(args.db or os.environ["ROWFILL_DATABASE_URL"]).database
+    print("\n".join(grant_statements(args.role, database or "DATABASE", tables)))
+    return 0
+
+
+def _schema_ready_for_run(engine, spec) -> None:
+    """`rowfill run` is the one-machine path: a schema never migrated (or behind) is migrated first,
+    as `rowfill db migrate` would (Airflow tasks never do: they report SchemaNotReady)."""
+    with engine.connect() as conn:
+        found = schema.version(conn)
+    if found.ready or found.newer:
+        return  # a newer schema: the plan's check says what to do
+    print(f"{spec.name}: {found.line()}; migrating first (as `rowfill db migrate` does)", file=sys.stderr)
+    schema.migrate(engine)
+
+
 def cmd_pools(args) -> int:
     """``rowfill pools [--write]``: the Airflow pools the specs need, as ``airflow pools import`` reads them.
 
@@ -432,7 +528,35 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("pools", help="print (or --write) include/pools.json for the specs")
     q.add_argument("--write", action="store_true")
     q.set_defaults(func=cmd_pools)
+    db = sub.add_parser("db", help="rowfill's own schema: migrate, check, grants").add_subparsers(dest="db_command", required=True)
+    for name, func, text_ in (("migrate", cmd_db_migrate, "apply rowfill's schema migrations (--sql: print the DDL)"),
+                              ("check", cmd_db_check, "the schema's version vs. the one required; exit 1 when behind")):
+        m = db.add_parser(name, help=text_)
+        m.add_argument("spec", nargs="?", metavar="NAME", help="use this spec's connection (else --db or --conn)")
+        m.add_argument("--conn", help="an Airflow connection id to use")
+        m.add_argument("--db", default=argparse.SUPPRESS, help="target database URL (as the global --db)")
+        m.set_defaults(func=func)
+        if name == "migrate":
+            m.add_argument("--sql", action="store_true", help="print the DDL for a DBA instead of applying it")
+            m.add_argument("--lock-timeout", type=float, default=schema.LOCK_TIMEOUT,
+                           help=f"seconds an attempt may wait for a lock (default {schema.LOCK_TIMEOUT:g})")
+            m.add_argument("--attempts", type=int, default=schema.ATTEMPTS, help=f"attempts (default {schema.ATTEMPTS})")
+    g = db.add_parser("grants", help="print the GRANTs rowfill's runtime role needs")
+    g.add_argument("role")
+    g.add_argument("--table", action="append", default=[], metavar="SCHEMA.TABLE", help="a target table (repeatable)")
+    g.add_argument("--db", default=argparse.SUPPRESS, help="target database URL (its name goes into the GRANTs)")
+    g.add_argument("--database", help="the database name in GRANT ... ON DATABASE (default: from --db)")
+    g.set_defaults(func=cmd_db_grants)
     return p
+
+
+_INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE of "permission denied" (PostgreSQL docs, Appendix A "Error Codes")
+
+
+def _role(args) -> str:
+    """The role the command connected as, for the grants advice (from --db or ROWFILL_DATABASE_URL; else ROLE)."""
+    url = getattr(args, "db", None) or os.environ.get("ROWFILL_DATABASE_URL")
+    return (make_url(url).username if url else None) or "ROLE"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,10 +570,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
     if not args.verbose:  # Airflow's start-up notes ("Reading the config from ...") are not rowfill's output
         logging.getLogger("airflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # `rowfill db migrate` says what it did in one line
     try:
         return args.func(args)
     except RowfillError as exc:
         print(f"rowfill: {exc}", file=sys.stderr)
+        return 1
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:  # a missing grant: say which to apply
+            print(f"rowfill: {str(exc.orig).strip().splitlines()[0]}. Have the owner apply what `rowfill db grants "
+                  f"{_role(args)} --table SCHEMA.TABLE` prints for the spec's table; nothing was written by this "
+                  "statement (its transaction rolled back)", file=sys.stderr)
+            return 1
+        if not is_connection_error(exc):
+            raise
+        print(f"rowfill: lost the connection to the database: {describe(exc)}. Nothing committed is lost; run the "
+              "command again once the server is back (a backfill resumes from its checkpoints).", file=sys.stderr)
         return 1
     except Exception as exc:  # a lost connection where no retry applies: advice, not a traceback
         if not is_connection_error(exc):
