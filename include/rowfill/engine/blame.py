@@ -205,7 +205,16 @@ class Narrowing:
                 out.append(None if r is None else value if value_only else {column: value})
             return out
 
-        writer.fn = one_column
+        def one_returned_column(columns):
+            """``batch_form: columns``: the transform over ``columns``, its result cut to ``{column: values}``.
+
+            :param columns: the batch as the transform receives it (column -> list).
+            :returns: the returned column alone (a dict of one column, or the list when the whole result is one).
+            """
+            out = whole(columns)
+            return {column: out[column]} if isinstance(out, Mapping) else out
+
+        writer.fn = one_returned_column if writer.columnar else one_column
         return writer
 
 

@@ -40,6 +40,15 @@ def loyalty_points(rows: list[dict]) -> list[int]:
     return [points_for(r["paid_orders"], r["spent_cents"]) for r in rows]
 
 
+def loyalty_points_columns(columns: dict[str, list]) -> dict[str, list]:
+    """The same rule over the batch as columns (``batch_form: columns``).
+
+    :param columns: ``{"id": [...], "paid_orders": [...], "spent_cents": [...]}``, equal-length lists in key order.
+    :returns: ``{"loyalty_points": [...]}``, one value per user, in the same order.
+    """
+    return {"loyalty_points": list(map(points_for, columns["paid_orders"], columns["spent_cents"]))}
+
+
 # The same rule in SQL (REFERENCE_SQL, id -> points), and the set-based UPDATEs doing the whole job
 # (the baseline of bench/transform_speed.py): statements over the user's tables, built in rowfill.sql
 # like every other one, and re-exported here beside the Python rule they are compared with.

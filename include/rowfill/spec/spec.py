@@ -40,6 +40,10 @@ _CALLABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-
 MODES = ("set", "sql", "transform", "sink")
 Mode = Literal["set", "sql", "transform", "sink"]  # how a backfill writes (``Spec.mode``)
 Planning = Literal["auto", "exact", "estimated"]  # how chunk boundaries are found (rowfill.engine.estimate)
+# how a transform gets its batch and returns results (rowfill.engine.transform): a list of dicts,
+# one per row (the default), or a dict of equal-length columns
+BatchForm = Literal["rows", "columns"]
+BATCH_FORMS = ("rows", "columns")
 _CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually", "@continuous"}
 
 
@@ -94,6 +98,7 @@ class Spec:
     select: dict[str, str] = field(default_factory=dict)  # name -> SQL expression handed to transform/sink
     joins: str | None = None  # FROM-clause continuation for `select` (e.g. LEFT JOIN LATERAL ...)
     returns: tuple[str, ...] = ()  # columns the transform writes back
+    batch_form: BatchForm = "rows"  # with transform: rows (list of dicts) or columns (dict of equal-length lists)
     sink: str | None = None  # "module.path:function" receiving each batch instead of a database write
     undo: bool = False  # record previous values so `rowfill rollback` can restore them
     # how long a chunk keeps coming back to rows other sessions hold before it fails (rowfill.engine.rowlocks)
@@ -150,6 +155,8 @@ class Spec:
             value = getattr(self, name)
             if value:
                 meaning[name] = list(value) if isinstance(value, tuple) else value
+        if self.batch_form != "rows":  # the same function over columns is another call: only when used
+            meaning["batch_form"] = self.batch_form
         return meaning
 
     @property
@@ -199,6 +206,7 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "select": ("select", False),
     "joins": ("sql_text", False),
     "returns": ("columns", False),
+    "batch_form": ("batch_form", False),
     "sink": ("callable", False),
     "undo": ("bool", False),
     "locked_rows_wait": ("duration", False),
@@ -301,6 +309,12 @@ def _check(kind: str, value: Any, field: str = "") -> Any:
         if not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a valid cron expression; e.g. \"0 2 * * *\" starts at 02:00 every day")
         return value
+    if kind == "batch_form":
+        if value not in BATCH_FORMS:
+            raise ValueError("expected rows (the function gets a list of dicts, one per row, and returns one result "
+                             "per row) or columns (it gets a dict of equal-length column lists and returns the "
+                             "`returns` columns the same way)")
+        return value
     if kind == "planning":
         if value not in ("auto", "exact", "estimated"):
             raise ValueError("expected auto (exact below 20M rows, estimated above), exact (walk the key index) or estimated (sample)")
@@ -375,6 +389,8 @@ def _check_modes(data: dict, values: dict, source: str) -> list[SpecError]:
     mode = given[0] if len(given) == 1 else None
     if "returns" in data and mode != "transform":
         errors.append(SpecError(source, "returns", "only goes with 'transform' (the columns the function returns)"))
+    if "batch_form" in data and mode != "transform":
+        errors.append(SpecError(source, "batch_form", "only goes with 'transform' (how the function gets the batch)"))
     if mode == "transform" and "returns" not in data:
         errors.append(SpecError(source, "returns", "is required with 'transform': list the columns the function returns, e.g. returns: [loyalty_points]"))
     for name in ("select", "joins"):
