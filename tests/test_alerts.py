@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ from receivers import SmtpReceiver, WebhookReceiver
 from airflow.sdk import BaseNotifier
 
 from rowfill.airflow import alerts
+
+# Credentials made up per run: a fixed one in a tracked file is what tests/test_secrets.py refuses.
+TOKEN = secrets.token_hex(8)
 from rowfill.airflow.notifiers import Alert, deliver
 from rowfill.airflow.stall import StallTracker, StallTrigger
 from rowfill.engine.plan import plan_backfill
@@ -44,7 +48,7 @@ def http_connection(url: str, **extra) -> str:
 def hook(monkeypatch):
     """A real HTTP receiver, reached through the Airflow connection ``rowfill_hook`` (its token in the connection)."""
     with WebhookReceiver() as receiver:
-        monkeypatch.setenv("AIRFLOW_CONN_ROWFILL_HOOK", http_connection(receiver.url, **{"X-Token": "s3cret"}))
+        monkeypatch.setenv("AIRFLOW_CONN_ROWFILL_HOOK", http_connection(receiver.url, **{"X-Token": TOKEN}))
         yield receiver
 
 
@@ -79,11 +83,11 @@ def test_alerts_field_names_notifiers_and_refuses_what_cannot_work(tmp_path):
     ({"webhook": {"url": "https://hooks.example.com/T0/B0/abc"}},
      "'url' is not accepted: a webhook's URL and headers carry its token, and the spec lives in git. Put them in an "
      "Airflow HTTP connection"),
-    ({"webhook": {"connection": "hook", "headers": {"X-Token": "abc"}}}, "airflow connections add rowfill_webhook --conn-type http"),
+    ({"webhook": {"connection": "hook", "headers": {"X-Token": TOKEN}}}, "airflow connections add rowfill_webhook --conn-type http"),
     ({"webhook": {"connection": "hook", "endpoint": "/hook?token=abc"}}, "option 'endpoint' holds a URL with a credential"),
-    ({"smtp": {"to": "a@b.c", "password": "hunter2"}}, "'password' would write a credential into the spec"),
+    ({"smtp": {"to": "a@b.c", "password": TOKEN}}, "'password' would write a credential into the spec"),
     ({"slack": {"token": "xoxb-1"}}, "keep it in the Slack connection"),
-    ({"notifier": {"class": "pkg.mod:Pager", "args": {"routing_key": "abc", "api_key": "k"}}}, "'api_key' would write a credential"),
+    ({"notifier": {"class": "pkg.mod:Pager", "args": {"routing_key": "abc", "api_key": TOKEN}}}, "'api_key' would write a credential"),
     ({"notifier": {"class": "pkg.mod:Pager", "args": {"endpoint": "https://bot:pw@pager.example.com/x"}}},
      "option 'endpoint' holds a URL with a credential in it"),
 ])
@@ -122,7 +126,7 @@ def test_a_failing_chunk_and_its_run_alert_by_email_and_webhook(tmp_path, db_url
                    "airflow tasks clear rowfill_users_full_name -t '^chunk$' --only-failed --downstream -y",
                    '"task_ids": [["chunk", 1]]'):
         assert needed in text_, needed
-    assert hook.received[0]["headers"]["X-Token"] == "s3cret"
+    assert hook.received[0]["headers"]["X-Token"] == TOKEN
 
     subjects = smtp.mailbox.subjects()
     assert "[rowfill] users_full_name: chunk 2/3 (id 1001..2000) failed" in subjects
