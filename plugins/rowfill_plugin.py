@@ -2,10 +2,10 @@
 
 from airflow.plugins_manager import AirflowPlugin
 
-from rowfill.airflow.web import create_app
+from rowfill.airflow.web import EXTERNAL_VIEWS, create_app
 
 
 class RowfillPlugin(AirflowPlugin):
     name = "rowfill"
     fastapi_apps = [{"app": create_app(), "url_prefix": "/rowfill", "name": "rowfill progress"}]
-    external_views = [{"name": "Backfills", "href": "/rowfill/", "destination": "nav", "url_route": "rowfill", "category": "browse"}]
+    external_views = EXTERNAL_VIEWS  # the overview under Browse, a "Backfill" tab on DAG and DAG run pages
