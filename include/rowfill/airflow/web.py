@@ -683,14 +683,14 @@ def create_app() -> FastAPI:
             raise HTTPException(403, f"you may not change {spec.dag_id}")
         return act(request, spec, action, body if isinstance(body, dict) else {}, user.get_name() if user else "test")
 
-    @app.post("/api/backfills/{name}/{action}")
+    @app.post("/api/backfills/{name}/{action}", dependencies=[Depends(_json_only)])
     def backfill_action(name: str, action: str, request: Request, body: dict = Body(default_factory=dict),
                         user=user_dep) -> dict:
         """One action on a backfill (pause, resume, cancel, set, retry, plan), recorded in the audit trail."""
         _json_only(request)
         return _act(request, user, _find(user, name=name), action, body)
 
-    @app.post("/api/dags/{dag_id}/{action}")
+    @app.post("/api/dags/{dag_id}/{action}", dependencies=[Depends(_json_only)])
     def control(dag_id: str, action: str, request: Request, user=user_dep) -> dict:
         """Pause or resume by DAG id (the earlier page's buttons and scripts); recorded like the console's actions."""
         _json_only(request)
