@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 log = logging.getLogger("rowfill.console")
 
 HISTORY_DAYS = 30  # runs shown on a backfill's page
-HISTORY_RUNS = 500  # at most: a schedule of every few minutes over 30 days is still one page
+HISTORY_RUNS = 1_000  # at most: an hourly schedule over 30 days is 720 runs
 CHUNK_TASK = "chunk"  # the mapped task of a backfill DAG (rowfill.airflow.factory)
 EVENT_PREFIX = "rowfill."  # Airflow audit log events: rowfill.pause, rowfill.retry, ...
 _CLEAR_TIMEOUT = 30.0  # seconds for Airflow's clear call
@@ -122,7 +122,7 @@ def clear_chunks(api_base: str, token: str, dag_id: str, run_id: str, map_indexe
     :raises ClearRefused: Airflow answered with an error (403 for a user who may not clear, 404 ...).
     """
     body = {"dry_run": False, "dag_run_id": run_id, "task_ids": [[CHUNK_TASK, i] for i in map_indexes],
-            "only_failed": True, "include_downstream": True}
+            "only_failed": True, "include_downstream": True, "reset_dag_runs": True}  # a failed run runs again
     request = urllib.request.Request(
         f"{api_base}/api/v2/dags/{urllib.request.quote(dag_id, safe='')}/clearTaskInstances",
         data=json.dumps(body).encode(), method="POST",

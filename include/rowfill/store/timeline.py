@@ -16,7 +16,7 @@ from rowfill.store import catalog
 from rowfill.store.catalog import SCHEMA
 
 _STEPS = text(f"""
-SELECT floor(extract(epoch FROM bucket) / :step) * :step AS t, sum(rows_seen) AS rows, sum(batches) AS batches
+SELECT floor(extract(epoch FROM bucket) / :step) * :step AS step_at, sum(rows_seen) AS rows, sum(batches) AS batches
 FROM {SCHEMA}.samples
 WHERE backfill = :n AND bucket >= clock_timestamp() - make_interval(secs => :since)
 GROUP BY 1 ORDER BY 1""")
@@ -43,7 +43,7 @@ def steps(conn: Connection, backfill: str, since: float, step: float) -> list[St
     """
     if not catalog.exists(conn, catalog.own("samples")):
         return []
-    return [Step(float(r.t), int(r.rows), int(r.batches))
+    return [Step(float(r.step_at), int(r.rows), int(r.batches))
             for r in conn.execute(_STEPS, {"n": backfill, "since": since, "step": step}).all()]
 
 
