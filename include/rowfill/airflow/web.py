@@ -33,6 +33,7 @@ import importlib
 import logging
 import os
 from collections import deque
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -66,6 +67,7 @@ log = logging.getLogger("rowfill.console")
 REFRESH_SECONDS = 3  # the overview's table refresh
 FAILURES_SHOWN = 50  # failed chunks listed with their error on a backfill's page
 CHART_POINTS = 240  # time steps per chart: enough for a 640 px wide line, small for the page
+RUNS_LISTED = 50  # newest runs in the table; the strip above it shows every run of the history
 LATENCY_READINGS = 720  # live-latency readings remembered per backfill (an hour at one per 5 s refresh)
 KNOBS_ON_PAGE = ("batch_rows", "pause", "pause_ratio")  # the knobs the page's form changes (issue 14)
 ACTIONS = ("pause", "resume", "cancel", "set", "retry", "plan")
@@ -187,6 +189,7 @@ def control_hook():
 
 
 # -- what the pages show -----------------------------------------------------------------------
+_RUN_OUTCOME = {"success": "good", "failed": "bad", "running": "active", "queued": "quiet"}  # svg.run_strip colours
 _RUN_TONE = {"success": Tone.GOOD, "failed": Tone.BAD, "running": Tone.ACTIVE, "queued": Tone.QUIET}
 
 
@@ -240,7 +243,10 @@ _WHY = {ConsoleState.NOT_STARTED: "never planned on its database; its first run 
 def _entry(spec, s: BackfillStatus, control: str, latest: dict, rolling_back: bool) -> dict:
     """One backfill as plain data for the pages and ``/api/progress``: ``rowfill status``'s fields
     plus the console's state, its tone, why it waits and the last run."""
-    d = s.to_dict()
+    # a shallow copy: dataclasses.asdict deep-copies every chunk (~0.8 ms each; a page of 1,000 chunks)
+    d = {f.name: getattr(s, f.name) for f in fields(s)}
+    d["chunks"] = [dict(c.__dict__) for c in s.chunks]
+    d.update(share=round(s.share, 4), chunks_total=len(s.chunks))
     d.update(dag_id=spec.dag_id, table=str(spec.table), key=spec.key, control_state=control, page=True)
     for c in d["chunks"]:
         c.pop("worker", None)
@@ -422,15 +428,13 @@ def _find(user, name: str | None = None, dag_id: str | None = None):
 
 
 def _run_rows(conn, spec, runs: list[dict]) -> None:
-    """Fill in each run's rows from the rate samples while they are kept (``rates.KEEP_SECONDS``)."""
-    for r in runs:
-        if r["start"] is None or r["kind"] != "backfill":
-            continue
-        end = (r["end"] or datetime.now(UTC)).timestamp()
-        rows = timeline.rows_between(conn, spec.name, r["start"].timestamp(), end)
-        if rows is None:
-            break  # newest first: older runs' samples are gone too
-        r["rows"] = f"{rows:,}"
+    """Fill in each backfill run's rows from the rate samples while they are kept (``rates.KEEP_SECONDS``), one query."""
+    started = [r for r in runs if r["start"] is not None and r["kind"] == "backfill"]
+    now = datetime.now(UTC)
+    found = timeline.rows_in(conn, spec.name, [(r["start"].timestamp(), (r["end"] or now).timestamp()) for r in started])
+    for r, rows in zip(started, found):
+        if rows is not None:
+            r["rows"] = f"{rows:,}"
 
 
 def backfill_page(spec, user=None, ui_base: str = "", root: str = URL_PREFIX) -> str:
@@ -460,12 +464,20 @@ def backfill_page(spec, user=None, ui_base: str = "", root: str = URL_PREFIX) ->
             trail_ok = audit.available(conn)
     finally:
         engine.dispose()
+    strip = Markup(svg.run_strip("runs of the last %d days" % airflow_runs.HISTORY_DAYS,
+                                 [(r["start"].timestamp(), _RUN_OUTCOME.get(r["state"], "other"))
+                                  for r in runs if r["start"] is not None],
+                                 datetime.now(UTC).timestamp() - airflow_runs.HISTORY_DAYS * 86_400.0))
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
     cells, failures = chunk_map(b, ui_base)
     knobs = [(k, format_knob(k, v)) for k, v in sorted((control.knobs or {}).items())]
     entries = [{**e.__dict__, "details_text": ", ".join(f"{k}={v}" for k, v in e.details.items())} for e in trail]
     return _TEMPLATES.get_template("backfill.html").render(
         b=b, root=root, ui_base=ui_base, chunk_map=cells, failures=failures[:FAILURES_SHOWN],
-        more_failures=max(len(failures) - FAILURES_SHOWN, 0), charts=charts, runs=runs, runs_error=runs_error,
+        more_failures=max(len(failures) - FAILURES_SHOWN, 0), charts=charts, runs=runs[:RUNS_LISTED], runs_total=len(runs), run_counts=sorted(counts.items()),
+        run_strip=strip, runs_error=runs_error,
         audit=entries, audit_available=trail_ok, knobs=knobs, can_act=_may_edit(user, spec.dag_id),
         history_days=airflow_runs.HISTORY_DAYS, samples_kept=format_duration(rates.KEEP_SECONDS))
 

@@ -152,3 +152,31 @@ def bar_chart(title: str, bars: list[tuple[str, float]], unit: str = "", *, widt
                      f"<text x='{width - value_w + 6}' y='{yy + 12}' font-size='11'>{e(_number(value))}{e(' ' + unit if unit else '')}</text>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+OUTCOME_COLOURS = {"good": "#2e7d32", "bad": "#c62828", "active": "#1565c0", "quiet": "#9e9e9e", "other": "#9e9e9e"}
+
+
+def run_strip(title: str, runs: list[tuple[float, str]], since: float, *, width: int = WIDTH) -> str:
+    """A month of runs at a glance: one tick per run on a time line, coloured by outcome.
+
+    :param runs: ``(start, outcome)``: start in seconds since the epoch, outcome one of
+        ``OUTCOME_COLOURS`` (good, bad, active, quiet, other).
+    :param since: where the time line starts (seconds since the epoch); it ends now, or at the newest run.
+    :returns: SVG text; the title and the outcome counts as its legend, escaped.
+    """
+    e = html.escape
+    height = 46
+    end = max([since + 1.0, *(t for t, _ in runs)])
+    plot_w = width - _LEFT - _RIGHT
+    parts = [f"<svg class='chart strip' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+             f"viewBox='0 0 {width} {height}' role='img' aria-label='{e(title)}'><title>{e(title)}</title>"
+             f"<text x='4' y='11' font-size='11' font-weight='bold'>{e(title)}</text>"
+             f"<line x1='{_LEFT}' x2='{width - _RIGHT}' y1='30' y2='30' stroke='#e4e4e4'/>"]
+    for t, outcome in runs:
+        x = _LEFT + (t - since) / (end - since) * plot_w
+        parts.append(f"<rect x='{x:.1f}' y='18' width='2' height='14' fill='{OUTCOME_COLOURS.get(outcome, '#9e9e9e')}'/>")
+    parts.append(f"<text x='{_LEFT}' y='{height - 2}' font-size='10' fill='#555'>{e(_clock(since, end - since))}</text>"
+                 f"<text x='{width - _RIGHT}' y='{height - 2}' text-anchor='end' font-size='10' fill='#555'>now</text>")
+    parts.append("</svg>")
+    return "".join(parts)

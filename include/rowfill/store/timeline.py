@@ -20,9 +20,13 @@ SELECT floor(extract(epoch FROM bucket) / :step) * :step AS step_at, sum(rows_se
 FROM {SCHEMA}.samples
 WHERE backfill = :n AND bucket >= clock_timestamp() - make_interval(secs => :since)
 GROUP BY 1 ORDER BY 1""")
-_RUN_ROWS = text(f"""
-SELECT coalesce(sum(rows_seen), 0) FROM {SCHEMA}.samples
-WHERE backfill = :n AND bucket >= to_timestamp(:lo) - interval '5 seconds' AND bucket < to_timestamp(:hi)""")
+# rows walked in each of several time ranges (one per DAG run), in one statement
+_RANGES_ROWS = text(f"""
+SELECT r.i, coalesce(sum(s.rows_seen), 0) AS rows
+FROM unnest(CAST(:los AS double precision[]), CAST(:his AS double precision[])) WITH ORDINALITY AS r(lo, hi, i)
+LEFT JOIN {SCHEMA}.samples s ON s.backfill = :n AND s.bucket >= to_timestamp(r.lo) - interval '5 seconds'
+                             AND s.bucket < to_timestamp(r.hi)
+GROUP BY r.i ORDER BY r.i""")
 _OLDEST = text(f"SELECT extract(epoch FROM min(bucket)) FROM {SCHEMA}.samples WHERE backfill = :n")
 
 
@@ -47,12 +51,23 @@ def steps(conn: Connection, backfill: str, since: float, step: float) -> list[St
             for r in conn.execute(_STEPS, {"n": backfill, "since": since, "step": step}).all()]
 
 
-def rows_between(conn: Connection, backfill: str, lo: float, hi: float) -> int | None:
-    """Keys walked by the backfill between two moments (seconds since the epoch), from its samples;
-    None when the samples of that time were already pruned (``rates.KEEP_SECONDS``) or never existed."""
-    if not catalog.exists(conn, catalog.own("samples")):
-        return None
+def rows_in(conn: Connection, backfill: str, ranges: list[tuple[float, float]]) -> list[int | None]:
+    """Keys walked by the backfill in each time range (seconds since the epoch, ``(start, end)``),
+    from its samples, in one statement; None for a range that starts before the oldest sample kept
+    (``rates.KEEP_SECONDS`` prunes them) or when there are no samples at all.
+
+    :returns: one value per range, in the order given.
+    """
+    if not ranges or not catalog.exists(conn, catalog.own("samples")):
+        return [None] * len(ranges)
     oldest = conn.execute(_OLDEST, {"n": backfill}).scalar()
-    if oldest is None or float(oldest) > lo:
-        return None
-    return int(conn.execute(_RUN_ROWS, {"n": backfill, "lo": lo, "hi": hi}).scalar())
+    if oldest is None:
+        return [None] * len(ranges)
+    kept = [i for i, (lo, _) in enumerate(ranges) if lo >= float(oldest)]
+    out: list[int | None] = [None] * len(ranges)
+    if kept:
+        rows = conn.execute(_RANGES_ROWS, {"n": backfill, "los": [ranges[i][0] for i in kept],
+                                           "his": [ranges[i][1] for i in kept]}).all()
+        for r in rows:
+            out[kept[r.i - 1]] = int(r.rows)
+    return out
