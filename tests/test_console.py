@@ -235,3 +235,21 @@ def test_a_cross_site_action_is_refused_and_recorded_nowhere(console, engine, ai
     assert ControlStore(engine).get("fill_b").state == "running"
     with engine.connect() as conn:
         assert audit.latest(conn, "fill_b") == []
+
+
+def test_rows_of_each_run_and_the_chart_steps_come_from_the_rate_samples(engine, tmp_path):
+    from rowfill.store import timeline
+    from rowfill.store.rates import record_batch
+
+    make_users(engine, 2_000)
+    spec = spec_for(tmp_path, chunk_rows=1_000)
+    plan_backfill(engine, spec)
+    for chunk_no, rows in ((1, 300), (2, 200), (1, 100)):
+        record_batch(engine, spec.name, chunk_no, rows, 0.01)
+    with engine.connect() as conn:
+        now = conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar()
+        now = float(now)
+        assert timeline.rows_in(conn, spec.name, [(now - 60, now + 1), (now + 10, now + 20), (now - 90_000, now)],
+                                keep=3_600) == [600, 0, None]  # the last run began before the samples kept
+        steps = timeline.steps(conn, spec.name, since=3_600, step=60)
+    assert sum(s.rows for s in steps) == 600 and sum(s.batches for s in steps) == 3

@@ -151,8 +151,9 @@ def test_overview_backfill_page_pause_resume_retry_cancel_in_a_real_browser(stac
         page.goto(f"{stack.base}/rowfill/")
         failed = page.locator("tr[data-backfill=console_fill]")
         later = page.locator("tr[data-backfill=later_fill]")
-        assert failed.get_attribute("data-state") == "failed" and failed.locator(".st.tone-bad").count() == 1
+        assert failed.get_attribute("data-state") == "failed" and failed.locator("td").nth(1).locator(".st.tone-bad").count() == 1
         assert later.get_attribute("data-state") == "not started" and later.locator(".tone-bad").count() == 0
+        assert later.locator("td").nth(1).locator(".st.tone-quiet").count() == 1
         assert "1,400 of ~2,000 rows" in failed.locator(".rows").inner_text()
         assert failed.locator("td").nth(7).inner_text() == "failed"  # the last run's outcome
         page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)

@@ -431,7 +431,8 @@ def _run_rows(conn, spec, runs: list[dict]) -> None:
     """Fill in each backfill run's rows from the rate samples while they are kept (``rates.KEEP_SECONDS``), one query."""
     started = [r for r in runs if r["start"] is not None and r["kind"] == "backfill"]
     now = datetime.now(UTC)
-    found = timeline.rows_in(conn, spec.name, [(r["start"].timestamp(), (r["end"] or now).timestamp()) for r in started])
+    found = timeline.rows_in(conn, spec.name, [(r["start"].timestamp(), (r["end"] or now).timestamp()) for r in started],
+                             keep=float(rates.KEEP_SECONDS))
     for r, rows in zip(started, found):
         if rows is not None:
             r["rows"] = f"{rows:,}"

@@ -27,7 +27,7 @@ FROM unnest(CAST(:los AS double precision[]), CAST(:his AS double precision[])) 
 LEFT JOIN {SCHEMA}.samples s ON s.backfill = :n AND s.bucket >= to_timestamp(r.lo) - interval '5 seconds'
                              AND s.bucket < to_timestamp(r.hi)
 GROUP BY r.i ORDER BY r.i""")
-_OLDEST = text(f"SELECT extract(epoch FROM min(bucket)) FROM {SCHEMA}.samples WHERE backfill = :n")
+_NOW = text("SELECT extract(epoch FROM clock_timestamp())")  # the database's clock, as the samples are stamped
 
 
 @dataclass(frozen=True)
@@ -51,19 +51,17 @@ def steps(conn: Connection, backfill: str, since: float, step: float) -> list[St
             for r in conn.execute(_STEPS, {"n": backfill, "since": since, "step": step}).all()]
 
 
-def rows_in(conn: Connection, backfill: str, ranges: list[tuple[float, float]]) -> list[int | None]:
+def rows_in(conn: Connection, backfill: str, ranges: list[tuple[float, float]], keep: float) -> list[int | None]:
     """Keys walked by the backfill in each time range (seconds since the epoch, ``(start, end)``),
-    from its samples, in one statement; None for a range that starts before the oldest sample kept
-    (``rates.KEEP_SECONDS`` prunes them) or when there are no samples at all.
+    from its samples, in one statement; None for a range that starts more than ``keep`` seconds ago
+    (its samples may be pruned: ``rates.KEEP_SECONDS``), and for every range when there is no sample table.
 
     :returns: one value per range, in the order given.
     """
     if not ranges or not catalog.exists(conn, catalog.own("samples")):
         return [None] * len(ranges)
-    oldest = conn.execute(_OLDEST, {"n": backfill}).scalar()
-    if oldest is None:
-        return [None] * len(ranges)
-    kept = [i for i, (lo, _) in enumerate(ranges) if lo >= float(oldest)]
+    now = float(conn.execute(_NOW).scalar())
+    kept = [i for i, (lo, _) in enumerate(ranges) if lo >= now - keep]
     out: list[int | None] = [None] * len(ranges)
     if kept:
         rows = conn.execute(_RANGES_ROWS, {"n": backfill, "los": [ranges[i][0] for i in kept],
