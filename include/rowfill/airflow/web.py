@@ -31,6 +31,7 @@ from __future__ import annotations
 import html
 import importlib
 import logging
+import math
 import os
 from collections import deque
 from dataclasses import fields
@@ -380,16 +381,34 @@ def chunk_map(b: dict, ui_base: str = "") -> tuple[Markup, list[dict]]:
 
 
 # -- charts --------------------------------------------------------------------------------------
+def _coarsen(steps: list[timeline.Step]) -> tuple[list[timeline.Step], float]:
+    """Samples summed into at most ``CHART_POINTS`` steps over the time they span (a whole multiple
+    of the 5-second bucket), so a ten-minute backfill and a six-hour one both fill the chart.
+
+    :returns: (the steps, their width in seconds).
+    """
+    bucket = float(rates.BUCKET_SECONDS)
+    if not steps:
+        return [], bucket
+    span = steps[-1].t - steps[0].t + bucket
+    width = bucket * max(1, math.ceil(span / bucket / CHART_POINTS))
+    merged: dict[float, list[int]] = {}
+    for s in steps:
+        at = steps[0].t + (s.t - steps[0].t) // width * width
+        total = merged.setdefault(at, [0, 0])
+        total[0] += s.rows
+        total[1] += s.batches
+    return [timeline.Step(t, rows, batches) for t, (rows, batches) in sorted(merged.items())], width
+
+
 def _charts(conn, spec, b: dict) -> list[Markup]:
     """The backfill's charts: rows/s and batch size over the kept samples, throttle waits by reason,
     and the live latency against its limit when the spec has a latency probe."""
-    span = float(rates.KEEP_SECONDS)
-    step = max(float(rates.BUCKET_SECONDS), span / CHART_POINTS)
-    steps = timeline.steps(conn, spec.name, span, step)
+    steps, step = _coarsen(timeline.steps(conn, spec.name, float(rates.KEEP_SECONDS), float(rates.BUCKET_SECONDS)))
     rate = [(s.t, s.rows / step) for s in steps]
     size = [(s.t, s.rows / s.batches if s.batches else None) for s in steps]
-    charts = [svg.line_chart("rows per second", [svg.Series("rows/s", rate)], "rows/s"),
-              svg.line_chart("batch size", [svg.Series("rows per batch", size)], "rows")]
+    charts = [svg.line_chart("rows per second", [svg.Series("rows/s", rate)]),
+              svg.line_chart("batch size (rows per batch)", [svg.Series("rows per batch", size)])]
     held: dict[str, int] = {}
     throttled = 0.0
     for c in b["chunks"]:
@@ -409,8 +428,8 @@ def _charts(conn, spec, b: dict) -> list[Markup]:
             log.warning("latency probe of %s failed: %s", spec.name, str(exc).splitlines()[0])
         points = [(t, v * 1000) for t, v in readings]
         limit = [(t, probe.limit * 1000) for t, _ in readings]
-        charts.append(svg.line_chart("live latency vs limit (readings taken while this page is open)",
-                                     [svg.Series("latency ms", points), svg.Series("limit", limit, dashed=True)], "ms"))
+        charts.append(svg.line_chart("live latency (ms) vs its limit, read while this page is open",
+                                     [svg.Series("latency ms", points), svg.Series("limit", limit, dashed=True)]))
     return [Markup(c) for c in charts]
 
 
