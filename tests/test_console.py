@@ -253,3 +253,20 @@ def test_rows_of_each_run_and_the_chart_steps_come_from_the_rate_samples(engine,
                                 keep=3_600) == [600, 0, None]  # the last run began before the samples kept
         steps = timeline.steps(conn, spec.name, since=3_600, step=60)
     assert sum(s.rows for s in steps) == 600 and sum(s.batches for s in steps) == 3
+
+
+def test_with_a_latency_probe_the_page_charts_live_latency_against_its_limit(engine, db_url, tmp_path, monkeypatch):
+    from rowfill.airflow.web import backfill_page
+
+    make_users(engine, 1_000)
+    write_spec(tmp_path, chunk_rows=1_000, latency_probe={"sql": "SELECT * FROM users WHERE id = 42", "limit": "20ms"})
+    spec = spec_for(tmp_path, chunk_rows=1_000, latency_probe={"sql": "SELECT * FROM users WHERE id = 42", "limit": "20ms"})
+    monkeypatch.setenv("ROWFILL_SPECS_DIR", str(tmp_path))
+    monkeypatch.setenv("ROWFILL_DATABASE_URL", db_url)
+    plan_backfill(engine, spec)
+    ChunkRunner(engine, spec).run(1)
+    backfill_page(spec)
+    page = backfill_page(spec)  # two readings: a line, and the limit dashed beside it
+    chart = page.split("aria-label='live latency")[1].split("</svg>")[0]
+    assert chart.count("<polyline") == 2 and "stroke-dasharray" in chart and ">limit<" in chart
+    assert page.count("<svg class='chart'") == 4
