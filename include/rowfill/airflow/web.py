@@ -33,6 +33,8 @@ import importlib
 import logging
 import math
 import os
+import threading
+import time
 from collections import deque
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -43,6 +45,7 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
+from sqlalchemy.engine import Engine
 
 from rowfill.airflow import runs as airflow_runs
 from rowfill.airflow.chunk_settings import max_map_length
@@ -87,6 +90,32 @@ EXTERNAL_VIEWS = [
 
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(["html"], default=True), trim_blocks=True, lstrip_blocks=True)
+
+ENGINE_SECONDS = 300.0  # an engine (and its pooled connections) serves pages this long, then is rebuilt: a
+# changed Airflow connection takes effect within five minutes, and a page does not pay a new connection (~5-20 ms)
+ENGINES_KEPT = 8  # target databases with an engine kept at once (each pools up to 5 connections)
+_ENGINES: dict[tuple[str, str | None], tuple[float, Engine]] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine(connection: str) -> Engine:
+    """The target database's engine for the console's requests, reused for ``ENGINE_SECONDS``.
+
+    :param connection: the spec's Airflow connection id (``ROWFILL_DATABASE_URL`` wins, as in ``engine_for``).
+    :raises: what ``engine_for`` raises for a connection that cannot be resolved.
+    """
+    key = (connection, os.environ.get("ROWFILL_DATABASE_URL"))
+    now = time.monotonic()
+    with _ENGINES_LOCK:
+        found = _ENGINES.get(key)
+        if found is None or now - found[0] > ENGINE_SECONDS:
+            if found is not None:
+                found[1].dispose()
+            while len(_ENGINES) >= ENGINES_KEPT:  # the oldest goes: its idle connections are closed
+                _ENGINES.pop(min(_ENGINES, key=lambda k: _ENGINES[k][0]))[1].dispose()
+            found = _ENGINES[key] = (now, engine_for(connection))
+    return found[1]
+
 
 # backfill -> deque of (t, seconds): the live-latency readings this API server took while someone watched
 _LATENCY: dict[str, deque] = {}
@@ -316,7 +345,7 @@ def collect(user=None) -> list[dict]:
         by_conn.setdefault(spec.connection, []).append(spec)
     for connection, group in by_conn.items():
         try:
-            engine = engine_for(connection)
+            engine = _engine(connection)
         except Exception as exc:  # noqa: BLE001 - one bad connection must not blank the page
             out += [_unavailable(s, exc) for s in group]
             continue
@@ -324,8 +353,6 @@ def collect(user=None) -> list[dict]:
             out += _gather(engine, group, latest)
         except Exception as exc:  # noqa: BLE001
             out += [_unavailable(s, exc) for s in group]
-        finally:
-            engine.dispose()
     out.sort(key=lambda e: e["backfill"])
     out += [_invalid(e, root) for e in errors]
     return out
@@ -473,17 +500,14 @@ def backfill_page(spec, user=None, ui_base: str = "", root: str = URL_PREFIX) ->
     latest = {}
     for r in runs:
         latest.setdefault(r["dag_id"], airflow_runs.Run(r["dag_id"], r["run_id"], r["state"], r["start"], r["end"], "", None))
-    engine = engine_for(spec.connection)
-    try:
-        [b] = _gather(engine, [spec], latest)
-        control = ControlStore(engine).get(spec.name)
-        with engine.connect() as conn:
-            charts = _charts(conn, spec, b)
-            _run_rows(conn, spec, runs)
-            trail = audit.latest(conn, spec.name)
-            trail_ok = audit.available(conn)
-    finally:
-        engine.dispose()
+    engine = _engine(spec.connection)
+    [b] = _gather(engine, [spec], latest)
+    control = ControlStore(engine).get(spec.name)
+    with engine.connect() as conn:
+        charts = _charts(conn, spec, b)
+        _run_rows(conn, spec, runs)
+        trail = audit.latest(conn, spec.name)
+        trail_ok = audit.available(conn)
     strip = Markup(svg.run_strip("runs of the last %d days" % airflow_runs.HISTORY_DAYS,
                                  [(r["start"].timestamp(), _RUN_OUTCOME.get(r["state"], "other"))
                                   for r in runs if r["start"] is not None],
@@ -590,32 +614,29 @@ def act(request: Request, spec, action: str, body: dict, user_name: str) -> dict
     :raises HTTPException: 400 (bad knob), 409 (nothing to retry), 502 (Airflow refused the clear).
     """
     reason = str(body.get("reason") or "").strip() or None
-    engine = engine_for(spec.connection)
-    try:
-        store = ControlStore(engine)
-        details: dict = {}
-        answer: dict = {}
-        if action in ("pause", "resume", "cancel"):
-            note = f"from the Airflow console by {user_name}" + (f": {reason}" if reason else "")
-            control = getattr(store, action)(spec.name, reason=note)
-            details["state"] = control.state
-            message = f"{spec.name}: {control.state}"
-        elif action == "set":
-            knobs = _knobs(body)
-            control = store.set_knobs(spec.name, knobs)
-            details["knobs"] = {k: format_knob(k, v) for k, v in knobs.items()}
-            message = f"{spec.name}: live knobs " + ", ".join(f"{k}={v}" for k, v in details["knobs"].items())
-        elif action == "retry":
-            details = _retry(request, engine, spec)
-            message = f"{spec.name}: cleared chunk task(s) {details['chunks']} in Airflow; they run again from their checkpoints"
-        else:  # plan
-            report = dry_run(engine, spec, limit=max_map_length())
-            answer["plan"] = report.render()
-            details["chunks"] = len(getattr(report, "chunks", []) or [])
-            message = f"{spec.name}: dry run done, nothing was changed"
-        warning = _record(engine, spec, user_name, action, details, reason)
-    finally:
-        engine.dispose()
+    engine = _engine(spec.connection)
+    store = ControlStore(engine)
+    details: dict = {}
+    answer: dict = {}
+    if action in ("pause", "resume", "cancel"):
+        note = f"from the Airflow console by {user_name}" + (f": {reason}" if reason else "")
+        control = getattr(store, action)(spec.name, reason=note)
+        details["state"] = control.state
+        message = f"{spec.name}: {control.state}"
+    elif action == "set":
+        knobs = _knobs(body)
+        control = store.set_knobs(spec.name, knobs)
+        details["knobs"] = {k: format_knob(k, v) for k, v in knobs.items()}
+        message = f"{spec.name}: live knobs " + ", ".join(f"{k}={v}" for k, v in details["knobs"].items())
+    elif action == "retry":
+        details = _retry(request, engine, spec)
+        message = f"{spec.name}: cleared chunk task(s) {details['chunks']} in Airflow; they run again from their checkpoints"
+    else:  # plan
+        report = dry_run(engine, spec, limit=max_map_length())
+        answer["plan"] = report.render()
+        details["chunks"] = len(getattr(report, "chunks", []) or [])
+        message = f"{spec.name}: dry run done, nothing was changed"
+    warning = _record(engine, spec, user_name, action, details, reason)
     if warning:
         message += f" (warning: {warning})"
     return {"backfill": spec.name, "action": action, "message": message, "state": store_state(spec), **answer}
@@ -623,11 +644,7 @@ def act(request: Request, spec, action: str, body: dict, user_name: str) -> dict
 
 def store_state(spec) -> str:
     """The backfill's control state after an action (``running``, ``paused`` or ``cancelled``)."""
-    engine = engine_for(spec.connection)
-    try:
-        return ControlStore(engine).get(spec.name).state
-    finally:
-        engine.dispose()
+    return ControlStore(_engine(spec.connection)).get(spec.name).state
 
 
 def _record(engine, spec, user_name: str, action: str, details: dict, reason: str | None) -> str | None:
