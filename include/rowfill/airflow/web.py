@@ -634,7 +634,7 @@ def act(request: Request, spec, action: str, body: dict, user_name: str) -> dict
     else:  # plan
         report = dry_run(engine, spec, limit=max_map_length())
         answer["plan"] = report.render()
-        details["chunks"] = len(getattr(report, "chunks", []) or [])
+        details.update(chunks=len(report.chunks), rows_to_walk=report.rows_to_walk)
         message = f"{spec.name}: dry run done, nothing was changed"
     warning = _record(engine, spec, user_name, action, details, reason)
     if warning:

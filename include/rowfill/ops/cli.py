@@ -319,9 +319,10 @@ def cmd_set(args) -> int:
             return control
 
         control = reconnect.call(change, spec, "changing live knobs")
-        _audit(engine, spec, spec.name, "set", {"knobs": {k: format_knob(k, v) for k, v in knobs.items()},
-                                               **({"reset": True} if args.reset else {}),
-                                               **({"unset": args.unset} if args.unset else {})}, None)
+        if knobs or args.reset or args.unset:  # `rowfill set NAME` alone only shows the knobs
+            _audit(engine, spec, spec.name, "set", {"knobs": {k: format_knob(k, v) for k, v in knobs.items()},
+                                                   **({"reset": True} if args.reset else {}),
+                                                   **({"unset": args.unset} if args.unset else {})}, None)
     finally:
         engine.dispose()
     shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted((control.knobs or {}).items())) or "none (the spec's values apply)"
