@@ -270,15 +270,32 @@ _WHY = {ConsoleState.NOT_STARTED: "never planned on its database; its first run 
         ConsoleState.WAITING_PAUSE: "between runs: nothing runs now and nothing is wrong"}
 
 
-def _entry(spec, s: BackfillStatus, control: str, latest: dict, rolling_back: bool) -> dict:
+class _ChunkView:
+    """A chunk's status read like its dict (``c["status"]``, ``c.get("run_id")``) without copying it:
+    a page of 1,000 chunks copied each one into a dict for nothing (a third of its time on the bench)."""
+
+    __slots__ = ("_chunk",)
+
+    def __init__(self, chunk):
+        self._chunk = chunk
+
+    def __getitem__(self, name: str):
+        return getattr(self._chunk, name)
+
+    def get(self, name: str, default=None):
+        """The field, or ``default`` when the chunk has no such field."""
+        return getattr(self._chunk, name, default)
+
+
+def _entry(spec, s: BackfillStatus, control: str, latest: dict, rolling_back: bool, views: bool = False) -> dict:
     """One backfill as plain data for the pages and ``/api/progress``: ``rowfill status``'s fields
     plus the console's state, its tone, why it waits and the last run."""
     # a shallow copy: dataclasses.asdict deep-copies every chunk (~0.8 ms each; a page of 1,000 chunks)
     d = {f.name: getattr(s, f.name) for f in fields(s)}
-    d["chunks"] = [dict(c.__dict__) for c in s.chunks]
+    d["chunks"] = [_ChunkView(c) for c in s.chunks] if views else [dict(c.__dict__) for c in s.chunks]
     d.update(share=round(s.share, 4), chunks_total=len(s.chunks))
     d.update(dag_id=spec.dag_id, table=str(spec.table), key=spec.key, control_state=control, page=True)
-    for c in d["chunks"]:
+    for c in d["chunks"] if not views else ():
         c.pop("worker", None)
         c.pop("updated_at", None)
     forward, back = latest.get(spec.dag_id), latest.get(rollback_dag_id(spec))
@@ -316,7 +333,7 @@ def _visible_specs(user):
     return specs, errors, root
 
 
-def _gather(engine, group: list, latest: dict) -> list[dict]:
+def _gather(engine, group: list, latest: dict, views: bool = False) -> list[dict]:
     """The entries of the backfills of one database: one status query each, one for the control rows."""
     control = control_hook()
     found = statuses(engine, [s.name for s in group])
@@ -324,7 +341,7 @@ def _gather(engine, group: list, latest: dict) -> list[dict]:
     out = []
     for spec in group:
         progress = rollback_in_progress(engine, spec.name) if found[spec.name].state == BackfillState.NOT_STARTED else None
-        entry = _entry(spec, found[spec.name], states.get(spec.name, "running"), latest, progress is not None)
+        entry = _entry(spec, found[spec.name], states.get(spec.name, "running"), latest, progress is not None, views)
         if control is not None:
             entry["control"] = {"available": True, "state": states[spec.name]}
         out.append(entry)
@@ -501,7 +518,7 @@ def backfill_page(spec, user=None, ui_base: str = "", root: str = URL_PREFIX) ->
     for r in runs:
         latest.setdefault(r["dag_id"], airflow_runs.Run(r["dag_id"], r["run_id"], r["state"], r["start"], r["end"], "", None))
     engine = _engine(spec.connection)
-    [b] = _gather(engine, [spec], latest)
+    [b] = _gather(engine, [spec], latest, views=True)
     control = ControlStore(engine).get(spec.name)
     with engine.connect() as conn:
         charts = _charts(conn, spec, b)
