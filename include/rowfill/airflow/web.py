@@ -254,6 +254,8 @@ def _eta(b: dict) -> str:
         return "finished"
     if b["console_state"] in (ConsoleState.NOT_STARTED, ConsoleState.PLANNED):
         return "—"
+    if b["console_state"] in (ConsoleState.FAILED, ConsoleState.STALE):
+        return "none until it runs again"
     eta = b.get("eta_seconds")
     return "unknown" if eta is None else format_duration(eta)
 
