@@ -83,9 +83,11 @@ def line_chart(title: str, series: list[Series], unit: str = "", *, width: int =
     plot_w, plot_h = width - _LEFT - _RIGHT, height - _TOP - _BOTTOM
 
     def x(t: float) -> float:
+        """The horizontal pixel of time ``t`` (seconds since the epoch)."""
         return _LEFT + (t - t0) / span * plot_w
 
     def y(v: float) -> float:
+        """The vertical pixel of value ``v`` (clipped at the axis' top)."""
         return _TOP + plot_h - min(v / top, 1.0) * plot_h
 
     parts = [head]
