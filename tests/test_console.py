@@ -252,8 +252,8 @@ def test_rows_of_each_run_and_the_chart_steps_come_from_the_rate_samples(engine,
         now = float(now)
         assert timeline.rows_in(conn, spec.name, [(now - 60, now + 1), (now + 10, now + 20), (now - 90_000, now)],
                                 keep=3_600) == [600, 0, None]  # the last run began before the samples kept
-        steps = timeline.steps(conn, spec.name, since=3_600, step=60)
-    assert sum(s.rows for s in steps) == 600 and sum(s.batches for s in steps) == 3
+        steps, width = timeline.steps(conn, spec.name, since=3_600, points=240)
+    assert sum(s.rows for s in steps) == 600 and sum(s.batches for s in steps) == 3 and width == 5.0
 
 
 def test_with_a_latency_probe_the_page_charts_live_latency_against_its_limit(engine, db_url, tmp_path, monkeypatch):
@@ -271,3 +271,19 @@ def test_with_a_latency_probe_the_page_charts_live_latency_against_its_limit(eng
     chart = page.split("aria-label='live latency")[1].split("</svg>")[0]
     assert chart.count("<polyline") == 2 and "stroke-dasharray" in chart and ">limit<" in chart
     assert page.count("<svg class='chart'") == 4
+
+
+def test_hours_of_samples_come_back_as_at_most_the_points_a_chart_draws(engine, tmp_path):
+    from rowfill.store import timeline
+
+    make_users(engine, 1_000)
+    spec = spec_for(tmp_path, chunk_rows=1_000)
+    plan_backfill(engine, spec)
+    with engine.begin() as conn:  # two hours of 5-second buckets, 10 rows in 1 batch each
+        conn.execute(text("INSERT INTO rowfill.samples (backfill, chunk_no, bucket, rows_seen, batches, work_started, last_commit) "
+                          "SELECT :n, 1, to_timestamp(floor(extract(epoch FROM now()) / 5) * 5) - make_interval(secs => 5 * g), "
+                          "10, 1, now(), now() FROM generate_series(0, 1439) g"), {"n": spec.name})
+    with engine.connect() as conn:
+        steps, width = timeline.steps(conn, spec.name, since=6 * 3600, points=24)
+    assert len(steps) <= 24 and width % 5 == 0 and width >= 7_195 / 24
+    assert sum(s.rows for s in steps) == 14_400 and sum(s.batches for s in steps) == 1_440

@@ -31,7 +31,6 @@ from __future__ import annotations
 import html
 import importlib
 import logging
-import math
 import os
 import threading
 import time
@@ -427,30 +426,10 @@ def chunk_map(b: dict, ui_base: str = "") -> tuple[Markup, list[dict]]:
 
 
 # -- charts --------------------------------------------------------------------------------------
-def _coarsen(steps: list[timeline.Step]) -> tuple[list[timeline.Step], float]:
-    """Samples summed into at most ``CHART_POINTS`` steps over the time they span (a whole multiple
-    of the 5-second bucket), so a ten-minute backfill and a six-hour one both fill the chart.
-
-    :returns: (the steps, their width in seconds).
-    """
-    bucket = float(rates.BUCKET_SECONDS)
-    if not steps:
-        return [], bucket
-    span = steps[-1].t - steps[0].t + bucket
-    width = bucket * max(1, math.ceil(span / bucket / CHART_POINTS))
-    merged: dict[float, list[int]] = {}
-    for s in steps:
-        at = steps[0].t + (s.t - steps[0].t) // width * width
-        total = merged.setdefault(at, [0, 0])
-        total[0] += s.rows
-        total[1] += s.batches
-    return [timeline.Step(t, rows, batches) for t, (rows, batches) in sorted(merged.items())], width
-
-
 def _charts(conn, spec, b: dict) -> list[Markup]:
     """The backfill's charts: rows/s and batch size over the kept samples, throttle waits by reason,
     and the live latency against its limit when the spec has a latency probe."""
-    steps, step = _coarsen(timeline.steps(conn, spec.name, float(rates.KEEP_SECONDS), float(rates.BUCKET_SECONDS)))
+    steps, step = timeline.steps(conn, spec.name, float(rates.KEEP_SECONDS), CHART_POINTS, float(rates.BUCKET_SECONDS))
     rate = [(s.t, s.rows / step) for s in steps]
     size = [(s.t, s.rows / s.batches if s.batches else None) for s in steps]
     charts = [svg.line_chart("rows per second", [svg.Series("rows/s", rate)]),
