@@ -8,15 +8,12 @@ is enough: no file in the plugins folder. A second plugin named ``rowfill`` (an 
 
 from airflow.plugins_manager import AirflowPlugin
 
-from rowfill.airflow.web import create_app
-
-URL_PREFIX = "/rowfill"  # where the page lives in the API server; the navigation link points here
+from rowfill.airflow.web import EXTERNAL_VIEWS, URL_PREFIX, create_app
 
 
 class RowfillPlugin(AirflowPlugin):
-    """The progress page as a FastAPI app (``web.create_app``) and its link under Browse in the Airflow UI."""
+    """The backfills console as a FastAPI app (``web.create_app``), linked under Browse and as a tab on DAG and run pages."""
 
     name = "rowfill"
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "rowfill progress"}]
-    external_views = [{"name": "Backfills", "href": f"{URL_PREFIX}/", "destination": "nav", "url_route": "rowfill",
-                       "category": "browse"}]
+    external_views = EXTERNAL_VIEWS  # the overview under Browse, a "Backfill" tab on DAG and DAG run pages

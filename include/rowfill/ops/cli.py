@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import time
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from rowfill.airflow import runs as airflow_runs
 from rowfill.airflow.chunk_settings import max_map_length
 from rowfill.airflow.connections import engine_for, spec_engine
 from rowfill.airflow.observers import standard_observers
@@ -44,6 +46,7 @@ from rowfill.ops.statusview import render_backfill, render_json
 from rowfill.spec.spec import find_spec, load_specs
 from rowfill.sql.sqlnames import BadIdentifier, TableName
 from rowfill.store import schema
+from rowfill.store import audit
 from rowfill.store.checkpoint import CheckpointStore
 from rowfill.store.grants import grant_statements
 
@@ -233,6 +236,7 @@ def _control(args, action) -> int:
             return control, (action(store, rb, args.reason), progress)
 
         control, rollback = reconnect.call(change, spec, "changing the control state")
+        _audit(engine, spec, name, action.__name__, {"state": control.state}, args.reason)
     finally:
         engine.dispose()
     print(f"{name}: {control.state}; {_what(control.state, name)}")
@@ -242,6 +246,26 @@ def _control(args, action) -> int:
                  else "its rollback")
         print(f"{rb_control.backfill}: {rb_control.state} too, {doing}; {_what(rb_control.state, name)}")
     return 0
+
+
+def _audit(engine, spec, name: str, action: str, details: dict, reason: str | None) -> None:
+    """Record a command's action in ``rowfill.audit`` and Airflow's audit log as the OS user who ran it.
+
+    The action is already done; what cannot be recorded is said on stderr, never raised (issue 14).
+    :param name: the backfill (or ``NAME.rollback``) acted on. :param details: JSON-ready facts (state, knobs).
+    """
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container): the uid itself
+        user = f"uid {os.getuid()}"
+    try:
+        audit.record(engine, name, user, audit.Source.CLI, action, details, reason)
+    except RowfillError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+    try:
+        airflow_runs.audit_log(action, user, spec.dag_id, {"backfill": name, "reason": reason, "source": "cli", **details})
+    except Exception as exc:  # noqa: BLE001 - no Airflow metadata database here: the audit table has it
+        logging.getLogger("rowfill.cli").debug("not in Airflow's audit log: %s", exc)
 
 
 def cmd_pause(args) -> int:
@@ -304,6 +328,10 @@ def cmd_set(args) -> int:
             return control
 
         control = reconnect.call(change, spec, "changing live knobs")
+        if knobs or args.reset or args.unset:  # `rowfill set NAME` alone only shows the knobs
+            _audit(engine, spec, spec.name, "set", {"knobs": {k: format_knob(k, v) for k, v in knobs.items()},
+                                                   **({"reset": True} if args.reset else {}),
+                                                   **({"unset": args.unset} if args.unset else {})}, None)
     finally:
         engine.dispose()
     shown = ", ".join(f"{k}={format_knob(k, v)}" for k, v in sorted((control.knobs or {}).items())) or "none (the spec's values apply)"
