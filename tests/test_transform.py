@@ -230,7 +230,7 @@ def test_a_transform_that_cannot_be_imported_says_where_modules_must_live(engine
         plan_backfill(engine, spec)
     assert caught.value.field == "transform"
     assert "cannot import 'no_such_package.rules'" in caught.value.problem
-    assert "inside the rowfill package" in caught.value.problem and "PYTHONPATH" in caught.value.problem
+    assert "in the DAG bundle" in caught.value.problem and "PYTHONPATH" in caught.value.problem
     assert CheckpointStore(engine).backfill_names() == []
 
 

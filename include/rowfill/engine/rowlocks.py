@@ -9,7 +9,8 @@ took while it waits for that one: every live write to one of *those* rows would 
   costs nothing. When it meets a held row it gives up after that wait, the batch rolls back (the
   locks it took go with it) and the same batch runs again at once on the slow path.
 - **Slow path** (every batch of writers that lock first anyway — ``set`` reading other
-  relations, ``sql``, transforms, ``undo`` — and a plain ``set`` batch after a lock timeout):
+  relations, ``sql``, ``undo`` — and a plain ``set`` or transform batch after a lock timeout; a
+  transform batch's first statement takes all its row locks, so it starts on the fast path):
   ``SELECT ... FOR NO KEY UPDATE SKIP LOCKED`` in key order takes the batch's rows that match
   ``where`` without waiting for any. The rows it could not take are the *skipped* keys; the
   batch is written as the runs of keys between them (``Runs``), each with the writer's own

@@ -46,6 +46,7 @@ from rowfill.spec.spec import Spec
 from rowfill.sql import catalog as pg_catalog
 from rowfill.sql import statements
 from rowfill.sql.keys import Key, column_types, format_value
+from rowfill.sql.session import pin_text_formats
 from rowfill.sql.sqlnames import quote
 from rowfill.sql.sqltext import spec_driver
 
@@ -70,9 +71,9 @@ def load_callable(path: str, spec: Spec | None = None, field: str = "transform")
         raise SpecError(
             source, field,
             f"cannot import {module_name!r} ({type(exc).__name__}: {exc}). The module must be importable on the "
-            "Airflow DAG processor and on every worker: put it inside the rowfill package (include/rowfill/, "
-            "e.g. rowfill.examples.loyalty), install it into the image, or add its folder to PYTHONPATH of every "
-            "Airflow component.",
+            "Airflow DAG processor and on every worker: put it in the DAG bundle (dags/my_backfills/rules.py is "
+            "my_backfills.rules), or in your own package installed into the image; outside Airflow (rowfill "
+            "validate, rowfill run) add its folder to PYTHONPATH.",
         ) from exc
     fn = getattr(module, attr, None)
     if not callable(fn):
@@ -593,6 +594,7 @@ class TransformWriter(BatchWriter):
         """
         if self.undo is None:
             return _driver_execute(conn, self._driver_write(has_lo), params, fetch=False)[2]
+        pin_text_formats(conn)  # the recorded values are text: see rowfill.sql.session.TEXT_FORMATS
         _, [(written,)] = driver_fetch(conn, self._driver_write(has_lo), params)
         return written
 
