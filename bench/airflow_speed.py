@@ -184,11 +184,11 @@ def run_code(label: str, code: Path | None, args, target_url: str, engine, meta:
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text(f'CREATE DATABASE "{meta_db}"'))
     admin.dispose()
-    extra = {"AIRFLOW__CORE__PARALLELISM": "8"}
-    if code is not None:
-        extra.update({"PYTHONPATH": f"{code / 'include'}:{os.environ.get('PYTHONPATH', '')}",
-                      "AIRFLOW__CORE__DAGS_FOLDER": str(code / "dags"),
-                      "AIRFLOW__CORE__PLUGINS_FOLDER": str(code / "plugins")})
+    code = code or ROOT  # the Airflow processes import rowfill from the checkout measured, whatever the venv points at
+    extra = {"AIRFLOW__CORE__PARALLELISM": "8",
+             "PYTHONPATH": f"{code / 'include'}:{os.environ.get('PYTHONPATH', '')}",
+             "AIRFLOW__CORE__DAGS_FOLDER": str(code / "dags"),
+             "AIRFLOW__CORE__PLUGINS_FOLDER": str(code / "plugins")}
     stack = AirflowStack(home / f"airflow-{slug}", port=free_port(), target_url=target_url, specs_dir=specs,
                          metadata_url=meta.url_for(meta_db).replace("postgresql://", "postgresql+psycopg://"),
                          extra_env=extra)
@@ -204,7 +204,7 @@ def run_code(label: str, code: Path | None, args, target_url: str, engine, meta:
             build_table(engine, TABLE, args.rows, "server")
             load_before = os.getloadavg()
             run_id = stack.trigger(dag_id)
-            state = stack.wait_for_run(dag_id, run_id, timeout=args.timeout)
+            state = wait_for_run(stack, dag_id, run_id, args.timeout)
             if state != "success":
                 raise SystemExit(f"{dag_id} ended {state}; see {stack.home / 'logs'}")
             b = breakdown(stack, engine, dag_id, run_id, name, args.parallel)
@@ -217,6 +217,21 @@ def run_code(label: str, code: Path | None, args, target_url: str, engine, meta:
     finally:
         stack.stop()
     return results
+
+
+def wait_for_run(stack: AirflowStack, dag_id: str, run_id: str, timeout: float) -> str:
+    """The run's final state; an API call that times out on a busy machine is asked again, not fatal."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = stack.run_state(dag_id, run_id)
+        except (OSError, RuntimeError) as exc:  # urllib's timeouts and connection errors, HTTP 5xx
+            say(f"asking Airflow for the run's state failed ({exc}); asking again")
+            state = None
+        if state in ("success", "failed"):
+            return state
+        time.sleep(2)
+    raise SystemExit(f"run {run_id} of {dag_id} did not finish within {timeout:.0f} s")
 
 
 def single_update(engine, rows: int) -> dict:
