@@ -8,7 +8,8 @@ triggerer), ``rowfill run`` (which waits in-process) and the tests (which drive 
 - outside every window → ``defer`` until the next window opens;
 - otherwise check that the table is still the relation planned (``rowfill.engine.resolve``: a ``table``
   SpecError, nothing written, if not) and run from the cursor; the runner stops at a batch boundary when the backfill is
-  paused or cancelled, or when the window closes, and the outcome says which.
+  paused or cancelled, or when the window closes, and the outcome says which. While it runs, the
+  control row is read inside each batch's transaction (``BatchControlReads``), not in one of its own.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ Per batch, one short transaction:
   4. write the batch (``UPDATE ... WHERE key > lo AND key <= batch_hi AND (where)`` or the spec's sql)
      without waiting on rows the application holds: they are skipped, recorded and written later
      in the chunk (``rowfill.engine.rowlocks``);
-  5. advance the cursor; COMMIT.
+  5. advance the cursor; read what rides along (the control row: ``chunk_task.BatchControlReads``); COMMIT.
+All batches of a chunk run on one connection held for the chunk (no pool checkout, ping and reset
+per batch); rate samples are passed on once a second (``Sampled``), not written per batch.
 Write and cursor commit together, so a crash at any instant either keeps both or neither:
 nothing is lost and nothing is applied twice, even for ``points = points + 10``.
 
@@ -481,7 +483,6 @@ class ChunkRunner:
 
     def _batch(self, chunk_no: int):
         """One batch in one transaction; returns None when the chunk has no keys left."""
-        w, name = self.writer, self.spec.name
         throttled = self._unrecorded
         self._current = None
         self._fast = False
