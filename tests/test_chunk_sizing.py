@@ -80,7 +80,7 @@ def test_a_table_big_enough_gets_at_least_max_parallel_chunks(engine, tmp_path):
     spec = spec_for(tmp_path, where=None, set=ADD_ONE, chunk_rows=None, max_parallel_chunks=3)
     chunks, lines = plan_logged(engine, spec)
     assert len(chunks) == 3
-    assert planned_size(lines) == 20_000 and "max_parallel_chunks=3" in lines[-1]
+    assert planned_size(lines) == 20_000 and "3 chunks of ~20,000 rows instead of 1" in lines[-1]
     assert assert_covers_and_runs_once(engine, spec, chunks, 60_000) == [20_000, 20_000, 20_000]
 
 
@@ -118,8 +118,9 @@ def test_never_more_chunks_than_max_map_length(engine, tmp_path):
     (1_000.0, 1_000_000, 1024, 250_000, "about chunk_time 5 min at ~1,000 rows/s"),  # 4 chunks, evened out
     (1_000.0, 100_000_000, 10, 10_000_000, "fit in 10 chunks (max_map_length)"),
     (1_000.0, 400_000, 1024, 200_000, "about chunk_time"),  # two chunks of 300,000 and 100,000 evened out
-    (1_000.0, 30_000, 1024, 15_000, "max_parallel_chunks=2"),
-    (1_000.0, 15_000, 1024, 300_000, "about chunk_time"),  # too small to split
+    (1_000.0, 30_000, 1024, 15_000, "2 chunks of ~15,000 rows instead of 1, so that max_parallel_chunks=2"),
+    (1_000.0, 900_000, 1024, 225_000, "4 chunks of ~225,000 rows instead of 3"),  # full waves on 2 slots
+    (1_000.0, 15_000, 1024, 300_000, "about chunk_time"),  # too small to split: one chunk
     (None, 1_000_000, 1024, 100_000, "the size when nothing is measured"),
 ])
 def test_the_sizing_decision(tmp_path, rate, total, room, rows, why):
@@ -134,4 +135,4 @@ def test_the_dry_run_shows_the_chunk_size_and_why(engine, tmp_path):
     report = dry_run(engine, spec)
     assert report.chunk_rows == 20_000 and len(report.chunks) == 3
     assert "new chunks of 20,000 rows: about chunk_time 5 min at ~" in report.render()
-    assert "split so that max_parallel_chunks=3" in report.render()
+    assert "so that max_parallel_chunks=3 run at once" in report.render()

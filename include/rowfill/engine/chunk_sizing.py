@@ -11,8 +11,8 @@ The decision, in order (``choose``):
   2. else ``chunk_time`` x the pace of one real batch, timed at planning and rolled back
      (``sample_pace``), at the spec's throttle (adaptive batch size, ``pause``, ``pause_ratio``);
      without a sample (a sink, no rows, the sample failed) ``FALLBACK_CHUNK_ROWS``;
-  3. a table big enough for it (``MIN_SPLIT_ROWS`` per chunk) gets at least ``max_parallel_chunks``
-     chunks, so they all run at once;
+  3. a table big enough for it (``MIN_SPLIT_ROWS`` per chunk) gets a multiple of ``max_parallel_chunks``
+     chunks of equal size (at least one each), so every wave runs them all at once;
   4. never more chunks than Airflow maps (``[core] max_map_length``): chunks grow to fit.
 The result says why in words; the plan task logs it and the dry run shows it.
 """
@@ -135,15 +135,20 @@ def choose(spec: Spec, *, rate: float | None, measured: str, total_rows: int | N
         rows = FALLBACK_CHUNK_ROWS
         why = f"{FALLBACK_CHUNK_ROWS:,} rows, the size when nothing is measured ({measured})"
     parallel = spec.max_parallel_chunks
-    if (not spec.chunk_rows and total_rows and total_rows >= parallel * MIN_SPLIT_ROWS
-            and math.ceil(total_rows / rows) < parallel):
-        rows = math.ceil(total_rows / parallel)
-        why += f"; split so that max_parallel_chunks={parallel} chunks run at once (~{total_rows:,} rows)"
+    if not spec.chunk_rows and total_rows and total_rows >= parallel * MIN_SPLIT_ROWS:
+        # chunks in full waves: with equal chunks and P slots the run takes ceil(n / P) chunk-times,
+        # so 3 chunks on 2 slots take as long as 4 and twice as long as 2
+        chunks = math.ceil(total_rows / rows)
+        waves = math.ceil(chunks / parallel) * parallel
+        rows = math.ceil(total_rows / waves)
+        if waves != chunks:
+            why += (f"; {waves} chunks of ~{rows:,} rows instead of {chunks}, so that max_parallel_chunks={parallel} "
+                    f"run at once in every wave (~{total_rows:,} rows)")
+    elif not spec.chunk_rows and total_rows and total_rows > rows:
+        rows = math.ceil(total_rows / math.ceil(total_rows / rows))  # the same count of chunks, the last one not a stub
     if total_rows and room > 0 and math.ceil(total_rows / rows) > room:
         rows = math.ceil(total_rows / room)
         why += f"; grown so that ~{total_rows:,} rows fit in {room} chunks (max_map_length)"
-    elif not spec.chunk_rows and total_rows and total_rows > rows:
-        rows = math.ceil(total_rows / math.ceil(total_rows / rows))  # the same count of chunks, the last one not a stub
     return ChunkSizing(rows, why, rate)
 
 
@@ -173,5 +178,5 @@ def resplit(spec: Spec, sizing: ChunkSizing, walked_rows: int, chunks: int, room
     if spec.chunk_rows or chunks >= parallel or walked_rows < parallel * MIN_SPLIT_ROWS:
         return None
     rows = math.ceil(walked_rows / parallel)
-    return ChunkSizing(rows, sizing.why + f"; split so that max_parallel_chunks={parallel} chunks run at once "
-                                          f"({walked_rows:,} rows)", sizing.rows_per_second)
+    return ChunkSizing(rows, sizing.why + f"; {parallel} chunks of ~{rows:,} rows, so that max_parallel_chunks="
+                                          f"{parallel} run at once ({walked_rows:,} rows)", sizing.rows_per_second)
