@@ -96,6 +96,8 @@ def sample_pace(conn: Connection, spec: Spec, after) -> tuple[float | None, str]
     """
     if spec.mode == "sink":
         return None, "a sink is never called by a sample"
+    if spec.mode == "set" and not spec.set:  # a rollback (rowfill.engine.undo.rollback_spec) restores with its own writer
+        return None, "a rollback's restore is not sampled"
     writer = writer_for(spec)
     asked = max(spec.batch_rows, SAMPLE_MIN_ROWS)
     savepoint = conn.begin_nested()
