@@ -136,3 +136,15 @@ def test_the_dry_run_shows_the_chunk_size_and_why(engine, tmp_path):
     assert report.chunk_rows == 20_000 and len(report.chunks) == 3
     assert "new chunks of 20,000 rows: about chunk_time 5 min at ~" in report.render()
     assert "so that max_parallel_chunks=3 run at once" in report.render()
+
+
+def test_a_stub_left_by_the_row_estimate_joins_the_chunk_before(engine, tmp_path):
+    # PostgreSQL's estimate says 60,000 rows, 60,300 are there: an even split in two would leave a
+    # third chunk of 300 rows, a task (and on two slots a wave) of its own
+    make_users(engine, 60_000)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, first_name, last_name) SELECT g, 'f', 'l' FROM generate_series(60001, 60300) g"))
+    spec = spec_for(tmp_path, where=None, set=ADD_ONE, chunk_rows=None, max_parallel_chunks=2)
+    chunks, lines = plan_logged(engine, spec)
+    assert planned_size(lines) == 30_000
+    assert assert_covers_and_runs_once(engine, spec, chunks, 60_300) == [30_000, 30_300]

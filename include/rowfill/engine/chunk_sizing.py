@@ -13,7 +13,8 @@ The decision, in order (``choose``):
      without a sample (a sink, no rows, the sample failed) ``FALLBACK_CHUNK_ROWS``;
   3. a table big enough for it (``MIN_SPLIT_ROWS`` per chunk) gets a multiple of ``max_parallel_chunks``
      chunks of equal size (at least one each), so every wave runs them all at once;
-  4. never more chunks than Airflow maps (``[core] max_map_length``): chunks grow to fit.
+  4. never more chunks than Airflow maps (``[core] max_map_length``): chunks grow to fit;
+  5. after the walk, a stub left by the row estimate joins the chunk before it (``without_stub``).
 The result says why in words; the plan task logs it and the dry run shows it.
 """
 
@@ -31,6 +32,7 @@ from rowfill.engine.modes import writer_for
 from rowfill.engine.throttle import BatchSize
 from rowfill.spec.durations import format_duration
 from rowfill.spec.spec import Spec
+from rowfill.sql.ranges import ChunkBounds
 from rowfill.sql.session import set_local
 
 # The size when nothing can be measured; the size every chunk had before chunk_time.
@@ -49,6 +51,12 @@ ADAPT_ROUNDS = 20
 # The smallest chunk the split for max_parallel_chunks makes, rows: a table of fewer than
 # max_parallel_chunks x this takes well under a second to write, less than a chunk task's own start.
 MIN_SPLIT_ROWS = 10_000
+
+
+# A last chunk under this share of the chunk size joins the one before it. The even split comes from
+# PostgreSQL's row estimate (pg_class.reltuples), which is a little off; a stub of a few hundred rows
+# would be a task of its own, and on a full set of slots a wave of its own.
+STUB_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -182,3 +190,15 @@ def resplit(spec: Spec, sizing: ChunkSizing, walked_rows: int, chunks: int, room
     rows = math.ceil(walked_rows / parallel)
     return ChunkSizing(rows, sizing.why + f"; {parallel} chunks of ~{rows:,} rows, so that max_parallel_chunks="
                                           f"{parallel} run at once ({walked_rows:,} rows)", sizing.rows_per_second)
+
+
+def without_stub(spec: Spec, bounds: list[ChunkBounds], rows: int) -> list[ChunkBounds]:
+    """The walked chunks with a last one under ``STUB_SHARE`` of ``rows`` joined to the one before.
+
+    :param spec: an explicit ``chunk_rows`` keeps every chunk as walked. :param bounds: consecutive
+        chunks in key order. :param rows: the chunk size they were walked with.
+    :returns: the chunks, still contiguous and covering the same keys. Never raises.
+    """
+    if spec.chunk_rows or len(bounds) < 2 or bounds[-1].rows >= STUB_SHARE * rows:
+        return bounds
+    return [*bounds[:-2], bounds[-2].merged(bounds[-1], bounds[-2].rows + bounds[-1].rows)]

@@ -136,7 +136,7 @@ def _plan(conn, spec: Spec, limit: int, report: DryRun, count_timeout: float) ->
     new = walk_boundaries(conn, spec, after, sizing.rows, key)
     if (smaller := chunk_sizing.resplit(spec, sizing, sum(b.rows for b in new), len(new), room)) is not None:
         sizing, new = smaller, walk_boundaries(conn, spec, after, smaller.rows, key)
-    new = merge_to_limit(new, room)
+    new = merge_to_limit(chunk_sizing.without_stub(spec, new, sizing.rows), room)
     if new:
         report.chunk_rows, report.chunk_size_why = sizing.rows, sizing.why
     total = len(stored) + len(new)

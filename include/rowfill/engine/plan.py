@@ -110,6 +110,7 @@ def sized_boundaries(conn: Connection, spec: Spec, after: Any, room: int, log=No
     again = chunk_sizing.resplit(spec, sizing, sum(b.rows for b in new), len(new), room)
     if again is not None:
         sizing, new = again, find_boundaries(conn, spec, after, room, again.rows)
+    new = chunk_sizing.without_stub(spec, new, sizing.rows)
     if log and new:
         log.info("plan: chunks of %s rows: %s", f"{sizing.rows:,}", sizing.why)
     return new
