@@ -9,7 +9,8 @@ One invocation:
   2. builds an N-row users table (``backfill_speed.build_table``), times the single
      ``UPDATE users SET full_name = first_name || ' ' || last_name WHERE full_name IS NULL``;
   3. starts a real Airflow 3 (``rowfill_dev.devstack.AirflowStack``: scheduler with LocalExecutor,
-     DAG processor, API server, triggerer, each its own process) on this checkout's DAGs; for each
+     DAG processor, API server, triggerer, each its own process) on this checkout's DAGs, runs an
+     untimed warm-up backfill of a 1,000-row table (rowfill's tables exist after it); for each
      variant (``unthrottled``: ``pause: 0``, ``pause_ratio: 0``, fixed batches; ``throttle``: the
      spec's defaults) rebuilds the table the same way, triggers the backfill DAG and waits for it;
   4. with ``--compare-ref REF`` does step 3 again with the code of git ref REF (a throwaway git
@@ -53,6 +54,7 @@ from rowfill_dev.devstack import AirflowStack  # noqa: E402
 from rowfill_dev.localpg import LocalPostgres, free_port  # noqa: E402
 
 TABLE = "public.users"
+WARMUP_TABLE = "public.warmup"  # a tiny table the untimed warm-up backfill walks
 # The variants: spec fields on top of the common ones. "throttle" is the spec's defaults (pause 0,
 # pause_ratio 0.5, target_batch_time 50 ms); "unthrottled" is the issue's measurement.
 VARIANTS = {
@@ -179,6 +181,9 @@ def run_code(label: str, code: Path | None, args, target_url: str, engine, meta:
     names = {v: f"speed_{slug}_{v}" for v in args.variants}
     for variant, name in names.items():
         (specs / f"{name}.yaml").write_text(yaml.safe_dump(spec_for(name, variant, args), sort_keys=False))
+    warmup = f"speed_{slug}_warmup"
+    (specs / f"{warmup}.yaml").write_text(yaml.safe_dump(
+        {"name": warmup, "connection": "app_db", "table": WARMUP_TABLE, "key": "id", "set": {"n": "n + 1"}}, sort_keys=False))
     meta_db = f"airflow_{slug}"
     admin = make_engine(meta.url, 1)
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -197,6 +202,13 @@ def run_code(label: str, code: Path | None, args, target_url: str, engine, meta:
         say(f"{label}: starting Airflow (logs in {stack.home / 'logs'})")
         stack.prepare()
         stack.start()
+        if not args.no_warmup:
+            # untimed: a first backfill creates rowfill's own tables and warms the executor, as in any
+            # deployment after its first backfill; the measured runs should not pay for that
+            say(f"{label}: warm-up backfill of {WARMUP_TABLE} (untimed)")
+            stack.wait_for_dag(f"rowfill_{warmup}", timeout=300)
+            if wait_for_run(stack, f"rowfill_{warmup}", stack.trigger(f"rowfill_{warmup}"), args.timeout) != "success":
+                raise SystemExit(f"the warm-up backfill failed; see {stack.home / 'logs'}")
         for variant, name in names.items():
             dag_id = f"rowfill_{name}"
             stack.wait_for_dag(dag_id, timeout=300)
@@ -290,6 +302,8 @@ def parse_args(argv=None):
     p.add_argument("--compare-ref", default=None, help="also run the Airflow side with this git ref's code, e.g. main")
     p.add_argument("--pg-setting", action="append", default=[], help="name=value for the target cluster")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for one DAG run")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up backfill per Airflow stack "
+                                                             "(the first measured run then creates rowfill's tables)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (clusters' data, Airflow logs)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     args = p.parse_args(argv)
@@ -311,6 +325,9 @@ def main(argv=None) -> int:
     try:
         target.init(), target.start(), meta.init(), meta.start()
         engine = make_engine(target.url, 2)
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE TABLE {WARMUP_TABLE} (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0)"))
+            conn.execute(text(f"INSERT INTO {WARMUP_TABLE} (id) SELECT generate_series(1, 1000)"))
         res = {"machine": machine(), "server": server(engine), "rows": args.rows, "parallel": args.parallel,
                "load_at_start": load_at_start, "single_update": [single_update(engine, args.rows)], "runs": []}
         res["runs"] += run_code("HEAD", None, args, target.url, engine, meta, home)
