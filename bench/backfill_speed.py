@@ -49,6 +49,7 @@ from rowfill.engine.runner import ChunkRunner  # noqa: E402
 from rowfill.spec.spec import parse_spec  # noqa: E402
 from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
 from rowfill_dev.localpg import LocalPostgres  # noqa: E402
+from rowfill_dev.schema import migrate_database  # noqa: E402  # rowfill runs no DDL: migrate first
 
 TARGET_PCT = 90.0
 SPEC_NAME = "bench_users_full_name"
@@ -489,6 +490,7 @@ def main(argv=None) -> int:
         url, where = pg.url, f"throwaway cluster on port {pg.port}"
         table = args.table or "public.users"
     engine = make_engine(url, args.parallel)
+    migrate_database(engine)  # rowfill runs no DDL while it works: its schema first, as `rowfill db migrate`
     expr = set_expression(table, args.set_reads_table)
     phases = PhaseTimer(engine) if args.phases else None
     try:

@@ -54,6 +54,7 @@ from rowfill.engine.runner import ChunkRunner  # noqa: E402
 from rowfill.spec.spec import Spec, parse_spec  # noqa: E402
 from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
 from rowfill_dev.localpg import LocalPostgres, _bindir  # noqa: E402
+from rowfill_dev.schema import migrate_database  # noqa: E402  # rowfill runs no DDL: migrate first
 
 SPEC_NAME = "bench_live_traffic"
 SLOW_MS = 100.0
@@ -280,6 +281,7 @@ def main(argv=None) -> int:
         pg.start()
         url, where, table = pg.url, f"throwaway cluster on port {pg.port}", "public.users"
     engine = make_engine(url, args.parallel + 2)
+    migrate_database(engine)  # rowfill runs no DDL while it works: its schema first, as `rowfill db migrate`
     script = work / "live.sql"
     script.write_text(PGBENCH_SCRIPT.format(rows=args.rows, table=table))
     live = LiveTraffic(url, script, work, args.rate, args.clients)

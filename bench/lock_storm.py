@@ -49,6 +49,7 @@ from rowfill.errors import ChunkFailed  # noqa: E402
 from rowfill.spec.spec import parse_spec  # noqa: E402
 from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
 from rowfill_dev.localpg import LocalPostgres  # noqa: E402
+from rowfill_dev.schema import migrate_database  # noqa: E402  # rowfill runs no DDL: migrate first
 
 TARGET_MAX_MS = 100.0
 PG_SETTINGS = {"fsync": "on", "full_page_writes": "on", "synchronous_commit": "on", "shared_buffers": "512MB",
@@ -195,6 +196,7 @@ def main(argv=None) -> int:
     if u.drivername in ("postgres", "postgresql"):
         u = u.set(drivername="postgresql+psycopg")
     engine = create_engine(u, pool_size=args.parallel + args.writers + 2, max_overflow=4)
+    migrate_database(engine)  # rowfill runs no DDL while it works: its schema first, as `rowfill db migrate`
     try:
         build(engine, args.rows)
         held = sorted(random.Random(args.seed).sample(range(1, args.rows + 1), args.held))

@@ -30,6 +30,7 @@ from rowfill.engine.plan import DEFAULT_MAX_MAP_LENGTH, plan_backfill  # noqa: E
 from rowfill.spec.spec import parse_spec  # noqa: E402
 from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
 from rowfill_dev.localpg import LocalPostgres  # noqa: E402
+from rowfill_dev.schema import migrate_database  # noqa: E402  # rowfill runs no DDL: migrate first
 
 
 def spec(name: str, table: str, chunk_rows: int, planning: str):
@@ -58,6 +59,7 @@ def main() -> None:
     pg = LocalPostgres(Path(tempfile.mkdtemp(prefix="rowfill-bench-plan-")) / "pg",
                        settings={"shared_buffers": "1GB", "max_wal_size": "8GB"}).start()
     engine = engine_from_url(pg.url)
+    migrate_database(engine)  # rowfill runs no DDL while it works: its schema first, as `rowfill db migrate`
     try:
         with engine.connect() as conn:
             version = conn.execute(text("SHOW server_version")).scalar()

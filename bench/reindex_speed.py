@@ -37,6 +37,7 @@ from rowfill.examples.seed import SEARCH_INDEX, seed_products  # noqa: E402
 from rowfill.spec.spec import parse_spec  # noqa: E402
 from rowfill.store.checkpoint import CheckpointStore  # noqa: E402
 from rowfill_dev.localpg import LocalPostgres  # noqa: E402
+from rowfill_dev.schema import migrate_database  # noqa: E402  # rowfill runs no DDL: migrate first
 
 ROOT = Path(__file__).resolve().parents[1]
 say = (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -51,6 +52,7 @@ def spec_for(args):
 def run(engine, args, order: str) -> dict:
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP SCHEMA IF EXISTS rowfill CASCADE")
+    migrate_database(engine)  # rowfill's schema from scratch, as `rowfill db migrate` makes it
     seed_products(engine, args.products, index=(order == "before"))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         checkpoint(conn)

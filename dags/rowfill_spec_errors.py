@@ -1,10 +1,1 @@
-"""rowfill: invalid backfill specs, shown as this file's import error in the Airflow UI banner.
-
-Kept apart from rowfill_dags.py because Airflow refuses to run any DAG of a file with an import
-error; this way one bad spec never stops the good ones. (Safe-mode discovery needs the words
-"airflow" and "dag" here.)
-"""
-
-from rowfill.airflow.factory import raise_spec_errors
-
-raise_spec_errors()
+from rowfill.airflow.factory import spec_errors_here; spec_errors_here(globals())  # rowfill: bad specs, as this Airflow DAG file's import error

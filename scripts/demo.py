@@ -34,6 +34,7 @@ from rowfill.ops.cli import progress_bar  # noqa: E402
 from rowfill.spec.durations import format_duration  # noqa: E402
 from rowfill_dev.devstack import AirflowStack  # noqa: E402
 from rowfill_dev.localpg import LocalPostgres, free_port  # noqa: E402
+from rowfill_dev.schema import migrate_database  # noqa: E402
 
 DEMO = ROOT / ".demo"
 STATE = DEMO / "state.json"
@@ -160,6 +161,8 @@ def main() -> int:
             say(f"single UPDATE: {baseline[0]:,} rows in {baseline[1]:.1f} s ({baseline[0] / baseline[1]:,.0f} rows/s); "
                 "seeding again so the backfill starts from the same table")
             seed(url, args.users)
+        say("migrating rowfill's schema (rowfill db migrate): rowfill itself runs no DDL")
+        migrate_database(url)
         say("preparing Airflow (metadata DB migration, pools from include/pools.json)")
         stack.prepare()
         say("starting Airflow: scheduler (LocalExecutor), DAG processor, API server, triggerer")

@@ -5,9 +5,13 @@ Static (from the source, with :mod:`ast`):
 - modules in the package, and import cycles between them (strongly connected components of the
   module import graph, counting imports at any depth, inside functions too);
 - imports inside functions (the usual way a cycle is kept alive);
-- modules that build SQL (a string literal that starts a statement or a clause: ``SELECT``,
-  ``UPDATE``, ``INSERT``, ``DELETE``, ``WITH``, ``CREATE``, ``ALTER``, ``COMMENT ON``, ``SET``
-  ``config``...), split into those naming rowfill's own schema and the rest;
+- modules that build SQL (a string literal, or a whole f-string, that starts a statement or a
+  clause with an upper-case keyword followed by more text: ``SELECT ...``, ``UPDATE ...``,
+  ``INSERT``, ``DELETE``, ``WITH``, ``CREATE``, ``ALTER``, ``COMMENT ON``, ``SET LOCAL``...; a
+  sentence ending in ``.`` or ``:`` is a message, not a statement), split into statements over
+  rowfill's own schema (they name ``{SCHEMA}`` or ``rowfill.``, or take rowfill's advisory locks)
+  and the rest (the user's tables and PostgreSQL's catalogs); and the modules that build them in
+  the wrong room: the rest outside ``rowfill.sql``, own-schema statements outside ``rowfill.store``;
 - public functions and methods without a docstring, and those that raise without saying so.
 
 Dynamic (``--trace``, needs the PostgreSQL 15 server binaries): the rowfill modules whose code
@@ -30,10 +34,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "include" / "rowfill"
 
+# rowfill writes SQL keywords in upper case; a keyword must be followed by a space or "(" (a bare
+# word such as "UPDATE" is a label, "select" a spec field's name, "with" English)
 _SQL_START = re.compile(
     r"^\s*\(?\s*(SELECT|UPDATE|INSERT|DELETE|WITH|CREATE|ALTER|DROP|COMMENT ON|TRUNCATE|LOCK|EXPLAIN|"
-    r"ANALYZE|VACUUM|GRANT|REVOKE|SET LOCAL|SHOW)\b", re.IGNORECASE)
-_OWN_SCHEMA = re.compile(r"\{SCHEMA\}|\browfill\.", re.IGNORECASE)
+    r"ANALYZE|VACUUM|GRANT|REVOKE|SET LOCAL|SHOW)(?=[\s(])")
+# rowfill's own schema, by name, and its advisory locks (they order rowfill's own planning and control)
+_OWN_SCHEMA = re.compile(r"\{SCHEMA\}|\browfill\.|pg_advisory", re.IGNORECASE)
+SQL_ROOM = "rowfill.sql"  # where statements over the user's tables and the catalogs are built
+STORE_ROOM = "rowfill.store"  # where statements over rowfill's own schema are built
 
 
 def module_name(path: Path) -> str:
@@ -117,12 +126,19 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def _in_room(module: str, room: str) -> bool:
+    return module == room or module.startswith(room + ".")
+
+
 def sql_builders(mods: dict[str, ast.Module]) -> tuple[set[str], set[str]]:
+    """(modules building statements over the user's tables or the catalogs, modules building own-schema ones)."""
     user, own = set(), set()
     for name, tree in mods.items():
+        # the literal parts of an f-string are judged with the whole f-string, not on their own
+        parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
         for node in ast.walk(tree):
             pieces = []
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in parts:
                 pieces = [node.value]
             elif isinstance(node, ast.JoinedStr):
                 pieces = ["".join(v.value if isinstance(v, ast.Constant) else "{SCHEMA}" if
@@ -218,6 +234,8 @@ def main() -> int:
     graph, inside = import_graph(mods)
     found = cycles(graph)
     user_sql, own_sql = sql_builders(mods)
+    user_outside = sorted(m for m in user_sql if not _in_room(m, SQL_ROOM))
+    own_outside = sorted(m for m in own_sql if not _in_room(m, STORE_ROOM))
     public, missing, raising, documented = docstrings(mods)
     report = {
         "modules": len(mods),
@@ -226,6 +244,8 @@ def main() -> int:
         "imports_inside_functions": inside,
         "modules_building_user_sql": len(user_sql),
         "modules_building_own_schema_sql": len(own_sql),
+        "modules_building_user_sql_outside_sql": len(user_outside),
+        "modules_building_own_schema_sql_outside_store": len(own_outside),
         "public_functions": public,
         "public_functions_without_docstring": missing,
         "public_functions_raising": raising,
@@ -234,12 +254,17 @@ def main() -> int:
     if args.trace:
         report["modules_one_batch_crosses"] = trace_one_batch()
     if args.json:
-        print(json.dumps(report | {"cycles": found}, indent=2))
+        print(json.dumps(report | {"cycles": found, "user_sql_outside_sql": user_outside,
+                                   "own_schema_sql_outside_store": own_outside}, indent=2))
     else:
         for key, value in report.items():
-            print(f"{key:38} {value}")
+            print(f"{key:46} {value}")
         for c in found:
             print("  cycle:", " <-> ".join(c))
+        for m in user_outside:
+            print("  user/catalog SQL outside sql/:", m)
+        for m in own_outside:
+            print("  own-schema SQL outside store/:", m)
     return 0
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from rowfill.engine.database import engine_from_url
 from rowfill.spec.spec import load_spec
+from rowfill_dev.schema import migrate_database
 
 
 def make_users(engine, n: int, *, step: int = 1, start: int = 1, table: str = "users") -> None:
@@ -54,14 +55,18 @@ def spec_for(tmp_path: Path, **fields):
     return load_spec(write_spec(tmp_path, **fields))
 
 
-def create_database(pg_cluster, name: str) -> str:
-    """(Re)create an empty database in the test cluster and return its URL."""
+def create_database(pg_cluster, name: str, *, migrated: bool = True) -> str:
+    """(Re)create a database in the test cluster and return its URL; with ``migrated`` (the default)
+    rowfill's schema is migrated into it, as `rowfill db migrate` does before any backfill."""
     admin = engine_from_url(pg_cluster.url).execution_options(isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    return pg_cluster.url_for(name)
+    url = pg_cluster.url_for(name)
+    if migrated:
+        migrate_database(url)
+    return url
 
 
 def example_spec(tmp_path: Path, name: str, **changes):

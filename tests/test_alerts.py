@@ -6,6 +6,8 @@ processor and triggerer are in test_observe_e2e.py.)"""
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,12 @@ from sqlalchemy import text
 
 from helpers import make_users, spec_for, write_spec
 from receivers import SmtpReceiver, WebhookReceiver
+from airflow.sdk import BaseNotifier
+
 from rowfill.airflow import alerts
+
+# Credentials made up per run: a fixed one in a tracked file is what tests/test_secrets.py refuses.
+TOKEN = secrets.token_hex(8)
 from rowfill.airflow.notifiers import Alert, deliver
 from rowfill.airflow.stall import StallTracker, StallTrigger
 from rowfill.engine.plan import plan_backfill
@@ -32,26 +39,33 @@ def smtp(monkeypatch):
         yield server
 
 
+def http_connection(url: str, **extra) -> str:
+    """An Airflow HTTP connection (``AIRFLOW_CONN_*`` JSON) whose host is the webhook URL and whose extra are headers."""
+    return json.dumps({"conn_type": "http", "host": url, "extra": extra})
+
+
 @pytest.fixture
-def hook():
+def hook(monkeypatch):
+    """A real HTTP receiver, reached through the Airflow connection ``rowfill_hook`` (its token in the connection)."""
     with WebhookReceiver() as receiver:
+        monkeypatch.setenv("AIRFLOW_CONN_ROWFILL_HOOK", http_connection(receiver.url, **{"X-Token": TOKEN}))
         yield receiver
 
 
 def alert_fields(smtp, hook):
     return {"alerts": [{"smtp": {"to": ["oncall@example.com"], "connection": "rowfill_smtp"}},
-                       {"webhook": {"url": f"{hook.url}/rowfill", "headers": {"X-Token": "s3cret"}}}]}
+                       {"webhook": {"connection": "rowfill_hook", "endpoint": "/rowfill"}}]}
 
 
 def test_alerts_field_names_notifiers_and_refuses_what_cannot_work(tmp_path):
-    targets = parse_alerts([{"smtp": {"to": "a@example.com"}}, {"webhook": {"url": "https://h.example/x", "events": ["stalled"]}}])
+    targets = parse_alerts([{"smtp": {"to": "a@example.com"}}, {"webhook": {"connection": "hook", "events": ["stalled"]}}])
     assert [(t.kind, t.events) for t in targets] == [("smtp", targets[0].events), ("webhook", ("stalled",))]
     assert targets[0].options["to"] == ["a@example.com"]
     cases = {
         "slack": ([{"slack": {"channel": "#x"}}], "needs the Slack provider"),
         "pager": ([{"pager": {}}], "unknown notifier 'pager'"),
-        "no url": ([{"webhook": {}}], "option 'url' is required"),
-        "bad url": ([{"webhook": {"url": "ftp://x"}}], "must start with http://"),
+        "no connection": ([{"webhook": {}}], "option 'connection' is required"),
+        "bad class": ([{"notifier": {"class": "not a class"}}], "'class' must name an Airflow notifier class"),
         "bad event": ([{"smtp": {"to": "a@b.c", "events": ["late"]}}], "events must be a list of"),
         "not a list": ({"smtp": {"to": "a@b.c"}}, "expected a list of notifiers"),
     }
@@ -63,6 +77,27 @@ def test_alerts_field_names_notifiers_and_refuses_what_cannot_work(tmp_path):
     bad = write_spec(tmp_path, name="stall_bad", stall_after="10m", stall_repeat_after="5m")
     with pytest.raises(SpecErrors, match="stall_repeat_after.*must be longer than stall_after"):
         load_spec(bad)
+
+
+@pytest.mark.parametrize("entry, says", [
+    ({"webhook": {"url": "https://hooks.example.com/T0/B0/abc"}},
+     "'url' is not accepted: a webhook's URL and headers carry its token, and the spec lives in git. Put them in an "
+     "Airflow HTTP connection"),
+    ({"webhook": {"connection": "hook", "headers": {"X-Token": TOKEN}}}, "airflow connections add rowfill_webhook --conn-type http"),
+    ({"webhook": {"connection": "hook", "endpoint": "/hook?token=abc"}}, "option 'endpoint' holds a URL with a credential"),
+    ({"smtp": {"to": "a@b.c", "password": TOKEN}}, "'password' would write a credential into the spec"),
+    ({"slack": {"token": "xoxb-1"}}, "keep it in the Slack connection"),
+    ({"notifier": {"class": "pkg.mod:Pager", "args": {"routing_key": "abc", "api_key": TOKEN}}}, "'api_key' would write a credential"),
+    ({"notifier": {"class": "pkg.mod:Pager", "args": {"endpoint": "https://bot:pw@pager.example.com/x"}}},
+     "option 'endpoint' holds a URL with a credential in it"),
+])
+def test_a_credential_written_in_the_spec_is_refused_with_the_connection_to_create(tmp_path, entry, says):
+    path = write_spec(tmp_path, name="leaky", alerts=[{"smtp": {"to": "a@b.c"}}, entry])
+    with pytest.raises(SpecErrors) as err:
+        load_spec(path)
+    [error] = err.value.errors
+    assert error.source == str(path) and error.field == "alerts"
+    assert "entry 2 (" in str(error) and says in str(error)
 
 
 def test_a_failing_chunk_and_its_run_alert_by_email_and_webhook(tmp_path, db_url, engine, airflow_db, monkeypatch, smtp, hook):
@@ -91,7 +126,7 @@ def test_a_failing_chunk_and_its_run_alert_by_email_and_webhook(tmp_path, db_url
                    "airflow tasks clear rowfill_users_full_name -t '^chunk$' --only-failed --downstream -y",
                    '"task_ids": [["chunk", 1]]'):
         assert needed in text_, needed
-    assert hook.received[0]["headers"]["X-Token"] == "s3cret"
+    assert hook.received[0]["headers"]["X-Token"] == TOKEN
 
     subjects = smtp.mailbox.subjects()
     assert "[rowfill] users_full_name: chunk 2/3 (id 1001..2000) failed" in subjects
@@ -110,7 +145,7 @@ def test_a_successful_run_says_so(tmp_path, db_url, engine, airflow_db, monkeypa
     from airflow.dag_processing.dagbag import DagBag
 
     make_users(engine, 1_000)
-    write_spec(tmp_path, alerts=[{"webhook": {"url": hook.url, "events": ["run_succeeded", "run_failed"]}}])
+    write_spec(tmp_path, alerts=[{"webhook": {"connection": "rowfill_hook", "events": ["run_succeeded", "run_failed"]}}])
     monkeypatch.setenv("AIRFLOW_CONN_APP_DB", db_url)
     monkeypatch.setenv("ROWFILL_SPECS_DIR", str(tmp_path))
     dag = DagBag(dag_folder=str(ROOT / "dags"), safe_mode=False).dags["rowfill_users_full_name"]
@@ -120,13 +155,40 @@ def test_a_successful_run_says_so(tmp_path, db_url, engine, airflow_db, monkeypa
     assert "succeeded: 1,000 of ~1,000 rows walked (100.0%), 1,000 written, 1/1 chunks done" in ok["text"]
 
 
-def test_one_broken_target_does_not_stop_the_others(hook, caplog):
-    spec_targets = parse_alerts([{"webhook": {"url": "http://127.0.0.1:9/nothing-listens", "timeout": "2s"}},
-                                 {"webhook": {"url": hook.url}}])
+def test_one_broken_target_does_not_stop_the_others(hook, caplog, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_DEAD_HOOK", http_connection("http://127.0.0.1:9/nothing-listens"))
+    spec_targets = parse_alerts([{"webhook": {"connection": "dead_hook", "timeout": "2s"}},
+                                 {"webhook": {"connection": "no_such_connection"}},
+                                 {"webhook": {"connection": "rowfill_hook"}}])
     failed = deliver(spec_targets, Alert("stalled", "b", "s", "text"))
-    assert failed == ["webhook http://127.0.0.1:9/nothing-listens"]
+    assert failed == ["webhook dead_hook", "webhook no_such_connection"]
     assert hook.events() == ["stalled"]
-    assert "could not send the stalled alert of b to webhook http://127.0.0.1:9/nothing-listens" in caplog.text
+    assert "could not send the stalled alert of b to webhook dead_hook" in caplog.text
+    assert "no_such_connection" in caplog.text and "isn't defined" in caplog.text
+
+
+class CountingNotifier(BaseNotifier):
+    """A notifier class a spec names (``notifier: {class: test_alerts:CountingNotifier}``); its args are templates."""
+
+    template_fields = ("message", "channel")
+    sent: list = []
+
+    def __init__(self, message: str, channel: str = "#x"):
+        super().__init__()
+        self.message, self.channel = message, channel
+
+    def notify(self, context):
+        CountingNotifier.sent.append((self.channel, self.message))
+
+
+def test_a_notifier_class_named_in_the_spec_gets_the_alert_through_its_templated_args():
+    CountingNotifier.sent.clear()
+    targets = parse_alerts([{"notifier": {"class": "test_alerts:CountingNotifier",
+                                          "args": {"message": "{{ rowfill.subject }} / {{ rowfill.event }}", "channel": "#ops"}}},
+                            {"notifier": {"class": "json:dumps"}}])
+    failed = deliver(targets, Alert("stalled", "b", "backfill b stalled", "text"))
+    assert CountingNotifier.sent == [("#ops", "backfill b stalled / stalled")]
+    assert failed == ["notifier json:dumps"]  # not a notifier: logged, never raised
 
 
 def test_the_stall_watchdog_alerts_once_again_later_and_when_it_moves(tmp_path):
@@ -144,7 +206,7 @@ def test_a_stall_that_ends_with_the_last_chunk_still_gets_its_all_clear(tmp_path
     was told "stalled" still hears that it moved, before the watchdog ends (real trigger, real database)."""
     make_users(engine, 500)
     path = write_spec(tmp_path, chunk_rows=1_000, stall_after="1s", stall_repeat_after="1m",
-                      alerts=[{"webhook": {"url": hook.url}}])
+                      alerts=[{"webhook": {"connection": "rowfill_hook"}}])
     spec = load_spec(path)
     monkeypatch.setenv("ROWFILL_DATABASE_URL", db_url)
     plan_backfill(engine, spec)
@@ -175,7 +237,7 @@ def test_a_stall_that_ends_with_the_last_chunk_still_gets_its_all_clear(tmp_path
 
 def test_deadline_callback_sends_the_overdue_alert(tmp_path, db_url, engine, monkeypatch, hook):
     make_users(engine, 1_000)
-    path = write_spec(tmp_path, expected_duration="30m", alerts=[{"webhook": {"url": hook.url}}])
+    path = write_spec(tmp_path, expected_duration="30m", alerts=[{"webhook": {"connection": "rowfill_hook"}}])
     monkeypatch.setenv("ROWFILL_DATABASE_URL", db_url)
     context = {"dag_run": {"dag_run_id": "manual__x", "dag_id": "rowfill_users_full_name"}, "deadline": {}}
     asyncio.run(alerts.run_overdue(context=context, spec_source=str(path)))
@@ -222,7 +284,7 @@ def test_a_chunk_lost_with_its_worker_is_found_by_run_and_map_index(tmp_path, db
     from rowfill.engine.plan import plan_backfill
 
     make_users(engine, 2_000)
-    spec = spec_for(tmp_path, chunk_rows=1_000, alerts=[{"webhook": {"url": hook.url}}])
+    spec = spec_for(tmp_path, chunk_rows=1_000, alerts=[{"webhook": {"connection": "rowfill_hook"}}])
     monkeypatch.setenv("ROWFILL_DATABASE_URL", db_url)
     plan_backfill(engine, spec)
     remember_task_instance(engine, spec.name, 2, 1)

@@ -103,7 +103,7 @@ def test_latency_probe_limit_and_every_have_bounds(tmp_path, key):
 
 
 def test_a_webhook_timeout_has_a_bound(tmp_path):
-    hook = {"url": "https://example.com/hook"}
+    hook = {"connection": "rowfill_hook"}
     spec = load_spec(spec_file(tmp_path, alerts=[{"webhook": {**hook, "timeout": "5min"}}]))
     assert spec.alerts[0].options["timeout"] == 300.0
     [problem] = problems(spec_file(tmp_path, alerts=[{"webhook": {**hook, "timeout": "301s"}}]), "alerts")

@@ -104,7 +104,6 @@ class RunningChunks:
 def test_chunks_spread_over_both_workers_and_the_pool_caps_them_across_workers(stack, target):
     _, engine = target
     make_users(engine, ROWS, table="users_a")
-    CheckpointStore(engine).ensure_schema()
 
     with RunningChunks(engine, "spread") as running:
         run_id = stack.trigger("rowfill_spread")

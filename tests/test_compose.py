@@ -57,6 +57,7 @@ DEPLOYMENT_SPECIFIC = {
     "AIRFLOW_CONN_ROWFILL_AIRFLOW_API",  # same but for host and port: test_api_connection_...
     "AIRFLOW_CONN_APP_DB",
     "ROWFILL_SPECS_DIR",
+    "AIRFLOW__ROWFILL__SPECS_FOLDER",  # the local stack's specs folder (compose uses ROWFILL_SPECS_DIR)
     # Secrets: made per deployment (rowfill_dev.stacksecrets), required from the environment by
     # compose; test_secrets_come_from_the_environment_and_match_the_local_ones checks them.
     *stacksecrets.AIRFLOW_SETTINGS.values(),

@@ -13,7 +13,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from helpers import Lines, make_users, spec_for
+from helpers import Lines, create_database, make_users, spec_for
 from rowfill.airflow.triggers import ControlTrigger
 from rowfill.engine.chunk_task import run_chunk
 from rowfill.engine.control import BadKnob, ControlStore, parse_assignments
@@ -22,7 +22,10 @@ from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_tar
 from rowfill.engine.runner import BatchObserver
 from rowfill.engine.undo import RestoreWriter, rollback_spec
 from rowfill.ops.cli import main
+from legacy_schema import create_legacy_schema
+from rowfill.engine.database import engine_from_url
 from rowfill.store.checkpoint import CheckpointStore
+from rowfill_dev.schema import migrate_database
 
 
 class Batches(BatchObserver):
@@ -270,20 +273,20 @@ def test_rowfill_run_honours_cancel_and_resume(engine, db_url, tmp_path, capsys)
     assert points(engine) == {10: 1_000}
 
 
-def test_existing_checkpoint_tables_get_the_new_columns(engine):
-    """Installs from before the throttle kept their rowfill.chunks; planning adds what is missing."""
-    from rowfill.store.checkpoint import DDL
-
+def test_existing_checkpoint_tables_get_the_new_columns(pg_cluster):
+    """Installs from before the throttle kept their rowfill.chunks; the first migration adds what is missing."""
+    engine = engine_from_url(create_database(pg_cluster, "legacy_throttle", migrated=False))
+    create_legacy_schema(engine, first_release=True)  # the tables as the first release created them
     with engine.begin() as conn:
-        conn.exec_driver_sql(DDL)  # the tables as the first release created them
         columns = conn.execute(text("SELECT array_agg(attname::text) FROM pg_attribute WHERE attrelid = 'rowfill.chunks'::regclass")).scalar()
         assert "throttled_seconds" not in columns
         conn.execute(text("INSERT INTO rowfill.backfills (name, fingerprint, spec) VALUES ('old', 'x', '{}')"))
         conn.execute(text("INSERT INTO rowfill.chunks (backfill, chunk_no, lo, hi, est_rows) VALUES ('old', 1, '0', '10', 10)"))
-    CheckpointStore(engine).ensure_schema()
-    CheckpointStore(engine).ensure_schema()  # and again: nothing to do the second time
+    migrate_database(engine)
+    migrate_database(engine)  # and again: nothing to do the second time
     [row] = CheckpointStore(engine).chunks("old")
     assert (row.throttled_seconds, row.throttle_state) == (0.0, None)
+    engine.dispose()
 
 
 def test_rollback_chunks_honour_pause_and_cancel(engine, db_url, tmp_path, capsys):
@@ -317,3 +320,43 @@ def test_rollback_chunks_honour_pause_and_cancel(engine, db_url, tmp_path, capsy
     assert all(run_chunk(engine, rb, c.chunk_no, **restore).kind == "done" for c in chunks)
     assert finish_rollback(engine, spec).restored == 3_000
     assert points(engine) == {0: 3_000}  # every row restored once
+
+
+def test_pausing_a_backfill_pauses_its_rollback_in_progress(engine, db_url, tmp_path, capsys):
+    """`rowfill pause NAME` reaches a running rollback of NAME too (its chunks read the control row
+    ``NAME.rollback``): it stops at a batch boundary with its cursor kept, says so, `rowfill resume NAME`
+    lets it go on, and every row is restored exactly once."""
+    make_users(engine, 3_000)
+    spec = points_spec(tmp_path, chunk_rows=3_000, batch_rows=100, pause="30ms", undo=True)
+    assert all(run_chunk(engine, spec, c.chunk_no).kind == "done" for c in plan_backfill(engine, spec))
+    rb = rollback_spec(spec)
+    chunks = plan_rollback(engine, spec)
+    restore = {"writer": RestoreWriter(rb, rollback_target(engine, spec)), "check_table": False}
+    job = ChunkInBackground(engine, rb, chunks[0].chunk_no, **restore)
+    job.wait_batches(3)
+
+    assert cli(db_url, spec, "pause", "add_points", "--reason", "month-end close") == 0
+    out = capsys.readouterr().out
+    assert "add_points: paused; running chunks stop at their next batch boundary" in out
+    assert (f"add_points.rollback: paused too, its rollback in progress (0 of {len(chunks)} chunks done); running "
+            "chunks stop at their next batch boundary and wait, without holding a worker slot, until "
+            "`rowfill resume add_points`") in out
+    outcome = job.join()
+    assert outcome.kind == "defer" and outcome.until is None and outcome.result.status == "stopped"
+    assert "month-end close" in outcome.reason
+    row = CheckpointStore(engine).chunk(rb.name, chunks[0].chunk_no)
+    assert row.status == "pending" and 0 < row.rows_written < 3_000
+    assert points(engine) == {0: row.rows_written, 10: 3_000 - row.rows_written}
+    assert run_chunk(engine, rb, chunks[0].chunk_no, **restore).kind == "defer"  # paused: nothing starts
+
+    assert cli(db_url, spec, "resume", "add_points") == 0
+    assert "add_points.rollback: running too" in capsys.readouterr().out
+    assert all(run_chunk(engine, rb, c.chunk_no, **restore).kind == "done" for c in chunks)
+    result = finish_rollback(engine, spec)
+    assert (result.walked, result.restored, result.left_alone) == (3_000, 3_000, 0)  # each row restored once
+    assert points(engine) == {0: 3_000}
+
+    # with no rollback in progress, pausing the backfill touches only the backfill
+    assert cli(db_url, spec, "pause", "add_points") == 0
+    assert ".rollback" not in capsys.readouterr().out
+    assert ControlStore(engine).get(rb.name).state == "running"

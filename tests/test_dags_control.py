@@ -70,8 +70,8 @@ def test_a_dry_run_plans_and_reports_but_writes_nothing(tmp_path, db_url, engine
     assert report["rows_to_walk"] == 5_000 and report["rows_to_change"] == 5_000
     assert report["sample_rows"] > 0 and report["estimated_seconds"] is not None  # a timed sample batch, rolled back
     assert table_state(engine) == before
-    with engine.connect() as conn:  # not even the checkpoint schema was created
-        assert conn.execute(text("SELECT to_regnamespace('rowfill')")).scalar() is None
+    with engine.connect() as conn:  # not even a checkpoint was written
+        assert conn.execute(text("SELECT count(*) FROM rowfill.backfills")).scalar() == 0
 
 
 def test_trigger_parameters_set_batch_size_and_pause_for_one_run(tmp_path, db_url, engine, airflow_db, monkeypatch):

@@ -23,11 +23,12 @@ def scalar(engine, sql: str, **params):
 
 
 def untouched_state(engine) -> tuple:
-    """Row contents *and* row versions, plus which rowfill tables exist."""
+    """Row contents *and* row versions, which rowfill tables exist, and how many undo records there are."""
     rows = scalar(engine, "SELECT md5(string_agg(u.id || ':' || u.xmin || ':' || u::text, ',' ORDER BY u.id)) FROM users u")
     tables = scalar(engine, "SELECT string_agg(relname, ',' ORDER BY relname) FROM pg_class c "
                             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'rowfill'")
-    return rows, tables
+    undo = scalar(engine, "SELECT count(*) FROM rowfill.undo_rows")
+    return rows, tables, undo
 
 
 def test_rowfill_plan_shows_the_plan_and_changes_nothing(engine, db_url, tmp_path, capsys):
@@ -36,7 +37,7 @@ def test_rowfill_plan_shows_the_plan_and_changes_nothing(engine, db_url, tmp_pat
         conn.execute(text("UPDATE users SET full_name = 'done' WHERE id <= 500"))
     spec = spec_for(tmp_path, chunk_rows=2_000, batch_rows=250, pause="10ms", max_parallel_chunks=2)
     before = untouched_state(engine)
-    assert before[1] is None  # no rowfill schema yet
+    assert scalar(engine, "SELECT count(*) FROM rowfill.backfills") == 0  # nothing planned yet
 
     assert cli.main(["--specs-dir", str(tmp_path), "--db", db_url, "plan", spec.name]) == 0
     out = capsys.readouterr().out
@@ -69,8 +70,8 @@ def test_a_dry_run_of_a_transform_with_undo_times_a_real_batch_and_rolls_it_back
     assert report.sample_seconds > 0 and report.estimated_seconds > 0
     assert [what for what, _ in report.explain] == ["lock", "read", "write"]
     assert "orders_user_id_idx" in report.explain[1][1]
-    assert "undo_users_loyalty_points" in report.explain[2][1]  # the undo log write is part of the batch
-    assert untouched_state(engine) == before  # no undo table left behind either
+    assert "undo_rows" in report.explain[2][1]  # the undo log write is part of the batch
+    assert untouched_state(engine) == before  # no undo record left behind either
 
 
 def test_a_dry_run_of_a_resumed_backfill_shows_what_is_left(engine, tmp_path):

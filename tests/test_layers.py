@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "include" / "rowfill"
-LAYERS = ("ops", "airflow", "engine", "store", "spec", "sql")
+LAYERS = ("ops", "airflow", "engine", "console", "store", "spec", "sql")  # engine | console: independent
 AT_THE_ROOT = {"__init__.py", "errors.py"}  # errors: every layer may raise rowfill's errors
 SHIPPED_BESIDE = {"examples"}  # example transforms and sinks the example specs name
 

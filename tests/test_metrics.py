@@ -20,6 +20,7 @@ from rowfill.engine.database import engine_from_url
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.runner import ChunkRunner
 from rowfill_dev.localpg import LocalPostgres, free_port
+from rowfill_dev.schema import migrate_database
 
 
 @pytest.fixture
@@ -95,6 +96,7 @@ def primary_with_paused_replica():
 def test_replica_lag_is_sent_as_gauges_while_a_replica_falls_behind(primary_with_paused_replica, tmp_path, statsd):
     engine = engine_from_url(primary_with_paused_replica.url)
     try:
+        migrate_database(engine)
         make_users(engine, 3_000)
         spec = spec_for(tmp_path, chunk_rows=3_000, batch_rows=500, progress_every="0s")
         [chunk] = plan_backfill(engine, spec)

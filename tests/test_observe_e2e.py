@@ -74,7 +74,7 @@ def stack(target, receivers):
     specs = home / "specs"
     specs.mkdir()
     common = {"alerts": [{"smtp": {"to": ["oncall@example.com"], "connection": "rowfill_smtp"}},
-                         {"webhook": {"url": f"{hook.url}/alerts"}}]}
+                         {"webhook": {"connection": "rowfill_hook", "endpoint": "/alerts"}}]}
     write_spec(specs, name="fail_fill", table="public.fail_users", chunk_rows=1_000, batch_rows=100, retries=0,
                pool="rowfill_fail", **common)
     write_spec(specs, name="slow_fill", table="public.slow_users", chunk_rows=6_000, batch_rows=200, pause="300ms",
@@ -85,6 +85,7 @@ def stack(target, receivers):
     write_spec(specs, name="wide_map", table="public.wide_users", chunk_rows=20, batch_rows=20, pool="rowfill_wide")
     s = AirflowStack(home / "airflow", port=free_port(), target_url=url, specs_dir=specs, extra_env={
         "AIRFLOW_CONN_ROWFILL_SMTP": smtp.connection(),
+        "AIRFLOW_CONN_ROWFILL_HOOK": json.dumps({"conn_type": "http", "host": hook.url}),  # the webhook's URL stays in Airflow
         "AIRFLOW__METRICS__STATSD_ON": "True",
         "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
         "AIRFLOW__METRICS__STATSD_PORT": str(statsd.port),
@@ -204,34 +205,37 @@ def test_the_page_shows_a_running_backfill_and_updates_it_in_a_real_browser(stac
         wait_until(lambda: statuses(engine, ["slow_fill"])["slow_fill"].rows_seen >= 400, timeout=300,
                    what="slow_fill making progress")
         page.goto(f"{stack.base}/rowfill/")
-        section = page.locator("section[data-backfill=slow_fill]")
+        section = page.locator("tr[data-backfill=slow_fill]")
         first = section.locator(".rows").inner_text()
-        assert re.fullmatch(r"[\d,]+ of ~36,000 rows", first), first
-        assert section.locator(".map .c").count() == 6
-        assert "rows/s" in section.locator(".rate").inner_text()
+        assert re.fullmatch(r"[\d,]+ of ~36,000 rows", first.strip()), first
         page.screenshot(path=str(tmp_path / "page.png"))
-        # the page refreshes its own numbers (no reload): the row count moves while we watch
+        # the overview refreshes its own numbers (no reload): the row count moves while we watch
         page.wait_for_function(
-            "(first) => { const e = document.querySelector('section[data-backfill=slow_fill] .rows');"
-            " return e && e.textContent !== first; }", arg=first, timeout=90_000)
+            "(first) => { const e = document.querySelector('tr[data-backfill=slow_fill] .rows');"
+            " return e && e.textContent.trim() !== first.trim(); }", arg=first, timeout=90_000)
         later = section.locator(".rows").inner_text()
         assert int(later.split()[0].replace(",", "")) > int(first.split()[0].replace(",", ""))
-        assert section.get_attribute("data-state") in ("running", "waiting", "done")
-        assert int(section.locator(".rate").inner_text().split()[0].replace(",", "")) > 0 or "done" in section.inner_text()
+        assert section.get_attribute("data-state") in ("running", "waiting for a pause", "done")
+
+        # the backfill's page: its chunk map, and the rate while it runs
+        page.goto(f"{stack.base}/rowfill/backfills/slow_fill")
+        assert page.locator(".map .c").count() == 6
+        assert "rows/s" in page.locator(".rate").inner_text()
 
         # the failed chunk of the earlier test: its error, and a link that opens its task instance
-        failed = page.locator("section[data-backfill=fail_fill] li.failed-chunk")
+        page.goto(f"{stack.base}/rowfill/backfills/fail_fill")
+        failed = page.locator("li.failed-chunk")
         assert failed.count() == 1 and "no name for id 1500" in failed.inner_text()
-        link = failed.locator("a.ti")
-        href = link.get_attribute("href")
+        href = failed.locator("a.ti").get_attribute("href")
         assert re.fullmatch(r"/dags/rowfill_fail_fill/runs/[^/]+/tasks/chunk/mapped/1", href), href
 
-        # inside the Airflow UI: the navigation entry opens the page in an iframe, signed in by cookie
+        # inside the Airflow UI: the navigation entry opens the overview in an iframe, signed in by cookie
         page.goto(f"{stack.base}/plugin/rowfill")
         frame = page.frame_locator("iframe")
-        frame.locator("section[data-backfill=slow_fill] .rows").wait_for()
-        assert "of ~36,000 rows" in frame.locator("section[data-backfill=slow_fill] .rows").inner_text()
-        frame.locator("section[data-backfill=fail_fill] a.ti").click()
+        frame.locator("tr[data-backfill=slow_fill] .rows").wait_for()
+        assert "of ~36,000 rows" in frame.locator("tr[data-backfill=slow_fill] .rows").inner_text()
+        frame.locator("tr[data-backfill=fail_fill] a.open").click()
+        frame.locator("li.failed-chunk a.ti").click()
         page.wait_for_url(re.compile(r".*/dags/rowfill_fail_fill/runs/.+/tasks/chunk/mapped/1$"))
         page.get_by_text("chunk 2/2 (id 1001..2000)").first.wait_for()
         page.screenshot(path=str(tmp_path / "task_instance.png"))
@@ -267,7 +271,7 @@ def test_the_page_stays_small_and_fast_with_a_thousand_chunks(stack, target):
     with engine.connect() as conn:
         before = conn.execute(text("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")).scalar()
     timings = {}
-    for path in ("/rowfill/api/progress", "/rowfill/", "/rowfill/fragment"):
+    for path in ("/rowfill/api/progress", "/rowfill/", "/rowfill/fragment", "/rowfill/backfills/wide_map"):
         t0 = time.monotonic()
         body, wire, encoding = get(stack, path, token=token, gzip_ok=True)
         timings[path] = (time.monotonic() - t0, len(body), wire, encoding)
@@ -277,16 +281,16 @@ def test_the_page_stays_small_and_fast_with_a_thousand_chunks(stack, target):
     data = {b["backfill"]: b for b in json.loads(get(stack, "/rowfill/api/progress", token=token)[0])}
     wide = data["wide_map"]
     assert len(wide["chunks"]) == 1_000 and wide["chunks_done"] == 400 and wide["chunks_failed"] == 10
-    page, _, _ = get(stack, "/rowfill/", token=token)
-    wide_html = page.split(b"data-backfill='wide_map'")[1].split(b"<section")[0]
-    assert wide_html.count(b"class='c ") == 1_000 and wide_html.count(b"failed-chunk") == 10
+    page, _, _ = get(stack, "/rowfill/backfills/wide_map", token=token)
+    wide_html = page.split(b"<div class='map'>")[1].split(b"</div>")[0]
+    assert wide_html.count(b"class='c ") == 1_000 and page.count(b"class='failed-chunk'") == 10
     for _path, (seconds, size, wire, _) in timings.items():
         assert seconds < 20  # generous: a shared 2-core machine; the numbers above are the measurement
         assert size < 600 * 1024 and wire < 200 * 1024
     with engine.connect() as conn:  # database work of the 3 requests + this query: a handful of transactions
         after = conn.execute(text("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")).scalar()
     # other tests' DAG runs and the stall watchdog share this database; one query per chunk would be >= 3,000
-    assert after - before < 300, after - before
+    assert after - before < 400, after - before
 
 
 def test_a_stalled_backfill_alerts_once_again_later_and_when_it_moves(stack, target, receivers):

@@ -12,13 +12,16 @@ import sys
 import pytest
 from sqlalchemy import text
 
-from helpers import make_users, spec_for
+from helpers import create_database, make_users, spec_for
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.report import backfill_summary
 from rowfill.engine.runner import ChunkRunner
 from rowfill.engine.verify import VerificationFailed, verify_backfill
 from rowfill.ops.cli import main
+from legacy_schema import create_legacy_schema
+from rowfill.engine.database import engine_from_url
 from rowfill.store.checkpoint import CheckpointStore
+from rowfill_dev.schema import migrate_database
 
 
 def cli(db_url, spec, *args) -> int:
@@ -123,7 +126,7 @@ def test_rows_still_matching_where_are_counted_by_verify_and_shown(engine, db_ur
     assert rows(engine, "SELECT count(*) FROM users WHERE full_name IS NULL") == [(142,)]
     assert rows(engine, "SELECT count(*) FROM users WHERE full_name <> first_name || ' ' || last_name") == [(0,)]
     if spec.undo:  # every written row is in the undo log, the still-matching ones too
-        assert rows(engine, "SELECT count(*) FROM rowfill.undo_users_full_name") == [(1_000,)]
+        assert rows(engine, "SELECT count(*) FROM rowfill.undo_rows WHERE backfill = 'users_full_name'") == [(1_000,)]
 
     assert cli(db_url, spec, "status") == 0
     assert "1,000 rows written (verify: 142 rows still match `where`)" in capsys.readouterr().out
@@ -150,16 +153,16 @@ def test_sql_mode_shows_what_verify_found(engine, db_url, tmp_path, capsys):
     assert rows(engine, "SELECT count(*) FROM users WHERE full_name = first_name") == [(300,)]
 
 
-def test_existing_checkpoint_tables_get_the_outcome_columns(engine):
-    from rowfill.store.checkpoint import DDL
-
+def test_existing_checkpoint_tables_get_the_outcome_columns(pg_cluster):
+    engine = engine_from_url(create_database(pg_cluster, "legacy_outcomes", migrated=False))
+    create_legacy_schema(engine, first_release=True)  # the tables as the first release created them
     with engine.begin() as conn:
-        conn.exec_driver_sql(DDL)  # the tables as the first release created them
         conn.execute(text("INSERT INTO rowfill.backfills (name, fingerprint, spec) VALUES ('old', 'x', '{}')"))
         conn.execute(text("INSERT INTO rowfill.chunks (backfill, chunk_no, lo, hi, est_rows, rows_written) "
                           "VALUES ('old', 1, '0', '10', 10, 10)"))
-    CheckpointStore(engine).ensure_schema()
+    migrate_database(engine)
     [row] = CheckpointStore(engine).chunks("old")
     assert (row.rows_written, row.batch_rows_worked) == (10, None)
     assert CheckpointStore(engine).verified("old") == (None, None)
     assert rows(engine, "SELECT to_regclass('rowfill.skipped_rows') IS NOT NULL") == [(True,)]
+    engine.dispose()

@@ -233,7 +233,6 @@ def legacy_plan(engine, spec, table: str) -> None:
     from rowfill.sql.sqlnames import TableName
 
     old = dataclasses.replace(spec, table=TableName("public", "orders"))
-    CheckpointStore(engine).ensure_schema()
     sql(engine, "INSERT INTO rowfill.backfills (name, fingerprint, spec) VALUES (:n, :f, CAST(:s AS jsonb))",
         n=spec.name, f=old.fingerprint, s=json.dumps(old.meaning))
     sql(engine, "INSERT INTO rowfill.chunks (backfill, chunk_no, lo, hi, est_rows, status) "

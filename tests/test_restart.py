@@ -235,8 +235,11 @@ def test_a_killed_runner_shows_stale_and_the_next_run_takes_its_chunk_over(pg, t
     summary = backfill_summary(engine, "add_points")
     assert summary.chunks_stale == 1 and summary.eta_seconds is None and "1 stale" in summary.line()
     spec = load_spec(path)
-    page = web.render_fragment([web._entry(spec, statuses(engine, ["add_points"])["add_points"])])
-    assert "st-stale" in page and "class='c s'" in page and "stale-chunk" in page and "ETA <span class='eta'>none" in page
+    entry = web._entry(spec, statuses(engine, ["add_points"])["add_points"], "running", {}, False)
+    page = web.render_fragment([entry])
+    cells, failures = web.chunk_map(entry)
+    assert "data-state='stale'" in page and "st tone-bad" in page and entry["eta_text"].startswith("none")
+    assert "class='c s'" in cells and [f["kind"] for f in failures] == ["stale"] and "lease ran out" in failures[0]["problem"]
 
     rerun = start_run(url, specs, worker="new-runner")
     code, out, err = finish(rerun)

@@ -153,7 +153,7 @@ def test_held_rows_are_skipped_then_written_once_released_every_row_once(engine,
     row = CheckpointStore(engine).chunk(spec.name, chunk.chunk_no)
     assert row.rows_written == (N - N // 10 if mode == "set with where" else N)
     if mode == "undo":  # every written row has its undo record, the late ones too
-        assert scalar(engine, "SELECT count(*) FROM rowfill.undo_items_n") == N
+        assert scalar(engine, "SELECT count(*) FROM rowfill.undo_rows WHERE backfill = 'items_n'") == N
 
 
 def test_a_live_write_to_a_row_of_the_batch_completes_while_the_application_holds_another(engine, tmp_path, monkeypatch):

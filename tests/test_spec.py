@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rowfill.airflow.specs_folder import specs_folder
 from rowfill.errors import SpecError, SpecErrors
-from rowfill.spec.spec import DEFAULT_SPECS_DIR, FIELDS, find_spec, load_spec, load_specs, specs_dir
+from rowfill.spec.spec import FIELDS, find_spec, load_spec, load_specs, specs_dir
 from rowfill.sql.sqlnames import TableName
 
 GOOD = {
@@ -285,10 +286,19 @@ def test_rowfill_specs_dir_is_honoured(tmp_path, monkeypatch):
     assert find_spec("mine").source == str(tmp_path / "mine.yaml")
 
 
-def test_without_rowfill_specs_dir_the_bundled_folder_is_used(monkeypatch):
+def test_without_a_configured_folder_specs_are_never_looked_for_in_the_installed_package(monkeypatch, tmp_path):
     monkeypatch.delenv("ROWFILL_SPECS_DIR", raising=False)
-    assert specs_dir() == DEFAULT_SPECS_DIR
-    assert DEFAULT_SPECS_DIR == Path(__file__).resolve().parents[1] / "include" / "specs"
+    monkeypatch.delenv("AIRFLOW__ROWFILL__SPECS_FOLDER", raising=False)
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(tmp_path / "dags"))
+    assert specs_dir() is None  # this layer reads no Airflow config; rowfill.airflow.specs_folder does
+    specs, [error] = load_specs()
+    assert specs == [] and "rowfill init DAGS_FOLDER" in str(error) and "AIRFLOW__ROWFILL__SPECS_FOLDER" in str(error)
+    assert specs_folder() == (tmp_path / "dags" / "rowfill").resolve()  # the rowfill/ folder of the DAG folder
+    assert specs_folder(tmp_path / "bundle" / "rowfill_dags.py") == (tmp_path / "bundle" / "rowfill").resolve()
+    monkeypatch.setenv("AIRFLOW__ROWFILL__SPECS_FOLDER", str(tmp_path / "configured"))
+    assert specs_folder(tmp_path / "bundle" / "rowfill_dags.py") == (tmp_path / "configured").resolve()
+    monkeypatch.setenv("ROWFILL_SPECS_DIR", str(tmp_path / "env"))
+    assert specs_folder() == (tmp_path / "env").resolve()  # kept from the first releases, and first
 
 
 def test_find_spec_reports_a_broken_spec_by_its_own_errors(tmp_path):

@@ -25,7 +25,7 @@ def test_nested_fields_are_frozen_value_types(tmp_path):
     spec = spec_for(tmp_path, gates={"replica_lag": {"wait": "10s", "critical": "5min"}, "lock_waiters": 5},
                     latency_probe={"sql": "SELECT 1", "limit": "20ms"},
                     window={"start": "01:00", "end": "06:00", "timezone": "Europe/Berlin"},
-                    alerts=[{"webhook": {"url": "https://hooks.example.com/x"}}])
+                    alerts=[{"webhook": {"connection": "rowfill_hook"}}])
     assert all(isinstance(g, GateSpec) for g in spec.gates.values())
     assert spec.gates["replica_lag"].wait == 10.0 and spec.gates["replica_lag"].critical == 300.0
     assert isinstance(spec.latency_probe, LatencySpec) and spec.latency_probe.limit == 0.02

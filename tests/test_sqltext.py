@@ -201,8 +201,9 @@ def test_undo_and_rollback_with_colons_in_set_and_where(engine, tmp_path):
     spec = accounts_spec(tmp_path, undo=True, where="NOT settings ? 'at'",
                          set={"settings": "settings || '{\"at\":true}'", "note": "'t:' || id"})
     assert sum(r.rows_written for r in run_all(engine, spec)) == N
-    assert scalar(engine, "SELECT count(*) FROM rowfill.undo_accounts_job WHERE new_settings->>'at' = 'true' "
-                          "AND new_note = 't:' || id AND old_note IS NULL") == N
+    assert scalar(engine, "SELECT count(*) FROM rowfill.undo_rows WHERE backfill = 'accounts_job' "
+                          "AND CAST(new ->> 'settings' AS jsonb) ->> 'at' = 'true' "
+                          "AND new ->> 'note' = 't:' || (key ->> 'id') AND old ->> 'note' IS NULL") == N
     rb = rollback_spec(spec)
     for c in plan_rollback(engine, spec):
         ChunkRunner(engine, rb, writer=RestoreWriter(rb, spec)).run(c.chunk_no)

@@ -14,17 +14,9 @@ from sqlalchemy import text
 from helpers import Lines, make_users, spec_for
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.runner import BatchObserver, ChunkRunner
-from rowfill.engine.throttle import Throttle
+from rowfill.engine.throttle import BatchDone, Go, Throttle, Wait
 from rowfill.errors import SpecErrors
 from rowfill.store.checkpoint import CheckpointStore
-
-
-class Sleeps:
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, seconds):
-        self.calls.append(seconds)
 
 
 class Batches(BatchObserver):
@@ -35,6 +27,17 @@ class Batches(BatchObserver):
         self.rows.append(seen)
         self.seconds.append(seconds)
         self.cursors.append(cursor)
+
+
+def pace(throttle: Throttle, seconds: float, rows: int) -> tuple[list[Wait], Go]:
+    """Tell the throttle a batch of ``rows`` took ``seconds`` and ask again until it says go, as the
+    runner does: the waits it decided on (nothing sleeps), and the go with the next batch's rows."""
+    waits, decision = [], throttle.next(BatchDone(seconds, rows))
+    while isinstance(decision, Wait):
+        waits.append(decision)
+        decision = throttle.next()
+    assert isinstance(decision, Go), decision
+    return waits, decision
 
 
 def logger_with(handler: logging.Handler, name: str) -> logging.Logger:
@@ -83,11 +86,11 @@ def test_bad_throttle_fields_name_the_field(tmp_path, fields, field, message):
 
 
 def test_pause_and_pause_ratio_add_up():
-    sleeps = Sleeps()
-    t = Throttle(pause=0.01, batch_rows=100, sleep=sleeps, pause_ratio=0.5)
-    t.after_batch(0.2, 100)
-    t.after_batch(0.04, 100)
-    assert sleeps.calls == pytest.approx([0.11, 0.03])
+    t = Throttle(pause=0.01, batch_rows=100, pause_ratio=0.5)
+    first, _ = pace(t, 0.2, 100)
+    second, _ = pace(t, 0.04, 100)
+    assert [w.seconds for w in first + second] == pytest.approx([0.11, 0.03])
+    assert [w.reason for w in first + second] == [None, None]  # the routine rest: not logged, no throttle state
     assert t.slept == pytest.approx(0.14)
 
 
@@ -96,12 +99,14 @@ def test_pause_and_pause_ratio_add_up():
 
 def test_batch_size_follows_the_cost_per_row_within_its_bounds():
     """A simulated table: 1 ms per row, then 0.05 ms per row, then 2 ms per row."""
-    t = Throttle(pause=0, batch_rows=100, sleep=Sleeps(), target_batch_time=0.2, min_batch_rows=10, max_batch_rows=3000)
+    t = Throttle(pause=0, batch_rows=100, target_batch_time=0.2, min_batch_rows=10, max_batch_rows=3000)
     sizes = []
+    go = t.next()
     for per_row in [0.001] * 8 + [0.00005] * 12 + [0.002] * 4:
-        rows = t.batch_rows
+        rows = go.rows
         sizes.append(rows)
-        t.after_batch(rows * per_row + 0.002, rows)  # plus a fixed 2 ms per transaction
+        waits, go = pace(t, rows * per_row + 0.002, rows)  # plus a fixed 2 ms per transaction
+        assert waits == []  # pause 0: no rest between batches
     assert sizes[0] == 100
     assert all(195 <= n <= 200 for n in sizes[1:9]), sizes  # settles where a batch takes ~0.2 s
     assert all(b <= 2 * a for a, b in zip(sizes[8:15], sizes[9:16])), sizes  # cheaper rows: grows, at most x2

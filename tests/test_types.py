@@ -3,12 +3,18 @@ table holds afterwards, for every type family a column can have: arrays of any l
 empty, NULL), json/jsonb, numeric, date/timestamp/timestamptz/interval, enums, domains, uuid,
 bytea, and NULLs. One test per family; each reads the stored values back and compares them with
 what the function returned. The transform functions live in this module (importable as
-``test_types``, as a worker imports a transform) and return ``VALUES[id]``."""
+``test_types``, as a worker imports a transform) and return ``VALUES[id]``.
+
+Every test runs for both batch forms (``batch_form: rows`` and ``columns``): the columnar
+function returns the same values as columns, and the table must end the same. The one
+difference: with columns there is no "leave this row alone" result, a None writes NULL."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+from collections.abc import Mapping
 from decimal import Decimal
 from uuid import UUID
 
@@ -22,10 +28,36 @@ from rowfill.errors import ChunkFailed
 from rowfill.store.checkpoint import CheckpointStore
 
 VALUES: dict[int, object] = {}  # id -> what the transform returns for that row
+FORM = {"batch_form": "rows", "returns": [], "json_value": False}  # the form under test, set per test
+
+
+@pytest.fixture(autouse=True, params=["rows", "columns"])
+def batch_form(request):
+    """Every test of this module runs once per batch form."""
+    FORM["batch_form"] = request.param
+    yield request.param
 
 
 def fill(rows):
     return [VALUES[r["id"]] for r in rows]
+
+
+def fill_columns(columns):
+    """``fill`` over columns: the same per-row results, as ``{column: [value per row]}``.
+
+    A per-row result that is a dict of the ``returns`` columns gives each column its value; a
+    bare value is the one column's value (also a dict, for one json column); None is NULL.
+    """
+    results = [VALUES[i] for i in columns["id"]]
+    returns = FORM["returns"]
+    if len(returns) == 1 and (FORM["json_value"] or not any(isinstance(r, Mapping) for r in results)):
+        return results
+    return {c: [None if r is None else r[c] for r in results] for c in returns}
+
+
+def form_fields() -> dict:
+    """The spec fields of the form under test."""
+    return {} if FORM["batch_form"] == "rows" else {"batch_form": "columns"}
 
 
 def round_trip(engine, tmp_path, columns: str, values: dict, returns: list[str], **fields):
@@ -35,8 +67,12 @@ def round_trip(engine, tmp_path, columns: str, values: dict, returns: list[str],
     with engine.begin() as conn:
         conn.execute(text(f"CREATE TABLE t (id int PRIMARY KEY, {columns})"))
         conn.execute(text("INSERT INTO t (id) SELECT unnest(CAST(:ids AS int[]))"), {"ids": sorted(values)})
-    spec = spec_for(tmp_path, name="types", table="public.t", where=None, set=None, transform="test_types:fill",
-                    select=["id"], returns=returns, chunk_rows=100, batch_rows=3, **fields)
+    FORM["returns"] = returns
+    FORM["json_value"] = len(returns) == 1 and bool(re.search(rf"\b{returns[0]} jsonb?\b", columns))
+    columnar = FORM["batch_form"] == "columns"
+    spec = spec_for(tmp_path, name="types", table="public.t", where=None, set=None,
+                    transform="test_types:fill_columns" if columnar else "test_types:fill",
+                    select=["id"], returns=returns, chunk_rows=100, batch_rows=3, **form_fields(), **fields)
     for chunk in plan_backfill(engine, spec):
         ChunkRunner(engine, spec).run(chunk.chunk_no)
     return spec
@@ -59,7 +95,8 @@ def test_arrays_of_any_length_ragged_empty_null_and_nested(engine, tmp_path, und
     # an empty array is stored as an empty array, not NULL; NULL stays NULL
     assert stored(engine, "SELECT id, tags IS NULL, cardinality(tags) FROM t WHERE id IN (2, 3)") == {2: (False, 0), 3: (True, None)}
     if undo:
-        assert stored(engine, "SELECT id, new_tags FROM rowfill.undo_types") == tags
+        assert stored(engine, "SELECT CAST(key ->> 'id' AS int), CAST(new ->> 'tags' AS text[]) FROM rowfill.undo_rows "
+                              "WHERE backfill = 'types'") == tags
 
 
 def test_an_array_element_too_long_for_its_column_fails_naming_the_row_and_column(engine, tmp_path):
@@ -82,7 +119,9 @@ def test_json_and_jsonb_values_of_every_shape(engine, tmp_path):
     got = stored(engine, "SELECT id, CAST(doc AS text) FROM t")
     assert {k: None if v is None else json.loads(v) for k, v in got.items()} == {**docs, 10: {"doc": None}, 11: None}
     assert stored(engine, "SELECT id, doc IS NULL FROM t WHERE id IN (5, 11)") == {5: True, 11: False}
-    assert sum(c.rows_written for c in CheckpointStore(engine).chunks(spec.name)) == 10
+    # None leaves row 5 alone per row; as a column value it writes NULL (the same final data here)
+    written = 10 if FORM["batch_form"] == "rows" else 11
+    assert sum(c.rows_written for c in CheckpointStore(engine).chunks(spec.name)) == written
 
 
 def test_json_and_jsonb_side_by_side_with_sql_null_and_json_null(engine, tmp_path):
@@ -190,18 +229,25 @@ def test_nulls_of_every_type_and_rows_left_alone(engine, tmp_path):
     assert got[3] == tuple(None if c in ("s", "j") else full[c] for c in names)
 
 
-def test_a_single_column_none_leaves_the_row_alone(engine, tmp_path):
+def test_a_single_column_none_leaves_the_row_alone(engine, tmp_path, batch_form):
+    """Per row, a bare None leaves the row alone; in a returned column, None is the value NULL."""
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (id int PRIMARY KEY, tags text[])"))
         conn.execute(text("INSERT INTO t VALUES (1, NULL), (2, '{kept}'), (3, NULL)"))
     VALUES.clear()
     VALUES.update({1: ["new"], 2: None, 3: []})
-    spec = spec_for(tmp_path, name="types", table="public.t", where=None, set=None, transform="test_types:fill",
-                    select=["id"], returns=["tags"], chunk_rows=100, batch_rows=2)
+    FORM.update(returns=["tags"], json_value=False)
+    spec = spec_for(tmp_path, name="types", table="public.t", where=None, set=None,
+                    transform="test_types:fill_columns" if batch_form == "columns" else "test_types:fill",
+                    select=["id"], returns=["tags"], chunk_rows=100, batch_rows=2, **form_fields())
     [chunk] = plan_backfill(engine, spec)
     ChunkRunner(engine, spec).run(chunk.chunk_no)
-    assert stored(engine, "SELECT id, tags FROM t") == {1: ["new"], 2: ["kept"], 3: []}
-    assert CheckpointStore(engine).chunk(spec.name, chunk.chunk_no).rows_written == 2
+    if batch_form == "rows":
+        assert stored(engine, "SELECT id, tags FROM t") == {1: ["new"], 2: ["kept"], 3: []}
+        assert CheckpointStore(engine).chunk(spec.name, chunk.chunk_no).rows_written == 2
+    else:
+        assert stored(engine, "SELECT id, tags FROM t") == {1: ["new"], 2: None, 3: []}
+        assert CheckpointStore(engine).chunk(spec.name, chunk.chunk_no).rows_written == 3
 
 
 # -- values read for a transform are the column's values, exactly ------------------------------------
@@ -215,6 +261,13 @@ def copy_columns(rows):
     return [{f"{k}_copy": v for k, v in r.items() if k != "id"} for r in rows]
 
 
+def copy_columns_columns(columns):
+    """``copy_columns`` over columns (``batch_form: columns``)."""
+    n = len(columns["id"])
+    SEEN.extend({k: v[i] for k, v in columns.items()} for i in range(n))
+    return {f"{k}_copy": v for k, v in columns.items() if k != "id"}
+
+
 def copy_through(engine, tmp_path, columns: list[tuple[str, str]], rows: str, **fields):
     """Table ``t`` with each (column, type) and its ``_copy``; ``rows``: INSERT ... SELECT text; a transform copies."""
     SEEN.clear()
@@ -223,8 +276,10 @@ def copy_through(engine, tmp_path, columns: list[tuple[str, str]], rows: str, **
         conn.execute(text(f"CREATE TABLE t (id int PRIMARY KEY, {ddl})"))
         conn.execute(text(f"INSERT INTO t (id, {', '.join(c for c, _ in columns)}) {rows}"))
     names = [c for c, _ in columns]
-    spec = spec_for(tmp_path, name="copies", table="public.t", where=None, set=None, transform="test_types:copy_columns",
-                    select=names, returns=[f"{c}_copy" for c in names], chunk_rows=100, batch_rows=2, **fields)
+    function = "copy_columns_columns" if FORM["batch_form"] == "columns" else "copy_columns"
+    spec = spec_for(tmp_path, name="copies", table="public.t", where=None, set=None, transform=f"test_types:{function}",
+                    select=names, returns=[f"{c}_copy" for c in names], chunk_rows=100, batch_rows=2,
+                    **form_fields(), **fields)
     for chunk in plan_backfill(engine, spec):
         ChunkRunner(engine, spec).run(chunk.chunk_no)
 

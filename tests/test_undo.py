@@ -63,14 +63,15 @@ def test_a_backfill_and_its_rollback_leave_the_table_as_it_was(engine, tmp_path)
     results = backfill(engine, spec)
     assert sum(r.rows_written for r in results) == 2_800
     assert content(engine) != before
-    assert scalar(engine, "SELECT count(*) FROM rowfill.undo_users_full_name") == 2_800
-    assert scalar(engine, "SELECT count(*) FROM rowfill.undo_users_full_name WHERE old_full_name IS NOT NULL "
-                          "OR old_points <> 0 OR new_points <> 7") == 0
+    assert scalar(engine, "SELECT count(*) FROM rowfill.undo_rows WHERE backfill = 'users_full_name'") == 2_800
+    assert scalar(engine, "SELECT count(*) FROM rowfill.undo_rows WHERE backfill = 'users_full_name' AND "
+                          "(old ->> 'full_name' IS NOT NULL OR CAST(old ->> 'points' AS int) <> 0 "
+                          "OR CAST(new ->> 'points' AS int) <> 7)") == 0
 
     result = rollback(engine, spec)
     assert (result.restored, result.left_alone) == (2_800, 0)
     assert content(engine) == before
-    assert scalar(engine, "SELECT count(*) FROM rowfill.undo_users_full_name") == 0
+    assert scalar(engine, "SELECT count(*) FROM rowfill.undo_rows WHERE backfill = 'users_full_name'") == 0
 
 
 def test_the_loyalty_transform_rolls_back_too(engine, tmp_path):
@@ -248,9 +249,9 @@ def test_a_crash_in_the_middle_of_the_backfill_then_rollback_restores_everything
         changed = scalar(engine, "SELECT count(*) FROM users WHERE full_name IS NOT NULL")
         assert 0 < changed < 12_000
         # every changed row has its undo record and no other row has one: they commit together
-        assert scalar(engine, "SELECT count(*) FROM rowfill.undo_users_full_name") == changed
-        assert scalar(engine, "SELECT count(*) FROM users u JOIN rowfill.undo_users_full_name r USING (id) "
-                              "WHERE u.full_name IS NULL OR u.points <> 7") == 0
+        assert scalar(engine, "SELECT count(*) FROM rowfill.undo_rows WHERE backfill = 'users_full_name'") == changed
+        assert scalar(engine, "SELECT count(*) FROM users u JOIN rowfill.undo_rows r ON CAST(r.key ->> 'id' AS bigint) = u.id "
+                              "WHERE r.backfill = 'users_full_name' AND (u.full_name IS NULL OR u.points <> 7)") == 0
         finish(db_url, spec, "rollback", log)  # roll back straight from the crashed state
     assert content(engine) == before
 
@@ -267,7 +268,7 @@ def test_a_crash_in_the_middle_of_the_rollback_resumes_and_restores_everything(e
         assert 0 < progress(engine, f"{spec.name}.rollback") < 12_000
         finish(db_url, spec, "rollback", log)
     assert content(engine) == before
-    assert scalar(engine, "SELECT count(*) FROM rowfill.undo_users_full_name") == 0
+    assert scalar(engine, "SELECT count(*) FROM rowfill.undo_rows WHERE backfill = 'users_full_name'") == 0
 
 
 # -- the rollback DAG -------------------------------------------------------------------------
@@ -296,3 +297,60 @@ def test_the_rollback_dag_is_manual_and_restores_through_airflow(tmp_path, db_ur
     assert run.state == "success"
     assert content(engine) == before
     assert CheckpointStore(engine).backfill_names() == []  # the backfill starts over next time
+
+
+def test_records_of_an_earlier_version_are_never_mixed_with_the_new_ones(engine, tmp_path):
+    """The shared undo log keeps one shape per backfill: after a reset, a spec that changes other
+    columns is refused until the earlier records are rolled back or deleted (the rollback would
+    restore the wrong columns otherwise)."""
+    make_users(engine, 300)
+    backfill(engine, users_spec(tmp_path, chunk_rows=300))
+    CheckpointStore(engine).reset("users_full_name")
+    changed = users_spec(tmp_path, chunk_rows=300, set={"points": "points + 1"}, where=None)
+    with pytest.raises(RowfillError, match=r"field 'undo'.*earlier version.*DELETE FROM \"rowfill\".\"undo_rows\""):
+        plan_backfill(engine, changed)
+    assert scalar(engine, "SELECT count(*) FROM users WHERE points = 8") == 0  # nothing written
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM rowfill.undo_rows WHERE backfill = 'users_full_name'"))
+    backfill(engine, changed)
+    assert scalar(engine, "SELECT count(*) FROM users WHERE points = 8") == 300
+
+
+def session_engine(db_url: str, **settings: str):
+    """An engine whose sessions start with ``settings`` (libpq ``options``), as a role's or a host's defaults would."""
+    from urllib.parse import quote as urlquote
+    from rowfill.engine.database import engine_from_url
+    options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    return engine_from_url(f"{db_url}?options={urlquote(options)}")
+
+
+def test_a_rollback_restores_exactly_under_other_date_interval_and_float_settings(db_url, tmp_path):
+    # recorded values are text: a rollback run from a session with another DateStyle (day-month vs
+    # month-day), IntervalStyle or extra_float_digits must still read them back as the same values
+    recording = session_engine(db_url, DateStyle="SQL,DMY", IntervalStyle="sql_standard", extra_float_digits="0")
+    restoring = session_engine(db_url, DateStyle="SQL,MDY", IntervalStyle="iso_8601", extra_float_digits="1")
+    try:
+        with recording.begin() as conn:
+            conn.execute(text(
+                "CREATE TABLE events (id int PRIMARY KEY, day date, at timestamp, at_tz timestamptz, took interval, "
+                "ratio float8, small float4, done boolean)"))
+            conn.execute(text(
+                "INSERT INTO events SELECT g, date '2020-01-02' + g, timestamp '2020-03-04 05:06:07.123456' + g * interval '1 h', "
+                "timestamptz '2020-03-04 05:06:07.5+02' + g * interval '1 min', interval '1 mon 2 days 03:04:05.6' * g, "
+                "0.1 + g / 3.0, (1.0 / 3 + g)::float4, false FROM generate_series(1, 400) g"))
+        before = content(recording, "events")
+        spec = spec_for(tmp_path, table="events", where="NOT done", undo=True, chunk_rows=150, batch_rows=40,
+                        set={"day": "day + 40", "at": "at + interval '3 days'", "at_tz": "at_tz - interval '5 h'",
+                             "took": "took * 2", "ratio": "ratio * 7", "small": "small * 3", "done": "true"})
+        backfill(recording, spec)
+        assert content(recording, "events") != before
+        result = rollback(restoring, spec)
+        assert (result.restored, result.left_alone) == (400, 0)
+        assert content(recording, "events") == before
+        with restoring.connect() as conn:  # and compared as values, not only as one session's text
+            assert conn.execute(text("SELECT count(*) FROM events WHERE day <> date '2020-01-02' + id "
+                                     "OR ratio <> 0.1 + id / 3.0 OR small <> (1.0 / 3 + id)::float4 "
+                                     "OR took <> interval '1 mon 2 days 03:04:05.6' * id OR done")).scalar() == 0
+    finally:
+        recording.dispose()
+        restoring.dispose()

@@ -9,12 +9,12 @@ import re
 from sqlalchemy import text
 
 from helpers import make_users, spec_for, write_spec
-from rowfill.airflow.web import collect, render_fragment, render_page
+from rowfill.airflow.web import backfill_page, collect, render_page
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.runner import ChunkRunner
 
 
-def test_the_page_shows_progress_chunk_map_and_an_escaped_error_with_its_task_link(engine, db_url, tmp_path, monkeypatch):
+def test_the_pages_show_progress_chunk_map_and_an_escaped_error_with_its_task_link(engine, db_url, tmp_path, monkeypatch):
     make_users(engine, 3_000)
     write_spec(tmp_path, chunk_rows=1_000)
     spec = spec_for(tmp_path, chunk_rows=1_000)
@@ -28,24 +28,21 @@ def test_the_page_shows_progress_chunk_map_and_an_escaped_error_with_its_task_li
 
     [entry] = collect()
     assert entry["state"] == "failed" and entry["rows_seen"] == 1_000 and entry["rows_estimated"] == 3_000
-    page = render_page([entry], ui_base="/airflow")
+    assert entry["console_state"] == "failed" and entry["tone"] == "bad"
+    overview = render_page([entry], ui_base="/airflow")
+    assert "1,000 of ~3,000" in overview and "<script>alert(1)" not in overview
+    assert "href='/rowfill/backfills/users_full_name'" in overview
+
+    page = backfill_page(spec, ui_base="/airflow")
     assert "1,000 of ~3,000 rows" in page and "(33.3%)" in page
-    cells = re.findall(r"<(?:a|i) class='c (\w)'", render_fragment([entry]))
+    cells = re.findall(r"<(?:a|i) class='c (\w)'", page.split("<div class='map'>")[1].split("</div>")[0])
     assert cells == ["d", "f", "p"]
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     link = "/airflow/dags/rowfill_users_full_name/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/tasks/chunk/mapped/1"
     assert f"<a class='ti' href='{link}' target='_top'>" in page
-    # live control is installed (rowfill.engine.control): a failed backfill still offers pause
-    assert "data-action='pause'" in render_fragment([entry])
-
-
-def test_pause_and_resume_buttons_appear_only_with_a_control_provider():
-    entry = {"backfill": "b", "dag_id": "rowfill_b", "state": "running", "rows_estimated": 10, "rows_seen": 5,
-             "share": 0.5, "chunks": [], "control": {"available": True, "state": "paused"}}
-    html = render_fragment([entry])
-    assert "<button class='ctl' data-dag='rowfill_b' data-action='resume'>resume</button>" in html
-    entry["control"]["state"] = "running"
-    assert "data-action='pause'>pause</button>" in render_fragment([entry])
+    # the actions are there (a failed backfill may still be paused), and the charts are inline SVG
+    assert "data-action='pause'" in page and "data-action='retry'" in page
+    assert page.count("<svg class='chart'") == 3 and "rows per second" in page
 
 
 # -- bad specs, who sees them, and cross-site POSTs (issue 10) ----------------------------------
@@ -113,7 +110,7 @@ def test_bad_specs_show_on_the_page_next_to_good_ones_with_paths_relative_to_the
     assert entries["huge.yaml"]["state"] == "invalid spec" and entries["huge.yaml"]["field"] == "retry_delay"
     assert entries["huge.yaml"]["error"].startswith("huge.yaml: field 'retry_delay': ")
     assert "1,000 of ~3,000 rows" in page.text
-    assert "latin.yaml: is not UTF-8" in page.text and "huge.yaml: field &#x27;retry_delay&#x27;" in page.text
+    assert "latin.yaml: is not UTF-8" in page.text and "huge.yaml: field &#39;retry_delay&#39;" in page.text
     for body in (page.text, fragment.text, progress.text):
         assert str(specs) not in body and str(specs.resolve()) not in body, "an absolute server path is on the page"
 

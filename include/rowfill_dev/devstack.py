@@ -85,6 +85,8 @@ class AirflowStack:
             self.env["AIRFLOW_CONN_APP_DB"] = target_url
         if specs_dir:
             self.env["ROWFILL_SPECS_DIR"] = str(specs_dir)
+        else:  # the repository's example specs (an installed rowfill reads dags/rowfill/ by default)
+            self.env.setdefault("AIRFLOW__ROWFILL__SPECS_FOLDER", str(PROJECT / "include" / "specs"))
         self.env.update(extra_env or {})
         self.env.pop("ROWFILL_DATABASE_URL", None)  # tasks must use the Airflow connection
 

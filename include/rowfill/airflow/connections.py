@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from sqlalchemy.engine import Engine
 
-from rowfill.engine.database import check_reachable, engine_from_url
+from rowfill.engine.database import check_reachable, engine_from_url, with_text_formats
 from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
 
@@ -68,7 +68,8 @@ def engine_from_airflow(conn_id: str) -> Engine:
     extra = conn.extra_dejson or {}
     connect_args = {"application_name": "rowfill", "connect_timeout": 10}
     connect_args.update({k: extra[k] for k in _LIBPQ_EXTRAS if k in extra})
-    return hook.get_sqlalchemy_engine(engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args})
+    return with_text_formats(
+        hook.get_sqlalchemy_engine(engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args}))
 
 
 def engine_for(connection: str, url: str | None = None) -> Engine:

@@ -4,6 +4,9 @@ Shape of every backfill DAG::
 
     plan  ->  chunk[1..N] (mapped, pool + max_active_tis_per_dagrun)  ->  verify  ->  summary
 
+verify's outlet is the table's Airflow Asset (through an alias, ``rowfill.airflow.assets``): a run that
+passed verify tells the DAGs scheduled on that table.
+
 Bad specs do not stop good ones: their errors become an import error of a separate DAG file
 (shown in Airflow's UI banner and ``airflow dags list-import-errors``), while the good specs'
 DAGs load and run normally. "Bad" includes a spec that loads but whose DAG cannot be built (a
@@ -20,7 +23,7 @@ from pathlib import Path
 from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
-from rowfill.airflow import alerts
+from rowfill.airflow import alerts, assets
 from rowfill.airflow.chunk_settings import mapped_chunk_settings, spec_timedelta
 from rowfill.airflow.operators import (
     BackfillChunkOperator,
@@ -30,6 +33,7 @@ from rowfill.airflow.operators import (
 )
 from rowfill.airflow.rollback_dag import build_rollback_dag, clashes, rollback_dag_id
 from rowfill.airflow.runparams import trigger_params
+from rowfill.airflow.specs_folder import specs_folder
 from rowfill.airflow.stall import StallWatchdogOperator
 from rowfill.errors import SpecError, SpecErrors
 from rowfill.spec.spec import Spec, load_specs
@@ -94,7 +98,7 @@ def build_dag(spec: Spec) -> DAG:
         ).expand(chunk=plan.output)
         # none_failed: when every chunk is already done the mapped task is skipped, and the
         # run should still verify and report instead of skipping to the end.
-        verify = VerifyBackfillOperator(task_id="verify", spec=spec, trigger_rule="none_failed")
+        verify = VerifyBackfillOperator(task_id="verify", spec=spec, trigger_rule="none_failed", outlets=assets.outlets(spec))
         summary = BackfillSummaryOperator(task_id="summary", spec=spec, trigger_rule="none_failed")
         chunks >> verify >> summary
         if spec.stall_after:
@@ -145,8 +149,12 @@ def spec_dags(spec: Spec, taken: set[str] = frozenset()) -> dict[str, DAG]:
 def build_all(directory=None) -> tuple[dict[str, DAG], list[SpecError]]:
     """Every good spec's DAGs by DAG id, and the errors of every bad spec: those that do not load
     and those whose DAGs cannot be built (``spec_dags``). Each spec is built on its own, so one that
-    fails becomes its own error while the other specs' DAGs stay. Never raises for a spec."""
-    specs, errors = load_specs(directory)
+    fails becomes its own error while the other specs' DAGs stay. Never raises for a spec.
+
+    :param directory: the specs folder (default ``specs_folder()``: ``ROWFILL_SPECS_DIR``,
+        ``[rowfill] specs_folder``, else ``rowfill/`` in ``[core] dags_folder``).
+    """
+    specs, errors = load_specs(directory or specs_folder())
     taken = {s.dag_id for s in specs}
     dags: dict[str, DAG] = {}
     for spec in specs:
@@ -158,19 +166,45 @@ def build_all(directory=None) -> tuple[dict[str, DAG], list[SpecError]]:
 
 
 def build_dags(directory=None) -> dict[str, DAG]:
-    """Every good spec's DAG, for ``dags/rowfill_dags.py``; bad specs are reported by
-    ``raise_spec_errors`` from a file of their own (see ``build_all``)."""
+    """Every good spec's DAG; bad specs are reported by ``raise_spec_errors`` from a file of their own
+    (see ``build_all``). ``directory``: as ``build_all``."""
     return build_all(directory)[0]
 
 
 def raise_spec_errors(directory=None) -> None:
-    """Raise all bad specs' errors at once, for ``dags/rowfill_spec_errors.py``.
+    """Raise all bad specs' errors at once (``directory``: as ``build_all``).
 
     Airflow marks every DAG of a file that has an import error as stale and refuses to trigger
     it, so the errors must come from a different DAG file than the good DAGs: there they show in
     the UI's import-error banner and in ``airflow dags list-import-errors`` without hiding anything.
     The DAGs built here to find build errors are thrown away (they are not auto-registered).
+
+    :raises SpecErrors: every bad spec's errors, when there is one.
     """
     errors = build_all(directory)[1]
     if errors:
         raise SpecErrors(errors)
+
+
+def dags_here(namespace: dict) -> None:
+    """The whole body of the one-line DAG file ``rowfill init`` writes::
+
+        from rowfill.airflow.factory import dags_here; dags_here(globals())
+
+    Adds every good spec's DAGs to the DAG file's globals, where Airflow's DAG processor finds them.
+    The specs folder is ``specs_folder(<the DAG file>)``: configured, else ``rowfill/`` beside the file.
+
+    :param namespace: the DAG file's ``globals()`` (its ``__file__`` locates the default specs folder).
+    """
+    namespace.update(build_dags(specs_folder(namespace.get("__file__"))))
+
+
+def spec_errors_here(namespace: dict) -> None:
+    """The whole body of the one-line spec-errors DAG file ``rowfill init`` writes::
+
+        from rowfill.airflow.factory import spec_errors_here; spec_errors_here(globals())
+
+    :param namespace: the DAG file's ``globals()`` (its ``__file__`` locates the default specs folder).
+    :raises SpecErrors: every bad spec's errors, shown as this file's import error (``raise_spec_errors``).
+    """
+    raise_spec_errors(specs_folder(namespace.get("__file__")))

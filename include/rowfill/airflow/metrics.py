@@ -21,12 +21,9 @@ import time
 from datetime import timedelta
 from typing import Callable
 
-from sqlalchemy import text
+from rowfill.sql import gates as stat_reads
 
 log = logging.getLogger("rowfill.metrics")
-
-_LAG = text("SELECT extract(epoch FROM max(replay_lag)), max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) "
-            "FROM pg_stat_replication")
 
 
 def stats():
@@ -45,7 +42,7 @@ def replica_lag(engine) -> tuple[float | None, float | None]:
     then, which is why both are sent. Seeing them needs the ``pg_monitor`` role (or superuser).
     """
     with engine.connect() as conn:
-        seconds, behind = conn.execute(_LAG).one()
+        seconds, behind = conn.execute(*stat_reads.replica_lag()).one()
     return (None if seconds is None else float(seconds)), (None if behind is None else float(behind))
 
 

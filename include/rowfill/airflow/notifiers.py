@@ -1,7 +1,8 @@
 """Where alerts go: the spec's ``alerts`` list (``rowfill.spec.alert_targets``), turned into Airflow notifiers.
 
-Using Airflow's own notifiers (``airflow.sdk.BaseNotifier``) keeps credentials in Airflow
-connections, where operators already manage them, instead of in YAML. Every target is tried even
+Using Airflow's own notifiers (``airflow.sdk.BaseNotifier``: the SMTP and Slack providers', any class a
+spec names) and Airflow connections (a webhook's URL and headers) keeps credentials where operators
+already manage them, instead of in YAML, which the spec refuses. Every target is tried even
 if another one fails, and a failure to deliver is logged loudly but never raised: an alert that
 cannot be sent must not turn a successful run into a failed one or hide the original error.
 """
@@ -9,14 +10,16 @@ cannot be sent must not turn a successful run into a failed one or hide the orig
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
+import importlib
 import json
 import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from airflow.sdk import BaseNotifier
+from airflow.sdk import BaseHook, BaseNotifier
 
 from rowfill.spec.alert_targets import AlertTarget
 
@@ -39,20 +42,51 @@ class Alert:
 
 
 # -- notifiers -----------------------------------------------------------------------------------
+def webhook_request(connection: str, endpoint: str | None = None) -> tuple[str, dict[str, str]]:
+    """The URL and headers of a webhook, read from its Airflow HTTP connection, as the HTTP provider's
+    ``HttpHook`` reads one (provider docs, "HTTP Connection"): ``host`` is the URL when it holds
+    ``://``, else ``schema`` (http/https, default http) + ``host`` + ``port``; ``endpoint`` is appended;
+    the extra's keys are headers; ``login``/``password`` become basic auth.
+
+    :param connection: the Airflow connection id (``webhook: {connection: ...}``).
+    :param endpoint: a path appended to the connection's URL, or None.
+    :returns: (URL, headers).
+    :raises AirflowNotFoundException: (from Airflow) no such connection. :raises ValueError: no host.
+    """
+    conn = BaseHook.get_connection(connection)
+    host = (conn.host or "").strip()
+    if not host:
+        raise ValueError(f"Airflow connection {connection!r} has no host; set it to the webhook's URL")
+    if "://" in host:
+        base = host
+    else:
+        base = f"{conn.schema or 'http'}://{host}{f':{conn.port}' if conn.port else ''}"
+    url = base.rstrip("/") + ("/" + endpoint.lstrip("/") if endpoint else "")
+    headers = {str(k): str(v) for k, v in (conn.extra_dejson or {}).items()}
+    if conn.login:
+        token = base64.b64encode(f"{conn.login}:{conn.password or ''}".encode()).decode()
+        headers.setdefault("Authorization", f"Basic {token}")
+    return url, headers
+
+
 class WebhookNotifier(BaseNotifier):
     """A generic HTTP webhook: POSTs the alert as JSON (``text`` first, so Slack- or Teams-style
     incoming webhooks show it as it is) and raises on any non-2xx answer."""
 
     template_fields = ()
 
-    def __init__(self, url: str, payload: dict, headers: dict | None = None, timeout: float = 10.0):
+    def __init__(self, connection: str, payload: dict, endpoint: str | None = None, timeout: float = 10.0):
+        """:param connection: the Airflow HTTP connection holding the URL and headers (``webhook_request``).
+        :param payload: the JSON body. :param endpoint: a path after the connection's URL.
+        :param timeout: seconds to wait for the answer."""
         super().__init__()
-        self.url, self.payload, self.headers, self.timeout = url, payload, headers or {}, timeout
+        self.connection, self.payload, self.endpoint, self.timeout = connection, payload, endpoint, timeout
 
     def _post(self) -> int:
-        req = urllib.request.Request(self.url, data=json.dumps(self.payload, default=str).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "rowfill", **self.headers})
-        with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - the spec's own URL
+        url, headers = webhook_request(self.connection, self.endpoint)
+        req = urllib.request.Request(url, data=json.dumps(self.payload, default=str).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "User-Agent": "rowfill", **headers})
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - the connection's own URL
             return resp.status
 
     def notify(self, context):
@@ -64,16 +98,34 @@ class WebhookNotifier(BaseNotifier):
         await asyncio.to_thread(self._post)
 
 
+def notifier_class(path: str) -> type:
+    """The notifier class a ``notifier: {class: module.path:ClassName}`` entry names (``module.path.ClassName`` too).
+
+    :raises ImportError: the module does not import. :raises TypeError: it is not an Airflow notifier.
+    """
+    module, _, name = path.partition(":") if ":" in path else path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseNotifier)):
+        raise TypeError(f"{path} is not an Airflow notifier (a subclass of airflow.sdk.BaseNotifier)")
+    return cls
+
+
 def notifier_for(target: AlertTarget, alert: Alert):
-    """A ready-to-call Airflow notifier for one target and one alert (texts already final, no templating).
+    """A ready-to-call Airflow notifier for one target and one alert.
 
     :param target: a checked ``alerts`` entry; ``smtp`` uses the SMTP provider's ``SmtpNotifier``,
-        ``slack`` the Slack provider's ``SlackNotifier`` (Airflow provider docs, "Notifications").
+        ``slack`` the Slack provider's ``SlackNotifier`` (Airflow provider docs, "Notifications"),
+        ``webhook`` rowfill's ``WebhookNotifier`` on an Airflow HTTP connection, ``notifier`` the named
+        class built with the entry's ``args`` (its template fields are rendered by ``deliver``, with
+        ``rowfill`` = the alert's payload in the context).
     :raises AssertionError: for a kind ``rowfill.spec.alert_targets`` does not accept (a bug, not a spec error).
+    :raises ImportError: / TypeError: a ``notifier`` class that does not import or is not a notifier.
     """
     o = target.options
     if target.kind == "webhook":
-        return WebhookNotifier(o["url"], alert.payload(), o.get("headers"), o.get("timeout", 10.0))
+        return WebhookNotifier(o["connection"], alert.payload(), o.get("endpoint"), o.get("timeout", 10.0))
+    if target.kind == "notifier":
+        return notifier_class(o["class"])(**o.get("args", {}))
     if target.kind == "smtp":
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
@@ -108,7 +160,10 @@ def deliver(targets, alert: Alert, context: dict | None = None) -> list[str]:
         if alert.event not in target.events:
             continue
         try:
-            notifier_for(target, alert).notify(context)
+            notifier = notifier_for(target, alert)
+            if target.kind == "notifier":  # its args may be templates: "{{ rowfill.text }}"
+                notifier.render_template_fields({**context, "rowfill": alert.payload()})
+            notifier.notify(context)
         except Exception as exc:  # noqa: BLE001 - one broken target must not stop the others
             failed.append(target.describe())
             log.error("rowfill: could not send the %s alert of %s to %s: %s: %s", alert.event, alert.backfill,

@@ -6,13 +6,11 @@ Kept out of the runner so the batch loop stays about data: observers learn of ea
 
 from __future__ import annotations
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from rowfill.airflow.metrics import BatchMetrics
 from rowfill.spec.spec import Spec
-from rowfill.sql.session import set_local
-from rowfill.store.checkpoint import SCHEMA
+from rowfill.store.checkpoint import CheckpointStore
 from rowfill.store.rates import RateRecorder
 
 
@@ -30,7 +28,4 @@ def remember_task_instance(engine: Engine, backfill: str, chunk_no: int, map_ind
     """
     if map_index is None:
         return
-    with engine.begin() as conn:
-        set_local(conn, lock_timeout=10.0)
-        conn.execute(text(f"UPDATE {SCHEMA}.chunks SET map_index = :m WHERE backfill = :n AND chunk_no = :c"),
-                     {"m": map_index, "n": backfill, "c": chunk_no})
+    CheckpointStore(engine).note_task_instance(backfill, chunk_no, map_index)

@@ -13,7 +13,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-from rowfill.airflow import task_control
+from rowfill.airflow import assets, task_control
 from rowfill.airflow.chunk_settings import max_map_length
 from rowfill.airflow.connections import target_engine
 from rowfill.airflow.mapped_chunk import MappedChunk
@@ -140,8 +140,10 @@ class BackfillChunkOperator(SpecOperator):
 class VerifyBackfillOperator(SpecOperator):
     """Fail loudly if a chunk is unfinished or rows anywhere in the table still match ``where``.
 
-    Returns ``{"chunks": n, "remaining": rows still matching where, or None without where}``;
-    skipped in a dry run and when the backfill is cancelled.
+    Returns ``{"chunks": n, "remaining": rows still matching where, or None without where, "asset": URI}``;
+    skipped in a dry run and when the backfill is cancelled. Once verify has passed, the table's Airflow
+    Asset gets an event (``rowfill.airflow.assets``; declare ``outlets=assets.outlets(spec)``), so DAGs
+    scheduled on the table run next.
 
     :param spec: the backfill.
     """
@@ -156,11 +158,18 @@ class VerifyBackfillOperator(SpecOperator):
         with target_engine(self.spec) as engine:
             task_control.before_verify(engine, self.spec, context)
             result = verify_backfill(engine, self.spec)
+            # the table planned on, schema-qualified, names the Asset
+            spec = reconnect.call(lambda: pinned_spec(engine, self.spec), self.spec, "checking the planned table", self.log)
+            url = engine.url
         if result.remaining is None:
             self.log.info("%s: all %d chunks done (no `where` to re-check)", self.spec.name, result.chunks)
         else:
             self.log.info("%s: all %d chunks done; no row of the table matches `where` any more", self.spec.name, result.chunks)
-        return {"chunks": result.chunks, "remaining": result.remaining}
+        uri = assets.emit_table_event(context, url, spec, {"backfill": spec.name, "run_id": context["run_id"],
+                                                            "chunks": result.chunks})
+        if uri:
+            self.log.info("%s: Asset event for %s", spec.name, uri)
+        return {"chunks": result.chunks, "remaining": result.remaining, "asset": uri}
 
 
 class BackfillSummaryOperator(SpecOperator):

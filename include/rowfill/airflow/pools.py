@@ -1,8 +1,8 @@
 """Airflow pools for rowfill: which ones the specs need, and a loud check that they exist.
 
 Airflow 3 leaves a task whose pool does not exist in ``scheduled`` forever, without an error,
-and tasks cannot create pools. So pools are created at deploy time from ``include/pools.json``
-(``airflow pools import``), and the plan task checks through Airflow's REST API that the pool is
+and tasks cannot create pools. So pools are created at deploy time from the pools file
+(``rowfill pools --write`` writes ``<specs folder>/pools.json``; ``airflow pools import`` loads it), and the plan task checks through Airflow's REST API that the pool is
 there, failing with the exact command to run when it is not.
 """
 
@@ -12,12 +12,11 @@ import json
 import urllib.error
 import urllib.request
 from pathlib import Path
-
+from rowfill.airflow.specs_folder import POOLS_FILE_NAME
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
 
 API_CONNECTION = "rowfill_airflow_api"
-POOLS_FILE = Path(__file__).resolve().parents[2] / "pools.json"  # include/pools.json
 
 
 class PoolMissing(RowfillError):
@@ -67,7 +66,8 @@ def check_pool(spec: Spec, log) -> bool | None:
             raise PoolMissing(
                 f"Airflow pool {spec.pool_name!r} does not exist, so the chunk tasks of {spec.dag_id} would wait in "
                 f"'scheduled' forever. Create it, then clear this task: {create_command(spec)} "
-                f"(or import all rowfill pools: airflow pools import include/pools.json)"
+                f"(or import all rowfill pools: rowfill pools --write && airflow pools import "
+                f"{Path(spec.source).parent / POOLS_FILE_NAME})"
             ) from exc
         log.warning("Could not check pool %r through the Airflow API (%s %s); continuing", spec.pool_name, exc.code, exc.reason)
     except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:

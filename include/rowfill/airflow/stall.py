@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from sqlalchemy import text
 
 from rowfill.airflow import alerts
 from rowfill.airflow.connections import engine_for
@@ -39,13 +38,11 @@ from rowfill.airflow.notifiers import adeliver
 from rowfill.airflow.operators import SpecOperator
 from rowfill.engine.disconnects import describe, is_connection_error
 from rowfill.spec.spec import load_spec
-from rowfill.store.checkpoint import SCHEMA
+from rowfill.store.checkpoint import CheckpointStore
 
 log = logging.getLogger("rowfill.stall")
 
 FINISHED = ["success", "failed", "skipped", "upstream_failed", "removed"]
-_SIGNATURE = text(f"SELECT coalesce(sum(batches), 0), count(*) FILTER (WHERE status = 'done'), "
-                  f"count(*) FILTER (WHERE status IN ('running', 'pending')) FROM {SCHEMA}.chunks WHERE backfill = :n")
 
 
 def poll_interval(stall_after: float) -> float:
@@ -167,9 +164,7 @@ class StallTrigger(BaseTrigger):
 
 
 def _signature(engine, name: str) -> tuple[int, int, int]:
-    with engine.connect() as conn:
-        batches, done, open_chunks = conn.execute(_SIGNATURE, {"n": name}).one()
-    return int(batches), int(done), int(open_chunks)
+    return CheckpointStore(engine).signature(name)
 
 
 class StallWatchdogOperator(SpecOperator):

@@ -9,7 +9,10 @@ The operators stay thin and call in here; the decisions themselves live in ``chu
   says "cancelled" and the run ends without a failure;
 - a **critical gate** fails the chunk without Airflow retries (retrying into a database in
   trouble is what ``critical`` is there to prevent); clear the task once it has recovered;
-- a **dry run** plans read-only, reports, and maps no chunk at all.
+- a **dry run** plans read-only, reports, and maps no chunk at all;
+- Airflow's own **DAG pause toggle** stops a running chunk at the next batch boundary
+  (``dag_pause.DagPauseWatch``); the chunk defers, the scheduler holds it ``scheduled`` while the DAG
+  is paused (no worker or pool slot), and un-pausing resumes it from its cursor in the same run.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import timezone
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from rowfill.airflow.connections import target_engine
+from rowfill.airflow.dag_pause import DagPauseWatch
 from rowfill.airflow.observers import remember_task_instance, standard_observers
 from rowfill.airflow.runparams import is_dry_run, run_overrides
 from rowfill.airflow.triggers import ControlTrigger
@@ -50,7 +54,8 @@ def attempt(op, context, event=None):
     :param event: the trigger's event when back from deferring (None on the first go).
     :returns: the chunk's XCom summary (chunk_no, status, rows_seen, rows_written, batches, seconds).
     :raises AirflowSkipException: the backfill is cancelled. :raises TaskDeferred: (``op.defer``) paused
-        or outside the window. :raises AirflowFailException: a critical gate or a changed table (no retries).
+        (``rowfill pause`` or the Airflow DAG's toggle) or outside the window.
+    :raises AirflowFailException: a critical gate or a changed table (no retries).
     :raises ChunkFailed: any other failure of the chunk (Airflow retries it from the checkpoint).
     """
     result = _go(op, context, event, op.spec, lambda engine: {})
@@ -85,14 +90,17 @@ def _go(op, context, event, spec, how):
     chunk = op.chunk
     if event:
         op.log.info("%s: back from waiting (%s)", chunk.label, event.get("event") if isinstance(event, dict) else event)
+    ti = context.get("ti")
+    # Airflow's DAG pause toggle, asked between batches (no answer, e.g. no execution API: never stops)
+    dag_paused = DagPauseWatch(ti, op.dag_id, logger=op.log) if hasattr(ti, "get_dag") else None
     with target_engine(spec) as engine:
-        map_index = getattr(context.get("ti"), "map_index", None)
+        map_index = getattr(ti, "map_index", None)
         reconnect.call(lambda: remember_task_instance(engine, spec.name, chunk.chunk_no, map_index), spec,
                        "recording the task instance", op.log)
         try:
             outcome = run_chunk(engine, spec, chunk.chunk_no, label=chunk.label, run_id=context["run_id"],
                                 logger=op.log, overrides=run_overrides(_params(context), spec),
-                                observers=standard_observers(engine, spec), **how(engine))
+                                observers=standard_observers(engine, spec), should_stop=dag_paused, **how(engine))
         except ChunkFailed as exc:
             if isinstance(exc.__cause__, GateCritical):
                 raise AirflowFailException(str(exc)) from exc
@@ -102,6 +110,11 @@ def _go(op, context, event, spec, how):
     if outcome.kind == "cancelled":
         raise AirflowSkipException(f"{chunk.label}: {outcome.reason}; cursor kept. `rowfill resume {spec.name}` "
                                    "and trigger the DAG again to continue.")
+    if outcome.kind == "interrupted":  # only DagPauseWatch interrupts here: the DAG was paused
+        op.log.info("%s: %s; stopped at a batch boundary, cursor kept", chunk.label, dag_paused.reason())
+        # fires at once: the task goes back to `scheduled`, where the scheduler keeps it until the DAG is un-paused
+        op.defer(trigger=ControlTrigger(spec.connection, spec.name, dag_paused=True, poll_interval=POLL_INTERVAL),
+                 method_name="execute_complete")
     if outcome.kind == "defer":
         until = outcome.until.astimezone(timezone.utc).isoformat() if outcome.until else None
         op.defer(trigger=ControlTrigger(spec.connection, spec.name, until=until, wait_for_resume=until is None,

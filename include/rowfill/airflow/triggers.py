@@ -1,7 +1,10 @@
 """The trigger a waiting chunk defers to: it frees the worker slot while the chunk waits.
 
-One trigger covers both reasons a chunk waits: until its off-peak window opens (``until``), or
-until someone resumes a paused backfill (``wait_for_resume``). Either way it also watches the
+One trigger covers every reason a chunk waits: until its off-peak window opens (``until``),
+until someone resumes a paused backfill (``wait_for_resume``), or, when the Airflow DAG was paused
+(``dag_paused``), not at all: it fires at once and the scheduler, which starts no task of a paused
+DAG, holds the chunk ``scheduled`` until the DAG is un-paused (the triggerer cannot read the DAG's
+pause state itself: its execution-API messages have no ``GetDag``). Either way it also watches the
 backfill's control row, so a ``rowfill cancel`` ends the wait at once instead of at the next
 window. It runs in Airflow's triggerer: the database is read in a thread (psycopg is not async
 here), every ``poll_interval`` seconds. Only chunks that would otherwise be running are
@@ -36,29 +39,31 @@ class ControlTrigger(BaseTrigger):
     :param until: ISO 8601 instant (UTC) when the next window opens; None when waiting for a resume.
     :param wait_for_resume: wait for the control state to be ``running`` again instead of for ``until``.
     :param poll_interval: seconds between two reads of the control row.
+    :param dag_paused: the chunk stopped because its DAG was paused: yield ``dag_paused`` at once (unless cancelled).
     """
 
     def __init__(self, connection: str, backfill: str, until: str | None = None, wait_for_resume: bool = False,
-                 poll_interval: float = 5.0):
+                 poll_interval: float = 5.0, dag_paused: bool = False):
         super().__init__()
         self.connection = connection
         self.backfill = backfill
         self.until = until  # ISO timestamp, UTC
         self.wait_for_resume = wait_for_resume
         self.poll_interval = poll_interval
+        self.dag_paused = dag_paused
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """The class path and arguments the triggerer rebuilds this trigger from."""
         return ("rowfill.airflow.triggers.ControlTrigger", {
             "connection": self.connection, "backfill": self.backfill, "until": self.until,
-            "wait_for_resume": self.wait_for_resume, "poll_interval": self.poll_interval,
+            "wait_for_resume": self.wait_for_resume, "poll_interval": self.poll_interval, "dag_paused": self.dag_paused,
         })
 
     def _deadline(self) -> datetime | None:
         return datetime.fromisoformat(self.until) if self.until else None
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Yield one event, ``{"event": "cancelled" | "resumed" | "window_open"}``, and end.
+        """Yield one event, ``{"event": "cancelled" | "resumed" | "window_open" | "dag_paused"}``, and end.
 
         A database that cannot be read is logged and polled again: waiting is what the chunk does anyway.
         """
@@ -75,6 +80,9 @@ class ControlTrigger(BaseTrigger):
                     self.log.warning("rowfill: cannot read the control row of %s yet: %s", self.backfill, exc)
                 if state == "cancelled":
                     yield TriggerEvent({"event": "cancelled"})
+                    return
+                if self.dag_paused:
+                    yield TriggerEvent({"event": "dag_paused"})
                     return
                 if self.wait_for_resume and state == "running":
                     yield TriggerEvent({"event": "resumed"})

@@ -36,7 +36,7 @@ from rowfill.sql import catalog as pg_catalog
 from rowfill.sql import statements
 from rowfill.sql.keys import decode, format_value
 from rowfill.sql.session import Timeouts
-from rowfill.sql.sqlnames import clause, quote
+from rowfill.sql.sqlnames import TableName, clause, quote
 
 DATA_ERROR_CLASSES = ("22", "23")
 
@@ -178,7 +178,7 @@ class Narrowing:
             return {diag.column_name}
         if not diag.constraint_name or not diag.table_name:
             return set()
-        table = f"{quote(diag.schema_name)}.{quote(diag.table_name)}" if diag.schema_name else quote(diag.table_name)
+        table = TableName(diag.schema_name or None, diag.table_name).sql
         if not pg_catalog.same_relation(self.conn, table, self.spec.table.sql):
             return set()  # a constraint of another table (a row referencing ours, say)
         return pg_catalog.constraint_columns(self.conn, table, diag.constraint_name)
@@ -205,7 +205,16 @@ class Narrowing:
                 out.append(None if r is None else value if value_only else {column: value})
             return out
 
-        writer.fn = one_column
+        def one_returned_column(columns):
+            """``batch_form: columns``: the transform over ``columns``, its result cut to ``{column: values}``.
+
+            :param columns: the batch as the transform receives it (column -> list).
+            :returns: the returned column alone (a dict of one column, or the list when the whole result is one).
+            """
+            out = whole(columns)
+            return {column: out[column]} if isinstance(out, Mapping) else out
+
+        writer.fn = one_returned_column if writer.columnar else one_column
         return writer
 
 

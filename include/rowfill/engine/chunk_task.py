@@ -86,7 +86,7 @@ class BatchControlReads:
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # done | defer | cancelled
+    kind: str  # done | defer | cancelled | interrupted (the caller's should_stop)
     reason: str
     until: datetime | None = None  # defer: when the window opens; None = until resumed
     result: ChunkResult | None = None
@@ -101,7 +101,8 @@ def _when(moment: datetime, windows: Windows) -> str:
 def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = None, run_id: str | None = None,
               logger: logging.Logger | None = None, overrides: dict | None = None, clock: Clock = utcnow,
               sleep: Callable[[float], None] = time.sleep, observers: list[BatchObserver] = (),
-              writer: BatchWriter | None = None, check_table: bool = True) -> Outcome:
+              writer: BatchWriter | None = None, check_table: bool = True,
+              should_stop: Callable[[], str | None] | None = None) -> Outcome:
     """One go of a chunk: refuse, defer, or run it through the chunk runner until done or stopped.
 
     :param engine: the target database. :param spec: the backfill's spec, or a rollback's
@@ -113,7 +114,10 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     :param writer: writes a batch (default: the spec's mode; a rollback passes ``undo.RestoreWriter``).
     :param check_table: check the table is still the relation planned (``rowfill.engine.resolve``);
         False when the caller has resolved the tables itself (a rollback: ``rollback.rollback_target``).
-    :returns: an ``Outcome``: done, defer (paused, or outside the window: ``until``) or cancelled.
+    :param should_stop: the caller's own reason to stop at the next batch boundary (Airflow: the DAG was
+        paused), or None to go on; asked before every batch (``ChunkRunner``), so it must be cheap.
+    :returns: an ``Outcome``: done, defer (paused, or outside the window: ``until``), cancelled, or
+        interrupted (``should_stop`` gave a reason; the runner noted it on the chunk row, cursor kept).
     :raises ChunkFailed: the chunk failed (its cause says why; ``probes.GateCritical`` for a critical gate).
     :raises SpecError: the table is no longer the relation planned.
     """
@@ -122,7 +126,7 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     controls = ControlStore(engine)
     store = CheckpointStore(engine)
     # every read and write here is retried through a restart of the database (rowfill.engine.reconnect)
-    control = reconnect.call(lambda: (controls.ensure(), controls.get(spec.name))[1], spec,
+    control = reconnect.call(lambda: controls.get(spec.name), spec,
                              "reading the backfill's control state", logger)
     windows = Windows(spec.window)
 
@@ -167,10 +171,12 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
 
     runner = ChunkRunner(engine, spec, throttle=throttle, logger=logger, label=label, run_id=run_id,
                          observers=[Sampled(o) if isinstance(o, RateRecorder) else o for o in observers], writer=writer,
-                         batch_reads=[reads.read_in])
+                         should_stop=should_stop, batch_reads=[reads.read_in])
     result = runner.run(chunk_no)
     if result.status == "done":
         return Outcome("done", "done", result=result)
+    if result.stopped_by == "interrupted":
+        return Outcome("interrupted", "stopped by the caller", result=result)
     if result.stopped_by == ControlState.CANCELLED:
         reason = stop_reason(live.control)
         hold(reason)

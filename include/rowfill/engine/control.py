@@ -17,12 +17,8 @@ row between batches (one primary-key lookup) and log every change when it takes 
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
-from datetime import datetime
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from rowfill.engine.disconnects import describe, is_connection_error
@@ -31,39 +27,17 @@ from rowfill.spec.bounds import FIELDS as BOUNDS
 from rowfill.spec.bounds import LATENCY_LIMIT
 from rowfill.spec.durations import parse_duration
 from rowfill.spec.gates import KINDS, threshold
-from rowfill.store import catalog
-from rowfill.store.checkpoint import SCHEMA, _LOCK_KEY, CheckpointStore
+from rowfill.store import controls, schema
+from rowfill.store.controls import Control  # re-exported: the control row callers read
 from rowfill.store.states import ControlState
 
 log = logging.getLogger("rowfill.control")
 
 STATES = tuple(ControlState)  # rowfill.store.states
 
-DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {SCHEMA};
-CREATE TABLE IF NOT EXISTS {SCHEMA}.controls (
-    backfill   text PRIMARY KEY,
-    state      text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'paused', 'cancelled')),
-    knobs      jsonb NOT NULL DEFAULT '{{}}',
-    version    bigint NOT NULL DEFAULT 0,
-    note       text,
-    changed_at timestamptz NOT NULL DEFAULT now()
-);
-"""
-
 
 class BadKnob(RowfillError):
     pass
-
-
-@dataclass(frozen=True)
-class Control:
-    backfill: str
-    state: str = "running"
-    knobs: dict = field(default_factory=dict)
-    version: int = 0
-    note: str | None = None
-    changed_at: datetime | None = None
 
 
 # -- knobs -----------------------------------------------------------------------------------
@@ -158,21 +132,15 @@ def spec_knobs(spec) -> dict:
 
 
 class ControlStore:
+    """The controls of backfills on one database (``rowfill.store.controls``), read and changed."""
+
     def __init__(self, engine: Engine):
         self.engine = engine
         self._exists = False
 
-    def ensure(self) -> None:
-        """The controls table, and the checkpoint tables beside it (a backfill may be paused before it ever ran)."""
-        CheckpointStore(self.engine).ensure_schema()
-        with self.engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-            conn.exec_driver_sql(DDL)
-        self._exists = True
-
     def _table_exists(self, conn) -> bool:
         if not self._exists:
-            self._exists = catalog.exists(conn, catalog.own("controls"))
+            self._exists = controls.table_exists(conn)
         return self._exists
 
     def get(self, name: str) -> Control:
@@ -180,30 +148,18 @@ class ControlStore:
         with self.engine.connect() as conn:
             if not self._table_exists(conn):
                 return Control(name)
-            row = conn.execute(
-                text(f"SELECT state, knobs, version, note, changed_at FROM {SCHEMA}.controls WHERE backfill = :n"), {"n": name}
-            ).first()
-        return Control(name, *row) if row else Control(name)
+            return controls.get(conn, name)
 
     def _write(self, name: str, *, state: str | None = None, knobs: dict | None = None, replace_knobs: bool = False,
                note: str | None = None) -> Control:
-        self.ensure()
         with self.engine.begin() as conn:
-            row = conn.execute(
-                text(
-                    f"INSERT INTO {SCHEMA}.controls AS c (backfill, state, knobs, version, note) "
-                    "VALUES (:n, coalesce(:s, 'running'), CAST(:k AS jsonb), 1, :note) "
-                    "ON CONFLICT (backfill) DO UPDATE SET state = coalesce(:s, c.state), "
-                    "knobs = CASE WHEN :replace THEN CAST(:k AS jsonb) ELSE jsonb_strip_nulls(c.knobs || CAST(:k AS jsonb)) END, "
-                    "version = c.version + 1, note = coalesce(:note, c.note), changed_at = now() "
-                    "RETURNING state, knobs, version, note, changed_at"
-                ),
-                {"n": name, "s": state, "k": json.dumps(knobs or {}), "replace": replace_knobs, "note": note},
-            ).one()
-        return Control(name, *row)
+            if not self._table_exists(conn):  # a clear error naming `rowfill db migrate`, not a missing relation
+                schema.check(conn)
+            return controls.write(conn, name, state=state, knobs=knobs or {}, replace_knobs=replace_knobs, note=note)
 
     def pause(self, name: str, reason: str | None = None) -> Control:
-        """Pause backfill ``name`` (creating the tables if needed). :returns: the control row written."""
+        """Pause backfill ``name``. :returns: the control row written.
+        :raises SchemaNotReady: rowfill's schema was never migrated on this database."""
         return self._write(name, state="paused", note=_note("paused with `rowfill pause`", reason))
 
     def resume(self, name: str, reason: str | None = None) -> Control:
@@ -336,10 +292,7 @@ class WebControl:
         """All backfills of one database in one query, so the page stays one query per backfill."""
         names = [s.name for s in specs]
         with engine.connect() as conn:
-            found = dict(conn.execute(
-                text(f"SELECT backfill, state FROM {SCHEMA}.controls WHERE backfill = ANY(:n) "
-                     f"AND to_regclass('{SCHEMA}.controls') IS NOT NULL"), {"n": names}).all()) \
-                if catalog.exists(conn, catalog.own("controls")) else {}
+            found = controls.states(conn, names)
         return {name: found.get(name, "running") for name in names}
 
     def pause(self, engine: Engine, spec, user: str) -> Control:

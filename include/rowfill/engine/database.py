@@ -7,7 +7,7 @@ through.
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
@@ -16,6 +16,7 @@ from rowfill.engine.reconnect import retry_connection
 from rowfill.errors import RowfillError
 from rowfill.spec.durations import format_duration
 from rowfill.sql import catalog as pg_catalog
+from rowfill.sql.session import text_formats_for_session
 
 
 class DatabaseUnavailable(RowfillError):
@@ -30,8 +31,33 @@ def engine_from_url(url: str) -> Engine:
     u = make_url(url)
     if u.drivername in ("postgres", "postgresql"):
         u = u.set(drivername="postgresql+psycopg")
-    return create_engine(u, pool_pre_ping=True, pool_size=2, max_overflow=2,
-                         connect_args={"application_name": "rowfill", "connect_timeout": 10})
+    return with_text_formats(create_engine(u, pool_pre_ping=True, pool_size=2, max_overflow=2,
+                                           connect_args={"application_name": "rowfill", "connect_timeout": 10}))
+
+
+def with_text_formats(engine: Engine) -> Engine:
+    """``engine``, whose every new connection starts with ``rowfill.sql.session.TEXT_FORMATS``.
+
+    A role or database may default to ``DateStyle = 'SQL, DMY'`` or ``extra_float_digits = 0``: psycopg
+    then cannot read a timestamp, and a float read or recorded as text loses digits. The session
+    setting covers every statement; transactions whose values travel as text (the undo log) pin the
+    same settings again with ``SET LOCAL`` semantics, for poolers that hand out other server sessions.
+    :returns: the same engine (a ``connect`` event listener is added).
+    """
+    statement = text_formats_for_session()
+
+    @event.listens_for(engine, "connect")
+    def _pin(dbapi_connection, _record):  # SQLAlchemy's documented hook for per-connection setup
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True  # the SELECT must not leave a transaction open
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(statement)
+            cursor.close()
+        finally:
+            dbapi_connection.autocommit = autocommit
+
+    return engine
 
 
 def check_reachable(engine: Engine, connection: str, source: str | None = None, reconnect_for: float = 0.0) -> None:

@@ -22,10 +22,13 @@ from rowfill.engine.resolve import pin
 from rowfill.engine.schema_check import check_target
 from rowfill.engine.sqltarget import check_sql_target
 from rowfill.engine.sweep import chunks_to_resweep
-from rowfill.engine.undo import prepare_forward_plan  # undo log; no backfill while its rollback runs
+from rowfill.engine.undo import ROLLBACK_SUFFIX, prepare_forward_plan  # no backfill while its rollback runs
+from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Boundary, Key, chunk_label, load_key
+from rowfill.sql.privileges import table_privileges
 from rowfill.sql.ranges import ChunkBounds, KeyRange, as_bounds
+from rowfill.store import schema
 from rowfill.store.checkpoint import CheckpointStore, ChunkRow
 
 DEFAULT_MAX_MAP_LENGTH = 1024
@@ -135,6 +138,27 @@ def merge_to_limit(bounds: list[ChunkBounds | tuple], limit: int) -> list[ChunkB
     return merged
 
 
+def check_grants(conn: Connection, spec: Spec) -> None:
+    """The role may read the spec's table (and, for ``set`` and ``transform``, update it), or the plan is
+    refused before anything is written (its transaction rolls back).
+
+    :param conn: the planning transaction. :param spec: the spec, its table resolved (``resolve.pin``).
+    :raises SpecError: field ``table``, naming the missing privilege and `rowfill db grants ROLE --table`.
+    """
+    if spec.name.endswith(ROLLBACK_SUFFIX):  # its restore's UPDATE is checked by PostgreSQL; the log is rowfill's
+        return
+    found = table_privileges(conn, spec.table.sql)
+    if found is None:
+        return  # no such table: check_target says so
+    writes = bool(spec.set or spec.transform)  # sql mode may only read the walked table; a sink only reads
+    missing = [what for what, ok in ((f"USAGE on schema {spec.table.schema}", found.usage), ("SELECT", found.select),
+                                     ("UPDATE", found.update or not writes)) if not ok]
+    if missing:
+        raise SpecError(spec.source, "table", f"role {found.role!r} lacks {' and '.join(missing)} on {spec.table}, "
+                        f"which this backfill needs. Have the table's owner apply what `rowfill db grants {found.role} "
+                        f"--table {spec.table}` prints; nothing was written")
+
+
 def plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=None) -> list[PlannedChunk]:
     """``_plan_backfill``, run again from the start if the connection is lost (``rowfill.engine.reconnect``).
 
@@ -152,16 +176,19 @@ def _plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=
     ones are added above the highest. A partly done chunk keeps its cursor (the runner reads it).
     The table is resolved and pinned first (``rowfill.engine.resolve``): a table that is not the relation
     the stored plan was made on is refused (SpecError on ``table``) before anything is written.
-    Raises SpecError / PlanChanged / RowfillError as the checks do; returns at most ``limit`` chunks
+    Raises SchemaNotReady (``rowfill.store.schema``) when rowfill's schema is missing or behind, before
+    anything is written; SpecError / PlanChanged / RowfillError as the checks do; returns at most ``limit`` chunks
     (Airflow's default max_map_length, 1024, unless given: the Airflow tasks and the ``rowfill`` command
     pass the configured one, ``rowfill.airflow.chunk_settings.max_map_length``).
     """
     limit = DEFAULT_MAX_MAP_LENGTH if limit is None else limit
     store = CheckpointStore(engine)
-    store.ensure_schema()
     with engine.begin() as conn:
+        # the one read-only version check of a plan: rowfill runs no DDL (`rowfill db migrate` does)
+        schema.check(conn, spec.source)
         store.lock_planning(conn, spec.name)
         resolved = pin(conn, spec)
+        check_grants(conn, resolved)  # a clear GRANT to apply instead of "permission denied" mid-plan
         target = check_target(conn, resolved)
         check_sql_target(conn, resolved, target.key)
         prepare_forward_plan(conn, store, resolved)

@@ -5,7 +5,8 @@ the oldest transaction holding a lock on the target table, sessions waiting for 
 the user's own SQL probe). Above its ``wait`` threshold the chunk waits and checks again with
 backoff, saying why (the decision is ``rowfill.engine.throttle``'s); above its ``critical`` threshold the chunk stops at the batch boundary and
 fails, naming the gate. The numbers come from the primary's own statistics views, so a gate
-needs no agent on the replicas.
+needs no agent on the replicas; the statements that read them are ``rowfill.sql.gates``'s, this
+module only runs them.
 
 The live-latency probe is different in kind: it is not a load number but what the application
 feels. A side connection runs the user's representative query a few times a second, during the
@@ -23,29 +24,15 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from rowfill.errors import RowfillError
 from rowfill.spec.gates import GateSpec, LatencySpec
+from rowfill.sql import gates as stat_reads
 from rowfill.sql.session import set_local
 from rowfill.sql.sqltext import probe
 
 log = logging.getLogger("rowfill.gates")
-
-_SQL = {
-    # The worst of the three lags: replay stops while write/flush continue when replay is paused or slow.
-    "replica_lag": "SELECT coalesce(max(extract(epoch FROM greatest(write_lag, flush_lag, replay_lag))), 0)::float8, "
-                   "NULL FROM pg_stat_replication",
-    "active_backends": "SELECT count(*)::float8, NULL FROM pg_stat_activity WHERE state = 'active' "
-                       "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
-    "long_transaction": "SELECT extract(epoch FROM clock_timestamp() - a.xact_start)::float8, "
-                        "'pid ' || a.pid || ', ' || coalesce(a.state, '?') FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                        "WHERE l.relation = CAST(:table AS regclass) AND l.granted AND a.pid <> pg_backend_pid() "
-                        "AND a.xact_start IS NOT NULL ORDER BY a.xact_start LIMIT 1",
-    "lock_waiters": "SELECT count(DISTINCT a.pid)::float8, NULL FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-                    "WHERE l.relation = CAST(:table AS regclass) AND a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()",
-}
 
 
 @lru_cache(maxsize=64)
@@ -92,8 +79,6 @@ class Reading:
         """
         return self._text(self.gate.critical, "")
 
-
-# -- spec parsing ----------------------------------------------------------------------------
 
 # -- checking --------------------------------------------------------------------------------
 
@@ -146,7 +131,7 @@ class GateKeeper:
                 if gate.name == "probe":
                     value, detail = conn.exec_driver_sql(probe_sql(gate.sql), {}).scalar(), None
                 else:
-                    row = conn.execute(text(_SQL[gate.name]), {"table": self.table}).first()
+                    row = conn.execute(*stat_reads.reading(gate.name, self.table)).first()
                     value, detail = (row[0], row[1]) if row else (0.0, None)
                 readings.append(Reading(gate, float(value or 0), detail))
             conn.rollback()
@@ -159,11 +144,9 @@ class GateKeeper:
         needs = {"replica_lag", "long_transaction", "lock_waiters", "active_backends"} & set(self.gates)
         if not needs:
             return
-        sees = conn.execute(text(
-            "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') FROM pg_roles WHERE rolname = current_user"
-        )).scalar()
+        sees = conn.execute(*stat_reads.sees_other_sessions()).scalar()
         if not sees:
-            user = conn.execute(text("SELECT current_user")).scalar()
+            user = conn.execute(*stat_reads.current_user()).scalar()
             log.warning("gates %s cannot see other sessions' details as %r; grant it pg_monitor "
                         "(GRANT pg_monitor TO %s) or these gates read 0 and never hold the backfill",
                         ", ".join(sorted(needs)), user, user)

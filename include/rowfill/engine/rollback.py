@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from rowfill.engine.plan import plan_backfill
@@ -17,8 +16,10 @@ from rowfill.engine.resolve import pinned_relation, pinned_spec, record
 from rowfill.engine.undo import NoUndo, no_undo_message, rollback_name, rollback_spec, undo_exists, undo_table
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
-from rowfill.sql.sqlnames import clause
-from rowfill.store.checkpoint import SCHEMA, CheckpointStore
+from rowfill.store import backfills, schema
+from rowfill.store import catalog as store_catalog
+from rowfill.store import undo as undo_store
+from rowfill.store.checkpoint import CheckpointStore
 
 
 class RollbackIncomplete(RowfillError):
@@ -39,12 +40,12 @@ def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
     if not spec.undo:
         raise NoUndo(no_undo_message(spec))
     store = CheckpointStore(engine)
-    store.ensure_schema()
     rb = rollback_spec(spec)
     with engine.begin() as conn:
-        if not undo_exists(conn, spec):
-            raise NoUndo(f"backfill {spec.name!r} has `undo: true` but no undo log {undo_table(spec.name)} yet: it "
-                         "never ran, so there is nothing to roll back.")
+        schema.check(conn, spec.source)  # read only: rowfill runs no DDL (`rowfill db migrate` does)
+        if not undo_exists(conn, spec) and not backfills.names(conn) & {spec.name, rb.name}:
+            raise NoUndo(f"backfill {spec.name!r} has `undo: true` but nothing in its undo log ({undo_table(spec.name)}) "
+                         "yet: it never ran, so there is nothing to roll back.")
         # Under the backfill's planning lock: forget its progress (deleting its chunk rows waits for a batch
         # that is running, and makes the next one stop) and mark the rollback as started, in one commit.
         # After this no undo record can be added, so the plan below sees all of them.
@@ -52,7 +53,11 @@ def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
         # the table to restore: the one the backfill was planned on (OID checked), kept on the rollback's
         # own row because the backfill's row goes now
         target = pinned_relation(conn, spec, (spec.name, rb.name))
-        conn.execute(text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n"), {"n": spec.name})
+        backfills.forget(conn, spec.name)
+        if backfills.fingerprint(conn, rb.name) not in (None, rb.fingerprint):
+            # planned by a release before migration 0002 over rowfill.undo_<name>: the migration moved the
+            # records left into rowfill.undo_rows, so the rollback is planned again over those
+            backfills.forget(conn, rb.name)
         store.register(conn, rb)
         record(conn, rb.name, target)
     return plan_backfill(engine, rb, limit=limit, log=log)
@@ -61,6 +66,35 @@ def plan_rollback(engine: Engine, spec: Spec, *, limit: int | None = None, log=N
 def rollback_target(engine: Engine, spec: Spec) -> Spec:
     """The backfill's spec with the table a rollback restores: pinned when the rollback was planned (OID checked)."""
     return pinned_spec(engine, spec, (rollback_name(spec.name), spec.name))
+
+
+@dataclass(frozen=True)
+class RollbackProgress:
+    """A rollback planned and not finished yet: its chunks, and how many of them are done."""
+
+    name: str  # the rollback's own name, ``<backfill>.rollback``
+    chunks: int
+    done: int
+
+
+def rollback_in_progress(engine: Engine, backfill: str) -> RollbackProgress | None:
+    """The rollback of ``backfill`` that is in progress, if any, so that controlling a backfill
+    (``rowfill pause/resume/cancel NAME``) can reach its rollback too.
+
+    A rollback is in progress from ``plan_rollback`` (which registers ``<backfill>.rollback`` in
+    ``rowfill.backfills``) until ``finish_rollback`` forgets it: the same test forward planning
+    makes before refusing to run (``rowfill.engine.undo.prepare_forward_plan``).
+
+    :param engine: the target database. :param backfill: the backfill's name (not the rollback's).
+    :returns: the rollback's name and chunk counts, or None (no rollback, or rowfill's schema not there yet).
+    :raises sqlalchemy.exc.DBAPIError: the database could not be read.
+    """
+    name = rollback_name(backfill)
+    with engine.connect() as conn:
+        if not store_catalog.exists(conn, store_catalog.own("backfills")) or not backfills.exists(conn, name):
+            return None
+        chunks = CheckpointStore(engine).chunks(name, conn)
+    return RollbackProgress(name, len(chunks), sum(c.status.finished for c in chunks))
 
 
 @dataclass(frozen=True)
@@ -93,7 +127,7 @@ def finish_rollback(engine: Engine, spec: Spec) -> RollbackResult:
         raise RollbackIncomplete(f"rollback of {spec.name!r}: {len(unfinished)} of {len(chunks)} chunks are not done "
                                  f"(first: chunk {unfinished[0].chunk_no}, {unfinished[0].status}); run it again to resume.")
     with engine.connect() as conn:
-        left = conn.execute(clause(f"SELECT count(*) FROM {rb.table.sql}")).scalar() if undo_exists(conn, spec) else 0
+        left = undo_store.count(conn, spec.name)
     if left:
         store.reset(rb.name)  # so the next rollback walks the whole (small) undo log again
         raise RollbackIncomplete(

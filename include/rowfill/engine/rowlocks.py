@@ -34,14 +34,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from rowfill.errors import RowfillError
 from rowfill.spec.durations import format_duration
 from rowfill.sql.keys import Key, decode, format_value
 from rowfill.sql.session import set_local
-from rowfill.store.checkpoint import SCHEMA
+from rowfill.store import skipped as skipped_store
+from rowfill.store.catalog import SCHEMA
 
 # How long a batch's write may wait for one row lock before the batch gives up its own locks and
 # goes around it: the longest a live writer waits behind us, beyond the batch's own running time.
@@ -218,18 +218,14 @@ def _json(v) -> str:
 
 
 def record_skipped(conn: Connection, backfill: str, chunk_no: int, keys: list) -> None:
-    """Inside the batch transaction (with the checkpoint advance): remember keys to come back to."""
-    if keys:
-        conn.execute(text(f"INSERT INTO {SCHEMA}.skipped_rows (backfill, chunk_no, key) "
-                          "SELECT :n, :c, e FROM jsonb_array_elements(CAST(:k AS jsonb)) AS e ON CONFLICT DO NOTHING"),
-                     {"n": backfill, "c": chunk_no, "k": json.dumps(keys)})
+    """Inside the batch transaction (with the checkpoint advance): remember keys to come back to
+    (``rowfill.store.skipped.record``)."""
+    skipped_store.record(conn, backfill, chunk_no, keys)
 
 
 def pending(conn: Connection, backfill: str, chunk_no: int, limit: int | None = None) -> list:
-    """Skipped keys of a chunk still to write (key values as rowfill.sql.keys reads them)."""
-    rows = conn.execute(text(f"SELECT CAST(key AS text) FROM {SCHEMA}.skipped_rows WHERE backfill = :n AND chunk_no = :c "
-                             "ORDER BY skipped_at, key LIMIT :l"), {"n": backfill, "c": chunk_no, "l": limit})
-    return [decode(r) for r in rows.scalars()]
+    """Skipped keys of a chunk still to write (key values as rowfill.sql.keys reads them; ``rowfill.store.skipped``)."""
+    return skipped_store.pending(conn, backfill, chunk_no, limit)
 
 
 def forget(conn: Connection, backfill: str, chunk_no: int, keys: list) -> None:
@@ -239,10 +235,7 @@ def forget(conn: Connection, backfill: str, chunk_no: int, keys: list) -> None:
     :param backfill: the backfill's name. :param chunk_no: its chunk.
     :param keys: key values as ``rowfill.sql.keys`` decodes them (a list per composite key).
     """
-    if keys:
-        conn.execute(text(f"DELETE FROM {SCHEMA}.skipped_rows WHERE backfill = :n AND chunk_no = :c "
-                          "AND key IN (SELECT e FROM jsonb_array_elements(CAST(:k AS jsonb)) AS e)"),
-                     {"n": backfill, "c": chunk_no, "k": json.dumps(keys)})
+    skipped_store.forget(conn, backfill, chunk_no, keys)
 
 
 def revisit(conn: Connection, writer, backfill: str, chunk_no: int, keys: list) -> tuple[int, list, list]:

@@ -1,10 +1,10 @@
 """Where a backfill stands, for people: rows done of the planned total, rate, ETA, state, per chunk.
 
-Everything comes from the checkpoint store with **one query per backfill over its chunks** (chunk
-rows joined to their rate samples of the moving window and their leases), plus two one-row reads
-(the last verify's count on the backfill's row, the count of skipped keys), so the CLI, the Airflow
-page, the stall watchdog and the alerts all read the same numbers, and a page with a thousand chunks
-costs three round trips per backfill, not one per chunk.
+Everything comes from the checkpoint store with **one query per backfill** (``rowfill.store.readings``:
+chunk rows joined to their rate samples of the moving window and their leases, with the backfill's
+row for the last verify's count and the count of skipped keys), so the CLI, the Airflow page, the
+stall watchdog and the alerts all read the same numbers, and a page with a thousand chunks costs one
+round trip per backfill, not one per chunk.
 
 The total is the planned rows (each chunk's ``est_rows``, counted from the key index when it was
 planned): known up front without counting the table. The rate is over the last
@@ -22,7 +22,7 @@ from datetime import datetime
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.engine.lease import LEASE_SECONDS
-from rowfill.store import backfills, catalog, rates, readings
+from rowfill.store import catalog, rates, readings
 from rowfill.store.states import BackfillState, ChunkState
 
 _ERROR_CHARS = 500  # of last_error carried per chunk; enough to act on, small for a page of 1,000 chunks
@@ -141,12 +141,13 @@ def _eta(remaining: int, rate: float) -> float | None:
 def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SECONDS,
                     with_samples: bool = True, with_leases: bool = True, lease: float = LEASE_SECONDS,
                     with_skipped: bool = True) -> BackfillStatus:
-    """Everything about one backfill (one query over its chunks, two one-row reads); never planned: 'not started'.
+    """Everything about one backfill (one query: ``readings.backfill_readings``); never planned: 'not started'.
 
     A chunk marked running whose runner's lease is older than ``lease`` seconds is ``stale``:
     no rate and no ETA come from it, and its samples leave the backfill's rate.
     """
-    rows = readings.chunk_readings(conn, name, window, samples=with_samples, leases=with_leases)
+    read = readings.backfill_readings(conn, name, window, samples=with_samples, leases=with_leases, skipped=with_skipped)
+    rows = read.chunks
     chunks: list[ChunkStatus] = []
     win_rows, since, last = 0, None, None
     now = None
@@ -174,8 +175,7 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             since = r.since if since is None else min(since, r.since)
             last = r.last if last is None else max(last, r.last)
     if not chunks:
-        exists = backfills.exists(conn, name)
-        return BackfillStatus(name, BackfillState.PLANNED if exists else BackfillState.NOT_STARTED, [])
+        return BackfillStatus(name, BackfillState.PLANNED if read.backfill is not None else BackfillState.NOT_STARTED, [])
     # While chunks run, quiet time counts (a stall shows as a falling rate); once none runs, the rate
     # is that of the last active stretch instead of decaying for a minute after the end.
     end = now if any(c.status == ChunkState.RUNNING for c in chunks) else last
@@ -189,8 +189,8 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             for k, v in c.throttle.items():
                 throttle.setdefault(k, v)
     state = _state(chunks)
-    verified = backfills.row(conn, name) or {}  # what the last verify found
-    skipped = readings.skipped_count(conn, name) if with_skipped else 0
+    verified = read.backfill or {}  # what the last verify found
+    skipped = read.skipped
     return BackfillStatus(
         backfill=name, state=state, chunks=chunks,
         rows_estimated=sum(c.est_rows for c in chunks), rows_seen=sum(c.rows_seen for c in chunks),

@@ -373,12 +373,6 @@ class Throttle:
         """Rest after a batch of ``batch_seconds`` (``BatchSize.pause_after``), seconds."""
         return self.size.pause_after(batch_seconds)
 
-    def after_batch(self, batch_seconds: float, rows: int = 0) -> None:
-        """Without a runner (unit tests, benches): decide the rest after a batch and sleep it here."""
-        decision = self.next(BatchDone(batch_seconds, rows))
-        if isinstance(decision, Wait):
-            self.sleep(decision.seconds)
-
     # -- start and end -------------------------------------------------------------------------
     def begin(self, label: str, logger: logging.Logger | None = None) -> None:
         """Name the chunk in the log and start the latency probe's thread. Never raises."""

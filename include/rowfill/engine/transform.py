@@ -14,6 +14,12 @@ Per batch, inside the batch transaction (so the checkpoint still advances with t
 4. **write** every result with one ``UPDATE ... FROM unnest(<typed arrays>)`` that re-checks
    ``where``: no per-row round trips.
 
+With ``batch_form: columns`` step 3 hands the function the batch as columns (a dict of
+equal-length lists, the key columns and the ``select`` names) and takes back the ``returns``
+columns the same way: the rows read are transposed once (no dict per row), the returned lists
+are bound as the write's arrays as they are. Steps 1, 2 and 4, the checkpoint in the same
+transaction, undo and the blame of a row are the same for both forms.
+
 ``FOR NO KEY UPDATE`` is the lock the UPDATE itself takes; unlike ``FOR UPDATE`` it lets the
 application insert rows that reference ours by foreign key (a new order for a locked user) while
 the batch runs.
@@ -179,14 +185,39 @@ class RowReader:
         """The batch's rows as dicts (column -> Python value, types as ``rowfill.engine.readtypes`` reads them).
         Raises TransformError if ``joins`` gave one key more than one row.
         """
-        if self._arrays is None:
-            self._arrays = readtypes.user_array_types(conn)
-        names, data = driver_fetch(conn, self._read(lo is not None), self.params(lo, hi, first),
-                                   lambda cur: readtypes.configure(cur, self._arrays, json_null=self.json_null))
+        names, data = self.fetch(conn, lo, hi, first)
         rows = [dict(zip(names, r)) for r in data]
         if self.spec.joins:
             self._check_unique(rows)
         return rows
+
+    def fetch(self, conn: Connection, lo, hi, first=None) -> tuple[list[str], list[tuple]]:
+        """Run the batch's read: (column names, one tuple per row in key order), values as
+        ``rowfill.engine.readtypes`` reads them. :param lo: exclusive lower key (None: from the start).
+        :param hi: inclusive upper key. :param first: the batch's first key (for ``:first``).
+        :raises DBAPIError: what the database raises (lock and statement timeouts, data errors).
+        """
+        if self._arrays is None:
+            self._arrays = readtypes.user_array_types(conn)
+        return driver_fetch(conn, self._read(lo is not None), self.params(lo, hi, first),
+                            lambda cur: readtypes.configure(cur, self._arrays, json_null=self.json_null))
+
+    def read_columns(self, conn: Connection, lo, hi, first=None) -> dict[str, list]:
+        """The batch's rows as columns: column -> list of values in key order (types as ``read`` gives them).
+
+        The driver's row tuples are transposed once, at C speed; no dict per row is built.
+        :returns: a dict of equal-length lists ({} when the batch has no rows).
+        :raises TransformError: if ``joins`` gave one key more than one row.
+        """
+        names, data = self.fetch(conn, lo, hi, first)
+        if not data:
+            return {}
+        columns = dict(zip(names, map(list, zip(*data))))
+        if self.spec.joins:
+            keys = [columns[c] for c in self.key.columns]
+            if len(set(zip(*keys))) != len(data):
+                self._check_unique([dict(zip(self.key.columns, k)) for k in zip(*keys)])
+        return columns
 
     def _check_unique(self, rows: list[dict]) -> None:
         cols = self.key.columns
@@ -237,6 +268,58 @@ def call_with_blame(fn: Callable, rows: list[dict], key: Key, what: str):
             f"{what} raised {type(exc).__name__}: {exc} for the batch {first}..{last} "
             "(no single row of it raises on its own)"
         ) from exc
+
+
+def row_of(columns: Mapping, i: int) -> dict:
+    """Row ``i`` of a columnar batch as a dict (column -> value), for messages and blame."""
+    return {name: values[i] for name, values in columns.items()}
+
+
+def call_columns_with_blame(fn: Callable, columns: dict[str, list], n: int, key: Key, what: str):
+    """Call ``fn(columns)``; if it raises, find the first row that makes it raise on its own and name its key.
+
+    As ``call_with_blame`` for ``batch_form: columns``: the function is called again with
+    one-row columns (each list cut to one element), only on this failure path, in a batch that is
+    rolled back anyway.
+
+    :param columns: the batch, column -> list of ``n`` values. :param n: rows in the batch.
+    :param key: the key, for messages. :param what: ``transform <module:function>``, for messages.
+    :returns: what ``fn`` returned.
+    :raises TransformError: naming the first row that raises on its own, or the batch's key range.
+    """
+    try:
+        return fn(columns)
+    except Exception as exc:
+        for i in range(n):
+            try:
+                fn({name: values[i:i + 1] for name, values in columns.items()})
+            except Exception as single:  # noqa: BLE001 - this is the row to blame
+                raise TransformError(
+                    f"{what} raised {type(single).__name__}: {single} at {describe_key(row_of(columns, i), key)}"
+                ) from single
+        first = describe_key(row_of(columns, 0), key)
+        last = describe_key(row_of(columns, n - 1), key).split(" ", 1)[1]
+        raise TransformError(
+            f"{what} raised {type(exc).__name__}: {exc} for the batch {first}..{last} "
+            "(no single row of it raises on its own)"
+        ) from exc
+
+
+def as_list(values) -> list:
+    """A returned column as a list of Python values: lists as they are; tuples, NumPy arrays (``tolist``),
+    Arrow arrays (``to_pylist``), Polars series (``to_list``) and other iterables converted (None if not iterable)."""
+    if isinstance(values, list):
+        return values
+    for method in ("tolist", "to_pylist", "to_list"):
+        convert = getattr(values, method, None)
+        if callable(convert):
+            return convert()
+    if isinstance(values, (str, bytes, Mapping)):
+        return None
+    try:
+        return list(values)
+    except TypeError:
+        return None
 
 
 def transport_kinds(conn: Connection, table_sql: str) -> dict[str, tuple[str, str]]:
@@ -319,12 +402,26 @@ class TransformWriter(BatchWriter):
 
     skips_locked = True
 
+    @property
+    def single_statement(self) -> bool:
+        """True: a batch's first statement takes every row lock the batch needs (the read itself, or the
+        lock statement before a read of other tables), before anything is computed or written.
+
+        So the runner's fast path (``rowfill.engine.rowlocks``) fits: the batch runs under the short
+        lock wait, and a row another session holds fails that first statement within it; the batch
+        rolls back and runs again at once on the slow path (SKIP LOCKED). Without contention this
+        saves the slow path's extra lock-and-count statement per batch (bench/transform_speed.py
+        ``--phases``: ~7 ms of a 10,000-row batch of the names job, ~8 % of its time).
+        """
+        return True
+
     def build(self, conn):
         """Load the transform, choose one statement (lock and read) or two (lock, then read), and the
         result columns' types.
         """
         spec = self.spec
         self.fn = load_callable(spec.transform, spec, "transform")
+        self.columnar = spec.batch_form == "columns"
         # one statement locks and reads when the rows come from the table alone; else lock, then read
         self.lock_first = not RowReader.reads_only_the_table(spec)
         self.reader = RowReader(spec, self.key, lock=not self.lock_first, json_null=True)
@@ -422,6 +519,48 @@ class TransformWriter(BatchWriter):
             kept += 1
         return keys + values, kept
 
+    def column_results(self, columns: dict[str, list]) -> list[list]:
+        """Columns for the write from a columnar transform: key columns, then the returned columns.
+
+        :param columns: the batch as columns (the key columns and the ``select`` names), equal-length lists.
+        :returns: key columns then returned columns, each a list with one value per row (None writes NULL).
+        :raises TransformError: when the function raises (naming the row, ``call_columns_with_blame``), returns
+            other columns than ``returns``, a column that is not a sequence, or one whose length is not the batch's;
+            the message names the spec file and the field ``returns``.
+        """
+        keys = [columns[c] for c in self.key.columns]
+        n = len(keys[0])
+        what = f"transform {self.spec.transform}"
+        out = call_columns_with_blame(self.fn, columns, n, self.key, what)
+        cols = self.out_columns
+        where = f"{self.spec.source}: field 'returns': {what}"
+        if isinstance(out, Mapping):
+            if out.keys() != set(cols):
+                missing, extra = set(cols) - out.keys(), out.keys() - set(cols)
+                raise TransformError(
+                    f"{where} returned the columns {sorted(out)}; with batch_form: columns return a dict of exactly "
+                    f"the `returns` columns {list(cols)}" + (f" (missing {sorted(missing)})" if missing else "")
+                    + (f" (unexpected {sorted(extra)})" if extra else "") + ". Nothing of the batch was written")
+            values = [out[c] for c in cols]
+        elif len(cols) == 1:
+            values = [out]
+        else:
+            raise TransformError(f"{where} returned {type(out).__name__}; with several `returns` columns and "
+                                 f"batch_form: columns return a dict of columns {{column: list}}. Nothing of the batch was written")
+        lists = []
+        span = f"{describe_key(row_of(columns, 0), self.key)}..{describe_key(row_of(columns, n - 1), self.key).split(' ', 1)[1]}"
+        for c, v in zip(cols, values):
+            column = as_list(v)
+            if column is None:
+                raise TransformError(f"{where} returned {type(v).__name__} for column {c!r}; with batch_form: columns "
+                                     f"each returned column is a list of one value per row. Nothing of the batch was written")
+            if len(column) != n:
+                raise TransformError(f"{where} returned {len(column)} values for column {c!r} for a batch of {n} rows "
+                                     f"({span}); return one value per row in every column (None writes NULL). "
+                                     "Nothing of the batch was written")
+            lists.append(column)
+        return keys + lists
+
     def apply(self, conn: Connection, lo, hi) -> int:
         """Read the batch, call the transform, write its results; returns the rows written.
         Raises TransformError naming the row when the transform raises (``call_with_blame``).
@@ -431,13 +570,27 @@ class TransformWriter(BatchWriter):
         bounds = self.key.range_params(lo, hi)
         if self.lock_first:
             self.lock_rows(conn, lo, hi)
+        if self.columnar:
+            batch = self.reader.read_columns(conn, lo, hi, self.batch_first)
+            if not batch:
+                return 0
+            return self.write(conn, has_lo, {**self.encode(self.column_results(batch)), **bounds})
         rows = self.reader.read(conn, lo, hi, self.batch_first)
         if not rows:
             return 0
         columns, kept = self.results(rows)
         if not kept:
             return 0
-        params = {**self.encode(columns), **bounds}
+        return self.write(conn, has_lo, {**self.encode(columns), **bounds})
+
+    def write(self, conn: Connection, has_lo: bool, params: dict) -> int:
+        """Run the batch's write (``UPDATE ... FROM unnest(...)``, recording undo when the spec has it).
+
+        :param conn: the batch's connection. :param has_lo: whether the batch has a lower bound.
+        :param params: ``encode()``'s arrays and the batch's bounds.
+        :returns: the rows written.
+        :raises DBAPIError: what the database raises (a data error is blamed on its row by the runner).
+        """
         if self.undo is None:
             return _driver_execute(conn, self._driver_write(has_lo), params, fetch=False)[2]
         _, [(written,)] = driver_fetch(conn, self._driver_write(has_lo), params)
@@ -451,10 +604,13 @@ class TransformWriter(BatchWriter):
         bounds = self.key.range_params(lo, hi)
         out = [("lock", explain_text(conn, self._lock(lo is not None), bounds))] if self.lock_first else []
         out.append(("read" if self.lock_first else "lock and read", self.reader.explain(conn, lo, hi, self.batch_first)))
-        rows = self.reader.read(conn, lo, hi, self.batch_first)
-        if rows:
-            columns, kept = self.results(rows)
-            if kept:
-                out.append(("write", explain_text(conn, self._driver_write(lo is not None, binary=False),
-                                                  {**self.encode(columns), **bounds})))
+        if self.columnar:
+            batch = self.reader.read_columns(conn, lo, hi, self.batch_first)
+            columns, kept = (self.column_results(batch), 1) if batch else (None, 0)
+        else:
+            rows = self.reader.read(conn, lo, hi, self.batch_first)
+            columns, kept = self.results(rows) if rows else (None, 0)
+        if kept:
+            out.append(("write", explain_text(conn, self._driver_write(lo is not None, binary=False),
+                                              {**self.encode(columns), **bounds})))
         return out

@@ -2,13 +2,15 @@
 and the rollback that puts them back.
 
 With ``undo: true`` each batch also writes, in the same transaction as its UPDATE and its
-checkpoint advance, one row per changed row into ``rowfill.undo_<name>``: the row's key, the
-columns' previous values (``old_<column>``) and the values the backfill wrote (``new_<column>``).
+checkpoint advance, one record per changed row into ``rowfill.undo_rows`` (``rowfill.store.undo``;
+one table for every backfill, created by ``rowfill db migrate``, so planning creates nothing): the
+row's key, the columns' previous values and the values the backfill wrote, each as its text form.
 A crash can therefore never leave a changed row without its undo record, nor a record without
 its change. A row written twice (a rerun after ``rowfill reset``) keeps its *first* previous value.
 
 ``rowfill rollback NAME`` (or the DAG ``rowfill_<name>_rollback``) is itself a backfill, walking
-the undo log by key in chunks and batches with the spec's throttle, checkpointed under the name
+the backfill's undo records in the order they were written (``seq``), in chunks and batches with
+the spec's throttle, checkpointed under the name
 ``<name>.rollback`` (registered from the moment the rollback starts until it finishes; the
 backfill refuses to plan meanwhile). Each batch deletes its undo records and restores the previous values of
 the rows that still hold what the backfill wrote; a row the application changed since is left
@@ -19,7 +21,6 @@ and finishing a rollback is ``rowfill.engine.rollback``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
@@ -28,9 +29,10 @@ from rowfill.engine.writers import BatchWriter, SetWriter, explain_text
 from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Key, column_types, load_key
-from rowfill.sql.sqlnames import TableName, clause, literal, quote
-from rowfill.store import backfills, catalog
-from rowfill.store.catalog import SCHEMA
+from rowfill.sql.sqlnames import TableName, clause, quote
+from rowfill.sql.session import pin_text_formats
+from rowfill.store import backfills
+from rowfill.store import undo as undo_store
 from rowfill.store.checkpoint import CheckpointStore
 
 ROLLBACK_SUFFIX = ".rollback"  # a name no spec can have ('.' is not allowed in spec names)
@@ -59,13 +61,9 @@ def rollback_name(name: str) -> str:
 
 
 def undo_table(name: str) -> TableName:
-    """The undo log table of backfill ``name``: ``rowfill.undo_<name>``, shortened with a hash past
-    PostgreSQL's 63-byte names so two backfills never share one.
-    """
-    table = f"undo_{name}"
-    if len(table.encode()) > 63:  # PostgreSQL would truncate; keep it unique instead
-        table = f"undo_{name[:40]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}"
-    return TableName(SCHEMA, table)
+    """Where backfill ``name``'s undo records are: ``rowfill.undo_rows`` (shared; ``backfill = name``).
+    Releases before migration 0002 used ``rowfill.undo_<name>``; the migration moved those in."""
+    return undo_store.UNDO_ROWS
 
 
 def changed_columns(spec: Spec) -> list[str]:
@@ -75,97 +73,43 @@ def changed_columns(spec: Spec) -> list[str]:
 
 @dataclass(frozen=True)
 class UndoLog:
-    """The undo table of one backfill: key columns, then old_<column> and new_<column> per changed column."""
+    """The undo records of one backfill: its key columns, and the changed columns with their SQL types."""
 
-    table: TableName
+    backfill: str
     key: Key
     columns: tuple[str, ...]
     types: tuple[str, ...]
 
+    @property
+    def table(self) -> TableName:
+        """``rowfill.undo_rows``, where the records go."""
+        return undo_store.UNDO_ROWS
+
     @classmethod
     def for_spec(cls, spec: Spec, key: Key, columns, types) -> "UndoLog":
         """The undo log of ``spec``, with the key and the changed ``columns`` and their SQL ``types``."""
-        return cls(undo_table(spec.name), key, tuple(columns), tuple(types))
+        return cls(spec.name, key, tuple(columns), tuple(types))
 
     @classmethod
     def load(cls, conn: Connection, spec: Spec) -> "UndoLog":
-        """From the target table's current types (the undo table is created with the same ones)."""
+        """From the target table's current types."""
         key = load_key(conn, spec)
         types = {n: t for n, (t, _) in column_types(conn, spec.table.sql).items()}
         cols = changed_columns(spec)
         return cls.for_spec(spec, key, cols, [types[c] for c in cols])
 
-    @staticmethod
-    def old(col: str) -> str:
-        """The quoted undo-log column of ``col``'s previous value (``old_<col>``)."""
-        return quote(f"old_{col}")
-
-    @staticmethod
-    def new(col: str) -> str:
-        """The quoted undo-log column of ``col``'s written value (``new_<col>``)."""
-        return quote(f"new_{col}")
-
-    def column_names(self) -> list[str]:
-        """The undo table's columns in order: the key's, then ``old_*``, then ``new_*``."""
-        return [*self.key.columns, *(f"old_{c}" for c in self.columns), *(f"new_{c}" for c in self.columns)]
-
-    def check_names(self, spec: Spec) -> None:
-        """Raise SpecError (field ``undo``) if a column name would exceed 63 bytes or repeat another."""
-        names = self.column_names()
-        too_long = [n for n in names if len(n.encode()) > 63]
-        if too_long or len(set(names)) != len(names):
-            raise SpecError(spec.source, "undo", f"cannot name the undo log's columns {too_long or names} (PostgreSQL "
-                            "allows 63 bytes per name, and old_/new_ names must not repeat a key column); "
-                            "rename the column or leave undo off")
-
-    def ddl(self) -> str:
-        """``CREATE TABLE IF NOT EXISTS`` of the undo table (key columns NOT NULL, primary key on the key)."""
-        cols = [f"{quote(c)} {t} NOT NULL" for c, t in zip(self.key.columns, self.key.types)]
-        cols += [f"{self.old(c)} {t}" for c, t in zip(self.columns, self.types)]
-        cols += [f"{self.new(c)} {t}" for c, t in zip(self.columns, self.types)]
-        pk = ", ".join(quote(c) for c in self.key.columns)
-        return f"CREATE TABLE IF NOT EXISTS {self.table.sql} ({', '.join(cols)}, PRIMARY KEY ({pk}))"
-
     def ensure(self, conn: Connection, spec: Spec) -> None:
-        """Create the undo table, or check that the one there has the shape this spec writes.
-
-        :param conn: a connection in the planning transaction. :param spec: the backfill.
-        :raises SpecError: field ``undo``, when the table there has other columns: it belongs to an earlier version
-            of the backfill, whose previous values a rollback may still need.
-        """
-        self.check_names(spec)
-        expected = dict(zip(self.column_names(), [*self.key.types, *self.types, *self.types]))
-        existing = column_types(conn, self.table.sql)
-        if not existing:
-            catalog.create_schema(conn)
-            conn.execute(clause(self.ddl()))
-            # COMMENT ON takes no bound parameter: the text is quoted by the driver, never pasted
-            comment = (f"rowfill undo log of backfill {spec.name} on {spec.table}: previous (old_*) and written (new_*) "
-                       "values by key; restored by rowfill rollback")
-            conn.execute(clause(f"COMMENT ON TABLE {self.table.sql} IS {literal(conn, comment)}"))
-            return
-        found = {n: t for n, (t, _) in existing.items()}
-        if found != expected:
-            raise SpecError(
-                spec.source, "undo",
-                f"the undo log {self.table} has columns {found}, but this spec would record {expected}: it belongs to "
-                f"an earlier version of this backfill. Roll that back first (`rowfill rollback {spec.name}`), or, if "
-                f"its previous values are no longer needed, drop it: DROP TABLE {self.table.sql}",
-            )
+        """Nothing to create: ``rowfill.undo_rows`` exists since migration 0002, and planning checked the
+        schema's version. Kept for callers that prepared the per-backfill table of earlier releases."""
 
     # -- recording ---------------------------------------------------------------------------
     def _returning_insert(self, update_sql: str, okey: list[str], oold: list[str], t: str) -> str:
         """The UPDATE's rows into the undo log; the statement returns the rows written. The INSERT
         runs although the final SELECT does not read it: PostgreSQL runs every data-modifying WITH once."""
-        kcols = ", ".join(quote(c) for c in self.key.columns)
-        target = ", ".join([kcols, *(self.old(c) for c in self.columns), *(self.new(c) for c in self.columns)])
         returning = ", ".join([*(f"o.{k}" for k in okey), *(f"o.{o}" for o in oold), *(f"{t}.{quote(c)}" for c in self.columns)])
-        refresh = ", ".join(f"{self.new(c)} = EXCLUDED.{self.new(c)}" for c in self.columns)
-        picked = ", ".join([*okey, *oold, *(quote(c) for c in self.columns)])
-        return (f"u AS ({update_sql} RETURNING {returning}), "
-                f"i AS (INSERT INTO {self.table.sql} ({target}) SELECT {picked} FROM u "
-                f"ON CONFLICT ({kcols}) DO UPDATE SET {refresh}) "
-                "SELECT count(*) FROM u")
+        record = undo_store.record_sql(self.backfill, "u", list(zip(self.key.columns, okey)),
+                                       list(zip(self.columns, oold)), [(c, quote(c)) for c in self.columns])
+        return f"u AS ({update_sql} RETURNING {returning}), i AS ({record}) SELECT count(*) FROM u"
 
     def _old_rows(self, t: str, rng_where: str, lock: bool, order: str) -> tuple[str, list[str], list[str]]:
         okey = [quote(f"__rowfill_k{i}") for i in range(1, len(self.key.columns) + 1)]
@@ -199,18 +143,20 @@ class UndoLog:
 
     # -- restoring ---------------------------------------------------------------------------
     def restore_sql(self, t: str, rng: str) -> str:
-        """Delete a batch of undo records and put back the previous values of rows still holding what was written."""
+        """Delete a batch of undo records (``rng`` over ``seq``) and put back the previous values of rows
+        still holding what was written; returns the rows restored. ``t``: the target table, qualified."""
         qkey = self.key.qualified(t)
-        drow = "(" + ", ".join(f"d.{quote(c)}" for c in self.key.columns) + ")" if self.key.composite else f"d.{quote(self.key.columns[0])}"
+        drow = [undo_store.value("d", "key", c, typ) for c, typ in zip(self.key.columns, self.key.types)]
+        drow_sql = drow[0] if len(drow) == 1 else "(" + ", ".join(drow) + ")"
         unchanged = []
         for c, typ in zip(self.columns, self.types):
-            cur, new = f"{t}.{quote(c)}", f"d.{self.new(c)}"
-            if typ.split("(")[0].strip().lower() in _TEXT_COMPARED:
-                cur, new = f"CAST({cur} AS text)", f"CAST({new} AS text)"
-            unchanged.append(f"{cur} IS NOT DISTINCT FROM {new}")
-        sets = ", ".join(f"{quote(c)} = d.{self.old(c)}" for c in self.columns)
-        return (f"WITH d AS (DELETE FROM {self.table.sql} WHERE {rng} RETURNING *), "
-                f"r AS (UPDATE {t} SET {sets} FROM d WHERE {qkey.row()} = {drow} AND {' AND '.join(unchanged)} RETURNING 1) "
+            if typ.split("(")[0].strip().rstrip("[]").lower() in _TEXT_COMPARED:  # no '=': compare the text forms
+                unchanged.append(f"CAST({t}.{quote(c)} AS text) IS NOT DISTINCT FROM (d.new ->> {undo_store.string_literal(c)})")
+            else:
+                unchanged.append(f"{t}.{quote(c)} IS NOT DISTINCT FROM {undo_store.value('d', 'new', c, typ)}")
+        sets = ", ".join(f"{quote(c)} = {undo_store.value('d', 'old', c, typ)}" for c, typ in zip(self.columns, self.types))
+        return (f"WITH d AS ({undo_store.take_sql(self.backfill, rng)}), "
+                f"r AS (UPDATE {t} SET {sets} FROM d WHERE {qkey.row()} = {drow_sql} AND {' AND '.join(unchanged)} RETURNING 1) "
                 "SELECT count(*) FROM r")
 
 
@@ -242,6 +188,7 @@ class UndoSetWriter(SetWriter):
         returns the rows written.
         """
         self.prepare(conn)
+        pin_text_formats(conn)  # the recorded values are text: see rowfill.sql.session.TEXT_FORMATS
         if self.lock_first:
             self.lock_rows(conn, lo, hi)
         return conn.exec_driver_sql(self._write(lo is not None), self.key.range_params(lo, hi)).scalar()
@@ -251,16 +198,18 @@ class UndoSetWriter(SetWriter):
 
 
 def rollback_spec(spec: Spec) -> Spec:
-    """The rollback of ``spec``: walk its undo table by key, with the spec's chunking, throttle and timeouts."""
+    """The rollback of ``spec``: walk its undo records in ``seq`` order, with the spec's chunking, throttle
+    and timeouts (chunks are planned over ``seq``; each batch counts and restores only this backfill's records)."""
     return dataclasses.replace(
-        spec, name=rollback_name(spec.name), table=undo_table(spec.name), where=None, set={}, sql=None,
+        spec, name=rollback_name(spec.name), table=undo_store.UNDO_ROWS, key=undo_store.SEQ,
+        key_columns=(undo_store.SEQ,), where=None, set={}, sql=None,
         transform=None, sink=None, select={}, joins=None, returns=(), undo=False,
         description=f"rollback of {spec.name}",
     )
 
 
 class RestoreWriter(BatchWriter):
-    """Batches of the rollback: walk the undo table, restore the target table.
+    """Batches of the rollback: walk the backfill's undo records, restore the target table.
 
     ``forward`` must have its table pinned (``rollback_target``): the restore names it qualified.
     """
@@ -270,10 +219,17 @@ class RestoreWriter(BatchWriter):
         self.forward = forward
 
     def build(self, conn):
-        """The undo log as it is (its ``old_*`` types from the undo table itself)."""
-        undo_types = {n: t for n, (t, _) in column_types(conn, self.spec.table.sql).items()}
+        """The undo log of the forward backfill, with its key and columns typed as the target table is now."""
+        types = {n: t for n, (t, _) in column_types(conn, self.forward.table.sql).items()}
         cols = changed_columns(self.forward)
-        self.undo = UndoLog(self.spec.table, self.key, tuple(cols), tuple(undo_types[f"old_{c}"] for c in cols))
+        self.undo = UndoLog(self.forward.name, load_key(conn, self.forward), tuple(cols), tuple(types[c] for c in cols))
+
+    def batch_end(self, conn, lo, hi, rows: int):
+        """The next ``rows`` of this backfill's records after ``lo`` (other backfills' are not counted)."""
+        self.prepare(conn)
+        first, end, seen = undo_store.batch_end(conn, self.forward.name, lo, hi, rows)
+        self.batch_first = first
+        return end, seen
 
     def _write(self, has_lo: bool):
         return self.statement(("restore", has_lo), lambda: clause(
@@ -284,6 +240,7 @@ class RestoreWriter(BatchWriter):
         returns the rows restored (rows changed since are left alone).
         """
         self.prepare(conn)
+        pin_text_formats(conn)  # read the recorded text as it was written: rowfill.sql.session.TEXT_FORMATS
         return conn.execute(self._write(lo is not None), self.key.range_params(lo, hi)).scalar()
 
     def explain(self, conn, lo, hi):
@@ -293,16 +250,16 @@ class RestoreWriter(BatchWriter):
 
 
 def undo_exists(conn: Connection, spec: Spec) -> bool:
-    """Whether the undo log of ``spec`` (``rowfill.undo_<name>``, schema-qualified) exists."""
-    return catalog.exists(conn, undo_table(spec.name).sql)
+    """Whether backfill ``spec`` recorded anything in ``rowfill.undo_rows``."""
+    return undo_store.has_records(conn, spec.name)
 
 
 def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -> None:
-    """Hook of forward planning: no backfill while its rollback is unfinished; create the undo log.
+    """Hook of forward planning: no backfill while its rollback is unfinished.
 
     :param conn: the planning transaction. :param store: the checkpoint store. :param spec: the spec being planned.
     :raises RowfillError: when a rollback of this backfill is unfinished (finish or reset it first).
-    :raises SpecError: field ``undo``, from ``UndoLog.ensure``, when the undo log has another shape.
+    :raises SpecError: field ``undo``, when the undo log holds an earlier version's records (``check_recorded_shape``).
     """
     if spec.name.endswith(ROLLBACK_SUFFIX):  # a rollback's own plan
         return
@@ -314,6 +271,26 @@ def prepare_forward_plan(conn: Connection, store: CheckpointStore, spec: Spec) -
             f"a rollback of {spec.name!r} is in progress ({done} of {len(chunks)} chunks done); running the backfill "
             f"now would fight it. Finish it first (`rowfill rollback {spec.name} --yes` or the DAG "
             f"rowfill_{spec.name}_rollback), or abandon it with `rowfill reset {spec.name} --yes`.")
-    if spec.undo:
-        UndoLog.load(conn, spec).ensure(conn, spec)
+    if spec.undo:  # its records go into rowfill.undo_rows (migration 0002): nothing to create, one shape to keep
+        check_recorded_shape(conn, spec)
+
+
+def check_recorded_shape(conn: Connection, spec: Spec) -> None:
+    """Refuse to add records of other columns to an undo log that holds an earlier version's records.
+
+    A rollback restores the columns the spec names now from each record; records of an earlier version
+    (other ``set``/``returns`` columns, or another key, then a ``rowfill reset``) would restore the
+    wrong columns.
+
+    :raises SpecError: field ``undo``, saying how to roll the earlier version back or drop its records.
+    """
+    found = undo_store.recorded_columns(conn, spec.name)
+    expected = (sorted(spec.key_columns), sorted(changed_columns(spec)))
+    if found is not None and found != expected:
+        raise SpecError(
+            spec.source, "undo",
+            f"the undo log of {spec.name!r} holds records of an earlier version of this backfill (key {found[0]}, "
+            f"columns {found[1]}), but this spec would record key {expected[0]}, columns {expected[1]}. Roll that "
+            f"back first with the earlier spec (`rowfill rollback {spec.name}`), or, if its previous values are no "
+            f"longer needed, delete them: DELETE FROM {undo_store.UNDO_ROWS.sql} WHERE backfill = '{spec.name}'")
 

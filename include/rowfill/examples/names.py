@@ -14,3 +14,12 @@ def full_name(rows: list[dict]) -> list[str]:
     :returns: one full name per row, in row order.
     """
     return [f"{r['first_name']} {r['last_name']}" for r in rows]
+
+
+def full_name_columns(columns: dict[str, list]) -> dict[str, list]:
+    """The same rule over the batch as columns (``batch_form: columns``): no dict per row in or out.
+
+    :param columns: ``{"id": [...], "first_name": [...], "last_name": [...]}``, equal-length lists in key order.
+    :returns: ``{"full_name": [...]}``, one value per row, in the same order.
+    """
+    return {"full_name": [f"{first} {last}" for first, last in zip(columns["first_name"], columns["last_name"])]}

@@ -32,7 +32,7 @@ from rowfill.sql.keys import Key
 from rowfill.sql.sqlnames import BadIdentifier, TableName, parse_identifier, quote
 from rowfill.sql.sqltext import read_spec_sql
 
-DEFAULT_SPECS_DIR = Path(__file__).resolve().parents[2] / "specs"  # include/specs
+SPECS_ENV = "ROWFILL_SPECS_DIR"  # the specs folder; Airflow's [rowfill] specs_folder is read by rowfill.airflow.specs_folder
 DEFAULT_RECONNECT_FOR = 180.0  # seconds: a restart, a failover or a minor upgrade is over well within 3 minutes
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,199}")
 _CONN_ID = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -40,6 +40,10 @@ _CALLABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-
 MODES = ("set", "sql", "transform", "sink")
 Mode = Literal["set", "sql", "transform", "sink"]  # how a backfill writes (``Spec.mode``)
 Planning = Literal["auto", "exact", "estimated"]  # how chunk boundaries are found (rowfill.engine.estimate)
+# how a transform gets its batch and returns results (rowfill.engine.transform): a list of dicts,
+# one per row (the default), or a dict of equal-length columns
+BatchForm = Literal["rows", "columns"]
+BATCH_FORMS = ("rows", "columns")
 _CRON_PRESETS = {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually", "@continuous"}
 
 
@@ -100,6 +104,7 @@ class Spec:
     select: dict[str, str] = field(default_factory=dict)  # name -> SQL expression handed to transform/sink
     joins: str | None = None  # FROM-clause continuation for `select` (e.g. LEFT JOIN LATERAL ...)
     returns: tuple[str, ...] = ()  # columns the transform writes back
+    batch_form: BatchForm = "rows"  # with transform: rows (list of dicts) or columns (dict of equal-length lists)
     sink: str | None = None  # "module.path:function" receiving each batch instead of a database write
     undo: bool = False  # record previous values so `rowfill rollback` can restore them
     # how long a chunk keeps coming back to rows other sessions hold before it fails (rowfill.engine.rowlocks)
@@ -156,6 +161,8 @@ class Spec:
             value = getattr(self, name)
             if value:
                 meaning[name] = list(value) if isinstance(value, tuple) else value
+        if self.batch_form != "rows":  # the same function over columns is another call: only when used
+            meaning["batch_form"] = self.batch_form
         return meaning
 
     @property
@@ -206,6 +213,7 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "select": ("select", False),
     "joins": ("sql_text", False),
     "returns": ("columns", False),
+    "batch_form": ("batch_form", False),
     "sink": ("callable", False),
     "undo": ("bool", False),
     "locked_rows_wait": ("duration", False),
@@ -308,6 +316,12 @@ def _check(kind: str, value: Any, field: str = "") -> Any:
         if not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a valid cron expression; e.g. \"0 2 * * *\" starts at 02:00 every day")
         return value
+    if kind == "batch_form":
+        if value not in BATCH_FORMS:
+            raise ValueError("expected rows (the function gets a list of dicts, one per row, and returns one result "
+                             "per row) or columns (it gets a dict of equal-length column lists and returns the "
+                             "`returns` columns the same way)")
+        return value
     if kind == "planning":
         if value not in ("auto", "exact", "estimated"):
             raise ValueError("expected auto (exact below 20M rows, estimated above), exact (walk the key index) or estimated (sample)")
@@ -382,6 +396,8 @@ def _check_modes(data: dict, values: dict, source: str) -> list[SpecError]:
     mode = given[0] if len(given) == 1 else None
     if "returns" in data and mode != "transform":
         errors.append(SpecError(source, "returns", "only goes with 'transform' (the columns the function returns)"))
+    if "batch_form" in data and mode != "transform":
+        errors.append(SpecError(source, "batch_form", "only goes with 'transform' (how the function gets the batch)"))
     if mode == "transform" and "returns" not in data:
         errors.append(SpecError(source, "returns", "is required with 'transform': list the columns the function returns, e.g. returns: [loyalty_points]"))
     for name in ("select", "joins"):
@@ -542,18 +558,34 @@ def load_spec(path: str | os.PathLike) -> Spec:
         raise SpecErrors([SpecError(source, None, "holds a value that refers to itself (a YAML alias loop)")]) from None
 
 
-def specs_dir() -> Path:
-    """Where specs are read from: ``$ROWFILL_SPECS_DIR``, else ``include/specs`` next to the package."""
-    return Path(os.environ.get("ROWFILL_SPECS_DIR") or DEFAULT_SPECS_DIR)
+def specs_dir() -> Path | None:
+    """The specs folder named by ``$ROWFILL_SPECS_DIR``, or None.
+
+    Only the environment: this layer does not read Airflow's config. Callers above it resolve the
+    folder with ``rowfill.airflow.specs_folder`` (which adds ``[rowfill] specs_folder`` and the
+    ``rowfill/`` folder of the DAG bundle) and pass it in; nothing resolves into the installed package.
+    """
+    value = os.environ.get(SPECS_ENV)
+    return Path(value) if value else None
+
+
+_NO_FOLDER = ("specs folder does not exist; create it with `rowfill init DAGS_FOLDER` (a rowfill/ folder inside the DAG "
+              "bundle), or point Airflow's [rowfill] specs_folder (AIRFLOW__ROWFILL__SPECS_FOLDER) or ROWFILL_SPECS_DIR "
+              "at the folder holding your *.yaml specs")
 
 
 def load_specs(directory: str | os.PathLike | None = None) -> tuple[list[Spec], list[SpecError]]:
-    """All specs in a directory: the good ones, and the errors of the bad ones (never one hiding the other)."""
+    """All specs in a directory: the good ones, and the errors of the bad ones (never one hiding the other).
+
+    :param directory: the specs folder (default ``specs_dir()``, i.e. ``$ROWFILL_SPECS_DIR``).
+    :returns: (the good specs, sorted by file name; the errors of the bad ones, or one error naming the
+        folder and the settings that choose it when it does not exist). Never raises for a spec.
+    """
     directory = Path(directory) if directory else specs_dir()
     specs: list[Spec] = []
     errors: list[SpecError] = []
-    if not directory.is_dir():
-        return [], [SpecError(str(directory), None, "specs directory does not exist; set ROWFILL_SPECS_DIR to the folder holding your *.yaml specs")]
+    if directory is None or not directory.is_dir():
+        return [], [SpecError(str(directory or "(no specs folder)"), None, _NO_FOLDER)]
     seen: dict[str, str] = {}
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         try:

@@ -21,7 +21,17 @@ from sqlalchemy.sql.elements import TextClause
 
 # The settings rowfill changes per transaction, in the order they are set. Timeouts are seconds.
 TIMEOUTS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
-OTHER = ("synchronous_commit", "enable_seqscan", "enable_sort", "enable_bitmapscan")
+OTHER = ("synchronous_commit", "enable_seqscan", "enable_sort", "enable_bitmapscan",
+         "DateStyle", "IntervalStyle", "extra_float_digits")
+
+# How values become text, pinned on every rowfill session and again in every transaction that writes
+# or reads back the undo log (its values are text): ISO dates (only the output part of DateStyle, so
+# the user's day/month input order is kept; YYYY-MM-DD reads back the same under any order), intervals
+# in PostgreSQL's own style (sql_standard output of mixed signs reads back differently under another
+# style), and floats in their shortest exact form (any extra_float_digits > 0 since PostgreSQL 12; 0 or
+# less rounds). PostgreSQL docs 20.11.2 "Locale and Formatting" and 8.5.5 "Interval Output". psycopg
+# also reads dates and timestamps only in ISO style ("can't parse timestamptz with DateStyle 'SQL, DMY'").
+TEXT_FORMATS = {"DateStyle": "ISO", "IntervalStyle": "postgres", "extra_float_digits": "1"}
 
 
 def milliseconds(seconds: float) -> str:
@@ -57,6 +67,19 @@ def set_local(conn: Connection, *, lock_timeout: float | None = None, statement_
     values.update(others)
     if values:
         conn.execute(_statement(tuple(values)), values)
+
+
+def pin_text_formats(conn: Connection) -> None:
+    """Set ``TEXT_FORMATS`` until the end of ``conn``'s current transaction (one round trip).
+
+    :raises sqlalchemy.exc.DBAPIError: as the database does.
+    """
+    set_local(conn, **TEXT_FORMATS)
+
+
+def text_formats_for_session() -> str:
+    """SQL that sets ``TEXT_FORMATS`` for the whole session (run once on each new connection)."""
+    return "SELECT " + ", ".join(f"set_config('{n}', '{v}', false)" for n, v in TEXT_FORMATS.items())
 
 
 @dataclass(frozen=True)

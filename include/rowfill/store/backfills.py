@@ -1,6 +1,6 @@
 """Statements over ``rowfill.backfills``: one row per backfill, what it means and which table it walks.
 
-The table's columns are in ``rowfill.store.checkpoint.DDL`` and ``BACKFILL_UPGRADES``. Rows are
+The table's columns are in rowfill's migrations (``rowfill.store.migrations``). Rows are
 read with ``to_jsonb`` where older installs may lack a later column: a missing column is simply
 an absent key, not an error.
 """
@@ -56,3 +56,14 @@ def retable(conn: Connection, name: str, fingerprint: str, table: str) -> None:
 def record_relation(conn: Connection, name: str, schema: str, table: str, oid: int) -> None:
     """Store the relation (schema, name, OID) the backfill's table resolved to; the row must exist."""
     conn.execute(_RELATION, {"s": schema, "t": table, "o": oid, "n": name})
+
+
+_FORGET = text(f"DELETE FROM {SCHEMA}.backfills WHERE name = :n")
+
+
+def forget(conn: Connection, name: str) -> int:
+    """Delete the backfill's row, and with it (ON DELETE CASCADE) its chunks, samples and skipped keys.
+
+    :returns: rows deleted (0 or 1).
+    """
+    return conn.execute(_FORGET, {"n": name}).rowcount

@@ -1,9 +1,8 @@
 """Where rowfill's own schema lives, and whether a part of it exists yet.
 
-The schema is created on first use (``CheckpointStore.ensure_schema``), so read-only commands
-(``rowfill status``, the dry run, the UI page) must cope with a database that has none of it, or
-an older install that lacks a later table: they ask here first instead of failing on a missing
-relation. ``to_regclass`` answers NULL for a missing relation where a cast to ``regclass`` would
+The schema is created by ``rowfill db migrate`` (``rowfill.store.schema``), so read-only commands
+(``rowfill status``, the dry run, the UI page) must cope with a database that has none of it yet:
+they ask here first instead of failing on a missing relation. ``to_regclass`` answers NULL for a missing relation where a cast to ``regclass`` would
 raise (PostgreSQL docs, 9.27 "System Information Functions", ``to_regclass``), and it resolves
 the name with the connection's ``search_path`` like any statement would.
 """
@@ -46,11 +45,3 @@ def existing(conn: Connection, *relations: str) -> tuple[bool, ...]:
 def exists(conn: Connection, relation: str) -> bool:
     """Whether ``relation`` (SQL text, as for ``existing``) exists; raises as ``existing`` does."""
     return existing(conn, relation)[0]
-
-
-def create_schema(conn: Connection) -> None:
-    """Create rowfill's schema if it is missing (the tables are ``CheckpointStore.ensure_schema``'s)."""
-    conn.execute(_CREATE_SCHEMA)
-
-
-_CREATE_SCHEMA = text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")

@@ -21,120 +21,13 @@ from rowfill.spec.spec import Spec
 from rowfill.sql.keys import decode, encode
 from rowfill.sql.ranges import ChunkBounds, KeyRange
 from rowfill.sql.session import set_local
-from rowfill.store import catalog
+from rowfill.store import catalog, schema
 from rowfill.store.states import ChunkState
 
 SCHEMA = catalog.SCHEMA  # re-exported: most modules name the schema through this module
-_LOCK_KEY = 0x726F7766  # "rowf": serialises schema creation and planning across workers
-
-DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {SCHEMA};
-CREATE TABLE IF NOT EXISTS {SCHEMA}.backfills (
-    name         text PRIMARY KEY,
-    fingerprint  text NOT NULL,
-    spec         jsonb NOT NULL,
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    planned_at   timestamptz
-);
-CREATE TABLE IF NOT EXISTS {SCHEMA}.chunks (
-    backfill     text NOT NULL REFERENCES {SCHEMA}.backfills (name) ON DELETE CASCADE,
-    chunk_no     integer NOT NULL,
-    lo           jsonb NOT NULL,          -- exclusive lower key bound; JSON null = from the start (the lowest chunk)
-    hi           jsonb NOT NULL,          -- inclusive upper key bound
-    est_rows     bigint NOT NULL,         -- rows in (lo, hi] when planned
-    cursor       jsonb,                   -- last key done; NULL = not started
-    rows_seen    bigint NOT NULL DEFAULT 0,  -- keys walked
-    rows_written bigint NOT NULL DEFAULT 0,  -- rows the write changed
-    batches      integer NOT NULL DEFAULT 0,
-    status       text NOT NULL DEFAULT 'pending'
-                 CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    attempts     integer NOT NULL DEFAULT 0,  -- starts after a failure or crash, plus the first; a stop at a
-                                              -- pause or window close and its resume are one attempt
-    last_error   text,
-    worker       text,
-    run_id       text,
-    started_at   timestamptz,
-    updated_at   timestamptz,
-    finished_at  timestamptz,
-    PRIMARY KEY (backfill, chunk_no)
-);
--- Observability (see rowfill.store.rates and rowfill.engine.status): the Airflow map index of a chunk's latest
--- attempt (with run_id it names the task instance to link to and clear), and per-chunk batch
--- samples in time buckets, from which any process computes the rate over a moving window.
-ALTER TABLE {SCHEMA}.chunks ADD COLUMN IF NOT EXISTS map_index integer;
-CREATE TABLE IF NOT EXISTS {SCHEMA}.samples (
-    backfill     text NOT NULL,
-    chunk_no     integer NOT NULL,
-    bucket       timestamptz NOT NULL,    -- start of a fixed time bucket
-    rows_seen    bigint NOT NULL,
-    batches      integer NOT NULL,
-    work_started timestamptz NOT NULL,    -- when the bucket's first batch began
-    last_commit  timestamptz NOT NULL,    -- when the bucket's latest batch committed
-    PRIMARY KEY (backfill, chunk_no, bucket),
-    FOREIGN KEY (backfill, chunk_no) REFERENCES {SCHEMA}.chunks (backfill, chunk_no) ON DELETE CASCADE
-);
--- added for non-integer keys: the chunk's first key, so labels read "id a1b2..f00d" (NULL on older plans)
-ALTER TABLE {SCHEMA}.chunks ADD COLUMN IF NOT EXISTS first_key jsonb;
--- The lease of a running chunk's runner (see rowfill.engine.lease): renewed by a heartbeat; a running chunk
--- whose lease ran out is stale (its process is gone). A table of its own: a batch holds its chunk row.
-CREATE TABLE IF NOT EXISTS {SCHEMA}.leases (
-    backfill     text NOT NULL,
-    chunk_no     integer NOT NULL,
-    worker       text NOT NULL,
-    heartbeat_at timestamptz NOT NULL,
-    PRIMARY KEY (backfill, chunk_no)
-);
-"""
-# Keys a batch could not lock without waiting, to come back to (rowfill.engine.rowlocks): the batch
-# records them in the transaction that advances its checkpoint.
-SKIPPED_DDL = f"""
-CREATE TABLE IF NOT EXISTS {SCHEMA}.skipped_rows (
-    backfill    text NOT NULL,
-    chunk_no    integer NOT NULL,
-    key         jsonb NOT NULL,           -- the key value, as rowfill.sql.keys stores key values
-    skipped_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (backfill, chunk_no, key),
-    FOREIGN KEY (backfill, chunk_no) REFERENCES {SCHEMA}.chunks (backfill, chunk_no) ON DELETE CASCADE
-);
-"""
-
-# Columns added after the first release: CREATE TABLE IF NOT EXISTS leaves existing installs'
-# tables as they were, so each later column is added here, only when missing (a plain
-# ADD COLUMN IF NOT EXISTS would still take an exclusive lock on every plan).
-UPGRADES = {
-    "throttled_seconds": "double precision NOT NULL DEFAULT 0",  # time spent pausing, waiting on gates, backing off
-    "throttle_state": "text",  # what a throttled or deferred chunk is waiting for right now
-    # batch size that ran within statement_timeout after a batch was split (NULL: no split in effect);
-    # a resumed chunk starts from it instead of timing out again
-    "batch_rows_worked": "integer",
-}
-
-
-# Columns of rowfill.backfills added later, the same way. The relation the spec's `table` resolved
-# to when the backfill was planned (see rowfill.engine.resolve): every later task uses this name, after
-# checking that it still is the same relation (OID). For a rollback (``<name>.rollback``) they hold
-# the table it restores, since the backfill's own row is gone while the rollback runs.
-BACKFILL_UPGRADES = {
-    "table_schema": "text",
-    "table_name": "text",
-    "table_oid": "oid",
-    # what the last verify found (rowfill.engine.verify): rows of the whole table still matching `where`
-    # (NULL: not verified yet, or nothing to check), and when it looked
-    "rows_still_matching": "bigint",
-    "verified_at": "timestamptz",
-}
-
-
-def _upgrade_sql() -> str:
-    steps = "".join(
-        f"IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{SCHEMA}.{table}'::regclass "
-        f"AND attname = '{column}' AND NOT attisdropped) THEN "
-        f"ALTER TABLE {SCHEMA}.{table} ADD COLUMN {column} {definition}; END IF; "
-        for table, columns in (("chunks", UPGRADES), ("backfills", BACKFILL_UPGRADES))
-        for column, definition in columns.items()
-    )
-    return f"DO $$ BEGIN {steps}END $$;"
-
+# The tables themselves are created by rowfill's migrations (rowfill.store.migrations, `rowfill db migrate`);
+# this module only reads and writes them.
+_LOCK_KEY = schema._LOCK_KEY  # "rowf": serialises schema changes and planning across workers
 
 @dataclass(frozen=True)
 class ChunkRow:
@@ -178,6 +71,11 @@ _KEY_POSITIONS = [i for i, c in enumerate(ChunkRow.__dataclass_fields__) if c in
 _STATUS_POSITION = list(ChunkRow.__dataclass_fields__).index("status")
 
 
+_MAP_INDEX = text(f"UPDATE {SCHEMA}.chunks SET map_index = :m WHERE backfill = :n AND chunk_no = :c")
+_SIGNATURE = text(f"SELECT coalesce(sum(batches), 0), count(*) FILTER (WHERE status = 'done'), "
+                  f"count(*) FILTER (WHERE status IN ('running', 'pending')) FROM {SCHEMA}.chunks WHERE backfill = :n")
+
+
 def _row(r) -> ChunkRow:
     values = list(r)
     for i in _KEY_POSITIONS:
@@ -191,14 +89,6 @@ class CheckpointStore:
         self.engine = engine
 
     # -- set-up -----------------------------------------------------------------------------
-    def ensure_schema(self) -> None:
-        """Create the schema on first use; the advisory lock keeps parallel first runs from racing."""
-        with self.engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-            conn.exec_driver_sql(DDL)
-            conn.exec_driver_sql(_upgrade_sql())
-            conn.exec_driver_sql(SKIPPED_DDL)
-
     def lock_planning(self, conn: Connection, name: str) -> None:
         """Inside planning's transaction: serialise planning of backfill ``name`` across workers
         (a transaction-level advisory lock, released at commit; PostgreSQL docs, 9.28.10 "Advisory Lock Functions").
@@ -452,6 +342,20 @@ class CheckpointStore:
                  "WHERE backfill = :n AND chunk_no = ANY(:c) AND status = 'done' RETURNING chunk_no"),
             {"n": name, "c": list(chunk_nos)},
         ).scalars())
+
+    def note_task_instance(self, name: str, chunk_no: int, map_index: int) -> None:
+        """Note the Airflow map index of the chunk's latest attempt: with the run id it names the task
+        instance the UI links to and clears. Waits at most 10 s for the chunk row."""
+        with self.engine.begin() as conn:
+            set_local(conn, lock_timeout=10.0)
+            conn.execute(_MAP_INDEX, {"m": map_index, "n": name, "c": chunk_no})
+
+    def signature(self, name: str) -> tuple[int, int, int]:
+        """(batches committed, chunks done, chunks running or pending) of backfill ``name``, in one aggregate:
+        what the stall watchdog compares between readings (``rowfill.airflow.stall``)."""
+        with self.engine.connect() as conn:
+            batches, done, open_chunks = conn.execute(_SIGNATURE, {"n": name}).one()
+        return int(batches), int(done), int(open_chunks)
 
     def reset(self, name: str) -> int:
         """Forget a backfill's plan and progress (rows already written stay written)."""

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 
 class ChunkState(StrEnum):
-    """``rowfill.chunks.status`` (the CHECK constraint in ``rowfill.store.checkpoint.DDL``), plus ``stale``.
+    """``rowfill.chunks.status`` (the CHECK constraint of migration 0001, ``rowfill.store.migrations``), plus ``stale``.
 
     ``stale`` is never stored: ``rowfill status`` shows a running chunk whose runner's lease ran out
     (``rowfill.engine.lease``) as stale.

@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Does a backfill's console page answer in under 200 ms with 1,000 chunks and 30 days of history?
+(a benchmark, not a test; issue 14)
+
+One invocation:
+  1. a throwaway PostgreSQL (the target database) and a throwaway Airflow metadata database
+     (SQLite, as the development stack uses; ``airflow db migrate`` in a temporary AIRFLOW_HOME);
+  2. a backfill planned into 1,000 chunks (400 done, 10 failed, 4 running), six hours of rate
+     samples for its running chunks (what ``rowfill.store.rates`` keeps), an hourly DAG run for
+     30 days (720 runs, each with start, end, outcome and who triggered it) and 200 audit entries;
+  3. the console app exactly as the plugin mounts it (``rowfill.airflow.web.create_app``), with
+     Airflow's simple auth manager and a real signed token, asked in-process (Starlette's test
+     client: the server's time, no network) for:
+       * baseline: the overview of one small backfill (1 chunk, no history) — what any page costs;
+       * the backfill's page with everything above;
+     each ``--repeat`` times after a warm-up, alternating; prints the machine, the medians, their
+     ratio and PASS/MISS against the 200 ms target.
+
+    .venv/bin/python bench/console_speed.py [--repeat 21]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "include"))  # rowfill_dev: development tooling, not installed
+sys.path.insert(0, str(ROOT / "tests"))  # the audit table's migration, as the tests apply it
+
+TARGET_MS = 200.0  # issue 14: the page with 1,000 chunks and 30 days of history
+CHUNKS = 1_000
+DAYS = 30
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    mem = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) / 2**20
+    load = os.getloadavg()[0]
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, load {load:.1f}, Python {platform.python_version()}"
+
+
+def write_spec(folder: Path, name: str, table: str, chunk_rows: int) -> None:
+    (folder / f"{name}.yaml").write_text(
+        f"name: {name}\nconnection: app_db\ntable: {table}\nkey: id\nwhere: full_name IS NULL\n"
+        f"set:\n  full_name: first_name || ' ' || last_name\nchunk_rows: {chunk_rows}\nbatch_rows: {chunk_rows}\n")
+
+
+def fill_target(engine, folder: Path):
+    from sqlalchemy import text
+
+    from console_helpers import migrate_audit
+    from rowfill.engine.plan import plan_backfill
+    from rowfill.spec.spec import load_spec
+    from rowfill.store import audit
+
+    with engine.begin() as conn:
+        for table, rows in (("wide_users", CHUNKS * 20), ("small_users", 100)):
+            conn.execute(text(f"CREATE TABLE {table} (id bigint PRIMARY KEY, first_name text, last_name text, full_name text)"))
+            conn.execute(text(f"INSERT INTO {table} SELECT g, 'f' || g, 'l' || g, NULL FROM generate_series(1, {rows}) g"))
+            conn.execute(text(f"ANALYZE {table}"))
+    write_spec(folder, "wide_fill", "public.wide_users", 20)
+    write_spec(folder, "small_fill", "public.small_users", 1_000)
+    wide = load_spec(folder / "wide_fill.yaml")
+    assert len(plan_backfill(engine, wide)) == CHUNKS
+    plan_backfill(engine, load_spec(folder / "small_fill.yaml"))
+    migrate_audit(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE rowfill.chunks SET status = 'done', rows_seen = est_rows, batches = 1 "
+                          "WHERE backfill = 'wide_fill' AND chunk_no <= 400"))
+        conn.execute(text("UPDATE rowfill.chunks SET status = 'failed', last_error = 'boom ' || chunk_no, run_id = 'r', "
+                          "map_index = chunk_no - 1, attempts = 1 WHERE backfill = 'wide_fill' AND chunk_no BETWEEN 401 AND 410"))
+        conn.execute(text("UPDATE rowfill.chunks SET status = 'running', throttled_seconds = 12.5, "
+                          "throttle_state = CASE WHEN chunk_no = 411 THEN 'waiting: replica_lag 12 s > 5 s' END "
+                          "WHERE backfill = 'wide_fill' AND chunk_no BETWEEN 411 AND 414"))
+        # six hours of 5-second buckets for the 4 running chunks (what rates.KEEP_SECONDS keeps)
+        conn.execute(text("""
+            INSERT INTO rowfill.samples (backfill, chunk_no, bucket, rows_seen, batches, work_started, last_commit)
+            SELECT 'wide_fill', c, to_timestamp(floor(extract(epoch FROM clock_timestamp()) / 5) * 5) - make_interval(secs => 5 * s),
+                   500 + (s % 97), 5, now(), now()
+            FROM generate_series(411, 414) c, generate_series(0, 6 * 720 - 1) s"""))
+    for i in range(200):
+        audit.record(engine, "wide_fill", f"user{i % 7}", audit.Source.CONSOLE if i % 2 else audit.Source.CLI,
+                     ("pause", "resume", "set")[i % 3], {"state": "paused"}, f"reason {i}")
+
+
+def fill_airflow_history() -> int:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import insert
+
+    now = datetime.now(UTC)
+    rows = []
+    for hour in range(DAYS * 24):
+        start = now - timedelta(hours=hour)
+        rows.append({"dag_id": "rowfill_wide_fill", "run_id": f"scheduled__{start.isoformat()}", "state": "success" if hour % 5 else "failed",
+                     "run_type": "scheduled" if hour % 3 else "manual", "run_after": start, "queued_at": start,
+                     "start_date": start, "end_date": start + timedelta(minutes=20),
+                     "triggering_user_name": None if hour % 3 else "ana"})
+    with create_session() as session:
+        session.execute(insert(DagRun.__table__), rows)
+    return len(rows)
+
+
+def timed(client, path: str, token: str) -> float:
+    t0 = time.perf_counter()
+    answer = client.get(path, cookies={"_token": token})
+    seconds = time.perf_counter() - t0
+    assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=21)
+    args = ap.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="rowfill-bench-console-"))
+    os.environ.update({
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow' / 'airflow.db'}",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "ROWFILL_SPECS_DIR": str(home / "specs"),
+    })
+    (home / "airflow").mkdir()
+    (home / "specs").mkdir()
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True)
+
+    from rowfill.engine.database import engine_from_url
+    from rowfill_dev.localpg import LocalPostgres
+
+    pg = LocalPostgres(home / "pg").start()
+    try:
+        os.environ["ROWFILL_DATABASE_URL"] = pg.url
+        engine = engine_from_url(pg.url)
+        fill_target(engine, home / "specs")
+        runs = fill_airflow_history()
+
+        from airflow.api_fastapi.app import init_auth_manager
+        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+        from fastapi.testclient import TestClient
+
+        from rowfill.airflow.web import backfill_page, create_app
+        from rowfill.spec.spec import load_spec
+
+        token = init_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
+        client = TestClient(create_app(), root_path="/rowfill")
+        page = client.get("/backfills/wide_fill", cookies={"_token": token}).text  # warm-up (DAG build checks, imports)
+        counts = (page.count("class='c "), page.count("<tr data-run="), page.count("<tr class='audit'"))
+        assert counts[0] >= CHUNKS and counts[1:] == (50, 50) and f"{runs} run(s)" in page, counts
+        timed(client, "/backfills/small_fill", token)
+        base, full = [], []
+        if os.environ.get("ROWFILL_BENCH_PROFILE"):  # where the time goes, for whoever tunes the page
+            import cProfile
+            import pstats
+
+            profile = cProfile.Profile()
+            profile.enable()
+            backfill_page(load_spec(home / "specs" / "wide_fill.yaml"))  # the route's work, in this thread
+            profile.disable()
+            pstats.Stats(profile).sort_stats("cumulative").print_stats(35)
+        for _ in range(args.repeat):
+            base.append(timed(client, "/backfills/small_fill", token))
+            full.append(timed(client, "/backfills/wide_fill", token))
+    finally:
+        pg.stop("immediate")
+    b, f = statistics.median(base) * 1000, statistics.median(full) * 1000
+    print(f"machine: {machine()}")
+    print(f"page: {CHUNKS:,} chunks (400 done, 10 failed, 4 running), {runs} DAG runs over {DAYS} days, "
+          f"{4 * 6 * 720:,} rate samples, 200 audit entries; {len(page) / 1024:.0f} KiB of HTML")
+    print(f"baseline  /backfills/small_fill (1 chunk, no history): median {b:6.1f} ms  (min {min(base) * 1000:.1f}, max {max(base) * 1000:.1f})")
+    print(f"measured  /backfills/wide_fill:                        median {f:6.1f} ms  (min {min(full) * 1000:.1f}, max {max(full) * 1000:.1f})")
+    print(f"ratio to baseline: {f / b:.2f}x; target: under {TARGET_MS:.0f} ms -> {'PASS' if f < TARGET_MS else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
