@@ -178,11 +178,13 @@ def trace_one_batch(batches: int = 10) -> int:
     from rowfill.engine.runner import ChunkRunner
     from rowfill.spec.spec import load_spec
     from rowfill_dev.localpg import LocalPostgres
+    from rowfill_dev.schema import migrate_database
 
     tmp = Path(tempfile.mkdtemp(prefix="rowfill-structure-"))
     pg = LocalPostgres(tmp / "data").start()
     try:
         engine = engine_from_url(pg.url)
+        migrate_database(engine)  # rowfill's schema, as `rowfill db migrate` makes it
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE users (id bigint PRIMARY KEY, points integer NOT NULL DEFAULT 0)"))
             conn.execute(text("INSERT INTO users (id) SELECT g FROM generate_series(1, :n) g"), {"n": batches * 100})
