@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 PAUSE_CHECK_EVERY = 5.0  # seconds between two asks: one execution-API call, never one per batch
 

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, TypeVar
+from typing import TypeVar
+from collections.abc import Callable
 
 from tenacity import Retrying, retry_if_exception, wait_random_exponential
 

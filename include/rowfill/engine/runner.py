@@ -45,7 +45,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -236,7 +236,7 @@ class ChunkRunner:
         try:
             while True:
                 # a read that loses its connection (live control, gates) is retried like a batch (rowfill.engine.reconnect)
-                decision = reconnect.call(lambda: self.throttle.next(done), spec,
+                decision = reconnect.call(lambda done=done: self.throttle.next(done), spec,
                                           "reading pause, cancel, live knobs and the gates", self.log)
                 if isinstance(decision, Wait):
                     self._wait(chunk_no, decision)
@@ -391,7 +391,7 @@ class ChunkRunner:
         except Exception as failed:  # noqa: BLE001 - the original error is what matters
             self.log.warning("could not narrow the failed batch to a row (%s: %s); reporting the batch's error",
                              type(failed).__name__, str(failed).splitlines()[0] if str(failed) else "")
-            raise exc
+            raise exc from None
         if found is not None:
             raise found from exc
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from rowfill.engine.probes import GateCritical, GateKeeper, LatencyProbe
 from rowfill.spec.durations import format_duration
@@ -249,7 +249,7 @@ class Throttle:
 
     @classmethod
     def for_spec(cls, spec, sleep: Callable[[float], None] = time.sleep, *, engine=None,
-                 logger: logging.Logger | None = None) -> "Throttle":
+                 logger: logging.Logger | None = None) -> Throttle:
         """The spec's throttle; with an engine, also its gates and latency probe.
 
         :param spec: a ``rowfill.spec.spec.Spec``. :param sleep: what the runner sleeps with.
@@ -268,7 +268,7 @@ class Throttle:
                    gates=gates, latency=latency, logger=logger)
 
     def listen(self, *, live=None, windows=None, clock: Callable | None = None,
-               interrupt: Callable[[], str | None] | None = None) -> "Throttle":
+               interrupt: Callable[[], str | None] | None = None) -> Throttle:
         """Add the stop inputs: live control, windows (closing at ``clock()``, an aware datetime) and
         an interruption callable returning a reason or None. Returns self. Never raises."""
         if live is not None:

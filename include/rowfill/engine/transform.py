@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Callable
+from collections.abc import Callable
 from uuid import UUID
 
 from sqlalchemy.engine import Connection

@@ -119,7 +119,7 @@ def cmd_status(args) -> int:
             engine = _engine(spec, args)
             try:
                 status, control, table, problems[spec.name] = reconnect.call(
-                    lambda: _read_status(engine, spec), spec, "reading the status")
+                    lambda engine=engine, spec=spec: _read_status(engine, spec), spec, "reading the status")
                 controls[spec.name] = control
                 if control.state != "running" and status.state not in ("done", "not started", "stale"):
                     status = dataclasses.replace(status, state=control.state)  # paused / cancelled says more than "waiting"

@@ -13,7 +13,7 @@ Behavior"). ``0`` means "no limit", as in PostgreSQL; ``None`` leaves a setting 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -39,7 +39,7 @@ def milliseconds(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _statement(names: tuple[str, ...]) -> TextClause:
     # one statement per combination of settings: the text stays the same, so drivers can reuse its plan
     return text("SELECT " + ", ".join(f"set_config('{n}', :{n}, true)" for n in names))
@@ -91,7 +91,7 @@ class Timeouts:
     idle_in_transaction: float | None = None
 
     @classmethod
-    def for_batch(cls, lock_timeout: float, statement_timeout: float) -> "Timeouts":
+    def for_batch(cls, lock_timeout: float, statement_timeout: float) -> Timeouts:
         """A batch's: the spec's ``lock_timeout`` and ``statement_timeout`` (seconds), and
         ``idle_in_transaction_session_timeout`` of twice the statement timeout, at least 60 s: a runner
         that hangs mid-batch (paused VM, lost network) must not keep its chunk row locked for the retry

@@ -133,7 +133,7 @@ class TableName:
     written: str | None = field(default=None, compare=False)
 
     @classmethod
-    def parse(cls, text: str) -> "TableName":
+    def parse(cls, text: str) -> TableName:
         """A table name as a spec writes it (``users``, ``public.users``, ``"My Table"``), read the way
         PostgreSQL reads it. Raises BadIdentifier (advice included) for anything else, e.g. three dotted parts.
         """
@@ -161,7 +161,7 @@ class TableName:
         """The name as the spec wrote it (``orders`` or ``app.orders``), resolved or not."""
         return self.written if self.written is not None else str(self)
 
-    def resolved(self, schema: str, name: str) -> "TableName":
+    def resolved(self, schema: str, name: str) -> TableName:
         """The schema-qualified name this one resolved to, remembering how it was written."""
         return TableName(schema, name, self.meaning)
 

@@ -24,7 +24,7 @@ PostgreSQL reads them with ``standard_conforming_strings = on``, the default sin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from sqlparse import lexer
 from sqlparse import tokens as T

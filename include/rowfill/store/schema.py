@@ -169,9 +169,9 @@ def check(conn: Connection, source: str | None = None, database: str | None = No
     """
     try:
         if _probe(conn):  # the version and the privileges on rowfill's tables in one more round trip
-            revision, role, usage, missing = conn.execute(_VERSION_AND_GRANTS, _GRANT_PARAMS).one()
+            revision, _role, usage, missing = conn.execute(_VERSION_AND_GRANTS, _GRANT_PARAMS).one()
         else:
-            revision, role, usage, missing = None, None, True, {}
+            revision, _role, usage, missing = None, None, True, {}
     except MissingGrants as exc:
         raise MissingGrants(_where(source, database) + str(exc)) from None
     found = SchemaVersion(revision, required())
