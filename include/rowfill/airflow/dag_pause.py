@@ -40,7 +40,7 @@ class DagPauseWatch:
                  logger: logging.Logger | None = None):
         self.ti, self.dag_id, self.every, self.clock = ti, dag_id, every, clock
         self.log = logger or log
-        self._next = None  # when to ask again (monotonic seconds); None: at the next call
+        self._next: float | None = None  # when to ask again (monotonic seconds); None: at the next call
         self._started_paused: bool | None = None  # the first answer; None until asked
 
     def reason(self) -> str:

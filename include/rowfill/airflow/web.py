@@ -496,7 +496,7 @@ def backfill_page(spec, user=None, ui_base: str = "", root: str = URL_PREFIX) ->
             runs.append(_run_view(run, run.dag_id != spec.dag_id))
     except Exception as exc:  # noqa: BLE001 - show the checkpoint store without Airflow's history
         runs_error = str(exc).splitlines()[0]
-    latest = {}
+    latest: dict[str, airflow_runs.Run] = {}  # DAG id -> its latest run
     for r in runs:
         latest.setdefault(r["dag_id"], airflow_runs.Run(r["dag_id"], r["run_id"], r["state"], r["start"], r["end"], "", None))
     engine = _engine(spec.connection)

@@ -69,7 +69,7 @@ def parse_knob(name: str, value) -> float | int | None:
             rows = int(raw)
             if rows < 1 or (isinstance(raw, float) and rows != raw):
                 raise ValueError
-            return bound.check(rows)
+            return BOUNDS[name].check(rows)  # every rows knob is a spec field with a bound
         if kind == "duration":
             return parse_duration(raw, bound)
         if kind == "ratio":
@@ -263,8 +263,14 @@ class LiveControl:
         return control, self._take(control)
 
     def reason(self) -> str:
-        """Why the chunk stops, in the words of the last control row read (``stop_reason``)."""
-        return stop_reason(self.control)
+        """Why the chunk stops, in the words of the last control row read (``stop_reason``).
+
+        :raises RuntimeError: asked while that row says running (the throttle asks only once it does not).
+        """
+        reason = stop_reason(self.control)
+        if reason is None:
+            raise RuntimeError(f"{self.label}: asked why the chunk stops while its control row says running")
+        return reason
 
     def _take(self, control: Control, first: bool = False) -> dict:
         self.control, self.version = control, control.version

@@ -56,7 +56,9 @@ def parse_identifier(text: str) -> str:
 
 def split_dotted(text: str) -> list[str]:
     """Split ``schema.table`` on dots that are outside double quotes."""
-    parts, buf, quoted = [], [], False
+    parts: list[str] = []
+    buf: list[str] = []  # the characters of the part being read
+    quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted

@@ -515,6 +515,7 @@ def spec_sql(spec) -> SpecSql:
                                    tuple(spec.key_columns))
     if errors:
         raise errors[0]
+    assert parsed is not None  # read_spec_sql returns the fields whenever it returns no error
     return parsed
 
 

@@ -77,8 +77,12 @@ def required() -> str:
     """The revision this rowfill needs: the head of the migrations it ships (e.g. ``"0002"``).
 
     :returns: the revision id. Read once per process from the migration files (Alembic's ScriptDirectory).
+    :raises RowfillError: no migration files (a broken install: the wheel ships them).
     """
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    if head is None:
+        raise RowfillError(f"no rowfill migrations under {MIGRATIONS}; the install is incomplete, reinstall rowfill")
+    return head
 
 
 def _known() -> list[str]:
