@@ -21,7 +21,8 @@ from collections.abc import Set as AbstractSet
 from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference
+# airflow.sdk exports these lazily (__all__ and its __getattr__ table), but its __init__.pyi stub leaves them out
+from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference  # type: ignore[attr-defined]
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
 from rowfill.airflow import alerts, assets
