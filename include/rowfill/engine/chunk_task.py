@@ -17,12 +17,12 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Engine
 
 from rowfill.engine import reconnect
-from rowfill.engine.control import ControlStore, LiveControl, stop_reason
+from rowfill.engine.control import ControlStore, LiveControl, stopping_reason
 from rowfill.engine.resolve import pinned_spec
 from rowfill.engine.runner import BatchObserver, ChunkResult, ChunkRunner
 from rowfill.engine.throttle import Throttle
@@ -51,7 +51,7 @@ def _when(moment: datetime, windows: Windows) -> str:
 
 def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = None, run_id: str | None = None,
               logger: logging.Logger | None = None, overrides: dict | None = None, clock: Clock = utcnow,
-              sleep: Callable[[float], None] = time.sleep, observers: list[BatchObserver] = (),
+              sleep: Callable[[float], None] = time.sleep, observers: Sequence[BatchObserver] = (),
               writer: BatchWriter | None = None, check_table: bool = True,
               should_stop: Callable[[], str | None] | None = None) -> Outcome:
     """One go of a chunk: refuse, defer, or run it through the chunk runner until done or stopped.
@@ -89,12 +89,12 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
         reconnect.call(lambda: store.note_throttle(spec.name, chunk_no, state), spec, "recording why the chunk waits", logger)
 
     if control.state == "cancelled":
-        reason = stop_reason(control)
+        reason = stopping_reason(control)
         hold(reason)
         logger.info("%s: backfill %s is %s; not starting, cursor kept", label, spec.name, reason)
         return Outcome("cancelled", reason)
     if control.state == "paused":
-        reason = stop_reason(control)
+        reason = stopping_reason(control)
         hold(reason)
         logger.info("%s: backfill %s is %s; waiting for `rowfill resume %s` without holding a worker slot",
                     label, spec.name, reason, spec.name)
@@ -117,7 +117,9 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     throttle.label = label
     throttle.start_live()
     if windows:
-        logger.info("%s: inside the window (%s) until %s", label, windows, _when(windows.closes_at(now), windows))
+        closes = windows.closes_at(now)
+        assert closes is not None  # open at `now` (checked above), so the open period ends after it
+        logger.info("%s: inside the window (%s) until %s", label, windows, _when(closes, windows))
 
     runner = ChunkRunner(engine, spec, throttle=throttle, logger=logger, label=label, run_id=run_id,
                          observers=list(observers), writer=writer, should_stop=should_stop)
@@ -127,11 +129,11 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     if result.stopped_by == "interrupted":
         return Outcome("interrupted", "stopped by the caller", result=result)
     if result.stopped_by == ControlState.CANCELLED:
-        reason = stop_reason(live.control)
+        reason = stopping_reason(live.control)
         hold(reason)
         return Outcome("cancelled", reason, result=result)
     if result.stopped_by == ControlState.PAUSED:
-        reason = stop_reason(live.control)
+        reason = stopping_reason(live.control)
         hold(reason)
         return Outcome("defer", reason, result=result)
     opens = windows.next_open(clock())

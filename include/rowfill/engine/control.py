@@ -209,6 +209,17 @@ def stop_reason(control: Control) -> str | None:
     return note
 
 
+def stopping_reason(control: Control) -> str:
+    """``stop_reason`` of a control row that stops chunks (paused or cancelled).
+
+    :raises ValueError: the row says running (nothing to stop for; a caller that did not check the state).
+    """
+    reason = stop_reason(control)
+    if reason is None:
+        raise ValueError("the backfill's control row says running: there is no reason to stop")
+    return reason
+
+
 class LiveControl:
     """What a running chunk reads between batches: its control row, as an input to the throttle.
 
@@ -265,12 +276,9 @@ class LiveControl:
     def reason(self) -> str:
         """Why the chunk stops, in the words of the last control row read (``stop_reason``).
 
-        :raises RuntimeError: asked while that row says running (the throttle asks only once it does not).
+        :raises ValueError: asked while that row says running (the throttle asks only once it does not).
         """
-        reason = stop_reason(self.control)
-        if reason is None:
-            raise RuntimeError(f"{self.label}: asked why the chunk stops while its control row says running")
-        return reason
+        return stopping_reason(self.control)
 
     def _take(self, control: Control, first: bool = False) -> dict:
         self.control, self.version = control, control.version

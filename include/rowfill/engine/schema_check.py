@@ -33,8 +33,8 @@ class Target:
 
     key_type: str
     columns: frozenset[str]
-    key: Key | None = None
-    types: dict | None = None  # column -> SQL type
+    key: Key  # the key with its column types
+    types: dict[str, str]  # column -> SQL type
 
 
 def check_target(conn: Connection, spec: Spec) -> Target:
