@@ -22,7 +22,7 @@ from rowfill.spec import bounds
 from rowfill.spec.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-DURATIONS = {"pause", "lock_timeout", "statement_timeout", "retry_delay", "max_retry_delay", "progress_every",
+DURATIONS = {"chunk_time", "pause", "lock_timeout", "statement_timeout", "retry_delay", "max_retry_delay", "progress_every",
              "target_batch_time", "stall_after", "stall_repeat_after", "expected_duration"}
 # Other fields a value at (or above) one bound needs to make the rest of the spec valid.
 ALONG = {

@@ -81,7 +81,7 @@ MALFORMED = [
     ("sql missing both bounds", {"set": DROP, "sql": "UPDATE users SET x = 1"}, "sql", "must use the key bounds :lo, :hi"),
     ("a cast is not a bound", {"set": DROP, "sql": "UPDATE users SET x = 1 WHERE id > :lo AND id <= 5::hi"}, "sql", ":hi"),
     ("batch_rows > chunk_rows", {"chunk_rows": 1000, "batch_rows": 5000}, "batch_rows", "larger than chunk_rows (1000)"),
-    ("batch_rows > default chunk_rows", {"batch_rows": 200_000}, "batch_rows", "larger than chunk_rows (100000, the default)"),
+    ("chunk_time below a second", {"chunk_time": "500ms"}, "chunk_time", "shorter than 1s"),
     ("chunk_rows < default batch_rows", {"chunk_rows": 500}, "chunk_rows", "batch_rows 1000 (the default) is larger"),
     ("chunk_rows zero", {"chunk_rows": 0}, "chunk_rows", "at least 1"),
     ("chunk_rows not a number", {"chunk_rows": "lots"}, "chunk_rows", "expected a whole number, got 'lots'"),
@@ -144,7 +144,7 @@ def test_a_good_spec_loads_with_its_defaults(tmp_path):
     assert spec.set == {"full_name": "first_name || ' ' || last_name"}
     assert spec.mode == "set"
     assert spec.source == str(tmp_path / "spec.yaml")
-    assert (spec.chunk_rows, spec.batch_rows, spec.pause, spec.lock_timeout) == (100_000, 1_000, 0.0, 2.0)
+    assert (spec.chunk_rows, spec.chunk_time, spec.batch_rows, spec.pause, spec.lock_timeout) == (None, 300.0, 1_000, 0.0, 2.0)
     # the default throttle: ~50 ms batches (sized from there), a rest of half a batch after each
     assert (spec.target_batch_time, spec.pause_ratio, spec.gates, spec.window) == (0.05, 0.5, {}, ())
     assert spec.pool_name == "rowfill_app_db"

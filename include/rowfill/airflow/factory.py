@@ -55,7 +55,8 @@ def _doc(spec: Spec) -> str:
         f"### rowfill backfill `{spec.name}`\n\n{spec.description}\n\n"
         f"**Table** `{spec.table}` walked by `{spec.key}`"
         f"{f', rows where `{spec.where}`' if spec.where else ''}.\n\n{what}\n\n"
-        f"Chunks of {spec.chunk_rows:,} rows, batches of {spec.batch_rows:,} rows, pause {spec.pause}s, "
+        f"Chunks of {f'{spec.chunk_rows:,} rows' if spec.chunk_rows else f'about {spec.chunk_time:g}s of work'}, "
+        f"batches of {spec.batch_rows:,} rows, pause {spec.pause}s, "
         f"at most {spec.max_parallel_chunks} chunks at once in pool `{spec.pool_name}`.\n\n"
         f"Spec: `{spec.source}`. A failed chunk resumes from its checkpoint when you clear it."
     )

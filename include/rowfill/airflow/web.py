@@ -57,7 +57,7 @@ from rowfill.console.states import TONE, ConsoleState, Tone, WaitReason, console
 from rowfill.engine.control import BadKnob, ControlStore, parse_knob
 from rowfill.engine.dryrun import dry_run
 from rowfill.engine.probes import LatencyProbe
-from rowfill.engine.rollback import rollback_in_progress
+from rowfill.engine.rollback import control_backfill, rollback_in_progress
 from rowfill.engine.status import BackfillStatus, statuses
 from rowfill.engine.throttle import format_knob
 from rowfill.errors import RowfillError, SpecError, SpecErrors
@@ -619,9 +619,12 @@ def act(request: Request, spec, action: str, body: dict, user_name: str) -> dict
     answer: dict = {}
     if action in ("pause", "resume", "cancel"):
         note = f"from the Airflow console by {user_name}" + (f": {reason}" if reason else "")
-        control = getattr(store, action)(spec.name, reason=note)
+        control, rollback = control_backfill(engine, store, spec.name, action, note)
         details["state"] = control.state
         message = f"{spec.name}: {control.state}"
+        if rollback is not None:  # its rollback in progress is paused/resumed/cancelled with it
+            details["rollback"] = rollback[0].state
+            message += f"; its rollback {rollback[0].state} too"
     elif action == "set":
         knobs = _knobs(body)
         control = store.set_knobs(spec.name, knobs)

@@ -8,11 +8,13 @@ triggerer), ``rowfill run`` (which waits in-process) and the tests (which drive 
 - outside every window → ``defer`` until the next window opens;
 - otherwise check that the table is still the relation planned (``rowfill.engine.resolve``: a ``table``
   SpecError, nothing written, if not) and run from the cursor; the runner stops at a batch boundary when the backfill is
-  paused or cancelled, or when the window closes, and the outcome says which.
+  paused or cancelled, or when the window closes, and the outcome says which. While it runs, the
+  control row is read inside each batch's transaction (``BatchControlReads``), not in one of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -24,15 +26,62 @@ from sqlalchemy.engine import Engine
 from rowfill.engine import reconnect
 from rowfill.engine.control import ControlStore, LiveControl, stopping_reason
 from rowfill.engine.resolve import pinned_spec
-from rowfill.engine.runner import BatchObserver, ChunkResult, ChunkRunner
+from rowfill.engine.runner import BatchObserver, ChunkResult, ChunkRunner, Sampled
 from rowfill.engine.throttle import Throttle
 from rowfill.engine.writers import BatchWriter
 from rowfill.spec.spec import Spec
 from rowfill.spec.windows import Clock, Windows, utcnow
 from rowfill.store.checkpoint import CheckpointStore
+from rowfill.store.rates import RateRecorder  # one sample a second, not one per batch (runner.Sampled)
 from rowfill.store.states import ControlState
 
 log = logging.getLogger("rowfill.chunk")
+
+class _Lent:
+    """An engine stand-in that lends one connection, already in a transaction, to a store's reads."""
+
+    def __init__(self):
+        self.conn = None
+
+    def connect(self):
+        """The lent connection, in a context that leaves it open (its transaction is the batch's)."""
+        return contextlib.nullcontext(self.conn)
+
+
+class BatchControlReads:
+    """The chunk's control row read inside each batch's transaction, not in a transaction of its own.
+
+    ``control.LiveControl`` reads the control row (pause, cancel, live knobs) before every batch through
+    its store's ``get``; that was a transaction of its own per batch (a pool checkout, a ping, BEGIN,
+    SELECT, ROLLBACK: ~1 ms, a tenth of a small batch's work at the default 50 ms target_batch_time).
+    The runner calls ``read_in`` inside each batch's transaction (``ChunkRunner(batch_reads=...)``), and
+    the next ``get`` returns that reading; only without a fresh one (the first batch) does ``get`` read on
+    its own. A pause or knob set while a batch runs is seen by the next batch, which then is the last
+    before the stop: still a batch boundary, one batch later at most.
+    """
+
+    def __init__(self, store: ControlStore, name: str):
+        """:param store: the controls table. :param name: the control row (backfill name)."""
+        self.store, self.name = store, name
+        self._lent = _Lent()
+        self._in_batch = ControlStore(self._lent)  # the same table, read on the batch's connection
+        self._reading = None
+
+    def read_in(self, conn) -> None:
+        """Read the control row on ``conn``, inside the batch's transaction (raises what the read raises:
+        the batch then fails and is retried as any batch whose connection was lost)."""
+        self._lent.conn = conn
+        try:
+            self._reading = self._in_batch.get(self.name)
+        finally:
+            self._lent.conn = None
+
+    def get(self, name: str):
+        """The reading of the last batch if not used yet, else a read of its own (``ControlStore.get``)."""
+        if self._reading is not None and name == self.name:
+            reading, self._reading = self._reading, None
+            return reading
+        return self.store.get(name)
 
 
 @dataclass(frozen=True)
@@ -111,7 +160,8 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     # the chunk (writes, gates, the throttle's probes) names it schema-qualified
     if check_table:
         spec = reconnect.call(lambda: pinned_spec(engine, spec), spec, "checking the planned table", logger)
-    live = LiveControl(controls, spec, overrides=overrides, logger=logger, label=label)
+    reads = BatchControlReads(controls, spec.name)
+    live = LiveControl(reads, spec, overrides=overrides, logger=logger, label=label)
     live.start(control)
     throttle = Throttle.for_spec(spec, sleep, engine=engine, logger=logger).listen(live=live, windows=windows, clock=clock)
     throttle.label = label
@@ -122,7 +172,8 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
         logger.info("%s: inside the window (%s) until %s", label, windows, _when(closes, windows))
 
     runner = ChunkRunner(engine, spec, throttle=throttle, logger=logger, label=label, run_id=run_id,
-                         observers=list(observers), writer=writer, should_stop=should_stop)
+                         observers=[Sampled(o) if isinstance(o, RateRecorder) else o for o in observers], writer=writer,
+                         should_stop=should_stop, batch_reads=[reads.read_in])
     result = runner.run(chunk_no)
     if result.status == "done":
         return Outcome("done", "done", result=result)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from rowfill.engine import chunk_sizing
 from rowfill.engine.modes import writer_for
 from rowfill.engine.plan import DEFAULT_MAX_MAP_LENGTH, merge_to_limit, walk_boundaries
 from rowfill.engine.resolve import pinned, same_meaning
@@ -47,6 +48,8 @@ class DryRun:
     mode: str
     table: str
     chunks: list[dict] = field(default_factory=list)  # label, status, est_rows (rows left to walk)
+    chunk_rows: int | None = None  # rows per new chunk (rowfill.engine.chunk_sizing); None: no new chunks
+    chunk_size_why: str = ""
     rows_to_walk: int = 0
     rows_to_change: int | None = None  # rows matching `where` in the ranges left (None: not counted in time)
     rows_to_change_estimated: bool = False
@@ -72,6 +75,8 @@ class DryRun:
         change = ("unknown (counting took too long)" if self.rows_to_change is None
                   else f"{'~' if self.rows_to_change_estimated else ''}{self.rows_to_change:,}")
         lines.append(f"  rows to walk: {self.rows_to_walk:,}; rows to change: {change}")
+        if self.chunk_rows:
+            lines.append(f"  new chunks of {self.chunk_rows:,} rows: {self.chunk_size_why}")
         if self.sample_seconds is not None:
             lines.append(f"  sample batch: {self.sample_rows:,} rows walked, {self.sample_written:,} would change, "
                          f"{self.sample_seconds * 1000:,.0f} ms (rolled back)")
@@ -128,7 +133,14 @@ def _plan(conn, spec: Spec, limit: int, report: DryRun, count_timeout: float) ->
         report.notes.append(f"{len(again)} done chunk(s) hold rows that match `where` again: a run walks them again")
     open_chunks = [c for c in stored if not c.status.finished or c.chunk_no in again]
     after = stored[-1].hi if stored else None
-    new = merge_to_limit(walk_boundaries(conn, spec, after, spec.chunk_rows, key), max(limit - len(open_chunks), 0))
+    room = max(limit - len(open_chunks), 0)
+    sizing = chunk_sizing.size_for_plan(conn, spec, after, max(room, 1))  # as planning sizes them
+    new = walk_boundaries(conn, spec, after, sizing.rows, key)
+    if (smaller := chunk_sizing.resplit(spec, sizing, sum(b.rows for b in new), len(new), room)) is not None:
+        sizing, new = smaller, walk_boundaries(conn, spec, after, smaller.rows, key)
+    new = merge_to_limit(chunk_sizing.without_stub(spec, new, sizing.rows), room)
+    if new:
+        report.chunk_rows, report.chunk_size_why = sizing.rows, sizing.why
     total = len(stored) + len(new)
     todo = []  # (label, status, position, hi, rows left)
     for c in open_chunks:

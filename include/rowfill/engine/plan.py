@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from rowfill.engine import reconnect
+from rowfill.engine import chunk_sizing, reconnect
 from rowfill.engine.estimate import EXACT_PLAN_MAX_ROWS, estimated_rows, sampled_boundaries
 from rowfill.engine.resolve import pin
 from rowfill.engine.schema_check import check_target
@@ -86,9 +86,10 @@ def walk_boundaries(conn: Connection, spec: Spec, after: Any, chunk_rows: int, k
         after = hi
 
 
-def find_boundaries(conn: Connection, spec: Spec, after: Any, room: int) -> list[ChunkBounds]:
+def find_boundaries(conn: Connection, spec: Spec, after: Any, room: int, chunk_rows: int) -> list[ChunkBounds]:
     """Exact index walk for ordinary tables; estimated boundaries for huge ones (see ``estimate``).
 
+    :param chunk_rows: keys per chunk (``rowfill.engine.chunk_sizing``).
     Estimation cuts a single integer key (the huge-table case in practice); other keys are walked.
     """
     key = load_key(conn, spec)
@@ -97,8 +98,26 @@ def find_boundaries(conn: Connection, spec: Spec, after: Any, room: int) -> list
         rows = estimated_rows(conn, spec)
         mode = "estimated" if rows is not None and rows > EXACT_PLAN_MAX_ROWS else "exact"
     if mode == "estimated":
-        return sampled_boundaries(conn, spec, after, spec.chunk_rows, room)
-    return walk_boundaries(conn, spec, after, spec.chunk_rows, key=key)
+        return sampled_boundaries(conn, spec, after, chunk_rows, room)
+    return walk_boundaries(conn, spec, after, chunk_rows, key=key)
+
+
+def sized_boundaries(conn: Connection, spec: Spec, after: Any, room: int, log=None) -> list[ChunkBounds]:
+    """The new chunks after ``after``, each about ``chunk_time`` of work (or ``chunk_rows``): see
+    ``rowfill.engine.chunk_sizing``. Logs the chosen size and why; walks again when the table's row
+    estimate was too low to split for ``max_parallel_chunks``. :returns: at most what ``find_boundaries`` gives.
+    """
+    if room <= 0:
+        return find_boundaries(conn, spec, after, 0, spec.chunk_rows or chunk_sizing.FALLBACK_CHUNK_ROWS)
+    sizing = chunk_sizing.size_for_plan(conn, spec, after, room)
+    new = find_boundaries(conn, spec, after, room, sizing.rows)
+    again = chunk_sizing.resplit(spec, sizing, sum(b.rows for b in new), len(new), room)
+    if again is not None:
+        sizing, new = again, find_boundaries(conn, spec, after, room, again.rows)
+    new = chunk_sizing.without_stub(spec, new, sizing.rows)
+    if log and new:
+        log.info("plan: chunks of %s rows: %s", f"{sizing.rows:,}", sizing.why)
+    return new
 
 
 def merge_to_limit(bounds: Sequence[ChunkBounds | tuple], limit: int) -> list[ChunkBounds]:
@@ -187,10 +206,10 @@ def _plan_backfill(engine: Engine, spec: Spec, *, limit: int | None = None, log=
         open_chunks = [c for c in existing if not c.status.finished]
         after = existing[-1].hi if existing else None  # chunks are numbered in key order
         room = limit - len(open_chunks)
-        new = find_boundaries(conn, resolved, after, max(room, 0))
+        new = sized_boundaries(conn, resolved, after, max(room, 0), log)
         if len(new) > room and log and room > 0:
-            log.info("plan: %d new chunks of %d rows exceed the room of %d under max_map_length=%d; growing chunks",
-                     len(new), spec.chunk_rows, room, limit)
+            log.info("plan: %d new chunks exceed the room of %d under max_map_length=%d; growing chunks",
+                     len(new), room, limit)
         if room <= 0 and new and log:
             log.warning("plan: %d unfinished chunks already fill max_map_length=%d; keys after %s are planned next run",
                         len(open_chunks), limit, after)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from rowfill.engine.control import Control, ControlStore
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.resolve import pinned_relation, pinned_spec, record
 from rowfill.engine.undo import NoUndo, no_undo_message, rollback_name, rollback_spec, undo_exists, undo_table
@@ -20,6 +21,7 @@ from rowfill.store import backfills, schema
 from rowfill.store import catalog as store_catalog
 from rowfill.store import undo as undo_store
 from rowfill.store.checkpoint import CheckpointStore
+from rowfill.store.states import ControlState
 
 
 class RollbackIncomplete(RowfillError):
@@ -96,6 +98,39 @@ def rollback_in_progress(engine: Engine, backfill: str) -> RollbackProgress | No
         chunks = CheckpointStore(engine).chunks(name, conn)
     return RollbackProgress(name, len(chunks), sum(c.status.finished for c in chunks))
 
+
+
+CONTROL_ACTIONS = ("pause", "resume", "cancel")
+
+
+def control_backfill(engine: Engine, store: ControlStore, backfill: str, action: str, reason: str | None
+                     ) -> tuple[Control, tuple[Control, RollbackProgress | None] | None]:
+    """Pause, resume or cancel a backfill, and its rollback in progress too: the one way the command
+    (``rowfill pause NAME``) and the console reach both.
+
+    A rollback's chunks read their own control row (``<backfill>.rollback``), so controlling the
+    backfill writes both rows; ``resume`` also clears a rollback's row stopped earlier, so a stale
+    pause cannot hold the next rollback. Each write sets a state: retried whole through a restart,
+    writing it twice is harmless.
+
+    :param engine: the target database. :param store: its control store.
+    :param backfill: the backfill's name (not ``.rollback``). :param action: one of ``CONTROL_ACTIONS``.
+    :param reason: the note kept with the state (who, why), or None.
+    :returns: (the backfill's control row, (the rollback's row, its progress or None when it was only
+        stopped) or None when no rollback was touched).
+    :raises ValueError: an action not in ``CONTROL_ACTIONS``.
+    :raises sqlalchemy.exc.DBAPIError: as the database does.
+    """
+    if action not in CONTROL_ACTIONS:
+        raise ValueError(f"control_backfill: {action!r} is not one of {CONTROL_ACTIONS}")
+    act = getattr(store, action)
+    control = act(backfill, reason)
+    progress = rollback_in_progress(engine, backfill)
+    rollback = rollback_name(backfill)
+    stopped = action == "resume" and store.get(rollback).state != ControlState.RUNNING
+    if progress is None and not stopped:
+        return control, None
+    return control, (act(rollback, reason), progress)
 
 @dataclass(frozen=True)
 class RollbackResult:

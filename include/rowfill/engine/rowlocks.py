@@ -39,7 +39,8 @@ from sqlalchemy.engine import Connection
 
 from rowfill.errors import RowfillError
 from rowfill.spec.durations import format_duration
-from rowfill.sql.keys import Key, decode, format_value
+from rowfill.sql import rowlocks as lock_statements
+from rowfill.sql.keys import decode, format_value
 from rowfill.sql.session import set_local
 from rowfill.store import skipped as skipped_store
 from rowfill.store.catalog import SCHEMA
@@ -67,80 +68,18 @@ def short_lock_wait(conn: Connection) -> None:
     set_local(conn, lock_timeout=SHORT_LOCK_WAIT)
 
 
-def _in_list(key: Key, row: str) -> str:
-    """``row IN (the keys of the JSON array :keys, each cast to its column's type)``."""
-    if key.composite:
-        casts = ", ".join(f"CAST(e.value ->> {i} AS {typ})" for i, typ in enumerate(key.types))
-    else:
-        casts = f"CAST(e.value #>> '{{}}' AS {key.types[0]})"
-    return f"{row} IN (SELECT {casts} FROM jsonb_array_elements(CAST(:keys AS jsonb)) AS e)"
-
-
-def _neighbour(key: Key, t: str, mine: str, op: str, bound: str | None) -> str:
-    """The key of table ``t`` just below (``op`` '<') or above ('>') the key ``mine`` (SQL), as JSON text."""
-    there = Key(key.columns, key.types, "__rowfill_p")
-    limit = f" AND {bound}" if bound else ""
-    return (f"(SELECT {there.json_sql()} FROM {t} AS __rowfill_p WHERE {there.row()} {op} {mine}{limit} "
-            f"ORDER BY {there.order_by(desc=op == '<')} LIMIT 1)")
-
-
-def _locked_cte(writer, scope: str) -> str:
-    key, t = writer.key, writer.spec.table.sql
-    cols = ", ".join(f"{r} AS __rowfill_k{i}" for i, r in enumerate(key.refs(), 1))
-    return (f"__rowfill_l AS MATERIALIZED (SELECT {cols} FROM {t} WHERE {scope}{writer.where_sql()} "
-            f"ORDER BY {key.order_by()} FOR NO KEY UPDATE SKIP LOCKED)")
-
-
-def _not_obtained(writer) -> str:
-    key, t = writer.key, writer.spec.table.sql
-    got = ", ".join(f"__rowfill_l.__rowfill_k{i}" for i in range(1, len(key.columns) + 1))
-    return f"NOT EXISTS (SELECT 1 FROM __rowfill_l WHERE ({got}) = ({', '.join(key.qualified(t).refs())}))"
-
-
 def batch_lock_sql(writer, has_lo: bool) -> str:
-    """Lock the batch's rows that match ``where`` without waiting; return (rows locked, skipped keys).
-
-    The skipped keys come as a JSON array of ``[key, key before it in the batch, key after it in
-    the batch]`` (JSON null where there is none), in key order. The locked count is read in the
-    same statement, which makes PostgreSQL run the locking CTE to its end.
-    """
-    def make():
-        """The driver SQL text, built once per statement key and cached by ``writer.statement``."""
-        key, t = writer.key, writer.spec.table.sql
-        rng = key.range_text(has_lo, True)
-        q = key.qualified(t)
-        p = Key(key.columns, key.types, "__rowfill_p")
-        below = _neighbour(key, t, q.row(), "<", p.range_text(True, False) if has_lo else None)
-        above = _neighbour(key, t, q.row(), ">", p.range_text(False, True))
-        skipped = (f"SELECT jsonb_build_array(CAST({q.json_sql()} AS jsonb), CAST({below} AS jsonb), "
-                   f"CAST({above} AS jsonb)) AS s FROM {t} WHERE {rng}{writer.where_sql()} AND {_not_obtained(writer)} "
-                   f"ORDER BY {q.order_by()}")
-        return writer.driver(f"WITH {_locked_cte(writer, rng)} SELECT (SELECT count(*) FROM __rowfill_l), "
-                             f"(SELECT CAST(jsonb_agg(s) AS text) FROM ({skipped}) AS __rowfill_s)")
-    return writer.statement(("skip-locked", has_lo), make)
+    """The batch's skip-locked statement as driver SQL (``rowfill.sql.rowlocks.batch_lock``), built once
+    per ``has_lo`` and cached by ``writer.statement``: returns (rows locked, skipped keys as JSON)."""
+    return writer.statement(("skip-locked", has_lo), lambda: writer.driver(
+        lock_statements.batch_lock(writer.key, writer.spec.table.sql, writer.where_sql(), has_lo)))
 
 
 def revisit_lock_sql(writer) -> str:
-    """Lock the listed keys' rows that match ``where`` without waiting; return (obtained, still held).
-
-    Obtained: a JSON array of ``[key, the table's key just below it]``; still held: a JSON array of
-    keys that match ``where`` but could not be locked. Keys in neither are gone or no longer match.
-    """
-    def make():
-        """The driver SQL text, built once and cached by ``writer.statement``."""
-        key, t = writer.key, writer.spec.table.sql
-        q = key.qualified(t)
-        scope = _in_list(key, q.row())
-        got = Key(tuple(f"__rowfill_k{i}" for i in range(1, len(key.columns) + 1)), key.types, "__rowfill_l")
-        below = _neighbour(key, t, got.row(), "<", None)
-        obtained = (f"SELECT jsonb_build_array(CAST({got.json_sql()} AS jsonb), CAST({below} AS jsonb)) AS s "
-                    "FROM __rowfill_l")
-        held = (f"SELECT CAST({q.json_sql()} AS jsonb) AS s FROM {t} WHERE {scope}{writer.where_sql()} "
-                f"AND {_not_obtained(writer)}")
-        return writer.driver(f"WITH {_locked_cte(writer, scope)} SELECT "
-                             f"(SELECT CAST(jsonb_agg(s) AS text) FROM ({obtained}) AS __rowfill_o), "
-                             f"(SELECT CAST(jsonb_agg(s) AS text) FROM ({held}) AS __rowfill_h)")
-    return writer.statement(("revisit", ), make)
+    """The revisit's skip-locked statement as driver SQL (``rowfill.sql.rowlocks.revisit_lock``), built
+    once and cached by ``writer.statement``: returns (obtained, still held) as JSON."""
+    return writer.statement(("revisit", ), lambda: writer.driver(
+        lock_statements.revisit_lock(writer.key, writer.spec.table.sql, writer.where_sql())))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ Per batch, one short transaction:
   4. write the batch (``UPDATE ... WHERE key > lo AND key <= batch_hi AND (where)`` or the spec's sql)
      without waiting on rows the application holds: they are skipped, recorded and written later
      in the chunk (``rowfill.engine.rowlocks``);
-  5. advance the cursor; COMMIT.
+  5. advance the cursor; read what rides along (the control row: ``chunk_task.BatchControlReads``); COMMIT.
+All batches of a chunk run on one connection held for the chunk (no pool checkout, ping and reset
+per batch); rate samples are passed on once a second (``Sampled``), not written per batch.
 Write and cursor commit together, so a crash at any instant either keeps both or neither:
 nothing is lost and nothing is applied twice, even for ``points = points + 10``.
 
@@ -67,6 +69,11 @@ from rowfill.store.checkpoint import CheckpointStore, ChunkRow
 
 log = logging.getLogger("rowfill.runner")
 
+# How often batches are passed on to a ``Sampled`` observer (rate samples), seconds: one write per
+# second instead of one per batch; rates are read over 5-second buckets and a 60-second window
+# (rowfill.store.rates), so a second's delay changes no rate anyone reads.
+SAMPLE_EVERY = 1.0
+
 # lock_not_available, query_canceled (statement_timeout), serialization_failure, deadlock_detected
 RETRYABLE_SQLSTATES = {"55P03": "lock_timeout", "57014": "statement_timeout", "40001": "serialization failure", "40P01": "deadlock"}
 
@@ -124,6 +131,42 @@ class BatchObserver:
         :param written: rows written. :param cursor: the last key done. Should not raise: an error fails the chunk."""
 
 
+class Sampled(BatchObserver):
+    """Passes the batches of a chunk on to ``observer`` summed over ``every`` seconds.
+
+    For observers that write a row per call (rate samples, ``rowfill.store.rates.RateRecorder``):
+    one transaction per interval instead of one per batch. The runner calls ``flush`` when the chunk
+    ends or stops, so nothing is left out. The sum reaches ``observer`` as one batch whose ``seconds``
+    span from the first summed batch's start to the last one's commit (rests between them included).
+    """
+
+    def __init__(self, observer: BatchObserver, every: float = SAMPLE_EVERY, clock: Callable[[], float] = time.monotonic):
+        """:param observer: told the sums. :param every: seconds between calls. :param clock: monotonic seconds."""
+        self.observer, self.every, self.clock = observer, every, clock
+        self._pending: dict | None = None
+        self._since = 0.0  # when the first pending batch began (clock seconds)
+        self._last_call = clock()
+
+    def batch_done(self, *, spec: Spec, chunk_no: int, seconds: float, seen: int, written: int, cursor) -> None:
+        """Add one committed batch; pass the sum on once ``every`` seconds have passed since the last call."""
+        now = self.clock()
+        if self._pending is None or self._pending["chunk_no"] != chunk_no:
+            self.flush()
+            self._pending = {"spec": spec, "chunk_no": chunk_no, "seen": 0, "written": 0, "cursor": None}
+            self._since = now - seconds
+        p = self._pending
+        p["seen"], p["written"], p["cursor"] = p["seen"] + seen, p["written"] + written, cursor
+        if now - self._last_call >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Pass on what is pending (nothing if nothing is). Raises what the observer raises."""
+        pending, self._pending = self._pending, None
+        self._last_call = self.clock()
+        if pending is not None:
+            self.observer.batch_done(seconds=max(self._last_call - self._since, 0.0), **pending)
+
+
 class ChunkRunner:
     """Runs one chunk in committed batches, paced by its throttle (see the module's docstring)."""
 
@@ -140,6 +183,7 @@ class ChunkRunner:
         observers: Sequence[BatchObserver] = (),
         clock: Callable[[], float] = time.monotonic,
         writer: BatchWriter | None = None,
+        batch_reads: list[Callable] = (),
     ):
         """:param engine: the target database. :param spec: the backfill (or rollback) spec.
         :param throttle: decides the pace (default: the spec's, with its gates and latency probe);
@@ -150,6 +194,9 @@ class ChunkRunner:
             None; an input to the throttle's decision.
         :param observers: told about every committed batch (metrics, rate samples, tests).
         :param clock: monotonic seconds. :param writer: writes a batch (default: the spec's mode).
+        :param batch_reads: called with the batch's connection inside each batch's transaction, after the
+            write: reads that ride along instead of taking a transaction of their own (the control row,
+            ``chunk_task.BatchControlReads``). What they raise fails the batch like its own statements.
         """
         self.engine = engine
         self.spec = spec
@@ -164,6 +211,7 @@ class ChunkRunner:
         self.clock = clock
         self.writer = writer or writer_for(spec)
         self.observers = list(observers)
+        self.batch_reads = list(batch_reads)
         self.timeouts = Timeouts.for_batch(spec.lock_timeout, spec.statement_timeout)
         self.split_rows: int | None = None  # batch size after a statement_timeout split (None: no split)
         self._current: tuple | None = None  # (lo, hi, keys, rows asked for) of the batch being written
@@ -175,6 +223,9 @@ class ChunkRunner:
         self._rows: int | None = None  # rows the throttle's last Go asked for
         self._unrecorded = 0.0  # seconds slept not yet added to the checkpoint row's throttled_seconds
         self._state: str | None = None  # what the chunk waits for right now (the checkpoint row's throttle_state)
+        # The connection the batches use, held for the chunk: no pool checkout, pre-ping and reset per
+        # batch. Dropped after any error in a batch (a lost connection among them); the next batch opens one.
+        self._conn = None
 
     def run(self, chunk_no: int) -> ChunkResult:
         """Run the chunk from its checkpoint to its end (or a stop), holding its lease (``rowfill.engine.lease``) meanwhile.
@@ -187,9 +238,35 @@ class ChunkRunner:
         try:
             return self._run(chunk_no)
         finally:
+            self._flush_observers()
+            self._drop_connection()
             if self._heartbeat is not None:
                 self._heartbeat.stop()
                 self._heartbeat = None
+
+    def _flush_observers(self) -> None:
+        """Pass on what ``Sampled`` observers still hold; best effort, like the observers themselves."""
+        for observer in self.observers:
+            try:
+                getattr(observer, "flush", lambda: None)()
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must never hide how the chunk ended
+                self.log.warning("%s: could not pass on the last batches to %s: %s", self._label,
+                                 type(observer).__name__, describe(exc))
+
+    def _connection(self):
+        """The connection held for the chunk's batches (opened on first use)."""
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        """Give the held connection back (it may be broken: closing never raises here)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection is discarded by the pool
+                pass
 
     def _claim(self, chunk_no: int) -> ChunkRow:
         """Claim the chunk (taking it over from a runner that is gone) and keep its lease from now on."""
@@ -409,11 +486,21 @@ class ChunkRunner:
 
     def _batch(self, chunk_no: int):
         """One batch in one transaction; returns None when the chunk has no keys left."""
-        w, name = self.writer, self.spec.name
         throttled = self._unrecorded
         self._current = None
         self._fast = False
-        with self.engine.begin() as conn:
+        conn = self._connection()
+        try:
+            result = self._batch_in(conn, chunk_no, throttled)
+        except BaseException:
+            self._drop_connection()  # rolled back; after a lost connection the next batch opens a new one
+            raise
+        return result
+
+    def _batch_in(self, conn, chunk_no: int, throttled: float):
+        """``_batch`` on the held connection ``conn``: one transaction, committed when this returns."""
+        w, name = self.writer, self.spec.name
+        with conn.begin():
             self.timeouts.apply(conn)
             position, hi, _status = self.store.lock_position(conn, name, chunk_no)
             if position == hi:  # the cursor ends exactly on the chunk's upper key
@@ -427,6 +514,8 @@ class ChunkRunner:
             if skipped:
                 rowlocks.record_skipped(conn, name, chunk_no, skipped)
             self.store.advance(conn, name, chunk_no, end, seen, written, throttled, self.split_rows)
+            for read in self.batch_reads:
+                read(conn)
         self._unrecorded -= throttled
         if w.skips_locked:
             self.skipped.met(skipped)

@@ -34,7 +34,7 @@ from rowfill.engine.dryrun import dry_run
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.report import backfill_summary
 from rowfill.engine.resolve import pinned_spec, stored_table
-from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_in_progress, rollback_target
+from rowfill.engine.rollback import control_backfill, finish_rollback, plan_rollback, rollback_target
 from rowfill.engine.status import statuses
 from rowfill.engine.throttle import format_knob
 from rowfill.engine.transform import load_callable
@@ -226,15 +226,9 @@ def _control(args, action) -> int:
 
             :returns: (the backfill's control row, (the rollback's row, its progress) or None).
             """
-            control = action(store, name, args.reason)
             if explicit_rollback:
-                return control, None
-            progress = rollback_in_progress(engine, spec.name)
-            rb = rollback_name(spec.name)
-            stopped = action is ControlStore.resume and store.get(rb).state != "running"
-            if progress is None and not stopped:
-                return control, None
-            return control, (action(store, rb, args.reason), progress)
+                return action(store, name, args.reason), None
+            return control_backfill(engine, store, name, action.__name__, args.reason)
 
         control, rollback = reconnect.call(change, spec, "changing the control state")
         _audit(engine, spec, name, action.__name__, {"state": control.state}, args.reason)

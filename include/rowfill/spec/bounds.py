@@ -51,6 +51,8 @@ _ROWS = Bound(PG_INT_MAX, "2147483647", "PostgreSQL's integer")
 # Spec fields (top level) -> bound. Durations in seconds.
 FIELDS: dict[str, Bound] = {
     "chunk_rows": _ROWS,
+    "chunk_time": Bound(DAY, "24h", "a chunk holds a worker and a pool slot for this long; beyond a day other backfills "
+                                    "sharing the pool wait too long, and Airflow's UI shows no chunk finishing"),
     "batch_rows": _ROWS,
     "min_batch_rows": _ROWS,
     "max_batch_rows": _ROWS,

@@ -60,7 +60,13 @@ class Spec:
     set: dict[str, str] = field(default_factory=dict)
     sql: str | None = None
     description: str = ""
-    chunk_rows: int = 100_000
+    # None: a chunk is sized to run about ``chunk_time`` (rowfill.engine.chunk_sizing); a number wins
+    chunk_rows: int | None = None
+    # How long a chunk should run. 5 minutes: an Airflow chunk task costs ~1-3 s to start
+    # (bench/airflow_speed.py: queue, task process, first batch), so under 1% of the chunk; a backfill
+    # waiting for a pool slot this one holds waits at most that long; and a chunk that stops part-way
+    # loses nothing (it resumes from its checkpoint), so longer chunks cost nothing on failure.
+    chunk_time: float = 300.0
     batch_rows: int = 1_000  # the fixed size, or where adaptive sizing starts
     pause: float = 0.0
     max_parallel_chunks: int = 2
@@ -176,6 +182,7 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "set": ("set", False),
     "sql": ("sql_text", False),
     "chunk_rows": ("positive_int", False),
+    "chunk_time": ("duration", False),
     "batch_rows": ("positive_int", False),
     "pause": ("duration", False),
     "max_parallel_chunks": ("positive_int", False),
@@ -468,15 +475,18 @@ def parse_spec(data: Any, source: str) -> Spec:
         for col in key_columns or ():
             if col in written:
                 errors.append(SpecError(source, field_name, f"cannot change the key column {col!r}: chunks and checkpoints walk it"))
-    if ("chunk_rows" in values or "chunk_rows" not in data) and ("batch_rows" in values or "batch_rows" not in data):
-        # compare what the run will use: a field left out takes its default
-        chunk_rows = values.get("chunk_rows", Spec.chunk_rows)
+    if "chunk_rows" in values and ("batch_rows" in values or "batch_rows" not in data):
+        # compare what the run will use: a batch_rows left out takes its default; without chunk_rows
+        # the chunk is sized by chunk_time (rowfill.engine.chunk_sizing)
+        chunk_rows = values["chunk_rows"]
         batch_rows = values.get("batch_rows", Spec.batch_rows)
         if batch_rows > chunk_rows:
             blame = "batch_rows" if "batch_rows" in data else "chunk_rows"
             batch_text = f"{batch_rows}" if "batch_rows" in data else f"{batch_rows} (the default)"
-            chunk_text = f"{chunk_rows}" if "chunk_rows" in data else f"{chunk_rows}, the default"
-            errors.append(SpecError(source, blame, f"batch_rows {batch_text} is larger than chunk_rows ({chunk_text}); a batch lives inside a chunk"))
+            errors.append(SpecError(source, blame, f"batch_rows {batch_text} is larger than chunk_rows ({chunk_rows}); a batch lives inside a chunk"))
+    if "chunk_time" in values and values["chunk_time"] < 1.0:
+        errors.append(SpecError(source, "chunk_time", f"{data.get('chunk_time')!r} is shorter than 1s; a chunk task takes "
+                                                      "about a second to start, so a chunk should run for longer"))
     for key in ("stall_after", "expected_duration"):
         if values.get(key) == 0:
             errors.append(SpecError(source, key, "must be longer than 0; leave it out to turn this alert off"))
