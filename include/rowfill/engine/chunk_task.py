@@ -19,12 +19,13 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Engine
 
 from rowfill.engine import reconnect
-from rowfill.engine.control import ControlStore, LiveControl, stopping_reason
+from rowfill.engine.control import Control, ControlStore, LiveControl, stopping_reason
 from rowfill.engine.resolve import pinned_spec
 from rowfill.engine.runner import BatchObserver, ChunkResult, ChunkRunner, Sampled
 from rowfill.engine.throttle import Throttle
@@ -64,8 +65,10 @@ class BatchControlReads:
         """:param store: the controls table. :param name: the control row (backfill name)."""
         self.store, self.name = store, name
         self._lent = _Lent()
-        self._in_batch = ControlStore(self._lent)  # the same table, read on the batch's connection
-        self._reading = None
+        # the same table, read on the batch's connection. A cast: _Lent stands in for an Engine, as
+        # ControlStore.get only calls connect(), which _Lent has; the type checker cannot know that
+        self._in_batch = ControlStore(cast(Engine, self._lent))
+        self._reading: Control | None = None
 
     def read_in(self, conn) -> None:
         """Read the control row on ``conn``, inside the batch's transaction (raises what the read raises:
@@ -76,7 +79,7 @@ class BatchControlReads:
         finally:
             self._lent.conn = None
 
-    def get(self, name: str):
+    def get(self, name: str) -> Control:
         """The reading of the last batch if not used yet, else a read of its own (``ControlStore.get``)."""
         if self._reading is not None and name == self.name:
             reading, self._reading = self._reading, None

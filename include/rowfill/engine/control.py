@@ -18,6 +18,7 @@ row between batches (one primary-key lookup) and log every change when it takes 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -220,6 +221,13 @@ def stopping_reason(control: Control) -> str:
     return reason
 
 
+class ControlReads(Protocol):
+    """What ``LiveControl`` reads its control row through: a ``ControlStore``, or a reader that takes the
+    row inside each batch's transaction (``rowfill.engine.chunk_task.BatchControlReads``)."""
+
+    def get(self, name: str) -> Control: ...
+
+
 class LiveControl:
     """What a running chunk reads between batches: its control row, as an input to the throttle.
 
@@ -227,7 +235,7 @@ class LiveControl:
     knobs it reports and stops on its state (gh-ost: collectors measure, one function decides).
     """
 
-    def __init__(self, store: ControlStore, spec, *, overrides: dict | None = None,
+    def __init__(self, store: ControlReads, spec, *, overrides: dict | None = None,
                  logger: logging.Logger | None = None, label: str = "chunk", name: str | None = None):
         """:param store: the controls table. :param spec: the backfill's spec (its knobs are the base).
         :param overrides: this run's trigger parameters (knob name -> value).

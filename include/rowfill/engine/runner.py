@@ -183,7 +183,7 @@ class ChunkRunner:
         observers: Sequence[BatchObserver] = (),
         clock: Callable[[], float] = time.monotonic,
         writer: BatchWriter | None = None,
-        batch_reads: list[Callable] = (),
+        batch_reads: Sequence[Callable] = (),
     ):
         """:param engine: the target database. :param spec: the backfill (or rollback) spec.
         :param throttle: decides the pace (default: the spec's, with its gates and latency probe);
