@@ -108,3 +108,18 @@ def test_without_the_grants_the_error_says_what_to_grant_and_nothing_is_written(
         assert f"rowfill db grants {role} --table public.users" in err
     assert scalar(engine, "SELECT count(*) FROM users WHERE full_name IS NOT NULL") == 0
     assert scalar(engine, "SELECT count(*) FROM rowfill.backfills") == 0
+
+
+def test_a_role_that_may_not_append_to_the_audit_trail_still_pauses_and_is_told_what_to_grant(engine, db_url, tmp_path,
+                                                                                               capsys):
+    make_users(engine, 100)
+    role = create_role(engine)
+    apply_printed_grants(engine, db_url, role, capsys, "public.users")
+    with engine.begin() as conn:
+        conn.execute(text(f'REVOKE INSERT ON rowfill.audit FROM "{role}"'))
+    spec = spec_for(tmp_path, undo=False)
+    url = as_role(db_url, role)
+    assert cli(url, spec, "pause", spec.name, "--reason", "no audit grant") == 0  # the action is what matters
+    assert "GRANT SELECT, INSERT ON rowfill.audit" in capsys.readouterr().err
+    assert scalar(engine, "SELECT state FROM rowfill.controls WHERE backfill = :b", b=spec.name) == "paused"
+    assert scalar(engine, "SELECT count(*) FROM rowfill.audit") == 0

@@ -128,14 +128,8 @@ def batch_count_sql(writer, has_lo: bool) -> str:
     ``batch_lock_sql`` find which keys were skipped (locking again what this transaction holds
     already costs no wait).
     """
-    def make():
-        """The driver SQL text, built once per ``has_lo`` and cached by ``writer.statement``."""
-        key, t = writer.key, writer.spec.table.sql
-        rng = key.range_text(has_lo, True)
-        scan = f"FROM {t} WHERE {rng}{writer.where_sql()}"
-        return writer.driver(f"SELECT (SELECT count(*) FROM (SELECT 1 {scan} ORDER BY {key.order_by()} "
-                             f"FOR NO KEY UPDATE SKIP LOCKED) AS __rowfill_l), (SELECT count(*) {scan})")
-    return writer.statement(("skip-locked-count", has_lo), make)
+    return writer.statement(("skip-locked-count", has_lo), lambda: writer.driver(
+        lock_statements.batch_count(writer.key, writer.spec.table.sql, writer.where_sql(), has_lo)))
 
 
 def lock_batch(conn: Connection, writer, lo, hi) -> tuple[int, list]:

@@ -29,14 +29,14 @@ from rowfill.engine.writers import BatchWriter, SetWriter, explain_text
 from rowfill.errors import RowfillError, SpecError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import Key, column_types, load_key
-from rowfill.sql.sqlnames import TableName, clause, quote
+from rowfill.sql.sqlnames import TableName, clause
+from rowfill.sql import undo as undo_sql
 from rowfill.sql.session import pin_text_formats
 from rowfill.store import backfills
 from rowfill.store import undo as undo_store
 from rowfill.store.checkpoint import CheckpointStore
 
 ROLLBACK_SUFFIX = ".rollback"  # a name no spec can have ('.' is not allowed in spec names)
-_TEXT_COMPARED = {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}  # no '=' operator
 
 
 class NoUndo(RowfillError):
@@ -102,62 +102,23 @@ class UndoLog:
         """Nothing to create: ``rowfill.undo_rows`` exists since migration 0002, and planning checked the
         schema's version. Kept for callers that prepared the per-backfill table of earlier releases."""
 
-    # -- recording ---------------------------------------------------------------------------
-    def _returning_insert(self, update_sql: str, okey: list[str], oold: list[str], t: str) -> str:
-        """The UPDATE's rows into the undo log; the statement returns the rows written. The INSERT
-        runs although the final SELECT does not read it: PostgreSQL runs every data-modifying WITH once."""
-        returning = ", ".join([*(f"o.{k}" for k in okey), *(f"o.{o}" for o in oold), *(f"{t}.{quote(c)}" for c in self.columns)])
-        record = undo_store.record_sql(self.backfill, "u", list(zip(self.key.columns, okey)),
-                                       list(zip(self.columns, oold)), [(c, quote(c)) for c in self.columns])
-        return f"u AS ({update_sql} RETURNING {returning}), i AS ({record}) SELECT count(*) FROM u"
-
-    def _old_rows(self, t: str, rng_where: str, lock: bool, order: str) -> tuple[str, list[str], list[str]]:
-        okey = [quote(f"__rowfill_k{i}") for i in range(1, len(self.key.columns) + 1)]
-        oold = [quote(f"__rowfill_o{i}") for i in range(1, len(self.columns) + 1)]
-        cols = [f"{quote(c)} AS {n}" for c, n in zip(self.key.columns, okey)]
-        cols += [f"{quote(c)} AS {n}" for c, n in zip(self.columns, oold)]
-        tail = f" ORDER BY {order} FOR NO KEY UPDATE" if lock else ""
-        return f"o AS (SELECT {', '.join(cols)} FROM {t} WHERE {rng_where}{tail})", okey, oold
-
-    @staticmethod
-    def _row(names: list[str], prefix: str) -> str:
-        refs = [f"{prefix}.{n}" for n in names]
-        return refs[0] if len(refs) == 1 else "(" + ", ".join(refs) + ")"
-
+    # -- the statements (rowfill.sql.undo) ---------------------------------------------------
     def recording_set(self, t: str, assignments: str, rng_where: str, where: str, qkey: Key) -> str:
-        """``set`` mode: lock and read the previous values, UPDATE, and record both, in one statement.
-
-        The CTE's row locks return the rows' latest committed versions, so the recorded previous
-        values are exactly the values the UPDATE replaces, even under concurrent writes.
-        """
-        o, okey, oold = self._old_rows(t, rng_where, True, self.key.order_by())
-        update = f"UPDATE {t} SET {assignments} FROM o WHERE {qkey.row()} = {self._row(okey, 'o')}{where}"
-        return f"WITH {o}, " + self._returning_insert(update, okey, oold, t)
+        """``set`` mode: lock and read the previous values, UPDATE, and record both, in one statement
+        (``rowfill.sql.undo.recording_set``)."""
+        return undo_sql.recording_set(self.table.sql, self.backfill, self.key, self.columns, t, assignments,
+                                      rng_where, where, qkey)
 
     def recording_update(self, t: str, sets: str, source: str, match: str, rng_where: str, vrow: str, qkey: Key) -> str:
-        """``transform`` mode (rows already locked): UPDATE from the arrays, recording previous and new values."""
-        o, okey, oold = self._old_rows(t, rng_where, False, "")
-        update = (f"UPDATE {t} SET {sets} FROM {source}, o "
-                  f"WHERE {match} AND {self._row(okey, 'o')} = {vrow}")
-        return f"WITH {o}, " + self._returning_insert(update, okey, oold, t)
+        """``transform`` mode (rows already locked): UPDATE from the arrays, recording previous and new
+        values (``rowfill.sql.undo.recording_update``; ``qkey`` is unused there, kept for callers)."""
+        return undo_sql.recording_update(self.table.sql, self.backfill, self.key, self.columns, t, sets, source,
+                                         match, rng_where, vrow)
 
-    # -- restoring ---------------------------------------------------------------------------
     def restore_sql(self, t: str, rng: str) -> str:
         """Delete a batch of undo records (``rng`` over ``seq``) and put back the previous values of rows
-        still holding what was written; returns the rows restored. ``t``: the target table, qualified."""
-        qkey = self.key.qualified(t)
-        drow = [undo_store.value("d", "key", c, typ) for c, typ in zip(self.key.columns, self.key.types)]
-        drow_sql = drow[0] if len(drow) == 1 else "(" + ", ".join(drow) + ")"
-        unchanged = []
-        for c, typ in zip(self.columns, self.types):
-            if typ.split("(")[0].strip().rstrip("[]").lower() in _TEXT_COMPARED:  # no '=': compare the text forms
-                unchanged.append(f"CAST({t}.{quote(c)} AS text) IS NOT DISTINCT FROM (d.new ->> {undo_store.string_literal(c)})")
-            else:
-                unchanged.append(f"{t}.{quote(c)} IS NOT DISTINCT FROM {undo_store.value('d', 'new', c, typ)}")
-        sets = ", ".join(f"{quote(c)} = {undo_store.value('d', 'old', c, typ)}" for c, typ in zip(self.columns, self.types))
-        return (f"WITH d AS ({undo_store.take_sql(self.backfill, rng)}), "
-                f"r AS (UPDATE {t} SET {sets} FROM d WHERE {qkey.row()} = {drow_sql} AND {' AND '.join(unchanged)} RETURNING 1) "
-                "SELECT count(*) FROM r")
+        still holding what was written; returns the rows restored (``rowfill.sql.undo.restore``)."""
+        return undo_sql.restore(self.table.sql, self.backfill, self.key, self.columns, self.types, t, rng)
 
 
 class UndoSetWriter(SetWriter):

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from rowfill.errors import RowfillError
 from rowfill.store import catalog
@@ -34,6 +35,9 @@ class Source(StrEnum):
 
     CONSOLE = "console"  # the Airflow UI's backfills console; actor = the Airflow user
     CLI = "cli"  # the ``rowfill`` command; actor = the OS user who ran it
+
+
+INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE (PostgreSQL docs, Appendix A)
 
 
 class AuditUnavailable(RowfillError):
@@ -69,16 +73,24 @@ def record(engine: Engine, backfill: str, actor: str, source: Source, action: st
     :param action: ``pause``, ``resume``, ``cancel``, ``set``, ``retry``, ``plan``.
     :param details: JSON-ready facts of the action (knobs set, chunks cleared, the state after it).
     :param reason: what the person typed (blank -> None; cut at ``REASON_CHARS``).
-    :returns: the Entry written. :raises AuditUnavailable: when the table is missing (run the migrations).
+    :returns: the Entry written. :raises AuditUnavailable: when the table is missing (run the migrations) or
+        the role may not append to it (grant it).
     """
     reason = (reason or "").strip()[:REASON_CHARS] or None
-    with engine.begin() as conn:
-        if not available(conn):
-            raise AuditUnavailable(f"rowfill's schema on this database has no audit table ({SCHEMA}.audit), so "
-                                   f"{action} of {backfill} by {actor} is not in the audit trail; run the schema "
-                                   "migrations (`rowfill db migrate`) to create it")
-        row = conn.execute(_INSERT, {"b": backfill, "a": actor, "s": str(source), "act": action,
-                                     "d": json.dumps(details or {}, default=str), "r": reason}).one()
+    try:
+        with engine.begin() as conn:
+            if not available(conn):
+                raise AuditUnavailable(f"rowfill's schema on this database has no audit table ({SCHEMA}.audit), so "
+                                       f"{action} of {backfill} by {actor} is not in the audit trail; run the schema "
+                                       "migrations (`rowfill db migrate`) to create it")
+            row = conn.execute(_INSERT, {"b": backfill, "a": actor, "s": str(source), "act": action,
+                                         "d": json.dumps(details or {}, default=str), "r": reason}).one()
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        raise AuditUnavailable(f"this role may not append to {SCHEMA}.audit, so {action} of {backfill} by {actor} is not "
+                               f"in the audit trail; have the schema's owner apply what `rowfill db grants ROLE` prints "
+                               f"(GRANT SELECT, INSERT ON {SCHEMA}.audit)") from None
     return Entry(row.id, row.at, backfill, actor, str(source), action, details or {}, reason)
 
 

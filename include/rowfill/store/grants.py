@@ -17,6 +17,8 @@ needs no CREATE on the database and owns nothing; an administrator migrates the 
   The undo log is one of these tables (``rowfill.undo_rows``), so ``undo: true`` needs nothing more;
   its ``seq`` is an identity column, whose sequence is used with the table's privileges (PostgreSQL
   docs, CREATE TABLE "GENERATED ... AS IDENTITY").
+- SELECT, INSERT on ``rowfill.audit``: who paused, resumed, cancelled or changed knobs, appended by
+  the command and the console; never UPDATE or DELETE (the table's triggers refuse them anyway).
 - On each target table: USAGE on its schema, SELECT (keys, ``where``, verify) and UPDATE (the
   write; row locks ``FOR NO KEY UPDATE`` need UPDATE too, PostgreSQL docs, SELECT "The Locking Clause").
 - Optionally ``pg_monitor``: gates that read other sessions' lag or transaction age
@@ -31,6 +33,7 @@ from rowfill.store.catalog import SCHEMA, own
 # rowfill's tables the runtime role reads and writes (created by migration 0001)
 TABLES = ("backfills", "chunks", "samples", "leases", "skipped_rows", "controls", "undo_rows")
 READ_ONLY = ("alembic_version",)  # read by the version check; written only by `rowfill db migrate`
+APPEND_ONLY = ("audit",)  # the actions' trail: read and appended to, never changed (triggers refuse it)
 
 
 def grant_statements(role: str, database: str, tables: list[TableName] | tuple[TableName, ...] = ()) -> list[str]:
@@ -48,6 +51,7 @@ def grant_statements(role: str, database: str, tables: list[TableName] | tuple[T
         f"GRANT USAGE ON SCHEMA {SCHEMA} TO {r};",
         f"GRANT SELECT ON {', '.join(own(t) for t in READ_ONLY)} TO {r};  -- the version check of each plan",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(own(t) for t in TABLES)} TO {r};  -- checkpoints, controls, undo log",
+        f"GRANT SELECT, INSERT ON {', '.join(own(t) for t in APPEND_ONLY)} TO {r};  -- the audit trail of pause, resume, knobs",
     ]
     schemas = []
     for table in tables:

@@ -7,8 +7,8 @@ PostgreSQL type reads back exactly (what ``pg_dump`` relies on; PostgreSQL docs,
 so a rollback casts it back to the column's type, whatever the type: arrays, json, geometry, ranges,
 domains. ``seq`` is the order records were written in; the rollback walks it.
 
-The pieces here are SQL text for the engine's recording and restoring statements
-(``rowfill.engine.undo``): identifiers quoted, names of columns as SQL string literals, values bound.
+The recording and restoring statements, which write the target table and this log together, are
+built by ``rowfill.sql.undo``; the reads of the log alone are here.
 """
 
 from __future__ import annotations
@@ -21,51 +21,6 @@ from rowfill.store.catalog import SCHEMA
 
 UNDO_ROWS = TableName(SCHEMA, "undo_rows")
 SEQ = "seq"  # the column the rollback walks (identity, primary key)
-_PAIRS_PER_CALL = 50  # jsonb_build_object takes at most 100 arguments (FUNC_MAX_ARGS): 50 name/value pairs
-
-
-def string_literal(value: str) -> str:
-    """``value`` as an SQL string literal (quotes doubled; standard_conforming_strings, on by default since 9.1)."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def as_object(pairs: list[tuple[str, str]]) -> str:
-    """SQL building a jsonb object of column name -> ``CAST(<expression> AS text)``.
-
-    :param pairs: (column name, SQL expression) per column, in order.
-    :returns: ``jsonb_build_object(...)``, several joined with ``||`` past 50 columns; ``'{}'::jsonb`` for none.
-    """
-    if not pairs:
-        return "CAST('{}' AS jsonb)"
-    calls = []
-    for i in range(0, len(pairs), _PAIRS_PER_CALL):
-        part = pairs[i:i + _PAIRS_PER_CALL]
-        calls.append("jsonb_build_object(" + ", ".join(f"{string_literal(n)}, CAST({e} AS text)" for n, e in part) + ")")
-    return " || ".join(calls)
-
-
-def record_sql(backfill: str, source: str, key: list[tuple[str, str]], old: list[tuple[str, str]],
-               new: list[tuple[str, str]]) -> str:
-    """The INSERT of one batch's records (a data-modifying CTE body): from ``source`` (a CTE name).
-
-    A key recorded before keeps its first previous value; its written value is refreshed.
-    :param backfill: the backfill's name. :param key: / :param old: / :param new: (column, expression over ``source``).
-    :returns: SQL text, ``INSERT ... SELECT ... FROM source ON CONFLICT ...``.
-    """
-    return (f"INSERT INTO {UNDO_ROWS.sql} (backfill, key, old, new) "
-            f"SELECT {string_literal(backfill)}, {as_object(key)}, {as_object(old)}, {as_object(new)} FROM {source} "
-            "ON CONFLICT (backfill, key) DO UPDATE SET new = EXCLUDED.new")
-
-
-def take_sql(backfill: str, range_text: str) -> str:
-    """DELETE one batch of the backfill's records (``range_text`` over ``seq``), returning key, old and new."""
-    return (f"DELETE FROM {UNDO_ROWS.sql} WHERE backfill = {string_literal(backfill)} AND {range_text} "
-            "RETURNING key, old, new")
-
-
-def value(record: str, part: str, column: str, typ: str) -> str:
-    """SQL for one recorded value cast back to its column's type: ``CAST(d.old ->> 'col' AS type)``."""
-    return f"CAST({record}.{part} ->> {string_literal(column)} AS {typ})"
 
 
 _BATCH_END = text(f"SELECT min({SEQ}), max({SEQ}), count(*) FROM (SELECT {SEQ} FROM {UNDO_ROWS.sql} "
