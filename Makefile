@@ -48,4 +48,4 @@ bench: install
 	$(PY) bench/backfill_speed.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .demo *.egg-info include/*.egg-info
+	rm -rf $(VENV) .demo *.egg-info include/*.egg-info .mypy_cache .ruff_cache

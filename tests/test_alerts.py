@@ -247,6 +247,19 @@ def test_deadline_callback_sends_the_overdue_alert(tmp_path, db_url, engine, mon
     assert late["progress"] is not None and late["progress"]["state"] == "not started"
 
 
+def test_overdue_alert_still_goes_out_when_the_spec_lost_its_expected_duration(tmp_path, db_url, engine, monkeypatch, hook):
+    # The deadline is set when the run is queued; the callback reads the spec file when it fires.
+    # Someone may have removed expected_duration in between: the heads-up must still arrive.
+    make_users(engine, 1_000)
+    path = write_spec(tmp_path, alerts=[{"webhook": {"connection": "rowfill_hook"}}])
+    monkeypatch.setenv("ROWFILL_DATABASE_URL", db_url)
+    context = {"dag_run": {"dag_run_id": "manual__y", "dag_id": "rowfill_users_full_name"}, "deadline": {}}
+    asyncio.run(alerts.run_overdue(context=context, spec_source=str(path)))
+    [late] = hook.of("overdue")
+    assert late["run_id"] == "manual__y"
+    assert "still not finished after its expected duration (since removed from the spec)" in late["text"]
+
+
 def test_deadline_alert_is_attached_only_when_an_expected_duration_is_given(tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 

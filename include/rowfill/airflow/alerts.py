@@ -200,14 +200,18 @@ def stall_alert(spec, event: str, run_id: str | None, stalled_for: float, status
 def overdue_alert(spec: Spec, run_id: str | None, status) -> Alert:
     """``overdue``: the run is past ``expected_duration`` (seconds); a heads-up, the run goes on.
 
+    :param spec: the spec as its file reads now: the deadline was set when the run was queued, so
+        ``expected_duration`` may have been removed since (the alert says so instead of a duration).
     :param status: the backfill's status, or None when the checkpoint could not be read.
     """
+    expected = (f" of {format_duration(spec.expected_duration)}" if spec.expected_duration is not None
+                else " (since removed from the spec)")
     progress = (f"{status.rows_seen:,} of ~{status.rows_estimated:,} rows ({status.share:.1%}), "
                 f"{status.rows_per_second:,.0f} rows/s now"
                 + (f", ETA {format_duration(status.eta_seconds)}" if status.eta_seconds else "")
                 if status else "progress unavailable")
-    text = (f"rowfill backfill {spec.name!r}: run {run_id} is still not finished after its expected duration of "
-            f"{format_duration(spec.expected_duration)}. {progress}. It keeps running; this is a heads-up.")
+    text = (f"rowfill backfill {spec.name!r}: run {run_id} is still not finished after its expected duration"
+            f"{expected}. {progress}. It keeps running; this is a heads-up.")
     return Alert("overdue", spec.name, f"[rowfill] {spec.name}: running longer than expected", text,
                  {"dag_id": spec.dag_id, "run_id": run_id, "progress": status.to_dict(chunks=False) if status else None})
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 PAUSE_CHECK_EVERY = 5.0  # seconds between two asks: one execution-API call, never one per batch
 
@@ -40,7 +40,7 @@ class DagPauseWatch:
                  logger: logging.Logger | None = None):
         self.ti, self.dag_id, self.every, self.clock = ti, dag_id, every, clock
         self.log = logger or log
-        self._next = None  # when to ask again (monotonic seconds); None: at the next call
+        self._next: float | None = None  # when to ask again (monotonic seconds); None: at the next call
         self._started_paused: bool | None = None  # the first answer; None until asked
 
     def reason(self) -> str:

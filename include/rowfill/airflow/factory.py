@@ -17,10 +17,12 @@ error and not the whole file's (``build_all``).
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from datetime import timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference
+# airflow.sdk exports these lazily (__all__ and its __getattr__ table), but its __init__.pyi stub leaves them out
+from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference  # type: ignore[attr-defined]
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
 from rowfill.airflow import alerts, assets
@@ -116,7 +118,7 @@ def _deadline(spec: Spec):
                          callback=AsyncCallback(alerts.run_overdue, kwargs={"spec_source": str(Path(spec.source).resolve())}))
 
 
-def spec_dags(spec: Spec, taken: set[str] = frozenset()) -> dict[str, DAG]:
+def spec_dags(spec: Spec, taken: AbstractSet[str] = frozenset()) -> dict[str, DAG]:
     """The DAGs of one spec (backfill and, with ``undo: true``, rollback) by DAG id, built and checked
     as Airflow's DAG processor will check them (``DAG.validate`` and serialization;
     ``airflow/dag_processing/dagbag.py``, ``processor.py``), so a DAG Airflow would drop never gets

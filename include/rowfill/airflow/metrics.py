@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
-from typing import Callable
+from collections.abc import Callable
 
 from rowfill.sql import gates as stat_reads
 

@@ -48,7 +48,7 @@ def run_overrides(params: Mapping[str, Any] | None, spec: Spec) -> dict:
     :raises ValueError: when a value is above its bound (``rowfill.spec.bounds``) or ``pause`` is not a duration.
     """
     params = params or {}
-    out = {}
+    out: dict[str, float] = {}  # knob -> value: rows (int) or seconds (float)
     rows = params.get("batch_rows")
     if rows is not None and int(rows) != spec.batch_rows:
         out["batch_rows"] = int(BOUNDS["batch_rows"].check(int(rows)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -124,7 +125,7 @@ def clear_chunks(api_base: str, token: str, dag_id: str, run_id: str, map_indexe
     body = {"dry_run": False, "dag_run_id": run_id, "task_ids": [[CHUNK_TASK, i] for i in map_indexes],
             "only_failed": True, "include_downstream": True, "reset_dag_runs": True}  # a failed run runs again
     request = urllib.request.Request(
-        f"{api_base}/api/v2/dags/{urllib.request.quote(dag_id, safe='')}/clearTaskInstances",
+        f"{api_base}/api/v2/dags/{urllib.parse.quote(dag_id, safe='')}/clearTaskInstances",
         data=json.dumps(body).encode(), method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
     try:

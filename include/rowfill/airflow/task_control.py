@@ -17,7 +17,7 @@ The operators stay thin and call in here; the decisions themselves live in ``chu
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -116,7 +116,7 @@ def _go(op, context, event, spec, how):
         op.defer(trigger=ControlTrigger(spec.connection, spec.name, dag_paused=True, poll_interval=POLL_INTERVAL),
                  method_name="execute_complete")
     if outcome.kind == "defer":
-        until = outcome.until.astimezone(timezone.utc).isoformat() if outcome.until else None
+        until = outcome.until.astimezone(UTC).isoformat() if outcome.until else None
         op.defer(trigger=ControlTrigger(spec.connection, spec.name, until=until, wait_for_resume=until is None,
                                         poll_interval=POLL_INTERVAL),
                  method_name="execute_complete")

@@ -15,8 +15,9 @@ most ``max_parallel_chunks`` of these polling its database.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from datetime import datetime, UTC
+from typing import Any
+from collections.abc import AsyncIterator
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -87,7 +88,7 @@ class ControlTrigger(BaseTrigger):
                 if self.wait_for_resume and state == "running":
                     yield TriggerEvent({"event": "resumed"})
                     return
-                now = datetime.now(timezone.utc)
+                now = datetime.now(UTC)
                 if deadline is not None and now >= deadline and not self.wait_for_resume:
                     yield TriggerEvent({"event": "window_open", "at": now.isoformat()})
                     return

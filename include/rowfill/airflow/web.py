@@ -496,7 +496,7 @@ def backfill_page(spec, user=None, ui_base: str = "", root: str = URL_PREFIX) ->
             runs.append(_run_view(run, run.dag_id != spec.dag_id))
     except Exception as exc:  # noqa: BLE001 - show the checkpoint store without Airflow's history
         runs_error = str(exc).splitlines()[0]
-    latest = {}
+    latest: dict[str, airflow_runs.Run] = {}  # DAG id -> its latest run
     for r in runs:
         latest.setdefault(r["dag_id"], airflow_runs.Run(r["dag_id"], r["run_id"], r["state"], r["start"], r["end"], "", None))
     engine = _engine(spec.connection)
@@ -507,7 +507,7 @@ def backfill_page(spec, user=None, ui_base: str = "", root: str = URL_PREFIX) ->
         _run_rows(conn, spec, runs)
         trail = audit.latest(conn, spec.name)
         trail_ok = audit.available(conn)
-    strip = Markup(svg.run_strip("runs of the last %d days" % airflow_runs.HISTORY_DAYS,
+    strip = Markup(svg.run_strip(f"runs of the last {airflow_runs.HISTORY_DAYS} days",
                                  [(r["start"].timestamp(), _RUN_OUTCOME.get(r["state"], "other"))
                                   for r in runs if r["start"] is not None],
                                  datetime.now(UTC).timestamp() - airflow_runs.HISTORY_DAYS * 86_400.0))

@@ -12,6 +12,7 @@ values, so the overview, the backfill's page and their tests agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 from rowfill.spec.gates import KINDS
@@ -86,7 +87,7 @@ def wait_reason(throttle_state: str | None) -> WaitReason | None:
     return WaitReason.OTHER
 
 
-def console_state(status: str, control: str = ControlState.RUNNING, waits: list[str | None] = (),
+def console_state(status: str, control: str = ControlState.RUNNING, waits: Sequence[str | None] = (),
                   *, rolling_back: bool = False, rolled_back: bool = False) -> ConsoleState:
     """The console's state of one backfill.
 

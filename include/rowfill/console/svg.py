@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,7 +30,7 @@ class Series:
     and whether it is a limit (drawn dashed, e.g. the latency probe's limit)."""
 
     label: str
-    points: list[tuple[float, float | None]]
+    points: Sequence[tuple[float, float | None]]  # Sequence: a list of (t, float) pairs is one too
     dashed: bool = False
 
 
@@ -104,7 +105,8 @@ def line_chart(title: str, series: list[Series], unit: str = "", *, width: int =
     for n, s in enumerate(series):
         colour = PALETTE[n % len(PALETTE)]
         dash = " stroke-dasharray='5 3'" if s.dashed else ""
-        runs, run = [], []
+        runs: list[list[str]] = []  # the unbroken stretches, each a list of "x,y" texts
+        run: list[str] = []
         for t, v in sorted(s.points, key=lambda p: p[0]):
             if v is None:
                 if run:

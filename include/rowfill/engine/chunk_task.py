@@ -19,12 +19,13 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import cast
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Engine
 
 from rowfill.engine import reconnect
-from rowfill.engine.control import ControlStore, LiveControl, stop_reason
+from rowfill.engine.control import Control, ControlStore, LiveControl, stopping_reason
 from rowfill.engine.resolve import pinned_spec
 from rowfill.engine.runner import BatchObserver, ChunkResult, ChunkRunner, Sampled
 from rowfill.engine.throttle import Throttle
@@ -64,8 +65,10 @@ class BatchControlReads:
         """:param store: the controls table. :param name: the control row (backfill name)."""
         self.store, self.name = store, name
         self._lent = _Lent()
-        self._in_batch = ControlStore(self._lent)  # the same table, read on the batch's connection
-        self._reading = None
+        # the same table, read on the batch's connection. A cast: _Lent stands in for an Engine, as
+        # ControlStore.get only calls connect(), which _Lent has; the type checker cannot know that
+        self._in_batch = ControlStore(cast(Engine, self._lent))
+        self._reading: Control | None = None
 
     def read_in(self, conn) -> None:
         """Read the control row on ``conn``, inside the batch's transaction (raises what the read raises:
@@ -76,7 +79,7 @@ class BatchControlReads:
         finally:
             self._lent.conn = None
 
-    def get(self, name: str):
+    def get(self, name: str) -> Control:
         """The reading of the last batch if not used yet, else a read of its own (``ControlStore.get``)."""
         if self._reading is not None and name == self.name:
             reading, self._reading = self._reading, None
@@ -100,7 +103,7 @@ def _when(moment: datetime, windows: Windows) -> str:
 
 def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = None, run_id: str | None = None,
               logger: logging.Logger | None = None, overrides: dict | None = None, clock: Clock = utcnow,
-              sleep: Callable[[float], None] = time.sleep, observers: list[BatchObserver] = (),
+              sleep: Callable[[float], None] = time.sleep, observers: Sequence[BatchObserver] = (),
               writer: BatchWriter | None = None, check_table: bool = True,
               should_stop: Callable[[], str | None] | None = None) -> Outcome:
     """One go of a chunk: refuse, defer, or run it through the chunk runner until done or stopped.
@@ -138,12 +141,12 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
         reconnect.call(lambda: store.note_throttle(spec.name, chunk_no, state), spec, "recording why the chunk waits", logger)
 
     if control.state == "cancelled":
-        reason = stop_reason(control)
+        reason = stopping_reason(control)
         hold(reason)
         logger.info("%s: backfill %s is %s; not starting, cursor kept", label, spec.name, reason)
         return Outcome("cancelled", reason)
     if control.state == "paused":
-        reason = stop_reason(control)
+        reason = stopping_reason(control)
         hold(reason)
         logger.info("%s: backfill %s is %s; waiting for `rowfill resume %s` without holding a worker slot",
                     label, spec.name, reason, spec.name)
@@ -167,7 +170,9 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     throttle.label = label
     throttle.start_live()
     if windows:
-        logger.info("%s: inside the window (%s) until %s", label, windows, _when(windows.closes_at(now), windows))
+        closes = windows.closes_at(now)
+        assert closes is not None  # open at `now` (checked above), so the open period ends after it
+        logger.info("%s: inside the window (%s) until %s", label, windows, _when(closes, windows))
 
     runner = ChunkRunner(engine, spec, throttle=throttle, logger=logger, label=label, run_id=run_id,
                          observers=[Sampled(o) if isinstance(o, RateRecorder) else o for o in observers], writer=writer,
@@ -178,11 +183,11 @@ def run_chunk(engine: Engine, spec: Spec, chunk_no: int, *, label: str | None = 
     if result.stopped_by == "interrupted":
         return Outcome("interrupted", "stopped by the caller", result=result)
     if result.stopped_by == ControlState.CANCELLED:
-        reason = stop_reason(live.control)
+        reason = stopping_reason(live.control)
         hold(reason)
         return Outcome("cancelled", reason, result=result)
     if result.stopped_by == ControlState.PAUSED:
-        reason = stop_reason(live.control)
+        reason = stopping_reason(live.control)
         hold(reason)
         return Outcome("defer", reason, result=result)
     opens = windows.next_open(clock())

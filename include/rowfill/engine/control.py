@@ -18,6 +18,7 @@ row between batches (one primary-key lookup) and log every change when it takes 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -69,7 +70,7 @@ def parse_knob(name: str, value) -> float | int | None:
             rows = int(raw)
             if rows < 1 or (isinstance(raw, float) and rows != raw):
                 raise ValueError
-            return bound.check(rows)
+            return BOUNDS[name].check(rows)  # every rows knob is a spec field with a bound
         if kind == "duration":
             return parse_duration(raw, bound)
         if kind == "ratio":
@@ -209,6 +210,24 @@ def stop_reason(control: Control) -> str | None:
     return note
 
 
+def stopping_reason(control: Control) -> str:
+    """``stop_reason`` of a control row that stops chunks (paused or cancelled).
+
+    :raises ValueError: the row says running (nothing to stop for; a caller that did not check the state).
+    """
+    reason = stop_reason(control)
+    if reason is None:
+        raise ValueError("the backfill's control row says running: there is no reason to stop")
+    return reason
+
+
+class ControlReads(Protocol):
+    """What ``LiveControl`` reads its control row through: a ``ControlStore``, or a reader that takes the
+    row inside each batch's transaction (``rowfill.engine.chunk_task.BatchControlReads``)."""
+
+    def get(self, name: str) -> Control: ...
+
+
 class LiveControl:
     """What a running chunk reads between batches: its control row, as an input to the throttle.
 
@@ -216,7 +235,7 @@ class LiveControl:
     knobs it reports and stops on its state (gh-ost: collectors measure, one function decides).
     """
 
-    def __init__(self, store: ControlStore, spec, *, overrides: dict | None = None,
+    def __init__(self, store: ControlReads, spec, *, overrides: dict | None = None,
                  logger: logging.Logger | None = None, label: str = "chunk", name: str | None = None):
         """:param store: the controls table. :param spec: the backfill's spec (its knobs are the base).
         :param overrides: this run's trigger parameters (knob name -> value).
@@ -263,8 +282,11 @@ class LiveControl:
         return control, self._take(control)
 
     def reason(self) -> str:
-        """Why the chunk stops, in the words of the last control row read (``stop_reason``)."""
-        return stop_reason(self.control)
+        """Why the chunk stops, in the words of the last control row read (``stop_reason``).
+
+        :raises ValueError: asked while that row says running (the throttle asks only once it does not).
+        """
+        return stopping_reason(self.control)
 
     def _take(self, control: Control, first: bool = False) -> dict:
         self.control, self.version = control, control.version

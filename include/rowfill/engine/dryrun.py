@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -26,6 +27,7 @@ from rowfill.engine.modes import writer_for
 from rowfill.engine.plan import DEFAULT_MAX_MAP_LENGTH, merge_to_limit, walk_boundaries
 from rowfill.engine.resolve import pinned, same_meaning
 from rowfill.engine.schema_check import check_target
+from rowfill.engine.sinks import SinkWriter
 from rowfill.engine.sqltarget import check_sql_target
 from rowfill.engine.sweep import chunks_to_resweep
 from rowfill.engine.undo import UndoLog
@@ -67,7 +69,7 @@ class DryRun:
         lines = [f"rowfill plan {self.backfill} (dry run: nothing was changed, the checkpoint store was only read)",
                  f"  table {self.table}, mode {self.mode}",
                  f"  {len(self.chunks)} chunk(s) to run:"]
-        shown = self.chunks if len(self.chunks) <= 12 else self.chunks[:6] + [None] + self.chunks[-5:]
+        shown: Sequence[dict | None] = self.chunks if len(self.chunks) <= 12 else [*self.chunks[:6], None, *self.chunks[-5:]]
         for c in shown:
             lines.append("    ..." if c is None else f"    {c['label']:<48} {c['status']:<8} ~{c['est_rows']:,} rows to walk")
         change = ("unknown (counting took too long)" if self.rows_to_change is None
@@ -157,6 +159,7 @@ def _plan(conn, spec: Spec, limit: int, report: DryRun, count_timeout: float) ->
     _count_changes(conn, spec, key, todo, report, count_timeout)
     if todo:
         _sample(conn, spec, todo[0][2], todo[0][3], report)
+        assert report.sample_seconds is not None  # _sample sets it or raises
         per_batch = report.sample_seconds / max(report.sample_rows, 1) * min(spec.batch_rows, max(report.rows_to_walk, 1))
         batches = math.ceil(report.rows_to_walk / spec.batch_rows)
         parallel = max(1, min(spec.max_parallel_chunks, len(todo)))
@@ -203,7 +206,7 @@ def _sample(conn, spec: Spec, position, hi, report: DryRun) -> None:
         if end is None:
             report.sample_seconds = time.perf_counter() - t0
             return
-        if spec.mode == "sink":
+        if isinstance(writer, SinkWriter):  # spec.mode == "sink" (writer_for)
             rows = writer.reader.read(conn, position, end, writer.batch_first)  # never call the sink in a dry run
             written = len(rows)
             report.notes.append(f"the sink {spec.sink} was not called; the sample time covers reading its batch only")

@@ -96,4 +96,4 @@ def sampled_boundaries(conn: Connection, spec: Spec, after: int | None, chunk_ro
         for hi in highs:
             bounds.append(ChunkBounds(lo, hi, per_chunk))
             lo = hi
-    return [(*bounds[0], first), *bounds[1:]] if bounds else bounds
+    return [ChunkBounds(*bounds[0], first), *bounds[1:]] if bounds else bounds

@@ -83,7 +83,7 @@ class Heartbeat:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"rowfill-lease-{name}-{chunk_no}", daemon=True)
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         """Start renewing from a daemon thread; returns self."""
         self._thread.start()
         return self

@@ -11,6 +11,7 @@ start" of the key space, so the chunks always cover every key, below the first a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,7 @@ def walk_boundaries(conn: Connection, spec: Spec, after: Any, chunk_rows: int, k
     """
     key = key or load_key(conn, spec, table_sql)
     boundary = Boundary(key, table_sql or spec.table.sql)  # the batches' own walk (rowfill.sql.keys.Boundary)
-    bounds = []
+    bounds: list[ChunkBounds] = []
     while True:
         first, hi, rows = boundary.next(conn, after, None, chunk_rows)
         if not rows:
@@ -119,7 +120,7 @@ def sized_boundaries(conn: Connection, spec: Spec, after: Any, room: int, log=No
     return new
 
 
-def merge_to_limit(bounds: list[ChunkBounds | tuple], limit: int) -> list[ChunkBounds]:
+def merge_to_limit(bounds: Sequence[ChunkBounds | tuple], limit: int) -> list[ChunkBounds]:
     """Grow chunks (merge neighbours) until there are at most ``limit``; Airflow refuses longer maps.
 
     ``bounds``: consecutive chunks in key order, as ChunkBounds or ``(lo, hi, rows[, first])`` tuples.
@@ -127,13 +128,13 @@ def merge_to_limit(bounds: list[ChunkBounds | tuple], limit: int) -> list[ChunkB
     """
     if limit <= 0:
         return []
-    bounds = [as_bounds(b) for b in bounds]
-    if len(bounds) <= limit:
-        return bounds
-    group = math.ceil(len(bounds) / limit)
+    chunks = [as_bounds(b) for b in bounds]
+    if len(chunks) <= limit:
+        return chunks
+    group = math.ceil(len(chunks) / limit)
     merged = []
-    for i in range(0, len(bounds), group):
-        part = bounds[i : i + group]
+    for i in range(0, len(chunks), group):
+        part = chunks[i : i + group]
         merged.append(part[0].merged(part[-1], sum(b.rows for b in part)))
     return merged
 

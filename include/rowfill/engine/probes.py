@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
@@ -68,15 +68,21 @@ class Reading:
     def why_wait(self) -> str:
         """The reading against its wait threshold, as the reason of a Wait (e.g. ``replica lag 12.0 s > 5.0 s``).
 
-        :returns: the text; it assumes ``over_wait`` (a gate without a wait threshold has none to show).
+        :returns: the text; it assumes ``over_wait``.
+        :raises ValueError: the gate has no wait threshold (none to show; ``over_wait`` is False then).
         """
+        if self.gate.wait is None:
+            raise ValueError(f"gate {self.gate.name} has no wait threshold; ask why_wait only when over_wait")
         return self._text(self.gate.wait, "")
 
     def why_critical(self) -> str:
         """The reading against its critical threshold, for the error that stops the chunk.
 
         :returns: the text; it assumes ``over_critical``.
+        :raises ValueError: the gate has no critical threshold (``over_critical`` is False then).
         """
+        if self.gate.critical is None:
+            raise ValueError(f"gate {self.gate.name} has no critical threshold; ask why_critical only when over_critical")
         return self._text(self.gate.critical, "")
 
 
@@ -103,9 +109,17 @@ class GateKeeper:
         self._checked_rights = False
 
     def set_threshold(self, name: str, which: str, value: float | None) -> None:
-        """A live knob: set gate ``name``'s ``which`` (``wait`` | ``critical``) to ``value`` (its unit; None = off)."""
+        """A live knob: set gate ``name``'s ``which`` (``wait`` | ``critical``) to ``value`` (its unit; None = off).
+
+        :raises ValueError: ``which`` is neither (``control.parse_knob`` lets only those two through).
+        """
         gate = self.gates.get(name) or GateSpec(name)
-        self.gates[name] = replace(gate, **{which: value})
+        if which == "wait":
+            self.gates[name] = replace(gate, wait=value)
+        elif which == "critical":
+            self.gates[name] = replace(gate, critical=value)
+        else:
+            raise ValueError(f"gate {name}: {which!r} is not a threshold (wait or critical)")
         self._last = None  # a changed threshold is checked before the next batch, not a second later
 
     def active(self) -> bool:

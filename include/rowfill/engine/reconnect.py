@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, TypeVar
+from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
 
 from tenacity import Retrying, retry_if_exception, wait_random_exponential
 
@@ -42,6 +43,16 @@ BACKOFF_CAP = 5.0  # seconds: no wait is longer, so a server that is back is fou
 T = TypeVar("T")
 
 
+class TaskLog(Protocol):
+    """What this module logs through: a ``logging.Logger``, or the task log an Airflow operator has
+    (``self.log``, structlog-based, ``airflow.sdk._shared.logging.types.Logger``: the same methods
+    with %-style arguments). Positional-only, as the two name the message differently."""
+
+    def debug(self, msg: Any, /, *args: Any) -> Any: ...
+    def info(self, msg: Any, /, *args: Any) -> Any: ...
+    def warning(self, msg: Any, /, *args: Any) -> Any: ...
+
+
 class DatabaseUnreachable(RowfillError):
     """The database stayed unreachable for longer than the spec's ``reconnect_for``."""
 
@@ -49,7 +60,7 @@ class DatabaseUnreachable(RowfillError):
 class _Outage:
     """One run of connection failures: when it began, and what the log has said about it."""
 
-    def __init__(self, reconnect_for: float, what: str, logger: logging.Logger, clock: Callable[[], float],
+    def __init__(self, reconnect_for: float, what: str, logger: TaskLog, clock: Callable[[], float],
                  note: str = ""):
         self.reconnect_for, self.what, self.log, self.clock, self.note = reconnect_for, what, logger, clock, note
         self.began: float | None = None
@@ -105,7 +116,7 @@ class _Outage:
 _JITTER = wait_random_exponential(multiplier=BACKOFF_FIRST, max=BACKOFF_CAP)
 
 
-def retry_connection(fn: Callable[[], T], *, reconnect_for: float, what: str, logger: logging.Logger | None = None,
+def retry_connection(fn: Callable[[], T], *, reconnect_for: float, what: str, logger: TaskLog | None = None,
                      sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
                      note: str = "") -> T:
     """``fn()``, called again after each connection-class error until ``reconnect_for`` seconds of outage.
@@ -132,7 +143,7 @@ def gave_up(spec, what: str, exc: BaseException) -> DatabaseUnreachable:
         "out longer outages.")
 
 
-def call(fn: Callable[[], T], spec, what: str, logger: logging.Logger | None = None,
+def call(fn: Callable[[], T], spec, what: str, logger: TaskLog | None = None,
          sleep: Callable[[float], None] = time.sleep, note: str = "") -> T:
     """``retry_connection`` for the spec's ``reconnect_for``; a DatabaseUnreachable naming the field when it runs out.
 

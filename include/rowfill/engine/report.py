@@ -61,8 +61,9 @@ def summarize(name: str, chunks: list[ChunkRow], run_id: str | None = None,
     timed = [c for c in chunks if c.started_at and (run_id is None or c.run_id == run_id)]
     seconds = 0.0
     if timed:
-        start = min(c.started_at for c in timed)
-        end = max((c.finished_at or c.updated_at or c.started_at) for c in timed)
+        # every timed chunk has started_at (the filter above); the `is not None` tells the type checker
+        start = min(c.started_at for c in timed if c.started_at is not None)
+        end = max(e for c in timed if (e := c.finished_at or c.updated_at or c.started_at) is not None)
         seconds = max((end - start).total_seconds(), 0.0)
     seen_timed = sum(c.rows_seen for c in timed)
     rate = seen_timed / seconds if seconds > 0 else 0.0

@@ -176,8 +176,14 @@ def pin(conn: Connection, spec: Spec) -> Spec:
 
 
 def record(conn: Connection, name: str, relation: Relation) -> None:
-    """Store ``relation`` as the backfill's table (the backfill's row must exist)."""
-    backfills.record_relation(conn, name, relation.table.schema, relation.table.name, relation.oid)
+    """Store ``relation`` as the backfill's table (the backfill's row must exist).
+
+    :raises ValueError: ``relation``'s name has no schema (only names ``lookup`` resolved are recorded).
+    """
+    schema = relation.table.schema
+    if schema is None:
+        raise ValueError(f"{relation.table}: only a resolved table name (with its schema) is recorded")
+    backfills.record_relation(conn, name, schema, relation.table.name, relation.oid)
 
 
 def pinned_relation(conn: Connection, spec: Spec, names: tuple[str, ...] | None = None) -> Relation:

@@ -42,12 +42,13 @@ and rate samples apply to all of them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -179,10 +180,10 @@ class ChunkRunner:
         label: str | None = None,
         run_id: str | None = None,
         should_stop: Callable[[], str | None] | None = None,
-        observers: list[BatchObserver] = (),
+        observers: Sequence[BatchObserver] = (),
         clock: Callable[[], float] = time.monotonic,
         writer: BatchWriter | None = None,
-        batch_reads: list[Callable] = (),
+        batch_reads: Sequence[Callable] = (),
     ):
         """:param engine: the target database. :param spec: the backfill (or rollback) spec.
         :param throttle: decides the pace (default: the spec's, with its gates and latency probe);
@@ -313,7 +314,7 @@ class ChunkRunner:
         try:
             while True:
                 # a read that loses its connection (live control, gates) is retried like a batch (rowfill.engine.reconnect)
-                decision = reconnect.call(lambda: self.throttle.next(done), spec,
+                decision = reconnect.call(functools.partial(self.throttle.next, done), spec,
                                           "reading pause, cancel, live knobs and the gates", self.log)
                 if isinstance(decision, Wait):
                     self._wait(chunk_no, decision)
@@ -454,6 +455,7 @@ class ChunkRunner:
             self.split_rows = None  # back to the throttle's own size
 
     def _row_timeout(self, exc: DBAPIError) -> RowTimeout:
+        assert self._current is not None  # asked only about a batch being written (see run)
         lo, hi, _, _ = self._current
         return RowTimeout(
             f"{self.spec.key} {format_value(hi)} alone takes longer than statement_timeout "
@@ -462,13 +464,14 @@ class ChunkRunner:
             "with `where`; the chunk resumes from its checkpoint, just before this row.")
 
     def _blame(self, exc: DBAPIError) -> None:
+        assert self._current is not None  # asked only about a batch being written (see run)
         lo, hi, _, _ = self._current
         try:
             found = narrow(self.engine, self.spec, self.writer, self.timeouts, lo, hi, exc)
         except Exception as failed:  # noqa: BLE001 - the original error is what matters
             self.log.warning("could not narrow the failed batch to a row (%s: %s); reporting the batch's error",
                              type(failed).__name__, str(failed).splitlines()[0] if str(failed) else "")
-            raise exc
+            raise exc from None
         if found is not None:
             raise found from exc
 
@@ -557,11 +560,11 @@ class ChunkRunner:
                 if written:
                     self.store.add_written(conn, name, chunk_no, written)
         except DBAPIError as exc:
-            if sqlstate(exc) not in ("55P03", "40001", "40P01"):
+            if (state := sqlstate(exc)) not in ("55P03", "40001", "40P01"):
                 raise
             # the write met a lock beyond the rows it took (see rowfill.engine.rowlocks): rolled back, look again later
             self.log.warning("%s: writing skipped rows hit %s; rolled back, trying again later", label,
-                             RETRYABLE_SQLSTATES[sqlstate(exc)])
+                             RETRYABLE_SQLSTATES[state])
             keys, written, done, held = [None], 0, [], []
         if keys:
             self.skipped.revisited(done, held)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -32,8 +33,8 @@ class Target:
 
     key_type: str
     columns: frozenset[str]
-    key: Key | None = None
-    types: dict | None = None  # column -> SQL type
+    key: Key  # the key with its column types
+    types: dict[str, str]  # column -> SQL type
 
 
 def check_target(conn: Connection, spec: Spec) -> Target:
@@ -53,7 +54,7 @@ def check_target(conn: Connection, spec: Spec) -> Target:
     for col in spec.returns:
         if col not in types:
             raise SpecError(spec.source, "returns", f"column {col!r} does not exist in {spec.table}; add it first (ALTER TABLE ... ADD COLUMN) or fix the name")
-    if spec.sql and not key.integer and ({"lo", "hi"} & spec_sql(spec).sql.binds):
+    if spec.sql and not key.integer and (user_sql := spec_sql(spec).sql) is not None and ({"lo", "hi"} & user_sql.binds):
         raise SpecError(
             spec.source, "sql",
             f"the key {spec.key} is {', '.join(key.types)}, so a batch has no integer :lo/:hi (the first batch has no key "
@@ -121,7 +122,7 @@ def _index_walks_key(conn: Connection, key: Key, table_sql: str) -> tuple[bool, 
     probe = statements.key_order_probe(table_sql, key)
     with conn.begin_nested():
         set_local(conn, enable_seqscan="off", enable_sort="off", enable_bitmapscan="off")
-        plan = conn.execute(clause(statements.explain(probe, "FORMAT JSON"))).scalar()
+        plan = conn.execute(clause(statements.explain(probe, "FORMAT JSON"))).scalar_one()
         set_local(conn, enable_seqscan="on", enable_sort="on", enable_bitmapscan="on")
         shown = "\n".join(r[0] for r in conn.execute(clause(statements.explain(probe))))
     if isinstance(plan, str):
@@ -148,7 +149,7 @@ def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:
     The probes are composed exactly as the batches compose the fields (``rowfill.sql.sqltext``).
     """
     table = spec.table.sql
-    probes = []
+    probes: list[tuple[str, str, dict[str, Any]]] = []  # (field, driver SQL of its EXPLAIN, bind values)
     if spec.where:
         probes.append(("where", spec_driver(spec, statements.explain(statements.where_probe(table))), {}))
     if spec.set:
@@ -157,7 +158,7 @@ def _check_sql_compiles(conn: Connection, spec: Spec, key: Key) -> None:
         writer = SqlWriter(spec)
         writer.key = key
         writer.build(conn)
-        params = {name: None for name in writer.binds.names}
+        params: dict[str, Any] = {name: None for name in writer.binds.names}
         params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
         probes.append(("sql", statements.explain(writer.write), params))
     for field, sql, params in probes:

@@ -19,11 +19,12 @@ second rule; write the UPDATE/INSERT itself.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
-from rowfill.engine.resolve import lookup, search_path
+from rowfill.engine.resolve import resolve, search_path
 from rowfill.engine.writers import SqlWriter
 from rowfill.errors import SpecError
 from rowfill.spec.spec import Spec
@@ -35,7 +36,8 @@ from rowfill.sql.keys import Key, decode
 
 def _relations(plan: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(writes, reads) as (schema, relation name) pairs, from an EXPLAIN (VERBOSE, FORMAT JSON) plan."""
-    writes, reads = [], []
+    writes: list[tuple[str, str]] = []
+    reads: list[tuple[str, str]] = []
 
     def walk(node: dict) -> None:
         """Sort one EXPLAIN (VERBOSE, FORMAT JSON) node and its children into ``writes`` and ``reads``.
@@ -44,7 +46,7 @@ def _relations(plan: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]
         (PostgreSQL docs, EXPLAIN).
         :param node: one plan node.
         """
-        named = (node.get("Schema"), node.get("Relation Name"))
+        named: tuple[Any, Any] = (node.get("Schema"), node.get("Relation Name"))  # JSON values: text when named
         if node.get("Node Type") == "ModifyTable":
             if named[1]:
                 writes.append(named)
@@ -83,7 +85,7 @@ def check_sql_target(conn: Connection, spec: Spec, key: Key) -> None:
     """
     if spec.mode != "sql":
         return
-    relation = lookup(conn, spec.table)[0]
+    relation = resolve(conn, spec)  # the table the spec was resolved to (SpecError if it is gone)
     writer = SqlWriter(spec)
     writer.key = key
     writer.build(conn)
@@ -94,7 +96,7 @@ def check_sql_target(conn: Connection, spec: Spec, key: Key) -> None:
         params.update({"lo": 0, "hi": 0} if key.integer else {"lo": None, "hi": None})
     try:
         with conn.begin_nested():
-            plan = conn.exec_driver_sql(statements.explain(writer.write, "VERBOSE, FORMAT JSON"), params).scalar()
+            plan = conn.exec_driver_sql(statements.explain(writer.write, "VERBOSE, FORMAT JSON"), params).scalar_one()
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise SpecError(spec.source, "sql", f"the database rejects this SQL: {first}") from exc

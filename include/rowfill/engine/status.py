@@ -150,7 +150,7 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
     rows = read.chunks
     chunks: list[ChunkStatus] = []
     win_rows, since, last = 0, None, None
-    now = None
+    now: datetime | None = None  # the database clock, on every row
     for r in rows:
         c = r.chunk
         now = r.now
@@ -176,6 +176,7 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
             last = r.last if last is None else max(last, r.last)
     if not chunks:
         return BackfillStatus(name, BackfillState.PLANNED if read.backfill is not None else BackfillState.NOT_STARTED, [])
+    assert now is not None  # a chunk came from a row, and every row carries now_.t (clock_timestamp(), never NULL)
     # While chunks run, quiet time counts (a stall shows as a falling rate); once none runs, the rate
     # is that of the last active stretch instead of decaying for a minute after the end.
     end = now if any(c.status == ChunkState.RUNNING for c in chunks) else last
@@ -183,7 +184,7 @@ def backfill_status(conn: Connection, name: str, window: float = rates.WINDOW_SE
     failed = [c for c in chunks if c.status == ChunkState.FAILED and c.last_error]
     latest_error = max(failed, key=lambda c: c.updated_at or datetime.min.replace(tzinfo=now.tzinfo), default=None)
     remaining = sum(c.remaining for c in chunks)
-    throttle = {}
+    throttle: dict = {}  # the running chunks' throttle columns, first one wins
     for c in chunks:
         if c.status == ChunkState.RUNNING:
             for k, v in c.throttle.items():

@@ -12,7 +12,8 @@ the last key while the walk runs are still looked at.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from sqlalchemy.engine import Connection, Engine
 

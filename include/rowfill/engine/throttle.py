@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from rowfill.engine.probes import GateCritical, GateKeeper, LatencyProbe
 from rowfill.spec.durations import format_duration
@@ -249,7 +249,7 @@ class Throttle:
 
     @classmethod
     def for_spec(cls, spec, sleep: Callable[[float], None] = time.sleep, *, engine=None,
-                 logger: logging.Logger | None = None) -> "Throttle":
+                 logger: logging.Logger | None = None) -> Throttle:
         """The spec's throttle; with an engine, also its gates and latency probe.
 
         :param spec: a ``rowfill.spec.spec.Spec``. :param sleep: what the runner sleeps with.
@@ -268,7 +268,7 @@ class Throttle:
                    gates=gates, latency=latency, logger=logger)
 
     def listen(self, *, live=None, windows=None, clock: Callable | None = None,
-               interrupt: Callable[[], str | None] | None = None) -> "Throttle":
+               interrupt: Callable[[], str | None] | None = None) -> Throttle:
         """Add the stop inputs: live control, windows (closing at ``clock()``, an aware datetime) and
         an interruption callable returning a reason or None. Returns self. Never raises."""
         if live is not None:
@@ -293,7 +293,7 @@ class Throttle:
             self._fed = done
             if (new := self.size.adapt(done.seconds, done.rows)) is not None:
                 self.log.debug("%s: batch of %d rows took %s (target %s): next batches %d rows", self.label, done.rows,
-                               _ms(done.seconds), _ms(self.size.target_batch_time), new)
+                               _ms(done.seconds), format_knob("target_batch_time", self.size.target_batch_time), new)
             self._rest = self.size.pause_after(done.seconds)
         if self._rest > 0:
             rest, self._rest = self._rest, 0.0
@@ -301,9 +301,9 @@ class Throttle:
         if stop := self._stop():
             return stop
         if self.latency is not None:
-            self._react_to_latency()
+            self._react_to_latency(self.latency)
         if self.gates is not None and self.gates.active() and (self._holding or self.gates.due()):
-            if decision := self._gates():
+            if decision := self._gates(self.gates):
                 return decision
         return Go(self.batch_rows)
 
@@ -324,9 +324,9 @@ class Throttle:
             return Stop(reason, "interrupted")
         return None
 
-    def _gates(self) -> Decision | None:
+    def _gates(self, gates: GateKeeper) -> Decision | None:
         """Readings above ``critical`` stop the chunk; above ``wait`` hold it with backoff (1 s, 2 s, ...)."""
-        readings = self.gates.measure()
+        readings = gates.measure()
         if critical := [r for r in readings if r.over_critical]:
             r = critical[0]
             error = GateCritical(
@@ -336,7 +336,7 @@ class Throttle:
             )
             return Stop(str(error), "critical", error)
         if over := [r for r in readings if r.over_wait]:
-            delay = min(self.gates.max_backoff, 2.0 ** self._holding)
+            delay = min(gates.max_backoff, 2.0 ** self._holding)
             self._holding += 1
             self._held += delay
             return self._waiting(delay, "waiting: " + "; ".join(r.why_wait() for r in over))
@@ -388,11 +388,11 @@ class Throttle:
             self.latency.stop()
 
     # -- the live-latency gate -----------------------------------------------------------------
-    def _react_to_latency(self) -> None:
-        samples = self.latency.take()
+    def _react_to_latency(self, latency: LatencyProbe) -> None:
+        samples = latency.take()
         if not samples:
             return
-        worst, limit, size = max(samples), self.latency.limit, self.size
+        worst, limit, size = max(samples), latency.limit, self.size
         change = size.latency(worst, limit, len(samples))
         pace = f"{size.rows} rows, pause {_ms(size.pause_after(size.last_seconds()))}"
         if change > 0:
@@ -424,6 +424,7 @@ class Throttle:
         changes = []
         for name, value in knobs.items():
             size = self.size
+            old: float | None  # the knob's value before: rows (int), seconds or a threshold (float), None = off
             if name == "batch_rows":
                 old = size.size
                 size.size = value

@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Callable
+from collections.abc import Callable
 from uuid import UUID
 
 from sqlalchemy.engine import Connection
@@ -90,7 +90,10 @@ def check_callable_spec(conn: Connection, spec: Spec, key: Key) -> None:
         the database rejects that SQL (binds set to NULL, nothing executed but EXPLAIN).
     """
     field = "transform" if spec.transform else "sink"
-    load_callable(spec.transform or spec.sink, spec, field)
+    path = spec.transform or spec.sink
+    if path is None:
+        raise ValueError(f"{spec.source}: check_callable_spec is for transform and sink specs; this one has neither")
+    load_callable(path, spec, field)
     table = spec.table.sql
     probes = []
     if spec.joins:
@@ -125,8 +128,12 @@ def driver_fetch(conn: Connection, sql: str, params: dict, setup=None) -> tuple[
 def _driver_execute(conn: Connection, sql: str, params: dict, fetch: bool, setup=None):
     import psycopg
 
+    raw = conn.connection.driver_connection
+    if raw is None:  # SQLAlchemy's pooled connection lost its driver connection (invalidated)
+        raise RowfillError("the database connection was invalidated (SQLAlchemy holds no driver connection for it); "
+                           "run the chunk again")
     try:
-        with conn.connection.driver_connection.cursor() as cur:
+        with raw.cursor() as cur:
             if setup is not None:
                 setup(cur)
             cur.execute(sql, params)
@@ -151,7 +158,8 @@ class RowReader:
         self.key = key
         self.lock = lock
         self.json_null = json_null  # read JSON null as Jsonb(None) (transforms write it back as such)
-        self._arrays = None  # arrays over user-defined types (rowfill.engine.readtypes), read at the first batch
+        # arrays over user-defined types (rowfill.engine.readtypes), read at the first batch
+        self._arrays: list[tuple[int, int]] | None = None
         t = spec.table.sql
         self.qkey = key.qualified(t)
         if spec.select:
@@ -200,8 +208,9 @@ class RowReader:
         """
         if self._arrays is None:
             self._arrays = readtypes.user_array_types(conn)
+        arrays = self._arrays
         return driver_fetch(conn, self._read(lo is not None), self.params(lo, hi, first),
-                            lambda cur: readtypes.configure(cur, self._arrays, json_null=self.json_null))
+                            lambda cur: readtypes.configure(cur, arrays, json_null=self.json_null))
 
     def read_columns(self, conn: Connection, lo, hi, first=None) -> dict[str, list]:
         """The batch's rows as columns: column -> list of values in key order (types as ``read`` gives them).
@@ -306,7 +315,7 @@ def call_columns_with_blame(fn: Callable, columns: dict[str, list], n: int, key:
         ) from exc
 
 
-def as_list(values) -> list:
+def as_list(values) -> list | None:
     """A returned column as a list of Python values: lists as they are; tuples, NumPy arrays (``tolist``),
     Arrow arrays (``to_pylist``), Polars series (``to_list``) and other iterables converted (None if not iterable)."""
     if isinstance(values, list):
@@ -353,7 +362,10 @@ def array_literal(value, column: str) -> str:
         raise TransformError(f"the values for column {column!r} (an array column) must be lists; got {type(value).__name__} {value!r:.60}")
     value = list(value)
     try:
-        return bytes(Transformer().get_dumper(value, PyFormat.TEXT).dump(value)).decode()
+        dumped = Transformer().get_dumper(value, PyFormat.TEXT).dump(value)
+        if dumped is None:  # psycopg's dumpers give None only for a NULL, which a list is not
+            raise ValueError("psycopg dumped the list as NULL")
+        return bytes(dumped).decode()
     except Exception as exc:  # psycopg: e.g. "lists cannot contain empty lists"
         raise TransformError(f"a value for column {column!r} cannot be sent as an array: {exc} ({value!r:.80})") from exc
 

@@ -86,12 +86,12 @@ class UndoLog:
         return undo_store.UNDO_ROWS
 
     @classmethod
-    def for_spec(cls, spec: Spec, key: Key, columns, types) -> "UndoLog":
+    def for_spec(cls, spec: Spec, key: Key, columns, types) -> UndoLog:
         """The undo log of ``spec``, with the key and the changed ``columns`` and their SQL ``types``."""
         return cls(spec.name, key, tuple(columns), tuple(types))
 
     @classmethod
-    def load(cls, conn: Connection, spec: Spec) -> "UndoLog":
+    def load(cls, conn: Connection, spec: Spec) -> UndoLog:
         """From the target table's current types."""
         key = load_key(conn, spec)
         types = {n: t for n, (t, _) in column_types(conn, spec.table.sql).items()}

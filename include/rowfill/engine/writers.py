@@ -33,16 +33,31 @@ class BatchOutsideRange(RowfillError):
 class BatchWriter:
     def __init__(self, spec: Spec):
         self.spec = spec
-        self.key: Key | None = None
+        self._key: Key | None = None  # read by prepare() (or given by a planning check, see ``key``)
         self.boundary: Boundary | None = None
         self.batch_first: Any = None  # first key of the batch found by the last batch_end()
         self._statements: dict = {}
 
+    @property
+    def key(self) -> Key:
+        """The spec's key with its column types: read by ``prepare``, or set by a planning check
+        (``rowfill.engine.sqltarget``, ``schema_check``) that has it already.
+
+        :raises RuntimeError: neither happened yet (a programming error: every batch prepares first).
+        """
+        if self._key is None:
+            raise RuntimeError(f"{type(self).__name__}: the key is read by prepare(conn); call it first")
+        return self._key
+
+    @key.setter
+    def key(self, key: Key) -> None:
+        self._key = key
+
     def prepare(self, conn: Connection) -> None:
         """Read the key's types and build the statements; once per writer, inside the first batch."""
-        if self.key is None:
-            self.key = load_key(conn, self.spec)
-            self.boundary = Boundary(self.key, self.spec.table.sql)
+        if self._key is None:
+            self._key = load_key(conn, self.spec)
+            self.boundary = Boundary(self._key, self.spec.table.sql)
             self.build(conn)
 
     def build(self, conn: Connection) -> None:
@@ -57,6 +72,8 @@ class BatchWriter:
     def batch_end(self, conn: Connection, lo, hi, rows: int):
         """The last key of the next ``rows`` keys after ``lo`` (an index-only range scan), and how many there are."""
         self.prepare(conn)
+        if self.boundary is None:
+            raise RuntimeError(f"{type(self).__name__}: a key set from outside has no batch walk; batches prepare their own")
         first, end, seen = self.boundary.next(conn, lo, hi, rows)
         self.batch_first = first
         return end, seen
@@ -97,7 +114,7 @@ class BatchWriter:
         self.prepare(conn)
         if self.rows_locked:
             return 0
-        return conn.exec_driver_sql(self._lock(lo is not None), self.key.range_params(lo, hi)).scalar()
+        return conn.exec_driver_sql(self._lock(lo is not None), self.key.range_params(lo, hi)).scalar_one()
 
     def explain(self, conn: Connection, lo, hi) -> list[tuple[str, str]]:
         """(what, EXPLAIN text) of the statements one batch runs, for ``rowfill plan`` (never executed)."""
@@ -257,7 +274,7 @@ class SqlWriter(BatchWriter):
 
     def _keys_in_range(self, conn: Connection, lo, hi) -> int:
         sql = driver(statements.count_in_range(self.spec.table.sql, self.key, lo is not None, hi is not None))
-        return conn.exec_driver_sql(sql, self.key.range_params(lo, hi)).scalar()
+        return conn.exec_driver_sql(sql, self.key.range_params(lo, hi)).scalar_one()
 
     def _check_inside_range(self, conn: Connection, lo, hi, written: int) -> None:
         """Raise if the statement changed more rows than the batch's range holds.

@@ -25,7 +25,7 @@ CAP = 10_000
 
 def points_for(paid_orders: int, spent_cents: int) -> int:
     """The rule for one user, in exact integer arithmetic (no floats, no Decimal per row)."""
-    for threshold, num, den in TIERS:  # highest tier first
+    for threshold, num, den in TIERS:  # noqa: B007 - highest tier first; the tier found is used after the loop
         if spent_cents >= threshold:
             break
     # raw points = spent_cents / 100 * num / den + 10 * min(orders, 20); in units of STEP that is p / q

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import getpass
 import json
 import logging
@@ -88,8 +89,8 @@ def cmd_validate(args) -> int:
     specs, errors = load_specs(args.specs_dir)
     for spec in specs:
         try:  # a transform or sink must import here as it will on the workers
-            if spec.transform or spec.sink:
-                load_callable(spec.transform or spec.sink, spec, "transform" if spec.transform else "sink")
+            if path := spec.transform or spec.sink:
+                load_callable(path, spec, "transform" if spec.transform else "sink")
         except SpecError as exc:
             errors.append(exc)
             continue
@@ -119,7 +120,7 @@ def cmd_status(args) -> int:
             engine = _engine(spec, args)
             try:
                 status, control, table, problems[spec.name] = reconnect.call(
-                    lambda: _read_status(engine, spec), spec, "reading the status")
+                    functools.partial(_read_status, engine, spec), spec, "reading the status")
                 controls[spec.name] = control
                 if control.state != "running" and status.state not in ("done", "not started", "stale"):
                     status = dataclasses.replace(status, state=control.state)  # paused / cancelled says more than "waiting"

@@ -17,17 +17,16 @@ from rowfill.spec.bounds import GATE_COUNT, GATE_SECONDS, LATENCY_EVERY, LATENCY
 from rowfill.spec.durations import format_duration, parse_duration
 from rowfill.sql.sqltext import SqlTextError, probe
 
+Unit = Literal["seconds", "count", "number"]  # a gate threshold's unit, see KINDS
+
 # gate -> (unit, what it measures). "seconds" thresholds are durations (10s, 5min), "count" whole numbers.
-KINDS: dict[str, tuple[str, str]] = {
+KINDS: dict[str, tuple[Unit, str]] = {
     "replica_lag": ("seconds", "replica lag"),
     "active_backends": ("count", "active backends"),
     "long_transaction": ("seconds", "oldest transaction holding a lock on the table"),
     "lock_waiters": ("count", "sessions waiting for locks on the table"),
     "probe": ("number", "probe"),
 }
-
-
-Unit = Literal["seconds", "count", "number"]
 
 
 @dataclass(frozen=True)

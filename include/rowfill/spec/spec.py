@@ -417,12 +417,12 @@ def _check_sql_binds(found: frozenset[str], key_columns: tuple[str, ...], source
     if len(key_columns) == 1:
         if {"lo", "hi"} <= found or {"first", "last"} <= found:
             return []
-        missing = ", ".join(f":{b}" for b in ("lo", "hi") if b not in found)
-        return [SpecError(source, "sql", f"must use the key bounds {missing} (rows with lo < key <= hi), e.g. WHERE id > :lo AND id <= :hi; "
+        unused = ", ".join(f":{b}" for b in ("lo", "hi") if b not in found)
+        return [SpecError(source, "sql", f"must use the key bounds {unused} (rows with lo < key <= hi), e.g. WHERE id > :lo AND id <= :hi; "
                                          "or :first and :last (the batch's first and last key), e.g. WHERE id BETWEEN :first AND :last")]
     binds = found
     key = Key(key_columns)
-    missing = []
+    missing: list[str] = []
     for prefix in ("first", "last"):
         names = key.bind_names(prefix)
         for i, col in enumerate(key_columns):

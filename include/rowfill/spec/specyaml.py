@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 import yaml
-from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
@@ -47,7 +47,8 @@ class SpecLoader(yaml.SafeLoader):
 
     def _check_duplicates(self, root) -> None:
         """Walk the node tree (iteratively: aliases may make it a graph) looking for a key given twice."""
-        todo, seen = [(root, ())], set()
+        todo: list[tuple[Node, tuple[object, ...]]] = [(root, ())]  # (node, the keys leading to it)
+        seen: set[int] = set()
         while todo:
             node, path = todo.pop()
             if id(node) in seen:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Callable, Iterable
+from datetime import date, datetime, time, timedelta, UTC
+from typing import Any
+from collections.abc import Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _TIME = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?")
@@ -21,7 +22,7 @@ Clock = Callable[[], datetime]
 
 def utcnow() -> datetime:
     """The current instant, timezone-aware in UTC: the default ``Clock``."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _parse_time(value, what: str) -> time:
@@ -46,7 +47,8 @@ class Window:
         return ZoneInfo(self.timezone)
 
     def __str__(self) -> str:
-        fmt = (lambda t: t.strftime("%H:%M:%S" if t.second else "%H:%M"))
+        def fmt(t: time) -> str:
+            return t.strftime("%H:%M:%S" if t.second else "%H:%M")
         return f"{fmt(self.start)}-{fmt(self.end)} {self.timezone}"
 
     def spans(self, around: datetime) -> Iterable[tuple[datetime, datetime]]:
@@ -60,7 +62,7 @@ class Window:
 
 
 def _at(day: date, t: time, tz: ZoneInfo) -> datetime:
-    return datetime.combine(day, t, tzinfo=tz).astimezone(timezone.utc)
+    return datetime.combine(day, t, tzinfo=tz).astimezone(UTC)
 
 
 def parse_windows(value: Any) -> tuple[Window, ...]:

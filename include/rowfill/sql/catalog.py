@@ -96,7 +96,7 @@ def ping(conn: Connection) -> None:
 
 def search_path(conn: Connection) -> str:
     """The connection's ``search_path`` as PostgreSQL reports it, e.g. ``"$user", public``."""
-    return conn.execute(_SEARCH_PATH).scalar()
+    return conn.execute(_SEARCH_PATH).scalar_one()
 
 
 def relation(conn: Connection, table_sql: str) -> CatalogRelation | None:

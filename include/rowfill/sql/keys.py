@@ -93,7 +93,7 @@ class Key:
         """How messages name the key: ``id``, or ``(tenant_id, id)`` for a composite key."""
         return self.columns[0] if not self.composite else "(" + ", ".join(self.columns) + ")"
 
-    def qualified(self, qualifier: str) -> "Key":
+    def qualified(self, qualifier: str) -> Key:
         """The same key with its columns qualified by the table alias ``qualifier`` (an SQL identifier, already quoted)."""
         return Key(self.columns, self.types, qualifier)
 

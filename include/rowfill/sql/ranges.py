@@ -51,7 +51,7 @@ class ChunkBounds(_Bounds):
 
     first: Any
 
-    def __new__(cls, lo: Any, hi: Any, rows: int, first: Any = None) -> "ChunkBounds":
+    def __new__(cls, lo: Any, hi: Any, rows: int, first: Any = None) -> ChunkBounds:
         self = super().__new__(cls, lo, hi, rows)
         self.first = first
         return self
@@ -61,7 +61,7 @@ class ChunkBounds(_Bounds):
         """The keys the chunk covers."""
         return KeyRange(self.lo, self.hi)
 
-    def merged(self, last: "ChunkBounds", rows: int) -> "ChunkBounds":
+    def merged(self, last: ChunkBounds, rows: int) -> ChunkBounds:
         """This chunk grown up to ``last``'s upper bound, holding ``rows`` rows; keeps this one's first key."""
         return ChunkBounds(self.lo, last.hi, rows, self.first)
 

@@ -32,7 +32,7 @@ def highest_key(conn: Connection, key_sql: str, table_sql: str) -> Any:
 
 def row_count(conn: Connection, table_sql: str) -> int:
     """``count(*)`` of the whole table: a full scan, for tables the planner has no estimate of."""
-    return conn.execute(clause(f"SELECT count(*) FROM {table_sql}")).scalar()
+    return conn.execute(clause(f"SELECT count(*) FROM {table_sql}")).scalar_one()
 
 
 def sampled_quantiles(conn: Connection, key_sql: str, table_sql: str, percent: float, fractions: list[float],

@@ -13,7 +13,8 @@ Behavior"). ``0`` means "no limit", as in PostgreSQL; ``None`` leaves a setting 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
+from typing import TypedDict
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -24,6 +25,15 @@ TIMEOUTS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_ti
 OTHER = ("synchronous_commit", "enable_seqscan", "enable_sort", "enable_bitmapscan",
          "DateStyle", "IntervalStyle", "extra_float_digits")
 
+
+class TextFormats(TypedDict):
+    """The settings of ``TEXT_FORMATS`` by name (a TypedDict, so ``set_local(conn, **TEXT_FORMATS)`` type-checks)."""
+
+    DateStyle: str
+    IntervalStyle: str
+    extra_float_digits: str
+
+
 # How values become text, pinned on every rowfill session and again in every transaction that writes
 # or reads back the undo log (its values are text): ISO dates (only the output part of DateStyle, so
 # the user's day/month input order is kept; YYYY-MM-DD reads back the same under any order), intervals
@@ -31,7 +41,7 @@ OTHER = ("synchronous_commit", "enable_seqscan", "enable_sort", "enable_bitmapsc
 # style), and floats in their shortest exact form (any extra_float_digits > 0 since PostgreSQL 12; 0 or
 # less rounds). PostgreSQL docs 20.11.2 "Locale and Formatting" and 8.5.5 "Interval Output". psycopg
 # also reads dates and timestamps only in ISO style ("can't parse timestamptz with DateStyle 'SQL, DMY'").
-TEXT_FORMATS = {"DateStyle": "ISO", "IntervalStyle": "postgres", "extra_float_digits": "1"}
+TEXT_FORMATS = TextFormats(DateStyle="ISO", IntervalStyle="postgres", extra_float_digits="1")
 
 
 def milliseconds(seconds: float) -> str:
@@ -39,7 +49,7 @@ def milliseconds(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _statement(names: tuple[str, ...]) -> TextClause:
     # one statement per combination of settings: the text stays the same, so drivers can reuse its plan
     return text("SELECT " + ", ".join(f"set_config('{n}', :{n}, true)" for n in names))
@@ -91,7 +101,7 @@ class Timeouts:
     idle_in_transaction: float | None = None
 
     @classmethod
-    def for_batch(cls, lock_timeout: float, statement_timeout: float) -> "Timeouts":
+    def for_batch(cls, lock_timeout: float, statement_timeout: float) -> Timeouts:
         """A batch's: the spec's ``lock_timeout`` and ``statement_timeout`` (seconds), and
         ``idle_in_transaction_session_timeout`` of twice the statement timeout, at least 60 s: a runner
         that hangs mid-batch (paused VM, lost network) must not keep its chunk row locked for the retry

@@ -56,7 +56,9 @@ def parse_identifier(text: str) -> str:
 
 def split_dotted(text: str) -> list[str]:
     """Split ``schema.table`` on dots that are outside double quotes."""
-    parts, buf, quoted = [], [], False
+    parts: list[str] = []
+    buf: list[str] = []  # the characters of the part being read
+    quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted
@@ -133,7 +135,7 @@ class TableName:
     written: str | None = field(default=None, compare=False)
 
     @classmethod
-    def parse(cls, text: str) -> "TableName":
+    def parse(cls, text: str) -> TableName:
         """A table name as a spec writes it (``users``, ``public.users``, ``"My Table"``), read the way
         PostgreSQL reads it. Raises BadIdentifier (advice included) for anything else, e.g. three dotted parts.
         """
@@ -161,7 +163,7 @@ class TableName:
         """The name as the spec wrote it (``orders`` or ``app.orders``), resolved or not."""
         return self.written if self.written is not None else str(self)
 
-    def resolved(self, schema: str, name: str) -> "TableName":
+    def resolved(self, schema: str, name: str) -> TableName:
         """The schema-qualified name this one resolved to, remembering how it was written."""
         return TableName(schema, name, self.meaning)
 

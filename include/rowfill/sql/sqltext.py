@@ -24,7 +24,7 @@ PostgreSQL reads them with ``standard_conforming_strings = on``, the default sin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from sqlparse import lexer
 from sqlparse import tokens as T
@@ -515,6 +515,7 @@ def spec_sql(spec) -> SpecSql:
                                    tuple(spec.key_columns))
     if errors:
         raise errors[0]
+    assert parsed is not None  # read_spec_sql returns the fields whenever it returns no error
     return parsed
 
 

@@ -35,7 +35,7 @@ def row(conn: Connection, name: str, *, check_table: bool = False) -> dict | Non
 
 def exists(conn: Connection, name: str) -> bool:
     """Whether the backfill ``name`` is registered (``rowfill.backfills`` must exist)."""
-    return conn.execute(_EXISTS, {"n": name}).scalar()
+    return conn.execute(_EXISTS, {"n": name}).scalar_one()
 
 
 def fingerprint(conn: Connection, name: str) -> str | None:

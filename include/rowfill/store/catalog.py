@@ -9,7 +9,7 @@ the name with the connection's ``search_path`` like any statement would.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -23,7 +23,7 @@ def own(table: str) -> str:
     return f"{SCHEMA}.{table}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _existing(count: int) -> TextClause:
     return text("SELECT " + ", ".join(f"to_regclass(:r{i}) IS NOT NULL" for i in range(count)))
 

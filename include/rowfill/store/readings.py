@@ -8,7 +8,7 @@ this module only builds and runs the statements over rowfill's own tables.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Row
@@ -17,7 +17,7 @@ from sqlalchemy.sql.elements import TextClause
 from rowfill.store.catalog import SCHEMA
 
 
-@lru_cache(maxsize=None)
+@cache
 def _query(samples: bool, leases: bool, skipped: bool = True) -> TextClause:
     win = f"""
 win AS (

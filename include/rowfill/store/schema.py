@@ -77,8 +77,12 @@ def required() -> str:
     """The revision this rowfill needs: the head of the migrations it ships (e.g. ``"0002"``).
 
     :returns: the revision id. Read once per process from the migration files (Alembic's ScriptDirectory).
+    :raises RowfillError: no migration files (a broken install: the wheel ships them).
     """
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    if head is None:
+        raise RowfillError(f"no rowfill migrations under {MIGRATIONS}; the install is incomplete, reinstall rowfill")
+    return head
 
 
 def _known() -> list[str]:
@@ -169,9 +173,9 @@ def check(conn: Connection, source: str | None = None, database: str | None = No
     """
     try:
         if _probe(conn):  # the version and the privileges on rowfill's tables in one more round trip
-            revision, role, usage, missing = conn.execute(_VERSION_AND_GRANTS, _GRANT_PARAMS).one()
+            revision, _role, usage, missing = conn.execute(_VERSION_AND_GRANTS, _GRANT_PARAMS).one()
         else:
-            revision, role, usage, missing = None, None, True, {}
+            revision, _role, usage, missing = None, None, True, {}
     except MissingGrants as exc:
         raise MissingGrants(_where(source, database) + str(exc)) from None
     found = SchemaVersion(revision, required())

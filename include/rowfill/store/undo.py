@@ -54,9 +54,9 @@ def recorded_columns(conn: Connection, backfill: str) -> tuple[list[str], list[s
 
 def count(conn: Connection, backfill: str) -> int:
     """How many records the backfill's undo log holds."""
-    return conn.execute(_COUNT, {"b": backfill}).scalar()
+    return conn.execute(_COUNT, {"b": backfill}).scalar_one()
 
 
 def has_records(conn: Connection, backfill: str) -> bool:
     """Whether the backfill recorded anything (one index probe)."""
-    return conn.execute(_ANY, {"b": backfill}).scalar()
+    return conn.execute(_ANY, {"b": backfill}).scalar_one()
