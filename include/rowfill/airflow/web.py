@@ -743,7 +743,10 @@ def create_app() -> FastAPI:
 
     @app.post("/api/dags/{dag_id}/{action}", dependencies=[Depends(_json_only)])
     def control(dag_id: str, action: str, request: Request, user=user_dep) -> dict:
-        """Pause or resume by DAG id (the earlier page's buttons and scripts); recorded like the console's actions."""
+        """Pause or resume by DAG id (the earlier page's buttons and scripts); recorded like the console's actions.
+
+        :raises HTTPException: 415 (not JSON), 404 (unknown action or DAG), 403 (no edit rights on the DAG).
+        """
         _json_only(request)
         if action not in ("pause", "resume"):
             raise HTTPException(404, f"unknown action {action!r}")

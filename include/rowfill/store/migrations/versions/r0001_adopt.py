@@ -114,5 +114,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Not supported: dropping the schema would lose every checkpoint; drop it by hand if that is meant."""
+    """Not supported: dropping the schema would lose every checkpoint; drop it by hand if that is meant.
+
+    :raises NotImplementedError: always (Alembic's ``downgrade`` of this revision).
+    """
     raise NotImplementedError("rowfill's first migration is not reversible (it would drop every checkpoint)")

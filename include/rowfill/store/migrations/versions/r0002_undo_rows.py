@@ -89,5 +89,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Not supported: the per-backfill tables' column types are not kept; restore from the undo log instead."""
+    """Not supported: the per-backfill tables' column types are not kept; restore from the undo log instead.
+
+    :raises NotImplementedError: always (Alembic's ``downgrade`` of this revision).
+    """
     raise NotImplementedError("migration 0002 is not reversible")
