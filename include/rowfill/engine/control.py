@@ -225,7 +225,9 @@ class ControlReads(Protocol):
     """What ``LiveControl`` reads its control row through: a ``ControlStore``, or a reader that takes the
     row inside each batch's transaction (``rowfill.engine.chunk_task.BatchControlReads``)."""
 
-    def get(self, name: str) -> Control: ...
+    def get(self, name: str) -> Control:
+        """The control row of backfill ``name`` (a running row when none is stored)."""
+        ...
 
 
 class LiveControl:

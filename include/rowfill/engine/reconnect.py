@@ -48,9 +48,17 @@ class TaskLog(Protocol):
     (``self.log``, structlog-based, ``airflow.sdk._shared.logging.types.Logger``: the same methods
     with %-style arguments). Positional-only, as the two name the message differently."""
 
-    def debug(self, msg: Any, /, *args: Any) -> Any: ...
-    def info(self, msg: Any, /, *args: Any) -> Any: ...
-    def warning(self, msg: Any, /, *args: Any) -> Any: ...
+    def debug(self, msg: Any, /, *args: Any) -> Any:
+        """Log at DEBUG, %-style."""
+        ...
+
+    def info(self, msg: Any, /, *args: Any) -> Any:
+        """Log at INFO, %-style."""
+        ...
+
+    def warning(self, msg: Any, /, *args: Any) -> Any:
+        """Log at WARNING, %-style."""
+        ...
 
 
 class DatabaseUnreachable(RowfillError):

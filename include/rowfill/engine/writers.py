@@ -51,6 +51,7 @@ class BatchWriter:
 
     @key.setter
     def key(self, key: Key) -> None:
+        """Set the key from outside: a planning check that read it already (``sqltarget``, ``schema_check``)."""
         self._key = key
 
     def prepare(self, conn: Connection) -> None:
@@ -70,7 +71,10 @@ class BatchWriter:
         return self._statements[shape]
 
     def batch_end(self, conn: Connection, lo, hi, rows: int):
-        """The last key of the next ``rows`` keys after ``lo`` (an index-only range scan), and how many there are."""
+        """The last key of the next ``rows`` keys after ``lo`` (an index-only range scan), and how many there are.
+
+        :raises RuntimeError: the key was set from outside, so this writer has no batch walk (a programming error).
+        """
         self.prepare(conn)
         if self.boundary is None:
             raise RuntimeError(f"{type(self).__name__}: a key set from outside has no batch walk; batches prepare their own")

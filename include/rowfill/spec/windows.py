@@ -48,6 +48,7 @@ class Window:
 
     def __str__(self) -> str:
         def fmt(t: time) -> str:
+            """``01:00``, or ``01:00:30`` when the seconds matter."""
             return t.strftime("%H:%M:%S" if t.second else "%H:%M")
         return f"{fmt(self.start)}-{fmt(self.end)} {self.timezone}"
 
