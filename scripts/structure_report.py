@@ -26,6 +26,7 @@ import argparse
 import ast
 import json
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -225,6 +226,7 @@ def trace_one_batch(batches: int = 10) -> int:
         return int(statistics.median(counts)) if counts else 0
     finally:
         pg.stop("immediate")
+        shutil.rmtree(tmp, ignore_errors=True)  # the throwaway cluster
 
 
 def main() -> int:
