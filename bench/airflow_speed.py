@@ -352,6 +352,7 @@ def main(argv=None) -> int:
     finally:
         for code in checkouts:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(code)], capture_output=True)
+            shutil.rmtree(code.parent, ignore_errors=True)  # the rowfill-ref-* folder that held the worktree
         for pg in (target, meta):
             try:
                 pg.stop()
