@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -72,3 +73,18 @@ def airflow_db():
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's temporary directories (every fixture has stopped its servers by now)."""
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture
+def airflow_auth(airflow_db, monkeypatch):
+    """Airflow's simple auth manager, and ``token(role, name=None)``: a signed JWT for a user of that role."""
+    from airflow.api_fastapi.app import init_auth_manager, purge_cached_app
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(64))
+    monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER",
+                       "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
+    purge_cached_app()
+    manager = init_auth_manager()
+    yield lambda role, name=None: manager.generate_jwt(SimpleAuthManagerUser(username=name or role or "nobody", role=role))
+    purge_cached_app()

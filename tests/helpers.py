@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -103,3 +105,12 @@ def wait_until(predicate, timeout: float = 60, every: float = 0.2, what: str = "
             return value
         time.sleep(every)
     raise TimeoutError(f"{what} not met within {timeout:.0f} s")
+
+
+def module(tmp_path: Path, monkeypatch, name: str, source: str) -> str:
+    """A transform or sink module the test writes, importable as a worker would import it; returns its name."""
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+    importlib.invalidate_caches()
+    return name

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import secrets
 
 import pytest
 from sqlalchemy import text
@@ -130,19 +129,6 @@ def test_a_command_action_still_happens_without_the_audit_table_and_says_so(engi
 
 
 # -- console actions through the app, as Airflow's API server mounts it -----------------------------
-@pytest.fixture
-def airflow_auth(airflow_db, monkeypatch):
-    """Airflow's simple auth manager, and ``token(role)``: a signed JWT for a user of that role."""
-    from airflow.api_fastapi.app import init_auth_manager, purge_cached_app
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-
-    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(64))
-    monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER",
-                       "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
-    purge_cached_app()
-    manager = init_auth_manager()
-    yield lambda role, name=None: manager.generate_jwt(SimpleAuthManagerUser(username=name or role or "nobody", role=role))
-    purge_cached_app()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from browser import browser, sign_in  # noqa: F401 - browser is a fixture
 from helpers import create_database, make_users, wait_until, write_spec
 from rowfill.engine.control import ControlStore
 from rowfill.engine.database import engine_from_url
@@ -33,9 +34,6 @@ from rowfill_dev.localpg import free_port
 
 pytestmark = pytest.mark.airflow
 
-CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 ARTIFACTS = Path(os.environ.get("ROWFILL_TEST_ARTIFACTS", PROJECT / "test-artifacts")) / "console"
 
 
@@ -78,32 +76,6 @@ def stack(target):
             shutil.copy(log, ARTIFACTS / log.name)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (make test does this when run as root)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, timeout=120_000)
-        yield b
-        b.close()
-
-
-def sign_in(browser, stack):
-    """Through Airflow's own login page, like a person: the UI then holds the `_token` cookie."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(90_000)
-    page = context.new_page()
-    page.goto(f"{stack.base}/")
-    page.wait_for_url(re.compile(r".*/auth/login.*"))
-    page.fill("input[name=username]", stack.user)
-    page.fill("input[name=password]", stack.password)
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "/auth/login" not in url)
-    return context, page
-
-
 def act(page, action: str, reason: str | None = None, **fields) -> None:
     """Fill in an action's form, press its button, accept the confirmation, wait for the page to reload."""
     form = page.locator(f"form.act[data-action={action}]")
@@ -143,7 +115,7 @@ def test_overview_backfill_page_pause_resume_retry_cancel_in_a_real_browser(stac
     run_id = stack.trigger("rowfill_console_fill")
     assert finished(stack, "rowfill_console_fill", run_id) == "failed"
 
-    context, page = sign_in(browser, stack)
+    context, page = sign_in(browser, stack, viewport=(1280, 900))
     try:
         # overview: one state per backfill; never started is not an error, the failure is
         page.goto(f"{stack.base}/rowfill/")

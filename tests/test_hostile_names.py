@@ -6,14 +6,13 @@ tables named like PostgreSQL keywords and in mixed case."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 
 import pytest
 import yaml
 from sqlalchemy import text
 
+from helpers import module
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.rollback import finish_rollback, plan_rollback, rollback_target
 from rowfill.engine.runner import ChunkRunner
@@ -133,13 +132,6 @@ def set_fields(nm: Names) -> dict:
 def rowfill(db_url, tmp_path, *args) -> int:
     return cli.main(["--specs-dir", str(tmp_path), "--db", db_url, *args])
 
-
-def module(tmp_path, monkeypatch, name: str, source: str) -> str:
-    (tmp_path / f"{name}.py").write_text(source)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop(name, None)
-    importlib.invalidate_caches()
-    return name
 
 
 @pytest.fixture(params=NAMESETS)

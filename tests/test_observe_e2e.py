@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from browser import browser, sign_in  # noqa: F401 - browser is a fixture
 from helpers import create_database, make_users, wait_until, write_spec
 from receivers import SmtpReceiver, StatsdReceiver, WebhookReceiver
 from rowfill.engine.database import engine_from_url
@@ -39,9 +39,6 @@ from rowfill_dev.localpg import free_port
 
 pytestmark = pytest.mark.airflow
 
-CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
 
 @pytest.fixture(scope="module")
@@ -167,33 +164,6 @@ def test_nobody_signed_out_sees_the_page_or_its_data(stack):
     # the UI's cookie alone is enough: that is what the page embedded in the Airflow UI gets
     body, _, _ = get(stack, "/rowfill/api/progress", cookie=stack.token())
     assert "wide_map" in {b["backfill"] for b in json.loads(body)}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (make test does this when run as root)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS, timeout=120_000)
-        yield b
-        b.close()
-
-
-def sign_in(browser, stack):
-    """Through Airflow's own login page, like a person: the UI then holds the `_token` cookie."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(90_000)
-    page = context.new_page()
-    page.goto(f"{stack.base}/")
-    page.wait_for_url(re.compile(r".*/auth/login.*"))
-    page.fill("input[name=username]", stack.user)
-    page.fill("input[name=password]", stack.password)
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "/auth/login" not in url)
-    assert any(c["name"] == "_token" for c in context.cookies())
-    return context, page
 
 
 def test_the_page_shows_a_running_backfill_and_updates_it_in_a_real_browser(stack, target, browser, receivers, tmp_path):

@@ -5,14 +5,12 @@ show it beside the rows written, so "written" never passes for "done"."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 
 import pytest
 from sqlalchemy import text
 
-from helpers import create_database, make_users, spec_for
+from helpers import create_database, make_users, module, spec_for
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.report import backfill_summary
 from rowfill.engine.runner import ChunkRunner
@@ -90,13 +88,6 @@ def test_a_failed_chunk_makes_rowfill_run_exit_non_zero(engine, db_url, tmp_path
     assert out.strip().splitlines()[-1].endswith("FAILED: chunk 2/2 (id 501..1000) failed (see above)")
     assert rows(engine, "SELECT count(*), max(id) FROM users WHERE full_name IS NOT NULL") == [(600, 600)]
 
-
-def module(tmp_path, monkeypatch, name: str, source: str) -> str:
-    (tmp_path / f"{name}.py").write_text(source)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop(name, None)
-    importlib.invalidate_caches()
-    return name
 
 
 FULL_NAME = """

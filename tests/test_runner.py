@@ -20,7 +20,6 @@ from helpers import make_users, spec_for
 from rowfill.engine.database import engine_from_url
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.runner import ChunkRunner
-from rowfill.engine.throttle import Throttle
 from rowfill.errors import ChunkFailed
 from rowfill.store.checkpoint import CheckpointStore
 

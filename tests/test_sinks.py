@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import text
 
 from helpers import example_spec
-from rowfill.engine.database import engine_from_url
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.runner import ChunkRunner
 from rowfill.engine.verify import verify_backfill

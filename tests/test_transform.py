@@ -5,9 +5,7 @@ checkpoint at the last good batch, so the fixed function continues from there.""
 
 from __future__ import annotations
 
-import importlib
 import random
-import sys
 import threading
 import time
 from decimal import Decimal
@@ -15,7 +13,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
-from helpers import example_spec, spec_for
+from helpers import example_spec, module, spec_for
 from rowfill.engine.database import engine_from_url
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.runner import ChunkRunner
@@ -44,14 +42,6 @@ def rows_state(engine, where: str = "TRUE") -> str:
 def loyalty_spec(tmp_path, **changes):
     return example_spec(tmp_path, "users_loyalty_points", **{"chunk_rows": 1_000, "batch_rows": 100, "pause": 0, **changes})
 
-
-def module(tmp_path, monkeypatch, name: str, source: str) -> str:
-    """A transform module the test writes, importable as a worker would import it."""
-    (tmp_path / f"{name}.py").write_text(source)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop(name, None)
-    importlib.invalidate_caches()
-    return name
 
 
 # -- the loyalty points example ---------------------------------------------------------------

@@ -7,13 +7,11 @@ the write) fail is named by its key. Every column type: tests/test_types.py runs
 
 from __future__ import annotations
 
-import importlib
-import sys
 
 import pytest
 from sqlalchemy import text
 
-from helpers import example_spec, spec_for
+from helpers import example_spec, module, spec_for
 from rowfill.engine.plan import plan_backfill
 from rowfill.engine.runner import ChunkRunner
 from rowfill.errors import ChunkFailed, SpecErrors
@@ -39,14 +37,6 @@ def loyalty_spec(tmp_path, form: str = "columns", **changes):
         "chunk_rows": 1_000, "batch_rows": 100, "pause": 0, "transform": FORMS[form],
         "batch_form": form if form == "columns" else None, **changes})
 
-
-def module(tmp_path, monkeypatch, name: str, source: str) -> str:
-    """A transform module the test writes, importable as a worker would import it."""
-    (tmp_path / f"{name}.py").write_text(source)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop(name, None)
-    importlib.invalidate_caches()
-    return name
 
 
 @pytest.mark.parametrize("form", ["rows", "columns"])

@@ -49,7 +49,6 @@ def test_the_pages_show_progress_chunk_map_and_an_escaped_error_with_its_task_li
 # The app as Airflow's API server mounts it, with Airflow's real simple auth manager and real
 # signed tokens (admin, viewer, and a user with no role, who may read nothing).
 
-import secrets  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -57,19 +56,6 @@ from rowfill.airflow.sameorigin import same_origin  # noqa: E402
 from rowfill.engine.control import ControlStore  # noqa: E402
 
 
-@pytest.fixture
-def airflow_auth(airflow_db, monkeypatch):
-    """Airflow's simple auth manager, and ``token(role)``: a signed JWT for a user of that role."""
-    from airflow.api_fastapi.app import init_auth_manager, purge_cached_app
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
-
-    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(64))
-    monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER",
-                       "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
-    purge_cached_app()
-    manager = init_auth_manager()
-    yield lambda role: manager.generate_jwt(SimpleAuthManagerUser(username=role or "nobody", role=role))
-    purge_cached_app()
 
 
 @pytest.fixture

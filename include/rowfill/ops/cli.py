@@ -15,8 +15,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
 from rowfill.airflow import runs as airflow_runs
@@ -421,6 +423,17 @@ def _db_engine(args):
     return engine
 
 
+@contextmanager
+def _db_connection(args) -> Iterator[Connection]:
+    """A connection to the target database of a ``rowfill db`` command (``_db_engine``), disposed after."""
+    engine = _db_engine(args)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
 def cmd_db_migrate(args) -> int:
     """``rowfill db migrate``: apply rowfill's schema migrations (``--sql``: print their DDL instead).
 
@@ -432,12 +445,8 @@ def cmd_db_migrate(args) -> int:
     if args.sql:
         since = None
         if args.db or args.conn or args.spec or os.environ.get("ROWFILL_DATABASE_URL"):  # from where that database is
-            engine = _db_engine(args)
-            try:
-                with engine.connect() as conn:
-                    since = schema.current(conn)
-            finally:
-                engine.dispose()
+            with _db_connection(args) as conn:
+                since = schema.current(conn)
         print(schema.migration_sql(since=since, lock_timeout=args.lock_timeout), end="")
         return 0
     engine = _db_engine(args)
@@ -455,12 +464,8 @@ def cmd_db_check(args) -> int:
 
     :returns: the exit status: 0 when they match, 1 when the schema is missing, behind or newer.
     """
-    engine = _db_engine(args)
-    try:
-        with engine.connect() as conn:
-            found = schema.version(conn)
-    finally:
-        engine.dispose()
+    with _db_connection(args) as conn:
+        found = schema.version(conn)
     print(found.line())
     return 0 if found.ready else 1
 
