@@ -42,6 +42,26 @@ def test_dag_shape_follows_the_spec(monkeypatch):
     assert dag.timetable.expression == "0 2 * * *"
 
 
+@pytest.mark.parametrize("dag_id", ["rowfill_users_full_name", "rowfill_users_loyalty_points_rollback"])
+def test_a_task_process_builds_only_its_own_dag(monkeypatch, dag_id):
+    # Airflow's task runner parses the DAG file with the running task's DAG id in the parsing
+    # context; building every spec's DAGs there would be paid again by every task.
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", dag_id)
+    bag = dagbag(ROOT / "include" / "specs", monkeypatch)
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {dag_id}
+    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID")
+    full = dagbag(ROOT / "include" / "specs", monkeypatch)
+    assert dag_id in full.dag_ids and len(full.dag_ids) > 1
+    assert [t.task_id for t in bag.dags[dag_id].topological_sort()] == \
+        [t.task_id for t in full.dags[dag_id].topological_sort()]
+
+
+def test_a_task_of_a_dag_no_spec_has_anymore_finds_no_dag(monkeypatch):
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "rowfill_gone")
+    assert dagbag(ROOT / "include" / "specs", monkeypatch).dag_ids == []
+
+
 def test_a_bad_spec_is_an_import_error_and_good_specs_still_load(tmp_path, monkeypatch):
     for spec in (ROOT / "include" / "specs").glob("*.yaml"):
         shutil.copy(spec, tmp_path)

@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 # airflow.sdk exports these lazily (__all__ and its __getattr__ table), but its __init__.pyi stub leaves them out
-from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference  # type: ignore[attr-defined]
+from airflow.sdk import DAG, AsyncCallback, DeadlineAlert, DeadlineReference, get_parsing_context  # type: ignore[attr-defined]
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
 from rowfill.airflow import alerts, assets
@@ -167,9 +167,38 @@ def build_all(directory=None) -> tuple[dict[str, DAG], list[SpecError]]:
     return dags, [*errors, *clashes(specs)]
 
 
+def build_task_dag(dag_id: str, directory=None) -> dict[str, DAG]:
+    """Only the DAG ``dag_id`` (backfill or rollback), for a task about to run in it; {} when no spec has it.
+
+    Every task process parses the DAG file again to find its DAG (Airflow's task runner runs it
+    inside ``_airflow_parsing_context_manager``, ``airflow/sdk/execution_time/task_runner.py``).
+    Building and serializing every spec's DAGs there is work done once per task instead of once per
+    parse: with many specs it is most of a short task's start (Airflow's "Optimizing DAG parsing
+    delays during execution" advice). The DAG processor already checked these DAGs, so the check by
+    serialization (``spec_dags``) is not repeated here; a spec that does not load anymore simply has
+    no DAG, and Airflow fails the task saying the DAG is missing.
+
+    :param dag_id: the running task's DAG id (``get_parsing_context().dag_id``).
+    :param directory: as ``build_all``.
+    :returns: ``{dag_id: DAG}``, or ``{}``.
+    """
+    specs, _ = load_specs(directory or specs_folder())
+    taken = {s.dag_id for s in specs}
+    for spec in specs:
+        if spec.dag_id == dag_id:
+            return {dag_id: build_dag(spec)}
+        if spec.undo and rollback_dag_id(spec) == dag_id and dag_id not in taken:
+            return {dag_id: build_rollback_dag(spec)}
+    return {}
+
+
 def build_dags(directory=None) -> dict[str, DAG]:
     """Every good spec's DAG; bad specs are reported by ``raise_spec_errors`` from a file of their own
-    (see ``build_all``). ``directory``: as ``build_all``."""
+    (see ``build_all``). In a task process only the task's own DAG is built (``build_task_dag``).
+    ``directory``: as ``build_all``."""
+    running = get_parsing_context().dag_id
+    if running:
+        return build_task_dag(running, directory)
     return build_all(directory)[0]
 
 
