@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -233,42 +232,37 @@ class WaitRecorder:
 
 
 # -- the console's chart ---------------------------------------------------------------------------
-# The waits of the last :since seconds (and of the holds still going on, from :held_from) summed over
-# chunks into steps of a whole number of buckets, at most :points of them from the first wait to now.
-# A row's waits ended in its bucket; one longer than a bucket (a deferral recorded by ``resume``) is
-# spread back over the steps it covered (overlap of [end - seconds, end) with each step). The latency
-# columns stay in the row's own step (the worst reading and the limit of the step).
-_SUMS = ", ".join(f"sum({c}) AS {c}" for c in COLUMNS.values())
+# The waits of the last :since seconds summed over chunks into steps of a whole number of buckets, at
+# most :points of them from the first wait (or :held_from, the oldest hold going on) to now. A row's
+# waits ended in its bucket and are summed in its step, as are the latency columns (the worst reading
+# and the limit of the step). A row longer than a bucket (a deferral recorded by ``resume``) comes back
+# on its own (kind 1: its end and seconds), to be spread over the steps it covered (``_spread``): a
+# spread in SQL (generate_series per row) made the planner expect millions of rows and compile the
+# query with JIT, 0.8 s of a 25 ms query.
 _LONGEST = f"greatest({', '.join(COLUMNS.values())})"
-_OWN = ", ".join(f"CASE WHEN longest <= :bucket THEN {c} ELSE 0 END" for c in COLUMNS.values())
-_SPREAD = ", ".join(f"greatest(least(g.lo + (k + 1) * g.width, r.e) - greatest(g.lo + k * g.width, r.e - {c}), 0)"
-                    for c in COLUMNS.values())
+_OWN = ", ".join(f"sum(CASE WHEN longest <= :bucket THEN {c} ELSE 0 END) AS {c}" for c in COLUMNS.values())
 _STEPS = text(f"""
 WITH r AS (
     SELECT extract(epoch FROM bucket) + :bucket AS e, {', '.join(COLUMNS.values())}, {_LONGEST} AS longest,
            latency_worst, latency_limit
     FROM {SCHEMA}.wait_samples
-    WHERE backfill = :n AND bucket >= to_timestamp(extract(epoch FROM clock_timestamp()) - :since)
+    WHERE backfill = :n AND bucket >= now() - make_interval(secs => :since)  -- now(): stable, so the index serves it
 ), g0 AS (
     SELECT greatest(least(min(r.e - greatest(r.longest, :bucket)), :held_from),
-                    extract(epoch FROM clock_timestamp()) - :since) AS lo,
-           extract(epoch FROM clock_timestamp()) AS hi
+                    extract(epoch FROM now()) - :since) AS lo, extract(epoch FROM clock_timestamp()) AS hi
     FROM r
 ), g AS (
     SELECT floor(lo / :bucket) * :bucket AS lo, hi,
            greatest(ceil((hi - floor(lo / :bucket) * :bucket) / :bucket / :points), 1) * :bucket AS width
     FROM g0 WHERE lo IS NOT NULL
 )
-SELECT k, g.lo, g.width, g.hi, {_SUMS}, max(latency_worst) AS latency_worst, max(latency_limit) AS latency_limit
-FROM (
-    SELECT floor((r.e - :bucket - g.lo) / g.width) AS k, {_OWN}, latency_worst, latency_limit FROM r, g
-    UNION ALL
-    SELECT k, {_SPREAD}, NULL, NULL
-    FROM r, g, generate_series(CAST(floor((greatest(r.e - r.longest, g.lo) - g.lo) / g.width) AS integer),
-                               CAST(floor((r.e - 0.001 - g.lo) / g.width) AS integer)) k
-    WHERE r.longest > :bucket
-) s(k, {', '.join(COLUMNS.values())}, latency_worst, latency_limit) CROSS JOIN g
-GROUP BY k, g.lo, g.width, g.hi ORDER BY k""")
+SELECT 0 AS kind, floor((r.e - :bucket - g.lo) / g.width) AS at, g.lo, g.width, g.hi, {_OWN},
+       max(r.latency_worst) AS latency_worst, max(r.latency_limit) AS latency_limit
+FROM r CROSS JOIN g GROUP BY 2, 3, 4, 5
+UNION ALL
+SELECT 1, r.e, g.lo, g.width, g.hi, {', '.join(COLUMNS.values())}, NULL, NULL
+FROM r CROSS JOIN g WHERE r.longest > :bucket
+ORDER BY 1, 2""")
 
 
 @dataclass(frozen=True)
@@ -307,47 +301,57 @@ def steps(conn: Connection, backfill: str, since: float, points: int, holds: Seq
     held_from = min((t for _, t in holds), default=None)
     rows = conn.execute(_STEPS, {"n": backfill, "since": since, "points": points, "bucket": bucket,
                                  "held_from": held_from}).all()
-    if not rows:
-        if held_from is None:
-            return None
-        now = float(conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one())
-        rows_lo = max(held_from, now - since) // bucket * bucket
-        rows_width, hi = max(math.ceil((now - rows_lo) / bucket / points), 1) * bucket, now
+    if rows:
+        lo, width, hi = float(rows[0].lo), float(rows[0].width), float(rows[0].hi)
+    elif held_from is not None:
+        hi = float(conn.execute(text("SELECT extract(epoch FROM clock_timestamp())")).scalar_one())
+        lo = max(held_from, hi - since) // bucket * bucket
+        width = max(math.ceil((hi - lo) / bucket / points), 1) * bucket
     else:
-        rows_lo, rows_width, hi = float(rows[0].lo), float(rows[0].width), float(rows[0].hi)
-    count = int((hi - rows_lo) // rows_width) + 1
-    seconds = {r: [0.0] * count for r in WaitReason}
-    worst: list[float | None] = [None] * count
-    limit: list[float | None] = [None] * count
+        return None
+    count = int((hi - lo) // width) + 1
+    found = WaitSteps(lo, width, count, {r: [0.0] * count for r in WaitReason}, [None] * count, [None] * count)
+    spread: dict[WaitReason, list[tuple[float, float]]] = {}
     for row in rows:
-        k = int(row.k)
-        if not 0 <= k < count:
-            continue
-        for r, c in COLUMNS.items():
-            seconds[r][k] += float(getattr(row, c) or 0.0)
-        worst[k] = None if row.latency_worst is None else float(row.latency_worst)
-        limit[k] = None if row.latency_limit is None else float(row.latency_limit)
-    found = WaitSteps(rows_lo, rows_width, count, seconds, worst, limit)
-    _add_holds(found, holds, hi)
+        if row.kind == 0:  # a step's sums
+            k = int(row.at)
+            if not 0 <= k < count:
+                continue
+            for r, c in COLUMNS.items():
+                found.seconds[r][k] += float(getattr(row, c) or 0.0)
+            found.worst[k] = None if row.latency_worst is None else float(row.latency_worst)
+            found.limit[k] = None if row.latency_limit is None else float(row.latency_limit)
+        else:  # a long row: each reason's seconds ended at its bucket's end
+            end = float(row.at)
+            for r, c in COLUMNS.items():
+                if value := float(getattr(row, c) or 0.0):
+                    spread.setdefault(r, []).append((end - value, end))
+    for reason, since_ in holds:
+        spread.setdefault(reason, []).append((since_, hi))
+    for reason, intervals in spread.items():
+        _spread(found, found.seconds[reason], intervals)
     return found
 
 
-def _add_holds(found: WaitSteps, holds, now: float) -> None:
-    """Add each hold going on (reason, since) to the steps it covers up to ``now``: per reason, the holds'
-    starts sorted with their running sums, so a step costs a bisection, not a pass over every chunk."""
-    by_reason: dict[WaitReason, list[float]] = {}
-    for reason, since in holds:
-        by_reason.setdefault(reason, []).append(max(since, found.lo))
-    for reason, starts in by_reason.items():
-        starts.sort()
-        sums = [0.0]
-        for s in starts:
-            sums.append(sums[-1] + s)
-        column = found.seconds[reason]
-        for k in range(found.count):
-            a, b = found.lo + k * found.width, min(found.lo + (k + 1) * found.width, now)
-            if b <= a:
-                continue
-            before = bisect_right(starts, a)  # holds begun by the step's start cover all of it
-            inside = bisect_right(starts, b) - before  # holds begun within it cover from their start
-            column[k] += before * (b - a) + inside * b - (sums[before + inside] - sums[before])
+def _spread(found: WaitSteps, column: list[float], intervals: list[tuple[float, float]]) -> None:
+    """Add each interval ``(start, end)`` (seconds since the epoch) to the steps it covers, by overlap:
+    its partial first and last steps directly, the whole steps between through a running count, so
+    a thousand chunks held all night cost one pass over the steps, not one per chunk."""
+    lo, width, count = found.lo, found.width, found.count
+    whole = [0] * (count + 1)  # +1 where a run of whole steps begins, -1 after it ends
+    for start, end in intervals:
+        start, end = max(start, lo), min(end, lo + count * width)
+        if end <= start:
+            continue
+        first, last = int((start - lo) // width), min(int((end - lo) // width), count - 1)
+        if first == last:
+            column[first] += end - start
+            continue
+        column[first] += lo + (first + 1) * width - start
+        column[last] += end - (lo + last * width)
+        whole[first + 1] += 1
+        whole[last] -= 1
+    running = 0
+    for k in range(count):
+        running += whole[k]
+        column[k] += running * width
