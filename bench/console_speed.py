@@ -24,9 +24,10 @@ adds a hold going on for each of them.
 
 With ``--compare-ref REF`` (e.g. ``main``) the same steps run twice in this invocation, each in a
 process of its own with its own clusters: once with the code of REF (a throwaway git worktree,
-removed at the end) and once with this checkout's, REF first; it prints both medians and their ratio.
+removed at the end) and once with this checkout's, REF first; ``--rounds N`` does that N times and
+pools each code's timings, so load that comes and goes meets both. It prints both medians and their ratio.
 
-    .venv/bin/python bench/console_speed.py [--repeat 21] [--compare-ref main]
+    .venv/bin/python bench/console_speed.py [--repeat 21] [--compare-ref main [--rounds 3]]
 """
 
 from __future__ import annotations
@@ -95,10 +96,11 @@ def fill_target(engine, folder: Path) -> bool:
         conn.execute(text("UPDATE rowfill.chunks SET status = 'running', throttled_seconds = 12.5, "
                           "throttle_state = CASE WHEN chunk_no = 411 THEN 'waiting: replica_lag 12 s > 5 s' END "
                           "WHERE backfill = 'wide_fill' AND chunk_no BETWEEN 411 AND 414"))
-        # six hours of 5-second buckets for the 4 running chunks (what rates.KEEP_SECONDS keeps)
+        # six hours of 5-second buckets for the 4 running chunks (what rates.KEEP_SECONDS keeps); now(), not
+        # clock_timestamp(): a bucket boundary passing during the insert made two rows of one bucket
         conn.execute(text("""
             INSERT INTO rowfill.samples (backfill, chunk_no, bucket, rows_seen, batches, work_started, last_commit)
-            SELECT 'wide_fill', c, to_timestamp(floor(extract(epoch FROM clock_timestamp()) / 5) * 5) - make_interval(secs => 5 * s),
+            SELECT 'wide_fill', c, to_timestamp(floor(extract(epoch FROM now()) / 5) * 5) - make_interval(secs => 5 * s),
                    500 + (s % 97), 5, now(), now()
             FROM generate_series(411, 414) c, generate_series(0, 6 * 720 - 1) s"""))
         waits = conn.execute(text("SELECT to_regclass('rowfill.wait_samples') IS NOT NULL")).scalar()
@@ -208,9 +210,16 @@ def measure(repeat: int) -> dict:
     finally:
         pg.stop("immediate")
         shutil.rmtree(home, ignore_errors=True)  # its cluster and Airflow home: ~45 MB a run
-    return {"base": statistics.median(base) * 1000, "base_min": min(base) * 1000, "base_max": max(base) * 1000,
-            "full": statistics.median(full) * 1000, "full_min": min(full) * 1000, "full_max": max(full) * 1000,
+    return {"base_ms": [t * 1000 for t in base], "full_ms": [t * 1000 for t in full],
             "runs": runs, "kib": len(page) / 1024, "wait_samples": (4 * DAYS * 17_280) if waits else 0}
+
+
+def summary(results: list[dict]) -> dict:
+    """The medians (ms) of one code's measurements, their timings pooled."""
+    base = [t for r in results for t in r["base_ms"]]
+    full = [t for r in results for t in r["full_ms"]]
+    return {**results[0], "base": statistics.median(base), "base_min": min(base), "base_max": max(base),
+            "full": statistics.median(full), "full_min": min(full), "full_max": max(full), "n": len(full)}
 
 
 def report(label: str, r: dict) -> None:
@@ -219,7 +228,7 @@ def report(label: str, r: dict) -> None:
     print(f"[{label}] baseline  /backfills/small_fill (1 chunk, no history): median {r['base']:6.1f} ms  "
           f"(min {r['base_min']:.1f}, max {r['base_max']:.1f})")
     print(f"[{label}] measured  /backfills/wide_fill:                        median {r['full']:6.1f} ms  "
-          f"(min {r['full_min']:.1f}, max {r['full_max']:.1f})")
+          f"(min {r['full_min']:.1f}, max {r['full_max']:.1f}; {r['n']} requests)")
     print(f"[{label}] ratio to baseline: {r['full'] / r['base']:.2f}x; target: under {TARGET_MS:.0f} ms -> "
           f"{'PASS' if r['full'] < TARGET_MS else 'MISS'}")
 
@@ -238,6 +247,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=21)
     ap.add_argument("--compare-ref", default=None, help="also measure the code of this git ref first, e.g. main")
+    ap.add_argument("--rounds", type=int, default=1, help="with --compare-ref: REF then this checkout, this many times, "
+                                                          "timings pooled (load that changes meets both)")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # a child of --compare-ref
     args = ap.parse_args()
     if args.json:
@@ -245,21 +256,26 @@ def main() -> None:
         return
     if not args.compare_ref:
         print(f"machine: {machine()}")
-        report("this checkout", measure(args.repeat))
+        report("this checkout", summary([measure(args.repeat)]))
         print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
         return
     where = Path(tempfile.mkdtemp(prefix="rowfill-ref-")) / "code"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), args.compare_ref], check=True,
                    capture_output=True)
+    befores, afters = [], []
     try:
         print(f"machine: {machine()}")
-        before = in_child(where, args.repeat)
-        print(f"uptime after {args.compare_ref}: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
-        after = in_child(ROOT, args.repeat)
-        print(f"uptime after this checkout: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+        for n in range(1, args.rounds + 1):
+            befores.append(in_child(where, args.repeat))
+            print(f"round {n}, uptime after {args.compare_ref}: "
+                  f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+            afters.append(in_child(ROOT, args.repeat))
+            print(f"round {n}, uptime after this checkout: "
+                  f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)], check=False, capture_output=True)
         shutil.rmtree(where.parent, ignore_errors=True)
+    before, after = summary(befores), summary(afters)
     report(args.compare_ref, before)
     report("this checkout", after)
     print(f"this checkout / {args.compare_ref}: {after['full'] / before['full']:.2f}x the 1,000-chunk page's median "

@@ -239,29 +239,32 @@ class WaitRecorder:
 # on its own (kind 1: its end and seconds), to be spread over the steps it covered (``_spread``): a
 # spread in SQL (generate_series per row) made the planner expect millions of rows and compile the
 # query with JIT, 0.8 s of a 25 ms query.
-_LONGEST = f"greatest({', '.join(COLUMNS.values())})"
-_OWN = ", ".join(f"sum(CASE WHEN longest <= :bucket THEN {c} ELSE 0 END) AS {c}" for c in COLUMNS.values())
+_ALL = ", ".join(COLUMNS.values())
 _STEPS = text(f"""
 WITH r AS (
-    SELECT extract(epoch FROM bucket) + :bucket AS e, {', '.join(COLUMNS.values())}, {_LONGEST} AS longest,
-           latency_worst, latency_limit
+    SELECT bucket, {_ALL}, latency_worst, latency_limit, greatest({_ALL}) > :bucket AS long
     FROM {SCHEMA}.wait_samples
     WHERE backfill = :n AND bucket >= now() - make_interval(secs => :since)  -- now(): stable, so the index serves it
-), g0 AS (
-    SELECT greatest(least(min(r.e - greatest(r.longest, :bucket)), :held_from),
-                    extract(epoch FROM now()) - :since) AS lo, extract(epoch FROM clock_timestamp()) AS hi
-    FROM r
-), g AS (
-    SELECT floor(lo / :bucket) * :bucket AS lo, hi,
-           greatest(ceil((hi - floor(lo / :bucket) * :bucket) / :bucket / :points), 1) * :bucket AS width
-    FROM g0 WHERE lo IS NOT NULL
+), g AS (  -- the grid: from the first wait (a long one's start, a hold's) to now
+    SELECT lo, hi, greatest(ceil((hi - lo) / :bucket / :points), 1) * :bucket AS width FROM (
+        SELECT floor(greatest(least(extract(epoch FROM min(bucket)) + :bucket - greatest(max(greatest({_ALL})), :bucket), :held_from),
+                              extract(epoch FROM now()) - :since) / :bucket) * :bucket AS lo,
+               extract(epoch FROM clock_timestamp()) AS hi
+        FROM r) x
+    WHERE lo IS NOT NULL
+), s AS (  -- per bucket over the chunks first: a quarter of the rows to place on the grid with 4 chunks
+    SELECT bucket, {', '.join(f"sum({c}) FILTER (WHERE NOT long) AS {c}" for c in COLUMNS.values())},
+           max(latency_worst) AS latency_worst, max(latency_limit) AS latency_limit
+    FROM r GROUP BY bucket
 )
-SELECT 0 AS kind, floor((r.e - :bucket - g.lo) / g.width) AS at, g.lo, g.width, g.hi, {_OWN},
-       max(r.latency_worst) AS latency_worst, max(r.latency_limit) AS latency_limit
-FROM r CROSS JOIN g GROUP BY 2, 3, 4, 5
+SELECT 0 AS kind, floor((extract(epoch FROM s.bucket) - g.lo) / g.width) AS at, g.lo, g.width, g.hi,
+       {', '.join(f"sum(s.{c}) AS {c}" for c in COLUMNS.values())},
+       max(s.latency_worst) AS latency_worst, max(s.latency_limit) AS latency_limit
+FROM s CROSS JOIN g GROUP BY 2, 3, 4, 5
 UNION ALL
-SELECT 1, r.e, g.lo, g.width, g.hi, {', '.join(COLUMNS.values())}, NULL, NULL
-FROM r CROSS JOIN g WHERE r.longest > :bucket
+SELECT 1, extract(epoch FROM r.bucket) + :bucket, g.lo, g.width, g.hi, {', '.join('r.' + c for c in COLUMNS.values())},
+       NULL, NULL
+FROM r CROSS JOIN g WHERE r.long
 ORDER BY 1, 2""")
 
 
