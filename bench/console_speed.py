@@ -114,11 +114,16 @@ def fill_target(engine, folder: Path) -> bool:
                        0.8 + (s % 7) * 0.1, CASE WHEN s % 12 = 0 THEN 2.0 ELSE 0 END,
                        CASE WHEN s % 17280 = 8000 THEN 28800.0 ELSE 0 END,
                        CASE WHEN s % 12 = 0 THEN 0.004 + (s % 50) * 0.0005 END, CASE WHEN s % 12 = 0 THEN 0.02 END
-                FROM generate_series(411, 414) c, generate_series(0, :buckets - 1) s"""), {"buckets": DAYS * 17_280})
+                FROM generate_series(411, 414) c, generate_series(0, :buckets - 1) s
+                ORDER BY s DESC, c  -- oldest first, the chunks side by side: the order the runners write them"""),
+                         {"buckets": DAYS * 17_280})
             # the pending chunks wait for the window since three hours: a hold going on, each
             conn.execute(text("UPDATE rowfill.chunks SET throttle_state = 'outside the window (22:00-06:00 UTC); opens at 22:00', "
                               "throttle_since = now() - interval '3 hours' WHERE backfill = 'wide_fill' AND status = 'pending'"))
-            conn.execute(text("ANALYZE rowfill.wait_samples"))
+    # vacuumed as a table in steady state is: else autovacuum reads the 2M fresh rows (and sets their hint
+    # bits) while the pages are timed, on the same 2 cores
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM (ANALYZE) rowfill.samples, rowfill.chunks" + (", rowfill.wait_samples" if waits else "")))
     for i in range(200):
         audit.record(engine, "wide_fill", f"user{i % 7}", audit.Source.CONSOLE if i % 2 else audit.Source.CLI,
                      ("pause", "resume", "set")[i % 3], {"state": "paused"}, f"reason {i}")

@@ -17,11 +17,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.errors import PlanChanged
+from rowfill.spec.gates import KINDS
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import decode, encode
 from rowfill.sql.ranges import ChunkBounds, KeyRange
 from rowfill.sql.session import set_local
-from rowfill.spec.gates import KINDS
 from rowfill.store import catalog, schema, waits
 from rowfill.store.states import ChunkState
 
