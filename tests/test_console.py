@@ -70,8 +70,12 @@ def test_charts_are_svg_with_every_label_escaped():
     assert chart.count("<polyline") == 1 and chart.count("<circle") == 1  # the gap splits the line
     assert ">500 rows/s<" in chart  # the axis is rounded up to a readable top
     assert "no data yet" in svg.line_chart("rate", [svg.Series("r", [])])
-    bars = svg.bar_chart("waits", [("gate", 2.0), ("<window>", 1.0)], "chunks")
-    assert bars.count("<rect") == 2 and "&lt;window&gt;" in bars
+    stacked = svg.stacked_chart("<waits>", [0.0, 90.0, 180.0], [("gate", [1.0, 2.0, 0.0]), ("<window>", [0.0, 1.0, 4.0]),
+                                                                ("pause", [0.0, 0.0, 0.0])], "s")
+    assert stacked.count("<polygon") == 2 and "&lt;window&gt;" in stacked and "&lt;waits&gt;" in stacked
+    assert "data-layer='pause'" not in stacked  # a reason that never waited is not drawn
+    assert ">5 s<" in stacked  # the axis tops the stack (1 + 4), rounded up
+    assert "none" in svg.stacked_chart("waits", [0.0], [("gate", [0.0])])
 
 
 # -- the audit trail ---------------------------------------------------------------------------------
@@ -244,20 +248,30 @@ def test_rows_of_each_run_and_the_chart_steps_come_from_the_rate_samples(engine,
     assert sum(s.rows for s in steps) == 600 and sum(s.batches for s in steps) == 3 and width == 5.0
 
 
-def test_with_a_latency_probe_the_page_charts_live_latency_against_its_limit(engine, db_url, tmp_path, monkeypatch):
+def test_with_a_latency_probe_the_page_charts_its_recorded_readings_against_its_limit(engine, db_url, tmp_path,
+                                                                                        monkeypatch):
     from rowfill.airflow.web import backfill_page
+    from rowfill.store import waits
 
     make_users(engine, 1_000)
-    write_spec(tmp_path, chunk_rows=1_000, latency_probe={"sql": "SELECT * FROM users WHERE id = 42", "limit": "20ms"})
-    spec = spec_for(tmp_path, chunk_rows=1_000, latency_probe={"sql": "SELECT * FROM users WHERE id = 42", "limit": "20ms"})
+    probe = {"sql": "SELECT * FROM users WHERE id = 42", "limit": "20ms"}
+    write_spec(tmp_path, chunk_rows=1_000, latency_probe=probe)
+    spec = spec_for(tmp_path, chunk_rows=1_000, latency_probe=probe)
     monkeypatch.setenv("ROWFILL_SPECS_DIR", str(tmp_path))
     monkeypatch.setenv("ROWFILL_DATABASE_URL", db_url)
     plan_backfill(engine, spec)
     ChunkRunner(engine, spec).run(1)
-    backfill_page(spec)
-    page = backfill_page(spec)  # two readings: a line, and the limit dashed beside it
-    chart = page.split("aria-label='live latency")[1].split("</svg>")[0]
-    assert chart.count("<polyline") == 2 and "stroke-dasharray" in chart and ">limit<" in chart
+    with engine.begin() as conn:  # and readings of the minute before, one per 5-second bucket, as chunks record them
+        conn.execute(text("INSERT INTO rowfill.wait_samples (backfill, chunk_no, bucket, latency_worst, latency_limit) "
+                          "SELECT :n, 1, to_timestamp(floor(extract(epoch FROM now()) / 5) * 5) - make_interval(secs => g), "
+                          "0.001 * g / 5, 0.02 FROM generate_series(60, 120, 5) g"), {"n": spec.name})
+    with engine.connect() as conn:
+        found = waits.steps(conn, spec.name, 3600, 240)
+    assert found is not None and max(w for w in found.worst if w is not None) == 0.024  # seconds, the worst of a step
+    assert {lim for lim in found.limit if lim is not None} == {0.02}
+    page = backfill_page(spec)  # a line of readings, and the limit dashed beside it
+    chart = page.split("aria-label='latency probe")[1].split("</svg>")[0]
+    assert chart.count("<polyline") >= 1 and "stroke-dasharray" in chart and ">limit<" in chart
     assert page.count("<svg class='chart'") == 4
 
 

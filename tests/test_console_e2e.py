@@ -58,7 +58,7 @@ def stack(target):
     specs = home / "specs"
     specs.mkdir()
     write_spec(specs, name="console_fill", table="public.console_users", chunk_rows=1_000, batch_rows=100, retries=0,
-               pool="rowfill_console")
+               pool="rowfill_console", pause="20ms")  # a rest between batches: the wait chart has something to draw
     write_spec(specs, name="later_fill", table="public.later_users", chunk_rows=500, pool="rowfill_console")
     s = AirflowStack(home / "airflow", port=free_port(), target_url=url, specs_dir=specs,
                      extra_env={"AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2"})
@@ -138,6 +138,8 @@ def test_overview_backfill_page_pause_resume_retry_cancel_in_a_real_browser(stac
         assert run.locator("td").nth(6).inner_text() == "failed" and run.locator("td").nth(7).inner_text() == "admin"
         assert run.locator("td").nth(5).inner_text() == "1,400"  # rows walked in this run, from the rate samples
         assert page.locator("#charts svg.chart").count() == 3
+        # the rests the chunks recorded in rowfill.wait_samples, drawn as a layer of the waits chart
+        assert page.locator("#charts svg.chart polygon[data-layer='rest between batches']").count() == 1
         page.screenshot(path=str(ARTIFACTS / "backfill_failed.png"), full_page=True)
 
         act(page, "pause", "checkout <peak>")

@@ -123,3 +123,32 @@ def test_a_role_that_may_not_append_to_the_audit_trail_still_pauses_and_is_told_
     assert "GRANT SELECT, INSERT ON rowfill.audit" in capsys.readouterr().err
     assert scalar(engine, "SELECT state FROM rowfill.controls WHERE backfill = :b", b=spec.name) == "paused"
     assert scalar(engine, "SELECT count(*) FROM rowfill.audit") == 0
+
+
+def test_the_role_with_the_printed_grants_records_and_prunes_wait_samples(engine, db_url, tmp_path, capsys):
+    from datetime import UTC, datetime
+
+    from rowfill.store import waits
+
+    make_users(engine, 300)
+    role = create_role(engine)
+    printed = apply_printed_grants(engine, db_url, role, capsys, "public.users")
+    assert any("rowfill.wait_samples" in g and "INSERT, UPDATE, DELETE" in g for g in printed)
+    role_engine = engine_from_url(as_role(db_url, role))
+    spec = spec_for(tmp_path, chunk_rows=1_000, batch_rows=100, pause="5ms",
+                    window={"start": "01:00", "end": "05:00", "timezone": "UTC"})
+    [chunk] = plan_backfill(role_engine, spec)
+    assert run_chunk(role_engine, spec, chunk.chunk_no, clock=lambda: datetime(2026, 1, 10, 0, 0, tzinfo=UTC)).kind == "defer"
+    assert run_chunk(role_engine, spec, chunk.chunk_no, clock=lambda: datetime(2026, 1, 10, 2, 0, tzinfo=UTC)).kind == "done"
+    with role_engine.connect() as conn:
+        row = conn.execute(text("SELECT sum(rest_seconds), sum(window_seconds) FROM rowfill.wait_samples "
+                                "WHERE backfill = :n"), {"n": spec.name}).one()
+    assert row[0] >= 0.01 and row[1] > 0  # the rests, and the deferral recorded when it ran again
+    with engine.begin() as conn:  # a day-old bucket, for the role's pruning to delete
+        conn.execute(text("INSERT INTO rowfill.wait_samples (backfill, chunk_no, bucket, rest_seconds) "
+                          "VALUES (:n, :c, now() - interval '1 day', 1)"), {"n": spec.name, "c": chunk.chunk_no})
+    tally = waits.WaitTally()
+    tally.add(waits.WaitReason.REST, 0.5)
+    waits.record(role_engine, spec.name, chunk.chunk_no, tally, prune=True)
+    assert scalar(engine, "SELECT count(*) FROM rowfill.wait_samples WHERE bucket < now() - interval '1 hour'") == 0
+    role_engine.dispose()

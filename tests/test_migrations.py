@@ -188,3 +188,38 @@ def test_migrate_and_check_without_a_database_say_what_to_give_and_an_unreachabl
     assert main(["db", "check", "--db", url]) == 1
     err = capsys.readouterr().err
     assert "cannot reach the target database" in err and "Traceback" not in err
+
+
+def test_the_wait_samples_migration_goes_up_and_down_keeping_every_checkpoint(engine, tmp_path, capsys):
+    from rowfill.store import waits
+
+    make_users(engine, 300)
+    spec = points_spec(tmp_path, pause="5ms")
+    [chunk] = plan_backfill(engine, spec)
+    assert run_chunk(engine, spec, chunk.chunk_no).kind == "done"  # rests of 5 ms between its 3 batches
+    assert scalar(engine, "SELECT sum(rest_seconds) FROM rowfill.wait_samples WHERE backfill = :n", n=spec.name) >= 0.01
+    url = engine.url.render_as_string(hide_password=False)
+
+    with engine.begin() as conn:  # a rolled-back release: down to 0003
+        command.downgrade(schema._config(connection=conn), "0003")
+    assert scalar(engine, "SELECT to_regclass('rowfill.wait_samples')") is None
+    assert scalar(engine, "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'rowfill' "
+                          "AND column_name = 'throttle_since'") == 0
+    assert scalar(engine, "SELECT status || ' ' || rows_written FROM rowfill.chunks WHERE backfill = :n",
+                  n=spec.name) == "done 300"  # the checkpoint is untouched
+    assert main(["db", "check", "--db", url]) == 1
+    assert "at 0003, behind 0004" in capsys.readouterr().out
+    assert main(["db", "migrate", "--sql"]) == 0
+    script = capsys.readouterr().out
+    assert "CREATE TABLE IF NOT EXISTS rowfill.wait_samples" in script and "throttle_since" in script
+
+    assert main(["db", "migrate", "--db", url]) == 0
+    assert "migrated from 0003 to 0004" in capsys.readouterr().out
+    tally = waits.WaitTally()
+    tally.add(waits.WaitReason.GATE, 1.5)
+    waits.record(engine, spec.name, chunk.chunk_no, tally)
+    waits.record(engine, spec.name, chunk.chunk_no, tally)  # the same bucket (or the next): summed, never a conflict
+    assert scalar(engine, "SELECT sum(gate_seconds) FROM rowfill.wait_samples WHERE backfill = :n", n=spec.name) == 3.0
+    with engine.begin() as conn:  # and the samples go with their chunks
+        conn.execute(text("DELETE FROM rowfill.backfills WHERE name = :n"), {"n": spec.name})
+    assert scalar(engine, "SELECT count(*) FROM rowfill.wait_samples") == 0

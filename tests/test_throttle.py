@@ -205,3 +205,16 @@ def test_the_latency_gate_backs_off_while_the_probe_is_slow_and_speeds_up_when_i
     finally:
         for c in conns:
             c.close()
+
+
+def test_a_rest_says_which_part_of_it_the_latency_back_off_added():
+    from rowfill.store.waits import WaitReason
+
+    throttle = Throttle(pause=0.1, batch_rows=1000, pause_ratio=0.5)
+    [rest], _ = pace(throttle, 0.2, 1000)
+    assert (rest.kind, rest.reason, rest.backoff) == (WaitReason.REST, None, 0.0)  # full pace: all of it is the rest
+    assert rest.seconds == pytest.approx(0.1 + 0.5 * 0.2)
+    assert throttle.size.latency(0.05, 0.01, 1) == 1 and throttle.size.latency(0.05, 0.01, 1) == 1  # two levels back
+    [rest], _ = pace(throttle, 0.2, 1000)
+    assert rest.seconds == pytest.approx(0.2 * 4 + 0.05 * 3)  # (pause + ratio x batch) x 2^2, plus 50 ms per doubling
+    assert rest.backoff == pytest.approx(rest.seconds - 0.2)  # what full pace would have rested is not the probe's

@@ -22,7 +22,8 @@ Every action, from here or from the ``rowfill`` command, is appended to ``rowfil
 backfill's page shows the trail.
 
 It stays fast with a thousand chunks and a month of runs: one aggregated query per backfill
-(``rowfill.engine.status``), one query for the rate samples, one for the runs, one for the trail
+(``rowfill.engine.status``), one query for the rate samples, one for the wait samples (waits by reason
+and the latency probe's readings, ``rowfill.store.waits``), one for the runs, one for the trail
 (``bench/console_speed.py`` measures it), and the overview refreshes only its table.
 """
 
@@ -34,7 +35,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,14 +56,13 @@ from rowfill.console import svg
 from rowfill.console.states import TONE, ConsoleState, Tone, WaitReason, console_state, wait_reason
 from rowfill.engine.control import BadKnob, ControlStore, parse_knob
 from rowfill.engine.dryrun import dry_run
-from rowfill.engine.probes import LatencyProbe
 from rowfill.engine.rollback import control_backfill, rollback_in_progress
 from rowfill.engine.status import BackfillStatus, statuses
 from rowfill.engine.throttle import format_knob
 from rowfill.errors import RowfillError, SpecError, SpecErrors
 from rowfill.spec.durations import format_duration
 from rowfill.spec.spec import load_specs
-from rowfill.store import audit, rates, timeline
+from rowfill.store import audit, rates, timeline, waits
 from rowfill.store.states import BackfillState, ChunkState
 
 log = logging.getLogger("rowfill.console")
@@ -72,7 +71,6 @@ REFRESH_SECONDS = 3  # the overview's table refresh
 FAILURES_SHOWN = 50  # failed chunks listed with their error on a backfill's page
 CHART_POINTS = 240  # time steps per chart: enough for a 640 px wide line, small for the page
 RUNS_LISTED = 50  # newest runs in the table; the strip above it shows every run of the history
-LATENCY_READINGS = 720  # live-latency readings remembered per backfill (an hour at one per 5 s refresh)
 KNOBS_ON_PAGE = ("batch_rows", "pause", "pause_ratio")  # the knobs the page's form changes (issue 14)
 ACTIONS = ("pause", "resume", "cancel", "set", "retry", "plan")
 URL_PREFIX = "/rowfill"
@@ -115,10 +113,6 @@ def _engine(connection: str) -> Engine:
                 _ENGINES.pop(min(_ENGINES, key=lambda k: _ENGINES[k][0]))[1].dispose()
             found = _ENGINES[key] = (now, engine_for(connection))
     return found[1]
-
-
-# backfill -> deque of (t, seconds): the live-latency readings this API server took while someone watched
-_LATENCY: dict[str, deque] = {}
 
 
 def _user_dep():
@@ -427,35 +421,51 @@ def chunk_map(b: dict, ui_base: str = "") -> tuple[Markup, list[dict]]:
 
 
 # -- charts --------------------------------------------------------------------------------------
+WAIT_LABELS = {WaitReason.REST: "rest between batches", WaitReason.LATENCY: "latency back-off",
+               WaitReason.GATE: "gate", WaitReason.WINDOW: "window", WaitReason.PAUSE: "operator pause",
+               WaitReason.OTHER: "other"}  # the chart's legend, in the order the layers stack
+
+
+def _holds(b: dict) -> list[tuple[WaitReason, float]]:
+    """The holds going on now of chunks deferred for a window or a pause: (reason, since, seconds since
+    the epoch) from their ``throttle_since`` (``rowfill.store.waits``), for the wait chart's last steps."""
+    found = []
+    for c in b["chunks"]:
+        throttle = c.get("throttle") or {}
+        since = throttle.get("throttle_since")
+        if since is None or c["status"] == "done":
+            continue
+        reason = wait_reason(throttle.get("throttle_state"))
+        if reason in waits.DEFERRED:
+            found.append((reason, datetime.fromisoformat(since).timestamp()))
+    return found
+
+
 def _charts(conn, spec, b: dict) -> list[Markup]:
-    """The backfill's charts: rows/s and batch size over the kept samples, throttle waits by reason,
-    and the live latency against its limit when the spec has a latency probe."""
+    """The backfill's charts over the kept samples (``rates.KEEP_SECONDS``): rows/s and batch size, throttle
+    waits by reason (seconds waited per 5-second bucket, all chunks stacked; from ``rowfill.wait_samples``),
+    and, when the spec has a latency probe, the probe's worst reading against its limit from the same samples."""
     steps, step = timeline.steps(conn, spec.name, float(rates.KEEP_SECONDS), CHART_POINTS, float(rates.BUCKET_SECONDS))
     rate = [(s.t, s.rows / step) for s in steps]
     size = [(s.t, s.rows / s.batches if s.batches else None) for s in steps]
     charts = [svg.line_chart("rows per second", [svg.Series("rows/s", rate)]),
               svg.line_chart("batch size (rows per batch)", [svg.Series("rows per batch", size)])]
-    held: dict[str, int] = {}
-    throttled = 0.0
-    for c in b["chunks"]:
-        throttled += float(c.get("throttle", {}).get("throttled_seconds") or 0.0)
-        reason = wait_reason(c.get("throttle", {}).get("throttle_state")) if c["status"] != "done" else None
-        if reason is not None:
-            held[reason] = held.get(reason, 0) + 1
-    bars = [(f"{r.value}: chunks held now", float(held[r])) for r in WaitReason if r in held]
-    bars.append(("time held back, all chunks", throttled))
-    charts.append(svg.bar_chart("throttle waits by reason", bars))
+    found = waits.steps(conn, spec.name, float(rates.KEEP_SECONDS), CHART_POINTS, _holds(b), float(rates.BUCKET_SECONDS))
+    title = f"throttle waits by reason (seconds waited per {rates.BUCKET_SECONDS} s, all chunks)"
+    if found is None:
+        charts.append(svg.stacked_chart(title, [], []))
+    else:
+        per_bucket = rates.BUCKET_SECONDS / found.width  # a step's seconds -> seconds per bucket
+        charts.append(svg.stacked_chart(title, found.times(), [
+            (label, [v * per_bucket for v in found.seconds[reason]]) for reason, label in WAIT_LABELS.items()], "s"))
     probe = getattr(spec, "latency_probe", None)
     if probe is not None:
-        readings = _LATENCY.setdefault(spec.name, deque(maxlen=LATENCY_READINGS))
-        try:
-            readings.append((datetime.now(UTC).timestamp(), LatencyProbe(conn.engine, probe).measure_once(conn)))
-        except Exception as exc:  # noqa: BLE001 - a failing probe query must not blank the page
-            log.warning("latency probe of %s failed: %s", spec.name, str(exc).splitlines()[0])
-        points = [(t, v * 1000) for t, v in readings]
-        limit = [(t, probe.limit * 1000) for t, _ in readings]
-        charts.append(svg.line_chart("live latency (ms) vs its limit, read while this page is open",
-                                     [svg.Series("latency ms", points), svg.Series("limit", limit, dashed=True)]))
+        worst, limit = [], []
+        for t, w, lim in zip(found.times(), found.worst, found.limit) if found is not None else ():
+            worst.append((t, None if w is None else w * 1000))
+            limit.append((t, None if w is None else (lim if lim is not None else probe.limit) * 1000))
+        charts.append(svg.line_chart("latency probe (ms, worst per step) vs its limit",
+                                     [svg.Series("latency ms", worst), svg.Series("limit", limit, dashed=True)]))
     return [Markup(c) for c in charts]
 
 

@@ -16,7 +16,11 @@ from collections.abc import Sequence
 from enum import StrEnum
 
 from rowfill.spec.gates import KINDS
+from rowfill.store import waits
 from rowfill.store.states import BackfillState, ControlState
+from rowfill.store.waits import WaitReason
+
+__all__ = ["TONE", "ConsoleState", "Tone", "WaitReason", "console_state", "wait_reason"]  # WaitReason: the store's
 
 
 class ConsoleState(StrEnum):
@@ -56,35 +60,15 @@ TONE = {
 }
 
 
-class WaitReason(StrEnum):
-    """Why a chunk is held back (from its ``throttle_state`` text, ``rowfill.store.checkpoint``)."""
-
-    PAUSE = "pause"  # paused or cancelled by an operator
-    WINDOW = "window"  # outside the spec's time window
-    GATE = "gate"  # a health gate over its wait threshold
-    LATENCY = "latency"  # the live-latency probe over its limit
-    OTHER = "other"
-
-
 def wait_reason(throttle_state: str | None) -> WaitReason | None:
-    """Classify a chunk's recorded throttle state (free text written by the engine) by its cause.
+    """Classify a chunk's recorded throttle state (free text written by the engine) by its cause
+    (``rowfill.store.waits.wait_reason``, the classes the wait samples are recorded in).
 
     :param throttle_state: ``rowfill.chunks.throttle_state``, e.g. ``"paused with `rowfill pause`: ..."``,
         ``"outside the window (...); opens at ..."``, ``"waiting: replica_lag 12 s > 5 s"``; None: not held.
     :returns: the reason, or None when the chunk is not held back.
     """
-    if not throttle_state:
-        return None
-    text = throttle_state.lower()
-    if text.startswith(("paused", "cancelled")):
-        return WaitReason.PAUSE
-    if "window" in text:
-        return WaitReason.WINDOW
-    if "latency" in text:
-        return WaitReason.LATENCY
-    if text.startswith("waiting") or "gate" in text or any(kind in text for kind in KINDS):
-        return WaitReason.GATE
-    return WaitReason.OTHER
+    return waits.wait_reason(throttle_state, KINDS)
 
 
 def console_state(status: str, control: str = ControlState.RUNNING, waits: Sequence[str | None] = (),

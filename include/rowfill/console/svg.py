@@ -21,7 +21,7 @@ WIDTH = 640  # px: fits beside nothing, under the chunk map, on a laptop screen
 HEIGHT = 170  # px
 _LEFT, _RIGHT, _TOP, _BOTTOM = 56, 12, 14, 24  # px of margin for the axis labels
 TICKS = 4  # horizontal grid lines: enough to read a value, few enough not to clutter
-PALETTE = ("#1565c0", "#ef8f00", "#6a1b9a", "#2e7d32", "#c62828")  # the map's colours, one per series
+PALETTE = ("#1565c0", "#ef8f00", "#6a1b9a", "#2e7d32", "#c62828", "#757575")  # the map's colours, one per series
 
 
 @dataclass(frozen=True)
@@ -129,31 +129,63 @@ def line_chart(title: str, series: list[Series], unit: str = "", *, width: int =
     return "".join(parts)
 
 
-def bar_chart(title: str, bars: list[tuple[str, float]], unit: str = "", *, width: int = WIDTH) -> str:
-    """Horizontal bars, one per label (e.g. throttle waits by reason), longest = full width.
+def stacked_chart(title: str, times: Sequence[float], layers: list[tuple[str, Sequence[float]]], unit: str = "", *,
+                  width: int = WIDTH, height: int = HEIGHT) -> str:
+    """Layers stacked over time as filled areas (e.g. seconds waited per reason): one ``<polygon>``
+    per layer that has any value above 0, the total's axis from 0 with ``TICKS`` grid lines, the first
+    and last time, and a legend of the layers drawn.
 
-    :param bars: ``(label, value)`` pairs in the order to draw; values >= 0.
-    :param unit: written after each value (``s``, ``chunks``).
-    :returns: SVG text, every label escaped; with no bars an SVG that says "none".
+    :param times: the steps' times, seconds since the epoch, ascending.
+    :param layers: ``(label, values)`` bottom first, one value (>= 0) per time.
+    :param unit: appended to the axis' top label (``s``).
+    :returns: SVG text, every label escaped; an SVG that says "none" when every value is 0 or there are no times.
     """
     e = html.escape
-    row = 20  # px per bar
-    height = 20 + row * max(len(bars), 1)
+    drawn = [(label, values) for label, values in layers if any(v > 0 for v in values)]
     head = (f"<svg class='chart' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
             f"viewBox='0 0 {width} {height}' role='img' aria-label='{e(title)}'><title>{e(title)}</title>"
             f"<text x='4' y='11' font-size='11' font-weight='bold'>{e(title)}</text>")
-    if not bars:
-        return head + "<text x='4' y='32' fill='#777' font-size='12'>none</text></svg>"
-    top = max(max(v for _, v in bars), 1e-9)
-    label_w, value_w = 150, 90
-    plot_w = width - label_w - value_w
+    if not times or not drawn:
+        return head + f"<text x='{width / 2}' y='{height / 2}' text-anchor='middle' fill='#777' font-size='12'>none</text></svg>"
+    n = len(times)
+    t0, t1 = times[0], times[-1]
+    span = max(t1 - t0, 1.0)
+    tops = [sum(values[i] for _, values in drawn) for i in range(n)]
+    top = _nice(max(tops))
+    plot_w, plot_h = width - _LEFT - _RIGHT, height - _TOP - _BOTTOM
+    xs = [_LEFT + (t - t0) / span * plot_w for t in times]
+
+    def y(v: float) -> float:
+        """The vertical pixel of value ``v`` (clipped at the axis' top)."""
+        return _TOP + plot_h - min(v / top, 1.0) * plot_h
+
     parts = [head]
-    for n, (label, value) in enumerate(bars):
-        yy = 18 + n * row
-        parts.append(f"<text x='4' y='{yy + 12}' font-size='11'>{e(label)}</text>"
-                     f"<rect x='{label_w}' y='{yy + 3}' width='{max(value / top * plot_w, 1):.1f}' height='12' "
-                     f"fill='{PALETTE[n % len(PALETTE)]}'/>"
-                     f"<text x='{width - value_w + 6}' y='{yy + 12}' font-size='11'>{e(_number(value))}{e(' ' + unit if unit else '')}</text>")
+    for i in range(TICKS + 1):
+        value = top * i / TICKS
+        yy = y(value)
+        parts.append(f"<line x1='{_LEFT}' x2='{width - _RIGHT}' y1='{yy:.1f}' y2='{yy:.1f}' stroke='#e4e4e4'/>"
+                     f"<text x='{_LEFT - 4}' y='{yy + 4:.1f}' text-anchor='end' font-size='10' fill='#555'>"
+                     f"{e(_number(value))}{e(' ' + unit) if i == TICKS and unit else ''}</text>")
+    parts.append(f"<text x='{_LEFT}' y='{height - 6}' font-size='10' fill='#555'>{e(_clock(t0, span))}</text>"
+                 f"<text x='{width - _RIGHT}' y='{height - 6}' text-anchor='end' font-size='10' fill='#555'>"
+                 f"{e(_clock(t1, span))} UTC</text>")
+    below = [0.0] * n
+    legend_x = _LEFT + 90
+    for k, (label, values) in enumerate(drawn):
+        colour = PALETTE[k % len(PALETTE)]
+        above = [below[i] + values[i] for i in range(n)]
+        if n == 1:  # one step: a bar as wide as a few pixels
+            edge = [f"{xs[0] - 3:.1f},{y(above[0]):.1f}", f"{xs[0] + 3:.1f},{y(above[0]):.1f}",
+                    f"{xs[0] + 3:.1f},{y(below[0]):.1f}", f"{xs[0] - 3:.1f},{y(below[0]):.1f}"]
+        else:
+            edge = [f"{xs[i]:.1f},{y(above[i]):.1f}" for i in range(n)] + \
+                   [f"{xs[i]:.1f},{y(below[i]):.1f}" for i in reversed(range(n))]
+        parts.append(f"<polygon data-layer='{e(label)}' fill='{colour}' fill-opacity='0.75' stroke='{colour}' "
+                     f"stroke-width='0.5' points='{' '.join(edge)}'/>")
+        parts.append(f"<rect x='{legend_x}' y='{height - 14}' width='10' height='3' fill='{colour}'/>"
+                     f"<text x='{legend_x + 14}' y='{height - 10}' font-size='10'>{e(label)}</text>")
+        legend_x += 24 + 7 * len(label)
+        below = above
     parts.append("</svg>")
     return "".join(parts)
 

@@ -38,6 +38,12 @@ runner is the only one that acts: it sleeps, records the throttle state and thro
 the checkpoint row, and stops. Backfill chunks, rollback chunks and ``rowfill run`` all come
 through here (``rowfill.engine.chunk_task.run_chunk``), so pause, cancel, windows, gates, metrics
 and rate samples apply to all of them.
+
+Every second slept is also added, by reason, to the chunk's wait samples (``rowfill.store.waits``:
+the rest between batches, the latency back-off beyond it, gates, retries and rows others hold), with
+the latency probe's worst reading, written once a second like the rate samples, never per batch. A
+chunk that deferred to Airflow's triggerer (a window, a pause, the DAG's toggle) slept outside any
+runner: when it runs again, its runner records the time since its hold began (``waits.resume``).
 """
 
 from __future__ import annotations
@@ -62,10 +68,12 @@ from rowfill.engine.throttle import BatchDone, Stop, Throttle, Wait, retry_backo
 from rowfill.engine.writers import BatchWriter
 from rowfill.errors import ChunkFailed, RowfillError
 from rowfill.spec.durations import format_duration
+from rowfill.spec.gates import KINDS
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import chunk_label, format_value
 from rowfill.sql.session import Timeouts
 from rowfill.store.checkpoint import CheckpointStore, ChunkRow
+from rowfill.store.waits import WaitReason, WaitRecorder
 
 log = logging.getLogger("rowfill.runner")
 
@@ -223,6 +231,7 @@ class ChunkRunner:
         self._rows: int | None = None  # rows the throttle's last Go asked for
         self._unrecorded = 0.0  # seconds slept not yet added to the checkpoint row's throttled_seconds
         self._state: str | None = None  # what the chunk waits for right now (the checkpoint row's throttle_state)
+        self.waits: WaitRecorder | None = None  # the chunk's wait samples (rowfill.store.waits), from its start
         # The connection the batches use, held for the chunk: no pool checkout, pre-ping and reset per
         # batch. Dropped after any error in a batch (a lost connection among them); the next batch opens one.
         self._conn = None
@@ -239,6 +248,8 @@ class ChunkRunner:
             return self._run(chunk_no)
         finally:
             self._flush_observers()
+            if self.waits is not None:
+                self.waits.flush()
             self._drop_connection()
             if self._heartbeat is not None:
                 self._heartbeat.stop()
@@ -309,6 +320,9 @@ class ChunkRunner:
             self.split_rows = row.batch_rows_worked
             self.log.info("%s: starting with batches of %d rows, the size that ran within statement_timeout (%s) "
                           "before", label, row.batch_rows_worked, format_duration(spec.statement_timeout))
+        self.waits = WaitRecorder(self.engine, spec.name, chunk_no, self.clock)
+        if held := self.waits.resume(KINDS):  # back from a deferral: the time it waited outside any runner
+            self.log.info("%s: waited %s for the %s before this attempt", label, format_duration(held[1]), held[0].value)
         self.throttle.begin(label, self.log)
         done: BatchDone | None = None
         try:
@@ -316,6 +330,7 @@ class ChunkRunner:
                 # a read that loses its connection (live control, gates) is retried like a batch (rowfill.engine.reconnect)
                 decision = reconnect.call(functools.partial(self.throttle.next, done), spec,
                                           "reading pause, cancel, live knobs and the gates", self.log)
+                self._tally_waits()
                 if isinstance(decision, Wait):
                     self._wait(chunk_no, decision)
                     continue
@@ -374,16 +389,29 @@ class ChunkRunner:
         return ChunkResult(spec.name, chunk_no, "done", seen, written, batches, elapsed, final.cursor)
 
     # -- acting on the throttle's decisions -------------------------------------------------------
-    def _sleep(self, seconds: float) -> None:
+    def _sleep(self, seconds: float, kind: WaitReason = WaitReason.OTHER, backoff: float = 0.0) -> None:
+        """Sleep ``seconds`` and count them: on the checkpoint row (throttled seconds) and in the wait
+        samples under ``kind`` (``backoff`` of them, seconds, under ``latency``)."""
         self.throttle.sleep(seconds)
         self._unrecorded += seconds
+        if self.waits is not None:
+            self.waits.tally.add(kind, seconds - backoff)
+            self.waits.tally.add(WaitReason.LATENCY, backoff)
+
+    def _tally_waits(self) -> None:
+        """Add the probe's latest worst reading to the wait samples and record them if a second has passed."""
+        if self.waits is None:
+            return
+        if probed := self.throttle.take_probed():
+            self.waits.tally.probe(*probed)
+        self.waits.due()
 
     def _wait(self, chunk_no: int, wait: Wait) -> None:
         """Sleep a Wait: the routine rest silently; a wait with a reason logged and recorded first."""
         if wait.reason is not None:
             self.log.info("%s: %s (checking again in %s)", self._label, wait.reason, format_duration(wait.seconds))
             self._note(chunk_no, wait.reason)
-        self._sleep(wait.seconds)
+        self._sleep(wait.seconds, wait.kind, wait.backoff)
 
     def _note(self, chunk_no: int, state: str | None) -> None:
         """Record the throttle state and the seconds slept so far on the checkpoint row; best effort."""
@@ -581,4 +609,5 @@ class ChunkRunner:
         """The walk is done but rows others hold are left: wait for the next revisit (the throttle is asked again after)."""
         seconds = self.skipped.seconds_to_next()
         if seconds > 0:
-            self._wait(chunk_no, Wait(seconds, f"waiting for {self.skipped.count:,} rows other sessions hold"))
+            self._wait(chunk_no, Wait(seconds, f"waiting for {self.skipped.count:,} rows other sessions hold",
+                                      WaitReason.OTHER))

@@ -31,6 +31,7 @@ from rowfill.engine.probes import GateCritical, GateKeeper, LatencyProbe
 from rowfill.spec.durations import format_duration
 from rowfill.spec.gates import KINDS
 from rowfill.store.states import ControlState
+from rowfill.store.waits import WaitReason
 
 log = logging.getLogger("rowfill.throttle")
 
@@ -95,11 +96,15 @@ class Wait:
 
     ``reason`` None is the routine rest between batches (not logged, no throttle state);
     otherwise it says what the chunk waits for, and the runner logs it and records it as the
-    chunk's throttle state.
+    chunk's throttle state. ``kind`` is the reason's class, the column the runner adds the wait to in
+    ``rowfill.wait_samples`` (``rowfill.store.waits``); ``backoff`` is the part of a routine rest,
+    seconds, that only the latency probe's back-off added (recorded as ``latency``, the rest as ``rest``).
     """
 
     seconds: float
     reason: str | None = None
+    kind: WaitReason = WaitReason.REST
+    backoff: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,8 @@ class Throttle:
         self.interrupt: Callable[[], str | None] | None = None
         self._fed: BatchDone | None = None
         self._rest = 0.0  # the rest still owed after the last batch, seconds
+        self._backoff = 0.0  # the part of that rest the latency back-off added, seconds
+        self._probed: tuple[float, float] | None = None  # the probe's worst reading and limit since last taken, seconds
         self._holding = 0  # gate waits in a row (0: not holding)
         self._held = 0.0
 
@@ -295,9 +302,12 @@ class Throttle:
                 self.log.debug("%s: batch of %d rows took %s (target %s): next batches %d rows", self.label, done.rows,
                                _ms(done.seconds), format_knob("target_batch_time", self.size.target_batch_time), new)
             self._rest = self.size.pause_after(done.seconds)
+            # what the rest would be at full pace: the remainder is the latency back-off's (BatchSize.pause_after)
+            self._backoff = max(self._rest - (self.size.pause + self.size.pause_ratio * done.seconds), 0.0)
         if self._rest > 0:
             rest, self._rest = self._rest, 0.0
-            return self._waiting(rest, None)
+            backoff, self._backoff = min(self._backoff, rest), 0.0
+            return self._waiting(rest, None, WaitReason.REST, backoff)
         if stop := self._stop():
             return stop
         if self.latency is not None:
@@ -307,9 +317,9 @@ class Throttle:
                 return decision
         return Go(self.batch_rows)
 
-    def _waiting(self, seconds: float, reason: str | None) -> Wait:
+    def _waiting(self, seconds: float, reason: str | None, kind: WaitReason, backoff: float = 0.0) -> Wait:
         self.slept += seconds
-        return Wait(seconds, reason)
+        return Wait(seconds, reason, kind, backoff)
 
     def _stop(self) -> Stop | None:
         """Live control, then the window, then the interruption callable: the first reason wins."""
@@ -339,7 +349,7 @@ class Throttle:
             delay = min(gates.max_backoff, 2.0 ** self._holding)
             self._holding += 1
             self._held += delay
-            return self._waiting(delay, "waiting: " + "; ".join(r.why_wait() for r in over))
+            return self._waiting(delay, "waiting: " + "; ".join(r.why_wait() for r in over), WaitReason.GATE)
         if self._holding:
             self.log.info("%s: gates clear after waiting %s; continuing", self.label, format_duration(self._held))
             self._holding, self._held = 0, 0.0
@@ -373,6 +383,12 @@ class Throttle:
         """Rest after a batch of ``batch_seconds`` (``BatchSize.pause_after``), seconds."""
         return self.size.pause_after(batch_seconds)
 
+    def take_probed(self) -> tuple[float, float] | None:
+        """The latency probe's worst reading and its limit (seconds) since the last call, for the wait
+        samples (``rowfill.store.waits``); None when no reading came in meanwhile (or there is no probe)."""
+        probed, self._probed = self._probed, None
+        return probed
+
     # -- start and end -------------------------------------------------------------------------
     def begin(self, label: str, logger: logging.Logger | None = None) -> None:
         """Name the chunk in the log and start the latency probe's thread. Never raises."""
@@ -393,6 +409,7 @@ class Throttle:
         if not samples:
             return
         worst, limit, size = max(samples), latency.limit, self.size
+        self._probed = (max(worst, self._probed[0]) if self._probed else worst, limit)
         change = size.latency(worst, limit, len(samples))
         pace = f"{size.rows} rows, pause {_ms(size.pause_after(size.last_seconds()))}"
         if change > 0:

@@ -17,11 +17,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from rowfill.errors import PlanChanged
+from rowfill.spec.gates import KINDS
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import decode, encode
 from rowfill.sql.ranges import ChunkBounds, KeyRange
 from rowfill.sql.session import set_local
-from rowfill.store import catalog, schema
+from rowfill.store import catalog, schema, waits
 from rowfill.store.states import ChunkState
 
 SCHEMA = catalog.SCHEMA  # re-exported: most modules name the schema through this module
@@ -67,6 +68,16 @@ class ChunkRow:
 _KEY_FIELDS = ("lo", "hi", "cursor", "first_key")
 # key values are read as JSON text and decoded by rowfill.sql.keys (exact digits for numeric keys)
 _COLUMNS = ", ".join(f"CAST({c} AS text)" if c in _KEY_FIELDS else c for c in ChunkRow.__dataclass_fields__)
+# the throttle state and since when it holds (kept while the state stays the same); returns the state
+# before and, when that hold ended here (another state, or none), the seconds it lasted
+_NOTE_THROTTLE = text(
+    f"UPDATE {SCHEMA}.chunks c SET throttle_state = :s, throttled_seconds = c.throttled_seconds + :t, "
+    "throttle_since = CASE WHEN CAST(:s AS text) IS NULL THEN NULL WHEN o.throttle_state = :s "
+    "THEN coalesce(o.throttle_since, clock_timestamp()) ELSE clock_timestamp() END "
+    f"FROM (SELECT throttle_state, throttle_since FROM {SCHEMA}.chunks WHERE backfill = :n AND chunk_no = :c "
+    "FOR UPDATE) o WHERE c.backfill = :n AND c.chunk_no = :c "
+    "RETURNING o.throttle_state, CASE WHEN o.throttle_state IS DISTINCT FROM CAST(:s AS text) "
+    "THEN extract(epoch FROM clock_timestamp() - o.throttle_since) END")
 _KEY_POSITIONS = [i for i, c in enumerate(ChunkRow.__dataclass_fields__) if c in _KEY_FIELDS]
 _STATUS_POSITION = list(ChunkRow.__dataclass_fields__).index("status")
 
@@ -236,7 +247,7 @@ class CheckpointStore:
         """Inside the batch transaction: move the cursor past the batch just written.
 
         ``throttled`` is the time the chunk was held back since the last batch; a batch that
-        commits is no longer waiting for anything, so the throttle state is cleared.
+        commits is no longer waiting for anything, so the throttle state (and since when) is cleared.
         ``batch_rows_worked``: the batch size in effect after a statement_timeout split (None: none
         in effect).
         """
@@ -245,7 +256,7 @@ class CheckpointStore:
                 f"UPDATE {SCHEMA}.chunks SET cursor = CAST(:cur AS jsonb), rows_seen = rows_seen + :s, "
                 "rows_written = rows_written + :w, "
                 "batches = batches + 1, updated_at = now(), batch_rows_worked = :b, "
-                "throttled_seconds = throttled_seconds + :t, throttle_state = NULL "
+                "throttled_seconds = throttled_seconds + :t, throttle_state = NULL, throttle_since = NULL "
                 "WHERE backfill = :n AND chunk_no = :c"
             ),
             {"n": name, "c": chunk_no, "cur": encode(cursor), "s": seen, "w": written, "t": throttled,
@@ -272,13 +283,18 @@ class CheckpointStore:
         return row.get("rows_still_matching"), datetime.fromisoformat(at) if at else None
 
     def note_throttle(self, name: str, chunk_no: int, state: str | None, seconds: float = 0.0) -> None:
-        """Outside a batch: record why the chunk is held back (shown by `rowfill status`) and time throttled."""
+        """Outside a batch: record why the chunk is held back (shown by `rowfill status`) and time throttled.
+
+        ``throttle_since`` keeps when the chunk began to be held for this same state (a new state starts
+        it again, None clears it): a chunk deferred to Airflow's triggerer records that time when it runs
+        again (``rowfill.store.waits.resume``), or here, when its hold turns into another one (a pause
+        while it waited for the window), in the same transaction.
+        """
         with self._short_txn() as conn:
-            conn.execute(
-                text(f"UPDATE {SCHEMA}.chunks SET throttle_state = :s, throttled_seconds = throttled_seconds + :t "
-                     "WHERE backfill = :n AND chunk_no = :c"),
-                {"n": name, "c": chunk_no, "s": state[:500] if state else None, "t": seconds},
-            )
+            ended = conn.execute(_NOTE_THROTTLE, {"n": name, "c": chunk_no, "s": state[:500] if state else None,
+                                                  "t": seconds}).first()
+            if ended is not None and ended[1] is not None:
+                waits.close_hold(conn, name, chunk_no, ended[0], float(ended[1]), KINDS)
 
     def finish(self, name: str, chunk_no: int) -> ChunkRow:
         """Mark the chunk done (its first ``finished_at`` is kept on a rerun) and return its row.
@@ -338,7 +354,7 @@ class CheckpointStore:
             return []
         return list(conn.execute(
             text(f"UPDATE {SCHEMA}.chunks SET status = 'pending', cursor = NULL, finished_at = NULL, rows_seen = 0, "
-                 "last_error = NULL, throttle_state = NULL, updated_at = now() "
+                 "last_error = NULL, throttle_state = NULL, throttle_since = NULL, updated_at = now() "
                  "WHERE backfill = :n AND chunk_no = ANY(:c) AND status = 'done' RETURNING chunk_no"),
             {"n": name, "c": list(chunk_nos)},
         ).scalars())

@@ -11,7 +11,8 @@ needs no CREATE on the database and owns nothing; an administrator migrates the 
   and vanish with it. PUBLIC has it by default; a database that revoked it needs the grant.
 - USAGE on schema ``rowfill``: to name its tables. SELECT on ``rowfill.alembic_version``: the
   read-only version check each plan makes. SELECT, INSERT, UPDATE, DELETE on rowfill's other tables:
-  checkpoints, chunk claims and leases, rate samples, skipped keys and live controls are rows that
+  checkpoints, chunk claims and leases, rate samples, wait samples (``rowfill.wait_samples``: seconds
+  waited by reason, written by every chunk, pruned by it), skipped keys and live controls are rows that
   rowfill writes, and reset/rollback delete. Foreign keys between them are checked as their owner,
   so no REFERENCES is needed.
   The undo log is one of these tables (``rowfill.undo_rows``), so ``undo: true`` needs nothing more;
@@ -30,8 +31,8 @@ from __future__ import annotations
 from rowfill.sql.sqlnames import TableName, quote
 from rowfill.store.catalog import SCHEMA, own
 
-# rowfill's tables the runtime role reads and writes (created by migration 0001)
-TABLES = ("backfills", "chunks", "samples", "leases", "skipped_rows", "controls", "undo_rows")
+# rowfill's tables the runtime role reads and writes (created by migrations 0001, 0002 and 0004)
+TABLES = ("backfills", "chunks", "samples", "wait_samples", "leases", "skipped_rows", "controls", "undo_rows")
 READ_ONLY = ("alembic_version",)  # read by the version check; written only by `rowfill db migrate`
 APPEND_ONLY = ("audit",)  # the actions' trail: read and appended to, never changed (triggers refuse it)
 
@@ -50,7 +51,7 @@ def grant_statements(role: str, database: str, tables: list[TableName] | tuple[T
         f"GRANT CONNECT, TEMPORARY ON DATABASE {d} TO {r};  -- log in; temporary views of spec checks (PUBLIC has both by default)",
         f"GRANT USAGE ON SCHEMA {SCHEMA} TO {r};",
         f"GRANT SELECT ON {', '.join(own(t) for t in READ_ONLY)} TO {r};  -- the version check of each plan",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(own(t) for t in TABLES)} TO {r};  -- checkpoints, controls, undo log",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(own(t) for t in TABLES)} TO {r};  -- checkpoints, samples, controls, undo log",
         f"GRANT SELECT, INSERT ON {', '.join(own(t) for t in APPEND_ONLY)} TO {r};  -- the audit trail of pause, resume, knobs",
     ]
     schemas = []

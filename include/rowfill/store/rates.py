@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from rowfill.sql.session import set_local
-from rowfill.store.checkpoint import SCHEMA
+from rowfill.store.catalog import SCHEMA
 
 BUCKET_SECONDS = 5
 WINDOW_SECONDS = 60  # the moving window rates and ETAs are computed over
