@@ -183,3 +183,19 @@ def test_samples_go_with_a_reset_backfill(engine, tmp_path):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM rowfill.samples")).scalar() == 0
     assert status_of(engine).state == "not started"
+
+
+def test_samples_count_batches_not_seconds_when_a_chunk_task_sums_them(engine, tmp_path):
+    # A chunk task records its rate samples once a second (runner.Sampled), each summing many
+    # batches; the samples must still say how many batches, so rows / batches is the batch size
+    # the console draws (it read ~6x batch_rows when a second's batches counted as one).
+    from rowfill.engine.chunk_task import run_chunk
+
+    make_users(engine, 3_000)
+    spec = spec_for(tmp_path, batch_rows=100, pause=0, pause_ratio=0)
+    for chunk in plan_backfill(engine, spec):
+        assert run_chunk(engine, spec, chunk.chunk_no, observers=[rates.RateRecorder(engine)]).kind == "done"
+    with engine.connect() as conn:
+        rows, batches = conn.execute(text("SELECT sum(rows_seen), sum(batches) FROM rowfill.samples")).one()
+        assert conn.execute(text("SELECT count(*) FROM users WHERE full_name IS NULL")).scalar() == 0
+    assert (rows, batches) == (3_000, 30)

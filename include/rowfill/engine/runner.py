@@ -145,7 +145,9 @@ class Sampled(BatchObserver):
     For observers that write a row per call (rate samples, ``rowfill.store.rates.RateRecorder``):
     one transaction per interval instead of one per batch. The runner calls ``flush`` when the chunk
     ends or stops, so nothing is left out. The sum reaches ``observer`` as one batch whose ``seconds``
-    span from the first summed batch's start to the last one's commit (rests between them included).
+    span from the first summed batch's start to the last one's commit (rests between them included),
+    and a ``batches`` keyword says how many batches it sums (``observer`` must take it), so a batch
+    size read from the samples (rows / batches) is the batches' size, not a second's rows.
     """
 
     def __init__(self, observer: BatchObserver, every: float = SAMPLE_EVERY, clock: Callable[[], float] = time.monotonic):
@@ -160,10 +162,11 @@ class Sampled(BatchObserver):
         now = self.clock()
         if self._pending is None or self._pending["chunk_no"] != chunk_no:
             self.flush()
-            self._pending = {"spec": spec, "chunk_no": chunk_no, "seen": 0, "written": 0, "cursor": None}
+            self._pending = {"spec": spec, "chunk_no": chunk_no, "seen": 0, "written": 0, "cursor": None, "batches": 0}
             self._since = now - seconds
         p = self._pending
         p["seen"], p["written"], p["cursor"] = p["seen"] + seen, p["written"] + written, cursor
+        p["batches"] += 1
         if now - self._last_call >= self.every:
             self.flush()
 

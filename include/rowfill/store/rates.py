@@ -21,16 +21,16 @@ from rowfill.store.catalog import SCHEMA
 BUCKET_SECONDS = 5
 WINDOW_SECONDS = 60  # the moving window rates and ETAs are computed over
 KEEP_SECONDS = 6 * 3600  # older buckets are pruned; nothing reads them
-_PRUNE_EVERY = 500  # batches
+_PRUNE_EVERY = 500  # calls: batches, or seconds of batches when summed by Sampled (~8 min)
 
 log = logging.getLogger("rowfill.rates")
 
 _RECORD = text(
     f"INSERT INTO {SCHEMA}.samples AS s (backfill, chunk_no, bucket, rows_seen, batches, work_started, last_commit) "
-    "SELECT :n, :c, to_timestamp(floor(extract(epoch FROM t) / :b) * :b), :rows, 1, "
+    "SELECT :n, :c, to_timestamp(floor(extract(epoch FROM t) / :b) * :b), :rows, :batches, "
     "t - make_interval(secs => :secs), t FROM clock_timestamp() t "
     "ON CONFLICT (backfill, chunk_no, bucket) DO UPDATE SET rows_seen = s.rows_seen + excluded.rows_seen, "
-    "batches = s.batches + 1, work_started = least(s.work_started, excluded.work_started), "
+    "batches = s.batches + excluded.batches, work_started = least(s.work_started, excluded.work_started), "
     "last_commit = greatest(s.last_commit, excluded.last_commit)"
 )
 # A sample is best effort (see RateRecorder): its commit need not wait for the WAL flush. Without
@@ -43,11 +43,18 @@ _PRUNE = text(
 )
 
 
-def record_batch(engine: Engine, backfill: str, chunk_no: int, rows: int, seconds: float, *, prune: bool = False) -> None:
-    """Add one committed batch to its chunk's current bucket (``seconds``: how long the batch took)."""
+def record_batch(engine: Engine, backfill: str, chunk_no: int, rows: int, seconds: float, *, batches: int = 1,
+                 prune: bool = False) -> None:
+    """Add committed batches to their chunk's current bucket.
+
+    :param rows: keys the batches walked. :param seconds: how long they took (first start to last commit).
+    :param batches: how many batches ``rows`` sums (``rowfill.engine.runner.Sampled`` sums a second's).
+    :param prune: also delete the chunk's buckets older than ``KEEP_SECONDS``.
+    """
     with engine.begin() as conn:
         set_local(conn, synchronous_commit="off")
-        conn.execute(_RECORD, {"n": backfill, "c": chunk_no, "b": BUCKET_SECONDS, "rows": rows, "secs": max(seconds, 0.0)})
+        conn.execute(_RECORD, {"n": backfill, "c": chunk_no, "b": BUCKET_SECONDS, "rows": rows, "secs": max(seconds, 0.0),
+                             "batches": batches})
         if prune:
             conn.execute(_PRUNE, {"n": backfill, "c": chunk_no, "keep": KEEP_SECONDS})
 
@@ -71,13 +78,14 @@ class RateRecorder:
         self._batches = 0
         self._warned = False
 
-    def batch_done(self, *, spec, chunk_no: int, seconds: float, seen: int, written: int, cursor) -> None:
-        """Record one committed batch of ``seen`` keys that took ``seconds`` (every ``_PRUNE_EVERY``th
-        batch also prunes old buckets). Never raises: the first failure is logged at warning level, later ones not.
+    def batch_done(self, *, spec, chunk_no: int, seconds: float, seen: int, written: int, cursor, batches: int = 1) -> None:
+        """Record ``batches`` committed batches (one, or a second's summed by ``Sampled``) of ``seen`` keys
+        that took ``seconds`` (every ``_PRUNE_EVERY``th call also prunes old buckets). Never raises: the first failure is logged at warning level, later ones not.
         """
         self._batches += 1
         try:
-            record_batch(self.engine, spec.name, chunk_no, seen, seconds, prune=self._batches % _PRUNE_EVERY == 0)
+            record_batch(self.engine, spec.name, chunk_no, seen, seconds, batches=batches,
+                         prune=self._batches % _PRUNE_EVERY == 0)
         except Exception as exc:  # noqa: BLE001 - observability must never fail a backfill
             if not self._warned:
                 log.warning("rate sample for %s chunk %s not recorded (%s); progress rates may read low",
