@@ -13,8 +13,9 @@ transaction:
   slices and a cheap one fewer round trips; a slice that hits ``statement_timeout`` is halved and
   run again. When the walk reaches the relation's end it reads the size again (the table may
   have grown meanwhile) and ends with a slice open above, so rows appended at the end of the heap
-  while the sweep runs are looked at too. Measured on a 10M-row table just rewritten by a batched
-  backfill: about 8x faster than the key slices below (README, "Benchmarks").
+  while the sweep runs are looked at too. On a table just rewritten by a batched backfill, 2-10x
+  faster than the key slices below (the first read of freshly written pages still pays for their
+  hint bits and pruning, which a read of them later would not; README, "Benchmarks").
 - ``matching`` (re-sweep, and verify's fallback for partitioned or inherited tables and servers
   before 14): slices of ``SLICE_ROWS`` keys, each found by an index-only walk of the key's index
   (the same ``Boundary`` statement batches use). The last slice is open above when the range is
@@ -233,13 +234,18 @@ def _heap_sweep(conn: Connection, spec: Spec, key: Key, sample: int, statement_t
             blocks = "one block" if upper is not None else f"the blocks from {position} to the end"
             raise SweepFailed(
                 f"verify: checking `where` ({spec.where}) on {blocks} of {spec.table} takes longer than statement_timeout "
-                f"({format_duration(statement_timeout)}), so the table cannot be read in statements that short. Raise "
-                f"`statement_timeout` in {spec.source}, or make `where` cheaper to evaluate.") from exc
+                f"({format_duration(statement_timeout)}), so the table cannot be read in statements that short. Make "
+                f"`where` in {spec.source} cheaper to evaluate, or verify with a longer statement_timeout.") from exc
         if upper is None:
             break
         slicer.took(clock() - started)
         position = upper
+    if verify_scans.heap_extent(conn, table)[0] != node:  # rewritten after the last look at the size
+        conn.rollback()
+        return None
+    conn.commit()
     if candidates:
+        set_local(conn, statement_timeout=statement_timeout)
         found.keys = [decode(k) for k, _ in _first_keys(conn, first_sql, candidates, sample)]
         conn.commit()
     return found
