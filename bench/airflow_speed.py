@@ -221,6 +221,7 @@ def run_code(label: str, code: Path | None, args, target_url: str, engine, meta:
             if state != "success":
                 raise SystemExit(f"{dag_id} ended {state}; see {stack.home / 'logs'}")
             b = breakdown(stack, engine, dag_id, run_id, name, args.parallel)
+            b["log_counts"] = log_counts(stack.home / "logs", dag_id)
             check = verify(engine, TABLE)
             if check["null_left"] or check["correct"] != args.rows:
                 raise SystemExit(f"{dag_id}: the table is not right after the run: {check}")
@@ -230,6 +231,24 @@ def run_code(label: str, code: Path | None, args, target_url: str, engine, meta:
     finally:
         stack.stop()
     return results
+
+
+# Task-log lines counted per run: the fast path's lock_timeout sending a batch to the slow path
+# (rowfill.engine.rowlocks; without application traffic in the bench, every one is a wait on
+# something other than a row, e.g. the other chunk's relation-extension lock), and batches retried
+# after a lock_timeout on the slow path.
+LOG_COUNTS = {"fast path → slow path (lock_timeout)": "a row of the batch is locked by another session",
+              "batch retried after lock_timeout": "batch hit lock_timeout"}
+
+
+def log_counts(logs: Path, dag_id: str) -> dict:
+    """How many lines of ``LOG_COUNTS`` the run's task logs hold (each variant's DAG runs once)."""
+    counts = dict.fromkeys(LOG_COUNTS, 0)
+    for path in (logs / f"dag_id={dag_id}").rglob("*.log"):
+        body = path.read_text(errors="replace")
+        for label, needle in LOG_COUNTS.items():
+            counts[label] += body.count(needle)
+    return counts
 
 
 def migrate_schema(code: Path, url: str, env: dict) -> None:
@@ -298,6 +317,8 @@ def print_report(res: dict) -> None:
             print(f"    {k:<46} {v:>8.2f} s")
         print(f"  some chunk writing: {r['writing_wall']:.2f} s of the wall; Airflow's share (the rest): "
               f"{100 * r['airflow_share']:.1f}%")
+        for k, v in r.get("log_counts", {}).items():
+            print(f"  {k:<46} {v:>8d} times")
 
 
 def parse_args(argv=None):

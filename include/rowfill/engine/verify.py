@@ -1,9 +1,15 @@
 """The end-of-run checks: every planned chunk is done, and no row of the whole table still needs the work.
 
-The second check covers the whole key space, not only the planned range: rows below the first
-planned key or above the last one that match ``where`` are found too. It runs in key-range slices
-on the key's index (``rowfill.engine.sweep``), each a short statement in its own transaction, so it
-finishes on a 100M-row table without one long statement or snapshot.
+The second check covers the whole table, not only the planned range: rows below the first
+planned key or above the last one that match ``where`` are found too. It reads the table in slices
+of heap blocks (``rowfill.engine.sweep.heap_matching``: sequential reads, whatever the rows' keys),
+or, for partitioned and inherited tables and servers before PostgreSQL 14, in key-range slices on
+the key's index (``rowfill.engine.sweep.matching``); each slice is a short statement in its own
+transaction, so it finishes on a 100M-row table without one long statement or snapshot.
+
+It does not check each chunk's range at the end of its chunk task instead: that cannot replace
+this check (rows the application writes after a chunk ends would go unseen), and it would not
+make this one cheaper either, since this one reads every page again anyway.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from sqlalchemy.engine import Engine
 
 from rowfill.engine import reconnect
 from rowfill.engine.resolve import pinned_spec
-from rowfill.engine.sweep import SLICE_ROWS, matching
+from rowfill.engine.sweep import SLICE_ROWS, BlockSlicer, heap_matching, matching
 from rowfill.errors import RowfillError
 from rowfill.spec.spec import Spec
 from rowfill.sql.keys import chunk_label, format_value
+from rowfill.sql.verify_scans import heap_sweep_possible
 from rowfill.store.checkpoint import CheckpointStore
 
 
@@ -44,16 +51,22 @@ def _advice(spec: Spec) -> str:
             "new run, or a spec of their own.")
 
 
-def verify_backfill(engine: Engine, spec: Spec, statement_timeout: float = 0.0, slice_rows: int = SLICE_ROWS) -> Verification:
+def verify_backfill(engine: Engine, spec: Spec, statement_timeout: float = 0.0, slice_rows: int = SLICE_ROWS,
+                    slicer: BlockSlicer | None = None, by_blocks: bool | None = None) -> Verification:
     """``_verify_backfill``, run again from the start if the connection is lost (``rowfill.engine.reconnect``): it only reads."""
-    return reconnect.call(lambda: _verify_backfill(engine, spec, statement_timeout, slice_rows), spec, "verifying")
+    return reconnect.call(lambda: _verify_backfill(engine, spec, statement_timeout, slice_rows, slicer, by_blocks),
+                          spec, "verifying")
 
 
-def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: float, slice_rows: int) -> Verification:
+def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: float, slice_rows: int,
+                     slicer: BlockSlicer | None, by_blocks: bool | None) -> Verification:
     """Raise VerificationFailed if a chunk is not done or a row anywhere in the table still matches ``where``.
 
-    ``statement_timeout``: seconds each slice's statements may run (0 = no limit; each
-    statement reads at most ``slice_rows`` keys). The table is the one pinned at planning
+    ``statement_timeout``: seconds each slice's statements may run (0 = no limit); a block slice
+    that hits it is halved and run again (``rowfill.engine.sweep.SweepFailed`` when one block
+    alone is too slow). ``by_blocks``: sweep in heap block slices (sized by ``slicer``) or key
+    slices of ``slice_rows`` keys; None (the default) = blocks wherever the table and server allow
+    (``rowfill.sql.verify_scans.heap_sweep_possible``). The table is the one pinned at planning
     (``rowfill.engine.resolve``; a changed relation raises SpecError on ``table``). Returns the number
     of chunks and of rows still matching (0, or None when there is no ``where`` to check). The
     count is kept on the backfill's row (``rowfill.backfills.rows_still_matching``, with
@@ -74,7 +87,13 @@ def _verify_backfill(engine: Engine, spec: Spec, statement_timeout: float, slice
         )
     if not chunks or not spec.where or spec.mode == "sink":  # a sink changes nothing `where` could see
         return Verification(len(chunks), None, [])
-    found = matching(engine, spec, None, None, sample=5, rows=slice_rows, statement_timeout=statement_timeout)
+    if by_blocks is None:
+        with engine.connect() as conn:
+            by_blocks = heap_sweep_possible(conn, spec.table.sql)
+    if by_blocks:
+        found = heap_matching(engine, spec, sample=5, statement_timeout=statement_timeout, slicer=slicer)
+    else:
+        found = matching(engine, spec, None, None, sample=5, rows=slice_rows, statement_timeout=statement_timeout)
     store.note_verified(spec.name, found.rows)
     if found.rows:
         raise VerificationFailed(
