@@ -179,3 +179,16 @@ def test_a_partitioned_table_is_verified_in_key_slices_over_all_its_partitions(e
         verify_backfill(engine, spec)
     assert "4 rows of public.items still match" in str(caught.value)
     assert "e.g. id -3, 499, 500, 5000." in str(caught.value)
+
+
+def test_verify_runs_its_slices_under_the_specs_statement_timeout(engine, tmp_path):
+    # Verify reads the whole table: without a limit, one slow slice could hold a statement (and a
+    # snapshot) far longer than the backfill's own batches are allowed to.
+    slow_items(engine, rows=28)
+    run(engine, items_spec(tmp_path, ["id"]))
+    # the same backfill, its `where` now slow on every row (5 ms each, ~70 ms a block), its limit 30 ms
+    spec = items_spec(tmp_path, ["id"], where="slow(id) = (filled IS NULL)", statement_timeout="30ms")
+    with pytest.raises(SweepFailed) as caught:
+        verify_backfill(engine, spec)
+    assert "takes longer than statement_timeout (30 ms)" in str(caught.value)
+    assert verify_backfill(engine, spec, statement_timeout=0).remaining == 0  # no limit: the same sweep passes

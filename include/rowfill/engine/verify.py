@@ -51,10 +51,15 @@ def _advice(spec: Spec) -> str:
             "new run, or a spec of their own.")
 
 
-def verify_backfill(engine: Engine, spec: Spec, statement_timeout: float = 0.0, slice_rows: int = SLICE_ROWS,
+def verify_backfill(engine: Engine, spec: Spec, statement_timeout: float | None = None, slice_rows: int = SLICE_ROWS,
                     slicer: BlockSlicer | None = None, by_blocks: bool | None = None) -> Verification:
-    """``_verify_backfill``, run again from the start if the connection is lost (``rowfill.engine.reconnect``): it only reads."""
-    return reconnect.call(lambda: _verify_backfill(engine, spec, statement_timeout, slice_rows, slicer, by_blocks),
+    """``_verify_backfill``, run again from the start if the connection is lost (``rowfill.engine.reconnect``): it only reads.
+
+    ``statement_timeout`` (seconds; None = the spec's ``statement_timeout``, the limit its batches
+    run under, so a sweep never holds a statement longer than the backfill's own writes may).
+    """
+    timeout = spec.statement_timeout if statement_timeout is None else statement_timeout
+    return reconnect.call(lambda: _verify_backfill(engine, spec, timeout, slice_rows, slicer, by_blocks),
                           spec, "verifying")
 
 
