@@ -202,6 +202,10 @@ def run_code(label: str, code: Path | None, args, target_url: str, engine, meta:
         say(f"{label}: starting Airflow (logs in {stack.home / 'logs'})")
         stack.prepare()
         stack.start()
+        # each code measured starts from a database it never saw: a newer code's rowfill schema (a
+        # migration the older code does not know) would make the older code refuse to plan
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS rowfill CASCADE"))
         migrate_schema(code, target_url, stack.env)
         if not args.no_warmup:
             # untimed: a first backfill creates rowfill's own tables and warms the executor, as in any
