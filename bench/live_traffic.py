@@ -165,8 +165,9 @@ def spec_for(table: str, variant: str, args) -> Spec:
         "key": "id",
         "where": "full_name IS NULL",
         "set": {"full_name": SET_EXPR},
-        "chunk_rows": args.chunk_rows,
     }
+    if args.chunk_rows is not None:  # else the spec's default: chunks sized by chunk_time (issue 13)
+        data["chunk_rows"] = args.chunk_rows
     if variant in ("default", "latency_gate"):
         for item in args.override:  # for choosing defaults: what-if runs of other throttles
             k, _, v = item.partition("=")
@@ -242,7 +243,7 @@ def phase(name: str, live: LiveTraffic, work, settle: float) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=5_000_000, help="rows in the users table (default 5,000,000)")
-    p.add_argument("--chunk-rows", type=int, default=Spec.chunk_rows, help="rowfill chunk_rows (default: the spec default)")
+    p.add_argument("--chunk-rows", type=int, default=Spec.chunk_rows, help="rowfill chunk_rows (default: none, chunks sized by chunk_time as in a spec)")
     p.add_argument("--parallel", type=int, default=Spec.max_parallel_chunks,
                    help="chunks at once, in threads (default: the spec default max_parallel_chunks)")
     p.add_argument("--rate", type=int, default=200, help="live transactions per second (pgbench -R; default 200)")
@@ -350,7 +351,7 @@ def report(res: dict) -> str:
         f"Table:      {cfg['table']}: {cfg['rows']:,} rows, rebuilt + VACUUM ANALYZE + CHECKPOINT before each backfill",
         f"Live:       pgbench -R {cfg['rate']} -c {cfg['clients']}: BEGIN; SELECT by random id; UPDATE touched by the same id; END "
         f"(latency from the scheduled start)",
-        f"rowfill:    chunk_rows={cfg['chunk_rows']:,}, {cfg['parallel']} chunks at once; defaults: batch_rows={d['batch_rows']}, "
+        f"rowfill:    chunk_rows={format(cfg['chunk_rows'], ',') if cfg['chunk_rows'] else 'by chunk_time'}, {cfg['parallel']} chunks at once; defaults: batch_rows={d['batch_rows']}, "
         f"pause={d['pause']}s, pause_ratio={d['pause_ratio']}, target_batch_time={d['target_batch_time']}s; "
         f"unthrottled = pause 0, 1,000-row batches; latency gate = defaults + latency_probe limit {cfg['latency_limit_ms']:g} ms"
         + (f"; OVERRIDDEN for this run: {', '.join(cfg['overrides'])}" if cfg["overrides"] else ""),
