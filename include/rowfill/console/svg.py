@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -62,6 +62,32 @@ def _clock(t: float, span: float) -> str:
     return moment.strftime("%H:%M") if span <= 2 * 86_400 else moment.strftime("%b %d")
 
 
+def _head(title: str, width: int, height: int) -> str:
+    """The opening ``<svg>`` of a chart with its title (also its accessible name), escaped."""
+    e = html.escape
+    return (f"<svg class='chart' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+            f"viewBox='0 0 {width} {height}' role='img' aria-label='{e(title)}'><title>{e(title)}</title>"
+            f"<text x='4' y='11' font-size='11' font-weight='bold'>{e(title)}</text>")
+
+
+def _axes(top: float, unit: str, y: Callable[[float], float], t0: float, t1: float, width: int, height: int) -> str:
+    """A time chart's frame: ``TICKS`` grid lines from 0 to ``top`` (pixel of a value: ``y``), the
+    top label with ``unit``, and the first and last time (seconds since the epoch) below."""
+    e = html.escape
+    span = max(t1 - t0, 1.0)
+    parts = []
+    for i in range(TICKS + 1):
+        value = top * i / TICKS
+        yy = y(value)
+        parts.append(f"<line x1='{_LEFT}' x2='{width - _RIGHT}' y1='{yy:.1f}' y2='{yy:.1f}' stroke='#e4e4e4'/>"
+                     f"<text x='{_LEFT - 4}' y='{yy + 4:.1f}' text-anchor='end' font-size='10' fill='#555'>"
+                     f"{e(_number(value))}{e(' ' + unit) if i == TICKS and unit else ''}</text>")
+    parts.append(f"<text x='{_LEFT}' y='{height - 6}' font-size='10' fill='#555'>{e(_clock(t0, span))}</text>"
+                 f"<text x='{width - _RIGHT}' y='{height - 6}' text-anchor='end' font-size='10' fill='#555'>"
+                 f"{e(_clock(t1, span))} UTC</text>")
+    return "".join(parts)
+
+
 def line_chart(title: str, series: list[Series], unit: str = "", *, width: int = WIDTH, height: int = HEIGHT) -> str:
     """A time series chart as an ``<svg>`` element: one polyline per series (gaps break the line),
     a value axis from 0 with ``TICKS`` grid lines, the first and last time, and a legend.
@@ -73,9 +99,7 @@ def line_chart(title: str, series: list[Series], unit: str = "", *, width: int =
     """
     e = html.escape
     pts = [(t, v) for s in series for t, v in s.points if v is not None]
-    head = (f"<svg class='chart' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
-            f"viewBox='0 0 {width} {height}' role='img' aria-label='{e(title)}'><title>{e(title)}</title>"
-            f"<text x='4' y='11' font-size='11' font-weight='bold'>{e(title)}</text>")
+    head = _head(title, width, height)
     if not pts:
         return head + f"<text x='{width / 2}' y='{height / 2}' text-anchor='middle' fill='#777' font-size='12'>no data yet</text></svg>"
     t0, t1 = min(t for t, _ in pts), max(t for t, _ in pts)
@@ -91,16 +115,7 @@ def line_chart(title: str, series: list[Series], unit: str = "", *, width: int =
         """The vertical pixel of value ``v`` (clipped at the axis' top)."""
         return _TOP + plot_h - min(v / top, 1.0) * plot_h
 
-    parts = [head]
-    for i in range(TICKS + 1):
-        value = top * i / TICKS
-        yy = y(value)
-        parts.append(f"<line x1='{_LEFT}' x2='{width - _RIGHT}' y1='{yy:.1f}' y2='{yy:.1f}' stroke='#e4e4e4'/>"
-                     f"<text x='{_LEFT - 4}' y='{yy + 4:.1f}' text-anchor='end' font-size='10' fill='#555'>"
-                     f"{e(_number(value))}{e(' ' + unit) if i == TICKS and unit else ''}</text>")
-    parts.append(f"<text x='{_LEFT}' y='{height - 6}' font-size='10' fill='#555'>{e(_clock(t0, span))}</text>"
-                 f"<text x='{width - _RIGHT}' y='{height - 6}' text-anchor='end' font-size='10' fill='#555'>"
-                 f"{e(_clock(t1, span))} UTC</text>")
+    parts = [head, _axes(top, unit, y, t0, t1, width, height)]
     legend_x = _LEFT + 90
     for n, s in enumerate(series):
         colour = PALETTE[n % len(PALETTE)]
@@ -142,9 +157,7 @@ def stacked_chart(title: str, times: Sequence[float], layers: list[tuple[str, Se
     """
     e = html.escape
     drawn = [(label, values) for label, values in layers if any(v > 0 for v in values)]
-    head = (f"<svg class='chart' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
-            f"viewBox='0 0 {width} {height}' role='img' aria-label='{e(title)}'><title>{e(title)}</title>"
-            f"<text x='4' y='11' font-size='11' font-weight='bold'>{e(title)}</text>")
+    head = _head(title, width, height)
     if not times or not drawn:
         return head + f"<text x='{width / 2}' y='{height / 2}' text-anchor='middle' fill='#777' font-size='12'>none</text></svg>"
     n = len(times)
@@ -159,16 +172,7 @@ def stacked_chart(title: str, times: Sequence[float], layers: list[tuple[str, Se
         """The vertical pixel of value ``v`` (clipped at the axis' top)."""
         return _TOP + plot_h - min(v / top, 1.0) * plot_h
 
-    parts = [head]
-    for i in range(TICKS + 1):
-        value = top * i / TICKS
-        yy = y(value)
-        parts.append(f"<line x1='{_LEFT}' x2='{width - _RIGHT}' y1='{yy:.1f}' y2='{yy:.1f}' stroke='#e4e4e4'/>"
-                     f"<text x='{_LEFT - 4}' y='{yy + 4:.1f}' text-anchor='end' font-size='10' fill='#555'>"
-                     f"{e(_number(value))}{e(' ' + unit) if i == TICKS and unit else ''}</text>")
-    parts.append(f"<text x='{_LEFT}' y='{height - 6}' font-size='10' fill='#555'>{e(_clock(t0, span))}</text>"
-                 f"<text x='{width - _RIGHT}' y='{height - 6}' text-anchor='end' font-size='10' fill='#555'>"
-                 f"{e(_clock(t1, span))} UTC</text>")
+    parts = [head, _axes(top, unit, y, t0, t1, width, height)]
     below = [0.0] * n
     legend_x = _LEFT + 90
     for k, (label, values) in enumerate(drawn):
